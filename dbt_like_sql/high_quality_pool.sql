@@ -1,0 +1,12 @@
+-- description: Rated pool rows the judge scored at or above the quality threshold (compressed Overall, 0-5). Judge failures are in neither split.
+-- group: pool
+-- partitioned_by: source
+-- var: quality_threshold int 4
+select
+    source, sample_id, prompt, completion,
+    rarity, complexity, informativeness, overall, overall_compressed,
+    judge_model, rubric_version,
+    {{ var('quality_threshold') }} as quality_threshold
+from {{ ref('rated_pool') }}
+where status = 'ok'
+  and overall_compressed >= {{ var('quality_threshold') }}

