@@ -2,11 +2,12 @@
 
 import dagster as dg
 
-from lm_mixup_assets import pool, sql_assets
+from lm_mixup_assets import jobs, pool, sql_assets
 from resources import build_resources
 
 defs = dg.Definitions(
     assets=[*dg.load_assets_from_modules([pool]), *sql_assets.sql_model_assets],
     asset_checks=dg.load_asset_checks_from_modules([pool]),
+    jobs=jobs.jobs,
     resources=build_resources(),
 )

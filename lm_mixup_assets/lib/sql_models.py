@@ -118,7 +118,7 @@ def materialise_model(con, model: SqlModel, var_values: dict | None = None, part
         count = con.execute(
             f'select count(*) from "{table}"' + (f' where "{model.partitioned_by}" = $partition' if model.partitioned_by else ""),
             {"partition": partition_value} if model.partitioned_by else {},
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         con.execute("commit")
     except Exception:
         con.execute("rollback")

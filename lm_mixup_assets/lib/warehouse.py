@@ -51,7 +51,7 @@ def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
         con.execute(
             "select count(*) from information_schema.tables where table_schema = 'main' and table_name = ?",
             [table],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     )
 
 
