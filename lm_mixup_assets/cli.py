@@ -90,7 +90,8 @@ def show_where() -> None:
 
 def run_ui(host: str, port: int) -> int:
     prepare_home()
-    cmd = ["dg", "dev", "--host", host, "--port", str(port)]
+    dg_bin = Path(sys.executable).with_name("dg")  # the venv's, even when it is not on PATH
+    cmd = [str(dg_bin) if dg_bin.exists() else "dg", "dev", "--host", host, "--port", str(port)]
     print(f"starting {' '.join(cmd)} with DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     return subprocess.call(cmd, cwd=Path(__file__).resolve().parent.parent)
 

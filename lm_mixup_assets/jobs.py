@@ -2,8 +2,6 @@
 
 import dagster as dg
 
-from lm_mixup_assets.partitions import source_partitions
-
 PER_SOURCE_JOB = "per_source_job"
 ALL_SOURCES_JOB = "all_sources_job"
 
@@ -12,7 +10,6 @@ per_source_job = dg.define_asset_job(
     PER_SOURCE_JOB,
     selection=dg.AssetSelection.all().required_multi_asset_neighbors() & dg.AssetSelection.groups("pool", "clusters")
     - dg.AssetSelection.assets("pool_summary"),
-    partitions_def=source_partitions,
     description="Ingest, rate, split (and cluster, when built) one source partition. Backfill it over all sources.",
 )
 

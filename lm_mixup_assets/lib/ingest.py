@@ -191,7 +191,8 @@ def _decode(raw: bytes) -> str:
 
 
 def _printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:RAW_TEXT_LIMIT]
+    # Invalid bytes (kept as lone surrogates) come back as \\xNN, readable and storable.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")[:RAW_TEXT_LIMIT]
 
 
 def _read_jsonl(path: Path, opener) -> Iterator[RawRecord]:
@@ -207,7 +208,7 @@ def _read_jsonl(path: Path, opener) -> Iterator[RawRecord]:
                 yield RawRecord(lineno, loc, error="line contains bytes that are not valid UTF-8", raw_text=_printable(text))
                 continue
             try:
-                yield RawRecord(lineno, loc, record=json.loads(text), raw_text=text[:RAW_TEXT_LIMIT])
+                yield RawRecord(lineno, loc, record=json.loads(text), raw_text=_printable(text))
             except json.JSONDecodeError as exc:
                 yield RawRecord(lineno, loc, error=f"malformed JSON: {exc.msg} at column {exc.colno}", raw_text=_printable(text))
 

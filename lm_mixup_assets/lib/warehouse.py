@@ -72,6 +72,10 @@ def replace_partition(
         con.execute("begin transaction")
         if not table_exists(con, table):
             con.execute(f'create table "{table}" as select * from _incoming limit 0')
+            # An all-empty / all-None column has DuckDB type NULL; widen it so later rows fit.
+            for name, kind in con.execute(f'select column_name, data_type from information_schema.columns where table_name = ?', [table]).fetchall():
+                if kind.strip('"') == "NULL":
+                    con.execute(f'alter table "{table}" alter column "{name}" type varchar')
         if partition_column is None:
             con.execute(f'delete from "{table}"')
         else:
