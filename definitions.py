@@ -2,12 +2,12 @@
 
 import dagster as dg
 
-from lm_mixup_assets import jobs, pool, sql_assets
+from lm_mixup_assets import clusters, jobs, pool, sql_assets
 from resources import build_resources
 
 defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([pool]), *sql_assets.sql_model_assets],
-    asset_checks=dg.load_asset_checks_from_modules([pool]),
+    assets=[*dg.load_assets_from_modules([pool, clusters]), *sql_assets.sql_model_assets],
+    asset_checks=dg.load_asset_checks_from_modules([pool, clusters]),
     jobs=jobs.jobs,
     resources=build_resources(),
 )

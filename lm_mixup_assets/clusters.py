@@ -1,0 +1,190 @@
+"""Stage 2, clusters: embed each source's low-quality rows and group them into distillation inputs.
+
+``low_quality_clusters[source]`` assigns every low-quality row to one
+capacity-constrained cluster (sizes 2-5 by default, METHOD.md §2);
+``cluster_inputs[source]`` turns each cluster into the distiller's input text.
+"""
+
+import time
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from lm_mixup_assets.lib.cluster_inputs import build_cluster_inputs
+from lm_mixup_assets.lib.clustering import capacity_constrained_clusters
+from lm_mixup_assets.lib.models import load_tokenizer
+from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.partitions import source_partitions
+from resources import WarehouseResource, settings
+from resources.embedder import EmbedderResource
+
+GROUP = "clusters"
+_defaults = settings("clusters")
+
+CLUSTER_COLUMNS = ["source", "sample_id", "cluster_id", "cluster_size", "member_cosine", "cluster_mean_cosine", "embedding_model"]
+
+
+class ClusteringConfig(dg.Config):
+    min_size: int = 2
+    max_size: int = 5
+    mean_cap: float = 3.0
+    std_cap: float = 1.0
+    seed: int = 42
+
+
+class ClusterInputsConfig(dg.Config):
+    max_input_tokens: int = 2400
+    policy_tokenizer: str = _defaults["policy_tokenizer"]
+
+
+def _size_and_similarity_plots(sizes: np.ndarray, cosines: np.ndarray, source: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(7.5, 2.6))
+    if len(sizes):
+        values, counts = np.unique(sizes, return_counts=True)
+        a.bar(values, counts, color="#4f6bed")
+    a.set_title("cluster size", fontsize=9)
+    a.set_xlabel("members", fontsize=8)
+    b.hist(cosines, bins=30, range=(min(0.0, float(cosines.min())) if len(cosines) else 0.0, 1.0), color="#2aa876")
+    b.set_title("member-to-centre cosine", fontsize=9)
+    fig.suptitle(f"low-quality clusters, {source}", fontsize=10)
+    return figure_to_markdown(fig, f"clusters {source}")
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    group_name=GROUP,
+    deps=["low_quality_pool"],
+    kinds={"pytorch", "duckdb"},
+    description="Every low-quality row with its cluster_id (capacity-constrained clustering of its embedding), "
+    "the cluster's size and the member-to-centre cosine.",
+)
+def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, embedder: EmbedderResource,
+                         warehouse: WarehouseResource) -> dg.MaterializeResult:
+    source = context.partition_key
+    if not 1 <= config.min_size <= config.max_size:
+        raise dg.Failure(description=f"need 1 <= min_size <= max_size (got {config.min_size}, {config.max_size})")
+    low = warehouse.query("select sample_id, prompt, completion from low_quality_pool where source = ? order by sample_id", [source])
+    started = time.monotonic()
+    context.log.info(f"embedding {len(low)} low-quality rows of {source!r} with {embedder.model} on {embedder.resolved_device}")
+    vectors = embedder.embed((low["prompt"] + "\n" + low["completion"]).tolist())
+    embed_s = time.monotonic() - started
+    result = capacity_constrained_clusters(vectors, min_size=config.min_size, max_size=config.max_size,
+                                           mean_cap=config.mean_cap, std_cap=config.std_cap, seed=config.seed)
+    cluster_s = time.monotonic() - started - embed_s
+    for note in result.notes:
+        context.log.info(note)
+    labels = result.labels.astype("int64")
+    mean_cos = pd.Series(result.member_cosine).groupby(labels).mean() if len(labels) else pd.Series(dtype=float)
+    df = pd.DataFrame({
+        "source": source, "sample_id": low["sample_id"], "cluster_id": labels,
+        "cluster_size": result.sizes[labels].astype("int64") if len(labels) else np.zeros(0, "int64"),
+        "member_cosine": result.member_cosine.astype("float64"),
+        "cluster_mean_cosine": mean_cos.reindex(labels).to_numpy() if len(labels) else np.zeros(0),
+        "embedding_model": embedder.model,
+    }, columns=CLUSTER_COLUMNS)
+    warehouse.replace_partition("low_quality_clusters", df, "source", source)
+    context.log.info(f"{source}: {len(df)} rows -> {len(result.sizes)} clusters (embed {embed_s:.1f}s, cluster {cluster_s:.2f}s)")
+    preview = df.merge(low, on="sample_id").sort_values(["cluster_id", "sample_id"])
+    first = preview[preview["cluster_id"].isin(sorted(set(labels))[:3])] if len(labels) else preview
+    return dg.MaterializeResult(metadata={
+        **table_metadata(df, ["sample_id", "cluster_id", "cluster_size", "member_cosine"]),
+        "clusters": len(result.sizes),
+        "mean_member_cosine": float(result.member_cosine.mean()) if len(labels) else 0.0,
+        "size_histogram": dg.MetadataValue.json({int(s): int((result.sizes == s).sum()) for s in np.unique(result.sizes)}),
+        "plots": dg.MetadataValue.md(_size_and_similarity_plots(result.sizes, result.member_cosine, source)),
+        "preview_clusters": preview_md(first, n=15, columns=["cluster_id", "member_cosine", "prompt", "completion"]),
+        "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "_(none)_"),
+        "embedding_model": embedder.model,
+        "embed_seconds": round(embed_s, 2),
+        "cluster_seconds": round(cluster_s, 3),
+    })
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    group_name=GROUP,
+    deps=["low_quality_clusters"],
+    kinds={"duckdb", "pandas"},
+    description="One row per cluster (or per part of an over-long cluster): the merged input "
+    "(members as 'Q: ...\\nA: ...', blank-line separated), the instruction, member sample_ids in order, "
+    "and the input's token count with the policy tokenizer.",
+)
+def cluster_inputs(context: dg.AssetExecutionContext, config: ClusterInputsConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    source = context.partition_key
+    members = warehouse.query("""
+        select c.source, c.cluster_id, c.sample_id, l.prompt, l.completion
+        from low_quality_clusters c join low_quality_pool l using (source, sample_id)
+        where c.source = ? order by c.cluster_id, c.member_cosine desc, c.sample_id""", [source])
+    tokenizer = load_tokenizer(config.policy_tokenizer, str(warehouse.artifacts_dir))
+
+    def count_tokens(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    df = build_cluster_inputs(members, count_tokens, config.max_input_tokens)
+    df["source"] = source
+    warehouse.replace_partition("cluster_inputs", df, "source", source)
+    split = int((df["n_parts"] > 1).sum()) if len(df) else 0
+    over = int(df["over_max_tokens"].sum()) if len(df) else 0
+    context.log.info(f"{source}: {df['cluster_id'].nunique() if len(df) else 0} clusters -> {len(df)} inputs "
+                     f"({split} rows from split clusters, {over} still over {config.max_input_tokens} tokens)")
+    if over:
+        context.log.warning(f"{over} inputs are longer than {config.max_input_tokens} tokens even alone; kept and flagged over_max_tokens")
+    examples = "\n\n---\n\n".join(f"**cluster {r.cluster_id}** ({r.n_members} members, {r.input_tokens} tokens)\n\n```\n{r.input_text[:1200]}\n```"
+                                  for r in df.head(3).itertuples())
+    return dg.MaterializeResult(metadata={
+        **table_metadata(df, ["cluster_id", "part", "n_members", "input_tokens", "input_text"]),
+        "inputs_split_from_long_clusters": split,
+        "over_max_tokens": over,
+        "max_input_tokens": config.max_input_tokens,
+        "mean_input_tokens": float(df["input_tokens"].mean()) if len(df) else 0.0,
+        "policy_tokenizer": config.policy_tokenizer,
+        "examples": dg.MetadataValue.md(examples or "_(no clusters)_"),
+    })
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@dg.asset_check(asset="low_quality_clusters", blocking=True, description="Every low-quality row is in exactly one cluster.")
+def clusters_cover_low_rows(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = warehouse.query("""
+        with lo as (select source, sample_id from low_quality_pool where source in (select distinct source from low_quality_clusters)),
+             c as (select source, sample_id, count(*) n from low_quality_clusters group by 1, 2)
+        select coalesce(lo.source, c.source) source, coalesce(lo.sample_id, c.sample_id) sample_id, coalesce(c.n, 0) times_clustered
+        from lo full outer join c using (source, sample_id)
+        where c.n is null or c.n <> 1 or lo.sample_id is null""")
+    return dg.AssetCheckResult(passed=bad.empty, description="exact coverage" if bad.empty else f"{len(bad)} rows not clustered exactly once",
+                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+
+
+@dg.asset_check(asset="low_quality_clusters", description="Cluster sizes within [min_size, max_size] (default 2..5) where a source has >= min_size rows.")
+def cluster_sizes_in_range(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    # Bounds from the config defaults; a run with other bounds shows here as a warning, not silently.
+    lo, hi = ClusteringConfig().min_size, ClusteringConfig().max_size
+    sizes = warehouse.query("""
+        select source, cluster_id, count(*) size, (select count(*) from low_quality_clusters x where x.source = c.source) rows
+        from low_quality_clusters c group by 1, 2""")
+    bad = sizes[(sizes["rows"] >= lo) & ((sizes["size"] < lo) | (sizes["size"] > hi))]
+    return dg.AssetCheckResult(
+        passed=bad.empty, severity=dg.AssetCheckSeverity.WARN,
+        description=f"all sizes in [{lo}, {hi}]" if bad.empty else f"{len(bad)} clusters outside [{lo}, {hi}]",
+        metadata={"size_counts": dg.MetadataValue.json(sizes["size"].value_counts().sort_index().to_dict() if len(sizes) else {})},
+    )
+
+
+@dg.asset_check(asset="cluster_inputs", description="Member ids of cluster_inputs (all parts, in order) equal the cluster table's.")
+def cluster_inputs_match_clusters(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = warehouse.query("""
+        with i as (select source, cluster_id, unnest(member_ids) sample_id from cluster_inputs),
+             ic as (select source, cluster_id, sample_id, count(*) n from i group by 1, 2, 3)
+        select coalesce(ic.source, c.source) source, coalesce(ic.cluster_id, c.cluster_id) cluster_id,
+               coalesce(ic.sample_id, c.sample_id) sample_id
+        from ic full outer join (select * from low_quality_clusters where source in (select distinct source from cluster_inputs)) c
+             using (source, cluster_id, sample_id)
+        where ic.n is null or ic.n <> 1 or c.sample_id is null""")
+    return dg.AssetCheckResult(passed=bad.empty, description="member ids match" if bad.empty else f"{len(bad)} members differ",
+                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
