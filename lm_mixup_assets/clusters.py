@@ -23,6 +23,8 @@ from resources.embedder import EmbedderResource
 GROUP = "clusters"
 _defaults = settings("clusters")
 
+CLUSTER_INPUT_TYPES = {"member_ids": "VARCHAR[]", "cluster_id": "BIGINT", "part": "BIGINT", "n_parts": "BIGINT",
+                      "n_members": "BIGINT", "input_tokens": "BIGINT", "over_max_tokens": "BOOLEAN"}
 CLUSTER_COLUMNS = ["source", "sample_id", "cluster_id", "cluster_size", "member_cosine", "cluster_mean_cosine", "embedding_model"]
 
 
@@ -86,7 +88,8 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
         "cluster_mean_cosine": mean_cos.reindex(labels).to_numpy() if len(labels) else np.zeros(0),
         "embedding_model": embedder.model,
     }, columns=CLUSTER_COLUMNS)
-    warehouse.replace_partition("low_quality_clusters", df, "source", source)
+    warehouse.replace_partition("low_quality_clusters", df, "source", source, column_types={
+        "cluster_id": "BIGINT", "cluster_size": "BIGINT", "member_cosine": "DOUBLE", "cluster_mean_cosine": "DOUBLE"})
     context.log.info(f"{source}: {len(df)} rows -> {len(result.sizes)} clusters (embed {embed_s:.1f}s, cluster {cluster_s:.2f}s)")
     preview = df.merge(low, on="sample_id").sort_values(["cluster_id", "sample_id"])
     first = preview[preview["cluster_id"].isin(sorted(set(labels))[:3])] if len(labels) else preview
@@ -126,7 +129,7 @@ def cluster_inputs(context: dg.AssetExecutionContext, config: ClusterInputsConfi
 
     df = build_cluster_inputs(members, count_tokens, config.max_input_tokens)
     df["source"] = source
-    warehouse.replace_partition("cluster_inputs", df, "source", source)
+    warehouse.replace_partition("cluster_inputs", df, "source", source, column_types=CLUSTER_INPUT_TYPES)
     split = int((df["n_parts"] > 1).sum()) if len(df) else 0
     over = int(df["over_max_tokens"].sum()) if len(df) else 0
     context.log.info(f"{source}: {df['cluster_id'].nunique() if len(df) else 0} clusters -> {len(df)} inputs "

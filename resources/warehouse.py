@@ -34,9 +34,10 @@ class WarehouseResource(dg.ConfigurableResource):
         with wh.connect(self.database_path, read_only=read_only, lock_timeout_s=self.lock_timeout_s) as con:
             yield con
 
-    def replace_partition(self, table: str, df: pd.DataFrame, partition_column: str | None = None, partition_value: str | None = None) -> int:
+    def replace_partition(self, table: str, df: pd.DataFrame, partition_column: str | None = None,
+                          partition_value: str | None = None, column_types: dict[str, str] | None = None) -> int:
         with self.connect() as con:
-            return wh.replace_partition(con, table, df, partition_column, partition_value)
+            return wh.replace_partition(con, table, df, partition_column, partition_value, column_types)
 
     def read_partition(self, table: str, partition_column: str | None = None, partition_value: str | None = None) -> pd.DataFrame:
         with self.connect() as con:

@@ -61,11 +61,13 @@ def replace_partition(
     df: pd.DataFrame,
     partition_column: str | None = None,
     partition_value: str | None = None,
+    column_types: dict[str, str] | None = None,
 ) -> int:
     """Replace one partition of ``table`` (or the whole table) with ``df`` in one transaction.
 
-    The first write creates the table from the frame's schema. Columns are
-    matched by name, so a frame with the same columns in another order is fine.
+    The first write creates the table from the frame's schema; ``column_types``
+    pins DuckDB types the frame cannot show (e.g. ``VARCHAR[]`` when the first
+    frame is empty). Columns are matched by name.
     """
     con.register("_incoming", df)
     try:
@@ -74,8 +76,9 @@ def replace_partition(
             con.execute(f'create table "{table}" as select * from _incoming limit 0')
             # An all-empty / all-None column has DuckDB type NULL; widen it so later rows fit.
             for name, kind in con.execute(f'select column_name, data_type from information_schema.columns where table_name = ?', [table]).fetchall():
-                if kind.strip('"') == "NULL":
-                    con.execute(f'alter table "{table}" alter column "{name}" type varchar')
+                wanted = (column_types or {}).get(name) or ("VARCHAR" if kind.strip('"') == "NULL" else None)
+                if wanted:
+                    con.execute(f'alter table "{table}" alter column "{name}" type {wanted}')
         if partition_column is None:
             con.execute(f'delete from "{table}"')
         else:
