@@ -175,13 +175,13 @@ def _normalise_t(t: torch.Tensor) -> torch.Tensor:
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _kmeanspp_init(x: torch.Tensor, k: int, gen: np.random.Generator, gram_max: int = 4096) -> np.ndarray:
+def _kmeanspp_init(x: torch.Tensor, k: int, gen: np.random.Generator, gram_max: int = 8192) -> np.ndarray:
     """k-means++ seeding with cosine distance (1 - cos) on normalised rows.
     Returns the indices of k distinct rows (when n >= k).  For small n the
     Gram matrix is computed once (one matmul), so each step is O(n)."""
     n = x.shape[0]
     k = min(k, n)
-    gram = _to_np(x @ x.T).astype(np.float64) if n <= gram_max else None
+    gram = _to_np(x @ x.T) if n <= gram_max else None
     xn = None if gram is not None else _to_np(x)
 
     def dist(j: int) -> np.ndarray:
@@ -196,7 +196,7 @@ def _kmeanspp_init(x: torch.Tensor, k: int, gen: np.random.Generator, gram_max: 
     d2 = dist(j)
     d2[j] = 0.0
     for t in range(1, k):
-        cum = np.cumsum(d2)
+        cum = np.cumsum(d2, dtype=np.float64)
         total = cum[-1]
         if total <= 1e-12:  # every remaining row coincides with a chosen one
             rest = np.flatnonzero(~chosen)
@@ -454,32 +454,29 @@ def _fill_leftovers(
     labels: np.ndarray,
     m: int,
     chunk: int = 4096,
-    max_passes: int = 64,
-) -> int:
+    max_passes: int = 32,
+) -> tuple[int, bool]:
     """Place rows left unassigned (their candidates all filled up) into the
-    most similar centres that still have room, with the same rounds.  Returns
-    the number of passes used."""
+    most similar centres that still have room, with the same rounds against
+    the centres that are still open.  If that stalls (massive similarity
+    ties, e.g. thousands of identical rows), the rest is matched to the free
+    slots in one shot (rows sorted by their best open centre).  Returns
+    (passes used, whether the one-shot slot fill was needed)."""
     passes = 0
     while True:
         left = np.flatnonzero(labels < 0)
         if len(left) == 0:
-            return passes
+            return passes, False
         open_c = np.flatnonzero(room > 0)
         if len(open_c) == 0:
             raise RuntimeError("capacities exhausted with rows left")  # sum(caps) == N
+        oc_t = centres[torch.as_tensor(open_c)]
         passes += 1
         if passes > max_passes:
-            # degenerate ties (e.g. many identical rows): fill the remaining
-            # slots in order, best-matching rows first.
-            slots = np.repeat(open_c, room[open_c])
-            labels[left[: len(slots)]] = slots[: len(left)]
-            room[open_c] = 0
-            return passes
-        oc_t = centres[torch.as_tensor(open_c)]
-        # room-aware candidate count: enough to absorb everyone in one pass if
-        # the similarity order allowed it, bounded to keep memory small
-        mm = int(min(len(open_c), max(m, 4 * math.ceil(len(left) / max(1, len(open_c))) + m)))
-        mm = min(mm, 256)
+            _slot_fill(x, oc_t, open_c, room, labels, left, chunk)
+            return passes, True
+        # enough candidates to absorb everyone if the similarity order allowed it
+        mm = int(min(len(open_c), 256, max(m, 4 * math.ceil(len(left) / len(open_c)) + m)))
         cand = np.empty((len(left), mm), dtype=np.int64)
         cand_sim = np.empty((len(left), mm), dtype=np.float32)
         for a in range(0, len(left), chunk):
@@ -487,8 +484,32 @@ def _fill_leftovers(
             top = torch.topk(x[torch.as_tensor(rs)] @ oc_t.T, mm, dim=1)
             cand[a: a + len(rs)] = open_c[_to_np(top.indices)]
             cand_sim[a: a + len(rs)] = _to_np(top.values)
-        # most confident rows first (matters only for ties in the lexsort)
-        _assign_rounds(left, cand, cand_sim, room, labels)
+        order = np.argsort(-cand_sim[:, 0], kind="stable")
+        _assign_rounds(left[order], cand[order], cand_sim[order], room, labels)
+        placed = len(left) - int((labels[left] < 0).sum())
+        if passes >= 2 and placed < 0.25 * len(left):
+            left = np.flatnonzero(labels < 0)
+            if len(left):
+                open_c = np.flatnonzero(room > 0)
+                _slot_fill(x, centres[torch.as_tensor(open_c)], open_c, room, labels, left, chunk)
+                return passes, True
+
+
+def _slot_fill(x, oc_t, open_c, room, labels, left, chunk) -> None:
+    """One-shot fill: rows sorted by (best open centre, -similarity) take the
+    free slots sorted by centre, so rows keep their best centre where it has
+    room and spill to neighbouring slots otherwise."""
+    best = np.empty(len(left), dtype=np.int64)
+    bsim = np.empty(len(left), dtype=np.float32)
+    for a in range(0, len(left), chunk):
+        v, i = (x[torch.as_tensor(left[a: a + chunk])] @ oc_t.T).max(dim=1)
+        best[a: a + len(v)] = _to_np(i)
+        bsim[a: a + len(v)] = _to_np(v)
+    o = np.lexsort((left, -bsim, best))
+    slots = np.repeat(open_c, room[open_c])
+    take = min(len(slots), len(left))
+    labels[left[o[:take]]] = slots[:take]
+    room -= np.bincount(slots[:take], minlength=len(room))
 
 
 def _repair_small(
@@ -614,8 +635,8 @@ def capacity_constrained_clusters(
     member means; ``member_cosine`` is each row's cosine to its centre.
 
     Tuning knobs (keyword-only): ``leaf_size`` (rows per leaf of the
-    partition; default max(1024, sqrt(3N)), a single leaf = exact flat
-    search), ``leaf_iters`` (spherical k-means iterations per leaf),
+    partition; default: one leaf, i.e. exact flat search, up to N = 8192,
+    else max(1024, sqrt(3N))), ``leaf_iters`` (spherical k-means iterations per leaf),
     ``global_iters`` (Lloyd iterations across leaves, via the probes),
     ``n_probe`` (leaves searched per row), ``n_candidates`` (candidate centres
     per row for the greedy rounds), ``refine_iters`` (re-estimate centres from
@@ -641,7 +662,8 @@ def capacity_constrained_clusters(
     with torch.no_grad():
         # 1) partition the rows into leaves (recursive spherical k-means)
         if leaf_size is None:
-            leaf_size = int(max(1024, round(math.sqrt(3.0 * n))))
+            # flat (one leaf, exact search) while the Gram-based k-means++ fits
+            leaf_size = n if n <= 8192 else int(max(1024, round(math.sqrt(3.0 * n))))
         leaves: list[np.ndarray] = []
         _partition(x, np.arange(n), leaf_size, gen, leaf_iters, leaves)
         leaves = [np.sort(r) for r in leaves if len(r)]
@@ -689,9 +711,7 @@ def capacity_constrained_clusters(
             room = caps.copy()
             _assign_rounds(order, cand[order], cand_sim[order], room, new)
             n_left = int((new < 0).sum())
-            passes = _fill_leftovers(x, centres, room, new, n_candidates)
-            if passes > 64:
-                notes.append("degenerate similarity ties: some rows placed into free slots in order")
+            _, slot_filled = _fill_leftovers(x, centres, room, new, n_candidates)
             if labels is not None and np.array_equal(new, labels):
                 break
             labels = new
@@ -699,6 +719,8 @@ def capacity_constrained_clusters(
                 centres = member_means(labels, centres)
         if n_left:
             notes.append(f"{n_left} rows placed by the fallback (all {min(n_candidates, k)} candidates full)")
+        if slot_filled:
+            notes.append("massive similarity ties (e.g. identical rows): the last rows filled free slots in one shot")
 
     labels = _repair_small(xn, labels, min_size, max_size, notes)
     return _finish(xn, labels, notes)

@@ -1,0 +1,205 @@
+"""Tests for lm_mixup_assets.lib.clustering (capacity-constrained clustering)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lm_mixup_assets.lib.clustering import (
+    ClusterResult,
+    capacity_constrained_clusters,
+    draw_capacities,
+    mean_cosine_to_cluster_mean,
+)
+
+
+def _topics(n: int, n_topics: int, d: int = 64, noise: float = 0.6, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    t = rng.standard_normal((n_topics, d))
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    topic = rng.integers(n_topics, size=n)
+    x = t[topic] + noise * rng.standard_normal((n, d)) / np.sqrt(d)
+    return x.astype(np.float32), topic
+
+
+def _check_valid(res: ClusterResult, n: int, lo: int, hi: int) -> None:
+    assert res.labels.shape == (n,)
+    assert res.member_cosine.shape == (n,)
+    k = len(res.sizes)
+    assert res.centres.shape[0] == k
+    if n == 0:
+        assert k == 0
+        return
+    # labels 0..k-1, all used; sizes consistent; each row exactly once
+    assert res.labels.min() == 0 and res.labels.max() == k - 1
+    np.testing.assert_array_equal(np.bincount(res.labels, minlength=k), res.sizes)
+    assert int(res.sizes.sum()) == n
+    assert (res.sizes > 0).all()
+    if n >= lo:
+        assert res.sizes.min() >= lo, res.sizes
+        assert res.sizes.max() <= hi, res.sizes
+    norms = np.linalg.norm(res.centres, axis=1)
+    np.testing.assert_allclose(norms[norms > 0], 1.0, atol=1e-4)
+    assert np.all(res.member_cosine <= 1.0 + 1e-4)
+
+
+# --------------------------------------------------------------------------- #
+# capacities
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 6, 7, 11, 100, 1000, 12345])
+def test_draw_capacities_sum_and_bounds(n):
+    caps = draw_capacities(n)
+    assert int(caps.sum()) == n
+    if n == 0:
+        assert len(caps) == 0
+    elif n < 2:
+        np.testing.assert_array_equal(caps, [n])
+    else:
+        assert caps.min() >= 2 and caps.max() <= 5
+
+
+def test_draw_capacities_distribution_and_determinism():
+    caps = draw_capacities(30000, seed=42)
+    np.testing.assert_array_equal(caps, draw_capacities(30000, seed=42))
+    assert abs(caps.mean() - 3.0) < 0.15  # clipped N(3, 1) has mean ~3
+    assert set(np.unique(caps)) == {2, 3, 4, 5}
+    assert not np.array_equal(caps[:200], draw_capacities(30000, seed=7)[:200])
+
+
+@pytest.mark.parametrize("n,lo,hi", [(50, 2, 20), (7, 3, 4), (1000, 2, 20), (19, 4, 8)])
+def test_draw_capacities_custom_bounds(n, lo, hi):
+    caps = draw_capacities(n, min_size=lo, max_size=hi, mean_cap=(lo + hi) / 2, std_cap=2.0)
+    assert int(caps.sum()) == n
+    assert caps.min() >= lo and caps.max() <= hi
+
+
+def test_draw_capacities_infeasible_bounds_still_sum():
+    # no k with 4k <= 7 <= 5k: the sum is still exact
+    caps = draw_capacities(7, min_size=4, max_size=5)
+    assert int(caps.sum()) == 7
+
+
+# --------------------------------------------------------------------------- #
+# clustering: validity on many sizes
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 7, 10, 31, 1000])
+def test_sizes_and_coverage(n):
+    x, _ = _topics(n, max(1, n // 4), d=32, seed=n)
+    res = capacity_constrained_clusters(x)
+    _check_valid(res, n, 2, 5)
+    if n > 0:
+        # the clusters are exactly the drawn capacities (as a multiset)
+        np.testing.assert_array_equal(np.sort(res.sizes), np.sort(draw_capacities(n)))
+
+
+def test_edge_case_notes():
+    empty = capacity_constrained_clusters(np.zeros((0, 8), dtype=np.float32))
+    assert empty.labels.shape == (0,) and empty.centres.shape == (0, 8)
+    assert any("empty" in s for s in empty.notes)
+    one = capacity_constrained_clusters(np.ones((1, 8)))
+    np.testing.assert_array_equal(one.labels, [0])
+    assert any("min_size" in s for s in one.notes)
+    three = capacity_constrained_clusters(np.eye(3, 8), min_size=4, max_size=6)
+    np.testing.assert_array_equal(three.labels, [0, 0, 0])
+    assert any("3 rows < min_size 4" in s for s in three.notes)
+
+
+def test_hierarchical_path_valid():
+    # N > 8192 uses the leaf partition + probes; small leaf_size forces it cheaply
+    x, topic = _topics(3000, 300, d=48, seed=3)
+    res = capacity_constrained_clusters(x, leaf_size=256)
+    _check_valid(res, 3000, 2, 5)
+    flat = capacity_constrained_clusters(x)
+    assert mean_cosine_to_cluster_mean(x, res.labels) > mean_cosine_to_cluster_mean(x, flat.labels) - 0.05
+
+
+def test_determinism():
+    x, _ = _topics(1500, 200, seed=1)
+    a = capacity_constrained_clusters(x, seed=42)
+    b = capacity_constrained_clusters(x, seed=42)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.centres, b.centres)
+    c = capacity_constrained_clusters(x, leaf_size=200, seed=42)
+    d = capacity_constrained_clusters(x, leaf_size=200, seed=42)
+    np.testing.assert_array_equal(c.labels, d.labels)
+
+
+@pytest.mark.parametrize("n", [2, 9, 500])
+def test_all_identical_rows(n):
+    x = np.tile(np.array([[0.3, -1.2, 0.5, 2.0]], dtype=np.float32), (n, 1))
+    res = capacity_constrained_clusters(x)
+    _check_valid(res, n, 2, 5)
+    np.testing.assert_allclose(res.member_cosine, 1.0, atol=1e-5)
+
+
+def test_identical_rows_hierarchical_path():
+    x = np.ones((2000, 16), dtype=np.float32)
+    res = capacity_constrained_clusters(x, leaf_size=128)
+    _check_valid(res, 2000, 2, 5)
+
+
+def test_one_dimensional_and_unnormalised_and_zero_rows():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 1)) * 100.0
+    res = capacity_constrained_clusters(x)
+    _check_valid(res, 40, 2, 5)
+    # with d=1 every row is +-1: clusters are sign-pure except where the
+    # capacities force a mix (at most one mixed cluster per side remainder)
+    sign = np.sign(x[:, 0])
+    mixed = sum(len(np.unique(sign[res.labels == j])) > 1 for j in range(res.k))
+    assert mixed <= 1
+
+    y = rng.standard_normal((30, 8)) * 50.0
+    y[:4] = 0.0
+    y[5] = np.nan
+    r2 = capacity_constrained_clusters(y)
+    _check_valid(r2, 30, 2, 5)
+    assert any("zero" in s for s in r2.notes)
+    # scale does not matter: same labels as the normalised input
+    z = rng.standard_normal((60, 8))
+    np.testing.assert_array_equal(
+        capacity_constrained_clusters(z * 1000.0).labels,
+        capacity_constrained_clusters(z / np.linalg.norm(z, axis=1, keepdims=True)).labels,
+    )
+
+
+def test_topic_purity():
+    x, topic = _topics(1200, 40, d=64, noise=0.6, seed=11)
+    res = capacity_constrained_clusters(x)
+    _check_valid(res, 1200, 2, 5)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    # mean pairwise cosine within clusters vs random pairs
+    intra = []
+    for mem in res.members():
+        s = xn[mem] @ xn[mem].T
+        m = len(mem)
+        intra.append((s.sum() - m) / (m * (m - 1)))
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(1200, size=(2, 5000))
+    rand = float(np.einsum("ij,ij->i", xn[i], xn[j]).mean())
+    assert np.mean(intra) > rand + 0.4
+    # most clusters are single-topic (a topic's ~30 rows rarely sum exactly
+    # to whole capacities, so about one cluster per topic straddles two topics)
+    pure = np.mean([len(np.unique(topic[mem])) == 1 for mem in res.members()])
+    assert pure > 0.8
+    # row level: the share of rows sharing their cluster's majority topic
+    agree = sum(np.bincount(topic[mem]).max() for mem in res.members()) / len(topic)
+    assert agree > 0.9
+    np.testing.assert_allclose(res.member_cosine.mean(), mean_cosine_to_cluster_mean(x, res.labels), atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, 1000])
+def test_custom_sizes(n):
+    x, _ = _topics(n, max(1, n // 10), d=16, seed=2)
+    res = capacity_constrained_clusters(x, min_size=2, max_size=20, mean_cap=10, std_cap=4)
+    _check_valid(res, n, 2, 20)
+    if n >= 100:
+        assert 6 < res.sizes.mean() < 14
+
+
+def test_repair_when_bounds_infeasible():
+    # 7 rows with sizes 4..5 cannot be split validly: one cluster of 7, noted
+    x, _ = _topics(7, 2, d=8, seed=4)
+    res = capacity_constrained_clusters(x, min_size=4, max_size=5)
+    assert int(res.sizes.sum()) == 7 and res.sizes.min() >= 4
+    assert any("no k satisfies" in s for s in res.notes)
