@@ -21,21 +21,29 @@ size bounds).
 How it is made fast (``capacity_constrained_clusters``)
 -------------------------------------------------------
 k is about N/3, so a flat k-means (N x k x d per iteration) and a dense N x k
-similarity matrix are far too expensive at 100k rows.  Instead:
+similarity matrix are far too expensive at 100k rows.  Up to N = 8192 the
+search is flat (exact: one N x k matmul + topk, k-means++ from the Gram
+matrix); above that:
 
-* rows are recursively partitioned by spherical k-means into *leaves* of a few
-  hundred rows (cost N x sqrt(N) x d);
+* rows are recursively partitioned by spherical k-means into *leaves* of
+  about max(1024, sqrt(3N)) rows (at most twice that; cost ~N x N/leaf x d);
 * the k centres are split over the leaves in proportion to their sizes and
-  found by spherical k-means inside each leaf (cost N x leaf/3 x d);
+  found by k-means++ + spherical k-means inside each leaf (cost N x leaf/3 x d);
+* each row probes its ``n_probe`` nearest leaves (own leaf first, by cosine
+  to the leaf centroids); a centre belongs to the leaf whose centroid is
+  nearest.  A few Lloyd iterations across leaves use these probes for the
+  assignment step, so centres can gather members from neighbouring leaves;
 * each row's ``n_candidates`` best centres are looked up among the centres of
-  its leaf and of the ``n_probe`` leaves nearest to it (one small matmul + topk
-  per leaf);
+  its probed leaves (one matmul + topk per leaf, over the (row, probe) pairs
+  grouped by leaf);
 * the greedy capacity assignment runs in vectorised rounds: every unassigned
   row claims its best candidate centre that still has room, and each centre
   accepts its most similar claimants up to its remaining room (a lexsort by
   (centre, -similarity) and a rank within each centre); losers move on to
   their next candidate.  Rows whose candidates all filled up are placed by
-  the same rounds against all centres that still have room;
+  the same rounds against all centres that still have room (and, only if that
+  stalls on massive ties such as thousands of identical rows, by a one-shot
+  fill of the free slots);
 * optionally the centres are re-estimated from the members and the
   assignment is repeated (``refine_iters``).
 """
@@ -152,10 +160,10 @@ def _feasible_k(n: int, lo: int, hi: int, k: int) -> int:
     k_max = n // lo
     if k_min <= k_max:
         return int(min(max(k, k_min), k_max))
-    # infeasible bounds (e.g. lo=4, hi=5, n=7): no k works; prefer k_min
-    # (clusters no bigger than needed, one of them above max_size... or below
-    # min_size after the adjustment); k >= 1 always.
-    return max(1, k_max if k_max >= 1 else 1)
+    # infeasible bounds (e.g. lo=4, hi=5, n=7): no k works.  Take the largest
+    # k whose clusters can all reach min_size (mixup needs members), so some
+    # capacity ends up above max_size instead; k >= 1 always.
+    return max(1, k_max)
 
 
 # --------------------------------------------------------------------------- #
@@ -250,17 +258,14 @@ def _spherical_kmeans(
             break
         sums = _segment_sums(x, labels, k)
         counts = torch.bincount(labels, minlength=k)
+        nrm = sums.norm(dim=1, keepdim=True)
+        # clusters whose members cancel out (or empty ones) keep their centre
+        new_c = torch.where(nrm > 1e-6, sums / nrm.clamp_min(1e-12), centres)
         empty = torch.nonzero(counts == 0).flatten()
-        new_c = _normalise_t(sums)
         if len(empty):
             # worst-served rows become the new centres of empty clusters
             worst = torch.argsort(best, stable=True)[: len(empty)]
             new_c[empty] = x[worst]
-        # clusters whose members cancel out keep their old centre
-        bad = sums.norm(dim=1) < 1e-6
-        bad[empty] = False
-        if bool(bad.any()):
-            new_c[bad] = centres[bad]
         centres = new_c
     return centres, labels
 
