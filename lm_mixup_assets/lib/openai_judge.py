@@ -76,6 +76,17 @@ _KEYISH = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}")
 # httpx2 for later ones), found through one of the SDK's own objects.
 _httpx = sys.modules[type(openai.DEFAULT_CONNECTION_LIMITS).__module__.split(".")[0]]
 
+_OMITTED_DEFAULT_HEADERS = (
+    "X-Stainless-Lang",
+    "X-Stainless-Package-Version",
+    "X-Stainless-OS",
+    "X-Stainless-Arch",
+    "X-Stainless-Runtime",
+    "X-Stainless-Runtime-Version",
+    "X-Stainless-Async",
+)
+_REQUEST_OPTIONS = {"headers": {"X-Stainless-Retry-Count": openai.Omit(), "X-Stainless-Read-Timeout": openai.Omit()}}
+
 _HAVE_AIOHTTP = importlib.util.find_spec("aiohttp") is not None and hasattr(openai, "DefaultAioHttpClient")
 _HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
@@ -230,6 +241,8 @@ class OpenAIJudgeClient:
             max_retries=0,
             timeout=self.timeout_s,
             http_client=http_client,
+            # Telemetry headers add per-request work in three layers (SDK, httpx, aiohttp).
+            default_headers=dict.fromkeys(_OMITTED_DEFAULT_HEADERS, openai.Omit()),
         )
         results: list[JudgeOutcome | None] = [None] * len(prompts)
         indices = iter(range(len(prompts)))
@@ -242,8 +255,14 @@ class OpenAIJudgeClient:
                     on_result(i, outcome)
 
         try:
-            tasks = [asyncio.ensure_future(worker()) for _ in range(n_workers)]
+            tasks: list[asyncio.Future] = []
             try:
+                # Ramp up: one new worker per event-loop turn, so the first requests
+                # (and so all later ones) are spread out instead of leaving as one
+                # burst that the loop then has to process back to back every round.
+                for _ in range(n_workers):
+                    tasks.append(asyncio.ensure_future(worker()))
+                    await asyncio.sleep(0)
                 await asyncio.gather(*tasks)
             except BaseException:
                 for t in tasks:
@@ -326,7 +345,9 @@ class OpenAIJudgeClient:
         """One HTTP attempt: (content, prompt_tokens, completion_tokens), or raise _Retryable / _Fatal."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                response = await client.post("/chat/completions", body=body, cast_to=_httpx.Response)
+                response = await client.post(
+                    "/chat/completions", body=body, cast_to=_httpx.Response, options=_REQUEST_OPTIONS
+                )
                 data = response.json()
         except (TimeoutError, openai.APITimeoutError):
             raise _Retryable(f"timed out after {self.timeout_s:g}s", "timeouts") from None
