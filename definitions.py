@@ -3,6 +3,7 @@
 import dagster as dg
 
 from lm_mixup_assets import clusters, jobs, pool, sql_assets
+from lm_mixup_assets.scaling import select_executor
 from resources import build_resources
 
 defs = dg.Definitions(
@@ -10,4 +11,5 @@ defs = dg.Definitions(
     asset_checks=dg.load_asset_checks_from_modules([pool, clusters]),
     jobs=jobs.jobs,
     resources=build_resources(),
+    executor=select_executor(),
 )

@@ -17,6 +17,7 @@ from lm_mixup_assets.lib.models import load_tokenizer
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.metadata import preview_md, table_metadata
 from lm_mixup_assets.partitions import source_partitions
+from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from resources import WarehouseResource, settings
 from resources.embedder import EmbedderResource
 
@@ -61,6 +62,9 @@ def _size_and_similarity_plots(sizes: np.ndarray, cosines: np.ndarray, source: s
     group_name=GROUP,
     deps=["low_quality_pool"],
     kinds={"pytorch", "duckdb"},
+    # Embedding runs on a GPU on the paper profile (bge-m3 over ~240k rows).
+    pool=GPU_POOL,
+    op_tags=gpu_op_tags(),
     description="Every low-quality row with its cluster_id (capacity-constrained clustering of its embedding), "
     "the cluster's size and the member-to-centre cosine.",
 )

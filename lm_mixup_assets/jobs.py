@@ -1,23 +1,37 @@
-"""Jobs: what a person launches from the UI or the CLI."""
+"""Jobs: what a person launches from the UI or the CLI (`dg launch --job NAME --partition SOURCE`)."""
 
 import dagster as dg
 
 PER_SOURCE_JOB = "per_source_job"
 ALL_SOURCES_JOB = "all_sources_job"
 
-# Everything that is partitioned by source, in dependency order, for one source.
+_cross_source = dg.AssetSelection.assets("pool_summary")
+
+pool_job = dg.define_asset_job(
+    "pool_job", selection=dg.AssetSelection.groups("pool") - _cross_source,
+    description="Ingest, rate and split one source partition.",
+)
+clusters_job = dg.define_asset_job(
+    "clusters_job", selection=dg.AssetSelection.groups("clusters"),
+    description="Embed and cluster one source's low-quality rows (needs the pool partition).",
+)
+# Everything partitioned by source, in dependency order, for one source: backfill it over all sources.
 per_source_job = dg.define_asset_job(
     PER_SOURCE_JOB,
-    selection=dg.AssetSelection.all().required_multi_asset_neighbors() & dg.AssetSelection.groups("pool", "clusters")
-    - dg.AssetSelection.assets("pool_summary"),
-    description="Ingest, rate, split (and cluster, when built) one source partition. Backfill it over all sources.",
+    selection=dg.AssetSelection.groups("pool", "clusters") - _cross_source,
+    description="Every per-source stage for one source partition. Backfill it over all sources.",
 )
-
 # The cross-source assets, after the per-source partitions exist.
 all_sources_job = dg.define_asset_job(
     ALL_SOURCES_JOB,
-    selection=dg.AssetSelection.assets("pool_summary"),
+    selection=_cross_source,
     description="Cross-source summaries; run after per_source_job has materialised the sources you want.",
 )
+# The whole graph for one source; its unpartitioned assets are refreshed in the same run.
+lm_mixup_job = dg.define_asset_job(
+    "lm_mixup_job",
+    selection=dg.AssetSelection.all(),
+    description="The whole graph built so far, for one source partition (plus the cross-source assets).",
+)
 
-jobs = [per_source_job, all_sources_job]
+jobs = [pool_job, clusters_job, per_source_job, all_sources_job, lm_mixup_job]

@@ -1,0 +1,67 @@
+"""How steps run: the executor chosen by environment, and the tags GPU steps carry.
+
+- ``LM_MIXUP_EXECUTOR=in_process`` (default): one process, steps in order. On a
+  2-core machine it is the fastest (no per-step process start) and DuckDB sees
+  one writer.
+- ``multiprocess``: steps in parallel processes (``LM_MIXUP_MAX_CONCURRENT``).
+  Safe with DuckDB because every write opens a short connection and waits
+  for the file lock (``lib/warehouse.py``).
+- ``k8s``: ``dagster-k8s``'s ``k8s_job_executor`` (install the ``k8s`` extra),
+  one pod per step; GPU steps get their GPU through the op tags below. Image,
+  namespace and the shared data root come from the environment.
+"""
+
+import os
+
+import dagster as dg
+
+EXECUTORS = ("in_process", "multiprocess", "k8s")
+
+#: Dagster concurrency pool for steps that need a GPU (limit it with
+#: ``dagster instance concurrency set gpu <n>``, or in the UI, to the GPU count).
+GPU_POOL = "gpu"
+
+
+def gpu_op_tags(gpus: int = 1, memory: str = "32Gi", cpu: str = "8") -> dict:
+    """Pod resources for a GPU step under ``k8s_job_executor`` (inert in-process)."""
+    limits = {"nvidia.com/gpu": str(gpus), "memory": memory}
+    return {
+        "dagster-k8s/config": {
+            "container_config": {"resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}},
+            "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        }
+    }
+
+
+def k8s_executor_config() -> dict:
+    """Config for ``k8s_job_executor`` from the environment (no cluster needed to build it)."""
+    root = os.environ.get("LM_MIXUP_HOME", "/data/lm_mixup")
+    return {
+        "job_image": os.environ.get("LM_MIXUP_IMAGE", "lm-mixup:latest"),
+        "job_namespace": os.environ.get("LM_MIXUP_K8S_NAMESPACE", "lm-mixup"),
+        "max_concurrent": int(os.environ.get("LM_MIXUP_MAX_CONCURRENT", "8")),
+        # Every pod sees the same data root (a PVC or an object-store mount), never the
+        # orchestrator's local disk; secrets come from a k8s Secret, not from config.
+        "env_vars": [f"LM_MIXUP_HOME={root}", f"LM_MIXUP_PROFILE={os.environ.get('LM_MIXUP_PROFILE', 'paper')}"],
+        "env_secrets": [os.environ.get("LM_MIXUP_K8S_SECRET", "lm-mixup-secrets")],
+        "volume_mounts": [{"name": "data", "mount_path": root}],
+        "volumes": [{"name": "data", "persistent_volume_claim": {"claim_name": os.environ.get("LM_MIXUP_K8S_PVC", "lm-mixup-data")}}],
+        # One step at a time per GPU: steps tagged pool=gpu queue for the GPUs.
+        "tag_concurrency_limits": [{"key": "dagster/concurrency_key", "value": GPU_POOL,
+                                    "limit": int(os.environ.get("LM_MIXUP_GPUS", "1"))}],
+    }
+
+
+def select_executor(name: str | None = None) -> dg.ExecutorDefinition:
+    name = (name or os.environ.get("LM_MIXUP_EXECUTOR", "in_process")).strip()
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "multiprocess":
+        return dg.multiprocess_executor.configured({"max_concurrent": int(os.environ.get("LM_MIXUP_MAX_CONCURRENT", "2"))})
+    if name == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError:
+            raise ImportError("LM_MIXUP_EXECUTOR=k8s needs dagster-k8s: pip install -e '.[k8s]'") from None
+        return k8s_job_executor.configured(k8s_executor_config())
+    raise ValueError(f"LM_MIXUP_EXECUTOR={name!r}; choose one of {EXECUTORS}")

@@ -1,0 +1,99 @@
+"""Running it like a platform: graph snapshot, jobs, executors, GPU tags, parallel writers."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+import definitions
+from lm_mixup_assets.scaling import GPU_POOL, k8s_executor_config, select_executor
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def graph_snapshot() -> dict:
+    graph = definitions.defs.resolve_asset_graph()
+    out = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        out[key.to_user_string()] = {
+            "group": node.group_name,
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "partitions": node.partitions_def.get_partition_keys() if node.partitions_def else None,
+            "checks": sorted(c.name for c in node.check_keys),
+        }
+    return out
+
+
+def test_asset_graph_matches_the_snapshot():
+    """A rename or a new dependency shows up in review. Refresh: UPDATE_SNAPSHOTS=1 pytest tests/test_platform.py"""
+    current = graph_snapshot()
+    if os.environ.get("UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
+        SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    assert current == json.loads(SNAPSHOT.read_text())
+
+
+def test_jobs_cover_every_stage():
+    names = {j.name for j in definitions.defs.jobs}
+    assert {"pool_job", "clusters_job", "per_source_job", "all_sources_job", "lm_mixup_job"} <= names
+    per_source = definitions.defs.resolve_job_def("per_source_job")
+    assert per_source.partitions_def.get_partition_keys() == ["chatterbot", "chitchat", "humaneval"]
+    selected = {k.to_user_string() for k in per_source.asset_layer.executable_asset_keys}
+    assert {"raw_pool", "rated_pool", "low_quality_clusters", "cluster_inputs"} <= selected
+    assert "pool_summary" not in selected
+
+
+def test_gpu_steps_carry_pool_and_pod_resources():
+    gpu_steps = {a.node_def.name: a.node_def for a in definitions.defs.assets if a.node_def.pool == GPU_POOL}
+    assert "low_quality_clusters" in gpu_steps
+    for node_def in gpu_steps.values():
+        tags = node_def.tags["dagster-k8s/config"]
+        tags = json.loads(tags) if isinstance(tags, str) else tags  # Dagster stores dict tags as JSON
+        assert tags["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_executor_is_chosen_by_environment(monkeypatch):
+    assert select_executor("in_process").name == "in_process"
+    assert select_executor("multiprocess").name == "multiprocess"
+    monkeypatch.setenv("LM_MIXUP_IMAGE", "registry.example/lm-mixup:1.0")
+    monkeypatch.setenv("LM_MIXUP_HOME", "/mnt/lm-mixup")
+    k8s = select_executor("k8s")  # builds the cluster configuration; needs no cluster
+    assert k8s.name == "k8s"
+    cfg = k8s_executor_config()
+    assert cfg["job_image"] == "registry.example/lm-mixup:1.0"
+    assert "LM_MIXUP_HOME=/mnt/lm-mixup" in cfg["env_vars"]
+    assert cfg["volume_mounts"][0]["mount_path"] == "/mnt/lm-mixup"
+    with pytest.raises(ValueError, match="choose one of"):
+        select_executor("spark")
+
+
+PARALLEL_RUN = """
+import sys, dagster as dg, definitions
+from resources import build_resources
+assets = [a for a in definitions.defs.assets if a.partitions_def is not None
+          and set(a.group_names_by_key.values()) == {"pool"}]
+r = dg.materialize([*assets, *definitions.defs.asset_checks], resources=build_resources(home=sys.argv[2]),
+                   partition_key=sys.argv[1], raise_on_error=False)
+print("RESULT", sys.argv[1], r.success)
+sys.exit(0 if r.success else 1)
+"""
+
+
+def test_parallel_source_runs_share_the_warehouse_without_lock_failures(home, query):
+    """A backfill whose runs execute at once: three processes writing one DuckDB file."""
+    env = {**os.environ, "LM_MIXUP_HOME": str(home)}
+    procs = [subprocess.Popen([sys.executable, "-c", PARALLEL_RUN, s, str(home)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for s in ("humaneval", "chatterbot", "chitchat")]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    counts = query("select source, count(*) n from rated_pool group by 1 order by 1")
+    assert counts["source"].tolist() == ["chatterbot", "chitchat", "humaneval"]
+    assert query("select count(*) n from judge_cache")["n"][0] == counts["n"].sum()
