@@ -1,0 +1,285 @@
+"""Encyclopedic paragraphs for MIXTURE (METHOD.md §3): a Wikipedia dump → clean prose paragraphs.
+
+Pure Python (gensim's dump reader + regexes); no Dagster.
+
+The pipeline
+------------
+1. ``gensim.scripts.segment_wiki.segment_all_articles`` streams a
+   ``*-pages-articles*.xml.bz2`` dump and yields ``(title, [(section, text)])``
+   per article (redirects, stubs and non-article namespaces dropped).  The
+   section text has already been through ``gensim.corpora.wikicorpus.filter_wiki``;
+   sections whose text still holds link/template/ref markup get a second pass
+   (the filter works outside-in, so nested markup can survive one pass).
+2. Each section is cut into *units*, one per source line.  In wikitext an
+   author writes one paragraph per line, and ``filter_wiki`` turns an image
+   (``[[File:...|thumb|caption]]``) into a bare caption line glued above the
+   next paragraph with a single newline; cutting on blank lines only would
+   weld captions onto paragraphs.
+3. Leftover markup is cleaned (bold/italic quotes, stray brackets and braces,
+   ``<ref>``/HTML tags, ``|alt=``/``px`` image residue, empty parentheses left by
+   removed pronunciation templates, space before punctuation, glued sentences);
+   sub-headings (``===History===``), list items (``*``, ``#``), definition and
+   table lines, and captions without a sentence end are dropped.
+4. Units shorter than ``min_chars`` or longer than ``max_chars``, mostly
+   non-letters (tables of numbers), or from reference-like sections (References,
+   External links, ...) are dropped; exact duplicates (after normalising case,
+   punctuation and whitespace) are kept once.
+
+``paragraph_id`` is a hash of title, section and text, so it is stable across
+runs and does not depend on the filter settings; ``position`` is the
+paragraph's index among the *kept* paragraphs of its article.
+
+Text licence: CC BY-SA (attribute Wikipedia).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+__all__ = [
+    "WikiParagraph",
+    "WIKI_PARAGRAPH_COLUMNS",
+    "PACKAGED_SAMPLE_NAME",
+    "packaged_wiki_sample",
+    "clean_paragraph",
+    "split_units",
+    "iter_wiki_paragraphs",
+    "wiki_paragraphs_frame",
+    "normalised_hash",
+    "paragraph_id",
+]
+
+WIKI_PARAGRAPH_COLUMNS = ["paragraph_id", "title", "section", "position", "text", "n_chars"]
+
+PACKAGED_SAMPLE_NAME = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+# Sections whose lines are citations, link lists or navigation, not prose.
+SKIP_SECTIONS = frozenset(
+    s.lower()
+    for s in (
+        "References", "External links", "Further reading", "See also", "Notes", "Bibliography",
+        "Sources", "Citations", "Footnotes", "Works cited", "Notes and references",
+        "References and notes", "Literature", "Selected bibliography", "Works", "Discography",
+        "Filmography", "Publications", "Gallery",
+    )
+)
+
+
+@dataclass(frozen=True)
+class WikiParagraph:
+    paragraph_id: str
+    title: str
+    section: str
+    position: int  # index among the kept paragraphs of the article
+    text: str
+    n_chars: int
+
+
+# --------------------------------------------------------------------------- #
+# Locating the packaged sample
+# --------------------------------------------------------------------------- #
+def packaged_wiki_sample() -> Path:
+    """Path of the 106-article English Wikipedia extract shipped in gensim's test data.
+
+    Found through the gensim package's location (``importlib.util.find_spec``), so
+    neither ``gensim.test`` nor gensim itself is imported.
+    """
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("gensim is not installed; the packaged Wikipedia sample comes with gensim==4.4.0")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "test" / "test_data" / PACKAGED_SAMPLE_NAME
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{PACKAGED_SAMPLE_NAME} not found under gensim's test/test_data")
+
+
+# --------------------------------------------------------------------------- #
+# Cleaning
+# --------------------------------------------------------------------------- #
+_REF_RE = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>|<ref[^>]*>", re.IGNORECASE | re.DOTALL)
+_TAG_RE = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
+_COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
+_TEMPLATE_RE = re.compile(r"\{\{[^{}]*\}\}")
+_TABLE_RE = re.compile(r"\{\|.*?\|\}", re.DOTALL)
+_FILE_LINK_RE = re.compile(r"\[\[(?:File|Image|Category|Media):[^\[\]]*(?:\[\[[^\[\]]*\]\][^\[\]]*)*\]\]", re.IGNORECASE)
+_LINK_RE = re.compile(r"\[\[(?:[^|\[\]]*\|)?([^\[\]]*)\]\]")
+_EXT_LINK_RE = re.compile(r"\[(?:https?|ftp)://\S+\s*([^\]]*)\]")
+_URL_RE = re.compile(r"(?:https?|ftp)://\S+")
+_QUOTES_RE = re.compile(r"'{2,}")
+# Image residue that filter_wiki promotes to text: "caption|alt=...", "|299x299px" glued to the next word.
+_ALT_RE = re.compile(r"\|\s*(?:alt|upright|thumb|left|right|center|frameless|border)\b", re.IGNORECASE)
+_PX_PREFIX_RE = re.compile(r"^.*?\|\s*\d+(?:x\d+)?px\s*")
+_EMPTY_PARENS_RE = re.compile(r"\(\s*[,;:.]?\s*\)")
+_OPEN_PAREN_JUNK_RE = re.compile(r"\(\s*[,;:]\s*")
+_SPACE_BEFORE_PUNCT_RE = re.compile(r"\s+([,.;:!?)\]])")
+_REPEATED_COMMA_RE = re.compile(r",(\s*,)+")
+_GLUED_SENTENCE_RE = re.compile(r"([a-z]{2,}[.!?])([A-Z][a-z])")
+_MULTISPACE_RE = re.compile(r"[ \t\u00a0\u2009\u200b\u202f]+")
+
+_HEADING_LINE_RE = re.compile(r"^\s*=+[^=].*=+\s*$")
+_LIST_OR_TABLE_LINE_RE = re.compile(r"^\s*(?:[*#:;|!]|\{\||\|\}|\|-)")
+_SENTENCE_END_RE = re.compile(r"[.!?][\"'\u201d\u2019)\]]*$")
+_LEFTOVER_MARKUP_RE = re.compile(r"\[\[|\]\]|\{\{|\}\}|<ref|==|\{\||\|\}")
+# Markup a second filter_wiki pass can remove (sub-headings '===' are handled line by line).
+_REFILTER_RE = re.compile(r"\[\[|\{\{|<ref|\{\|", re.IGNORECASE)
+
+
+def clean_paragraph(text: str) -> str:
+    """Remove markup that survived ``filter_wiki`` from one unit and normalise spacing."""
+    t = _COMMENT_RE.sub(" ", text)
+    t = _REF_RE.sub(" ", t)
+    t = _TABLE_RE.sub(" ", t)
+    for _ in range(3):  # nested templates: innermost first
+        t2 = _TEMPLATE_RE.sub(" ", t)
+        if t2 == t:
+            break
+        t = t2
+    t = _FILE_LINK_RE.sub(" ", t)
+    t = _LINK_RE.sub(r"\1", t)
+    t = _EXT_LINK_RE.sub(r"\1", t)
+    t = _URL_RE.sub(" ", t)
+    t = _TAG_RE.sub(" ", t)
+    t = _QUOTES_RE.sub("", t)
+    t = _PX_PREFIX_RE.sub("", t)
+    # whatever braces/brackets are left are unbalanced markup fragments
+    t = t.replace("[[", " ").replace("]]", " ").replace("{{", " ").replace("}}", " ")
+    t = _MULTISPACE_RE.sub(" ", t)
+    t = _EMPTY_PARENS_RE.sub("", t)
+    t = _OPEN_PAREN_JUNK_RE.sub("(", t)
+    t = _REPEATED_COMMA_RE.sub(",", t)
+    t = _SPACE_BEFORE_PUNCT_RE.sub(r"\1", t)
+    t = _GLUED_SENTENCE_RE.sub(r"\1 \2", t)
+    t = _MULTISPACE_RE.sub(" ", t)
+    return t.strip()
+
+
+def split_units(section_text: str) -> list[str]:
+    """Cut a section's (filtered) text into candidate paragraphs: one per source line.
+
+    Headings, list items, definition lines and table rows are dropped here, since
+    a line-level marker is the only reliable sign of them.
+    """
+    units = []
+    for line in section_text.split("\n"):
+        if not line.strip():
+            continue
+        if _HEADING_LINE_RE.match(line) or _LIST_OR_TABLE_LINE_RE.match(line):
+            continue
+        if _ALT_RE.search(line):  # an image caption with its attributes
+            continue
+        units.append(line)
+    return units
+
+
+def _mostly_prose(text: str) -> bool:
+    """False for table rows, number lists and citation-like strings."""
+    letters = sum(ch.isalpha() for ch in text)
+    if letters < 0.6 * len(text):
+        return False
+    # a prose paragraph has words separated by spaces, not pipes or semicolon lists
+    if text.count("|") > 1 or text.count(";") > max(8, len(text) // 60):
+        return False
+    return True
+
+
+_NORM_RE = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalised_hash(text: str) -> str:
+    """Hash of the text lower-cased with punctuation and whitespace collapsed (dedup key)."""
+    key = _NORM_RE.sub(" ", text.lower()).strip()
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+def paragraph_id(title: str, section: str, text: str) -> str:
+    """Stable id: 16 hex digits of sha1(title, section, text)."""
+    return hashlib.sha1("\x1f".join((title, section, text)).encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- #
+# Iteration
+# --------------------------------------------------------------------------- #
+def _filter_again(text: str) -> str:
+    # Imported lazily: the gensim import costs ~1 s and is only needed here.
+    from gensim.corpora.wikicorpus import filter_wiki
+
+    return filter_wiki(text)
+
+
+def iter_wiki_paragraphs(
+    dump_path: str | Path,
+    min_chars: int = 200,
+    max_chars: int = 2000,
+    min_article_chars: int = 200,
+    limit_articles: int | None = None,
+    workers: int | None = None,
+) -> Iterator[WikiParagraph]:
+    """Clean prose paragraphs of a Wikipedia ``pages-articles`` dump, in dump order.
+
+    ``workers`` is passed to gensim (its default is cpu_count - 1 processes; 1 keeps a
+    single helper process).  ``limit_articles`` stops after that many (non-stub)
+    articles; the generator is closed so gensim's process pool is released.
+    """
+    from gensim.scripts.segment_wiki import segment_all_articles
+
+    seen: set[str] = set()
+    articles = segment_all_articles(str(dump_path), min_article_character=min_article_chars, workers=workers)
+    try:
+        for n_article, article in enumerate(articles):
+            if limit_articles is not None and n_article >= limit_articles:
+                break
+            title, sections = article[0], article[1]
+            position = 0
+            for section, body in sections:
+                if section.strip().lower() in SKIP_SECTIONS:
+                    continue
+                if _REFILTER_RE.search(body):
+                    body = _filter_again(body)
+                for unit in split_units(body):
+                    text = clean_paragraph(unit)
+                    if not (min_chars <= len(text) <= max_chars):
+                        continue
+                    if not _SENTENCE_END_RE.search(text) or not _mostly_prose(text):
+                        continue
+                    if _LEFTOVER_MARKUP_RE.search(text):
+                        continue  # markup we could not clean: not worth a sample
+                    key = normalised_hash(text)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    yield WikiParagraph(
+                        paragraph_id=paragraph_id(title, section, text), title=title, section=section,
+                        position=position, text=text, n_chars=len(text),
+                    )
+                    position += 1
+    finally:
+        articles.close()
+
+
+def wiki_paragraphs_frame(
+    dump_path: str | Path | None = None,
+    min_chars: int = 200,
+    max_chars: int = 2000,
+    min_article_chars: int = 200,
+    limit_articles: int | None = None,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """``iter_wiki_paragraphs`` as a DataFrame (columns ``WIKI_PARAGRAPH_COLUMNS``).
+
+    ``dump_path=None`` reads the sample packaged with gensim.
+    """
+    path = packaged_wiki_sample() if dump_path is None else dump_path
+    rows = [
+        asdict(p)
+        for p in iter_wiki_paragraphs(path, min_chars, max_chars, min_article_chars, limit_articles, workers)
+    ]
+    frame = pd.DataFrame(rows, columns=WIKI_PARAGRAPH_COLUMNS)
+    return frame.astype({"position": "int64", "n_chars": "int64"})
