@@ -34,9 +34,10 @@ def graph_snapshot() -> dict:
 def test_asset_graph_matches_the_snapshot():
     """A rename or a new dependency shows up in review. Refresh: UPDATE_SNAPSHOTS=1 pytest tests/test_platform.py"""
     current = graph_snapshot()
-    if os.environ.get("UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
+    if os.environ.get("UPDATE_SNAPSHOTS"):
         SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    assert current == json.loads(SNAPSHOT.read_text())
+    assert SNAPSHOT.exists(), "no snapshot yet: run UPDATE_SNAPSHOTS=1 pytest tests/test_platform.py"
+    assert current == json.loads(SNAPSHOT.read_text()), "asset graph changed; if intended, refresh with UPDATE_SNAPSHOTS=1"
 
 
 def test_jobs_cover_every_stage():
