@@ -38,8 +38,23 @@ fault dict may hold:
 * ``{"drop": True}``: close the connection without answering;
 * ``"sticky": True`` in any of them: never consumed (applies to every match).
 
-Once a key's list is used up, matching requests get normal answers.
-``require_api_key="..."`` makes the server answer 401 to any other bearer token.
+Once a key's list is used up, matching requests get normal answers. When
+several keys match, the first one listed that still has faults applies.
+``require_api_key="..."`` makes the server answer 401 (echoing the presented
+key, as the real API does, so clients must redact it) to any other bearer token.
+
+Answers: ``answer_fn(user_message) -> content``; the default returns the JSON
+object of :func:`expected_scores` (four integers 1-10 from a hash of the user
+message). ``usage`` counts whitespace-separated words: prompt_tokens over all
+messages' contents, completion_tokens over the answer.
+
+Counters (``srv.stats()``, ``GET /stats``): ``requests`` (chat requests),
+``per_prompt`` ({:func:`prompt_hash` of the user message: count}),
+``status_counts``, ``faults_applied``, ``in_flight``, ``max_in_flight``,
+``connections`` (all TCP connections, /stats ones included),
+``chat_connections`` (those that carried a chat request), ``faults_pending``.
+In subprocess mode the child runs on uvloop when it is installed
+(``use_uvloop=False`` to opt out), so the server's own timing stays precise.
 """
 
 from __future__ import annotations

@@ -87,3 +87,51 @@ def load_tokenizer(name: str, cache_dir: str | None = None):
         saved.mkdir(parents=True, exist_ok=True)
         tok.save_pretrained(str(saved))
     return tok
+
+
+def gguf_sha256(path: str, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_smollm2(cache_dir: str) -> str:
+    """SmolLM2-135M-Instruct as an ordinary (trainable, saveable) HF folder; converted once.
+
+    A GGUF-loaded model cannot be trained or saved, so we rebuild it from its
+    config without the quantisation block, load the dequantised weights and
+    save model + tokenizer. The folder is keyed by the GGUF's hash, so a new
+    package version converts again and an unchanged one is reused (~2 s load).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = smollm2_gguf()
+    digest = gguf_sha256(str(Path(folder) / gguf))[:16]
+    target = Path(cache_dir) / "models" / f"smollm2-135m-instruct-{digest}"
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return str(target)
+    with _lock:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(folder, gguf_file=gguf)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+        if [k for k in missing if "lm_head" not in k] or unexpected:  # lm_head may be tied to the embeddings
+            raise RuntimeError(f"SmolLM2 conversion: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        fresh.tie_weights()
+        tmp = target.with_name(target.name + ".tmp")
+        fresh.save_pretrained(str(tmp))
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf).save_pretrained(str(tmp))
+        tmp.rename(target)  # atomic: a crash never leaves a half-written folder in place
+    return str(target)
+
+
+def resolve_causal_lm(name: str, cache_dir: str) -> str:
+    """``smollm2`` → the converted local folder; anything else is an HF id or a path."""
+    return convert_smollm2(cache_dir) if name == "smollm2" else name

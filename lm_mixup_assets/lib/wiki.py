@@ -135,6 +135,7 @@ _REFILTER_RE = re.compile(r"\[\[|\{\{|<ref|\{\|", re.IGNORECASE)
 def clean_paragraph(text: str) -> str:
     """Remove markup that survived ``filter_wiki`` from one unit and normalise spacing."""
     t = _COMMENT_RE.sub(" ", text)
+    t = re.sub(r"<!--.*$", " ", t)  # an unclosed comment runs to the end of the unit
     t = _REF_RE.sub(" ", t)
     t = _TABLE_RE.sub(" ", t)
     for _ in range(3):  # nested templates: innermost first
@@ -238,7 +239,8 @@ def iter_wiki_paragraphs(
                 break
             title, sections = article[0], article[1]
             position = 0
-            for section, body in sections:
+            for raw_section, body in sections:
+                section = clean_paragraph(raw_section) or raw_section.strip()
                 if section.strip().lower() in SKIP_SECTIONS:
                     continue
                 if _REFILTER_RE.search(body):
