@@ -74,10 +74,16 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
         "rejected": len(result.rejected), "duplicates": result.duplicates,
         "ingested_at": pd.Timestamp.utcnow().tz_localize(None),
     }])
+    reasons = result.rejected["reason"].str.replace(r"\d+", "N", regex=True).value_counts().head(10)
+    too_many = result.input_rows == 0 or result.rejected_fraction > config.max_rejected_fraction
     with warehouse.connect() as con:
         wh.replace_partition(con, "rejected_rows", result.rejected, "source", source)
-        wh.replace_partition(con, INGEST_LOG, log_row, "source", source)
-    reasons = result.rejected["reason"].str.replace(r"\d+", "N", regex=True).value_counts().head(10)
+        if not too_many:
+            # One source's three tables change together, so a reader never sees half an ingest.
+            con.execute("begin transaction")
+            wh.replace_partition(con, "raw_pool", result.rows, "source", source, in_transaction=True)
+            wh.replace_partition(con, INGEST_LOG, log_row, "source", source, in_transaction=True)
+            con.execute("commit")
     yield dg.MaterializeResult(
         asset_key="rejected_rows",
         metadata={
@@ -88,17 +94,17 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
     )
     if result.input_rows == 0:
         raise dg.Failure(description=f"source {source!r} ({spec.origin}) has no input rows; check the file or the manifest filter")
-    if result.rejected_fraction > config.max_rejected_fraction:
+    if too_many:
         raise dg.Failure(
             description=(
                 f"source {source!r}: {len(result.rejected)} of {result.input_rows} rows rejected "
                 f"({result.rejected_fraction:.0%} > max_rejected_fraction {config.max_rejected_fraction:.0%}). "
                 f"Top reasons: {'; '.join(f'{r} ({n})' for r, n in reasons.head(3).items())}. "
-                "See the rejected_rows table; fix the field mapping in the manifest or raise the limit."
+                "See the rejected_rows table; fix the field mapping in the manifest or raise the limit. "
+                "raw_pool keeps its previous contents."
             ),
             metadata={"rejected": len(result.rejected), "input_rows": result.input_rows},
         )
-    warehouse.replace_partition("raw_pool", result.rows, "source", source)
     yield dg.MaterializeResult(
         asset_key="raw_pool",
         metadata={
@@ -242,9 +248,21 @@ def pool_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 # --------------------------------------------------------------------------- checks
 
 
-def _per_source(warehouse: WarehouseResource, sql: str) -> pd.DataFrame:
+def _per_source(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, sql: str) -> pd.DataFrame:
+    """Offending rows of ``sql`` (which returns a ``source`` column), for the run's partition only.
+
+    Scoping matters when runs of several sources execute at once: another
+    source may be half-way through its own run.
+    """
     with warehouse.connect() as con:
-        return con.execute(sql).df()
+        bad = con.execute(sql).df()
+    return scope_to_partition(context, bad)
+
+
+def scope_to_partition(context: dg.AssetCheckExecutionContext, df: pd.DataFrame) -> pd.DataFrame:
+    if context.has_partition_key and "source" in df.columns:
+        return df[df["source"] == context.partition_key]
+    return df
 
 
 def _check_from_mismatches(bad: pd.DataFrame, ok_text: str, what: str) -> dg.AssetCheckResult:
@@ -256,8 +274,8 @@ def _check_from_mismatches(bad: pd.DataFrame, ok_text: str, what: str) -> dg.Ass
 
 
 @dg.asset_check(asset="raw_pool", blocking=True, description="Per source: input rows = ingested + rejected + duplicates folded.")
-def raw_pool_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(warehouse, f"""
+def raw_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(context, warehouse, f"""
         select l.source, l.input_rows, coalesce(r.n, 0) ingested, coalesce(j.n, 0) rejected, l.duplicates,
                coalesce(r.dups, 0) duplicates_in_table
         from {INGEST_LOG} l
@@ -269,14 +287,14 @@ def raw_pool_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset="raw_pool", description="sample_id is unique within each source.")
-def raw_pool_unique_ids(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(warehouse, "select source, sample_id, count(*) n from raw_pool group by 1, 2 having count(*) > 1")
+def raw_pool_unique_ids(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(context, warehouse, "select source, sample_id, count(*) n from raw_pool group by 1, 2 having count(*) > 1")
     return _check_from_mismatches(bad, "all sample_ids unique", "duplicate sample_id")
 
 
 @dg.asset_check(asset="rated_pool", blocking=True, description="Per source: raw rows = rated ok + failed (same sample_ids).")
-def rated_pool_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(warehouse, """
+def rated_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(context, warehouse, """
         with r as (select source, count(*) n from raw_pool group by 1),
              p as (select source, count(*) n from rated_pool group by 1),
              j as (select source, count(*) n from raw_pool join rated_pool using (source, sample_id) group by 1)
@@ -287,8 +305,8 @@ def rated_pool_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset="rated_pool", description="ok rows: four scores in 1-10 and compressed in 0-5; failed rows: no scores.")
-def rated_pool_score_ranges(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(warehouse, """
+def rated_pool_score_ranges(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(context, warehouse, """
         select source, sample_id, status, rarity, complexity, informativeness, overall, overall_compressed
         from rated_pool
         where (status = 'ok' and not (rarity between 1 and 10 and complexity between 1 and 10
@@ -301,15 +319,15 @@ def rated_pool_score_ranges(warehouse: WarehouseResource) -> dg.AssetCheckResult
 
 
 @dg.asset_check(asset="rated_pool", description="No empty prompt or completion.")
-def rated_pool_no_empty_text(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(warehouse, "select source, sample_id from rated_pool where trim(coalesce(prompt, '')) = '' or trim(coalesce(completion, '')) = ''")
+def rated_pool_no_empty_text(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(context, warehouse, "select source, sample_id from rated_pool where trim(coalesce(prompt, '')) = '' or trim(coalesce(completion, '')) = ''")
     return _check_from_mismatches(bad, "no empty text", "empty prompt or completion")
 
 
 @dg.asset_check(asset="low_quality_pool", additional_deps=["high_quality_pool"],
                 description="Per source: rated ok = high + low, with one threshold, each row on the right side of it.")
-def quality_split_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(warehouse, """
+def quality_split_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _per_source(context, warehouse, """
         with ok as (select source, count(*) n from rated_pool where status = 'ok' group by 1),
              hi as (select source, count(*) n, min(overall_compressed - quality_threshold) margin,
                            min(quality_threshold) t_min, max(quality_threshold) t_max from high_quality_pool group by 1),

@@ -19,11 +19,17 @@ A new text (its embedding) is rated by the histogram ``h`` of the classes of its
 i.e. the neighbours' classes are treated as independent draws from row ``i`` of
 ``T``.  The expected class ``E = sum_i i * posterior_i`` feeds ``quality_reward``.
 
-Classes absent from the library keep finite logs: ``T`` is smoothed, and so is the
-prior (``(count + smoothing) / (N + C * smoothing)``), so an absent class gets a tiny
-but non-zero prior and a uniform ``T`` row.  (The released code keeps only the
-classes that occur and adds 1e-8/1e-12 inside the logs; with a fixed C = 6 the
-smoothed prior is the equivalent guard.)
+Classes absent from the library
+-------------------------------
+C is fixed at 6, but a library need not hold every class (e.g. no class-0 text).
+``T`` is smoothed, so every ``log T`` is finite; an absent class's row is then
+uniform (smoothing only).  Such a row "explains" any neighbourhood at
+(1/C)^k, far better than a present class explains neighbours of another class
+(smoothing / row total per neighbour), so a smoothed prior alone would let
+absent classes win every mixed neighbourhood.  An absent class therefore has
+prior 0 and is left out of the posterior (probability exactly 0), as in the
+released code, which only indexes the classes that occur.  ``prior`` is the
+plain class frequency.
 """
 
 from __future__ import annotations
@@ -118,10 +124,20 @@ class KnnBayesLibrary:
         idx = knn_indices(q, self.embeddings, k, chunk=chunk)
         return _class_histograms(self.classes[idx], self.n_classes)
 
+    @property
+    def present(self) -> np.ndarray:
+        """(C,) bool: classes that occur in the library."""
+        return self.prior > 0
+
     def log_posterior_from_histograms(self, hist: np.ndarray) -> np.ndarray:
-        """(M, C) normalised log posterior: log p_i + sum_j h_j log T_ij, log-softmaxed."""
-        logits = np.log(self.prior)[None, :] + np.asarray(hist, dtype=np.float64) @ np.log(self.T).T
-        return logits - _logsumexp(logits)
+        """(M, C) normalised log posterior: log p_i + sum_j h_j log T_ij, log-softmaxed over
+        the present classes; absent classes get -inf (probability 0)."""
+        present = self.present
+        logits = np.full((np.shape(hist)[0], self.n_classes), -np.inf)
+        logits[:, present] = (
+            np.log(self.prior[present])[None, :] + np.asarray(hist, dtype=np.float64) @ np.log(self.T[present]).T
+        )
+        return logits - _logsumexp(logits[:, present])
 
     def posterior(self, query_embeddings: np.ndarray, k: int = 16, chunk: int = 4096) -> np.ndarray:
         """(M, C) posterior over classes for each query embedding."""
@@ -155,7 +171,7 @@ class KnnBayesLibrary:
             )
 
 
-def _logsumexp(x: np.ndarray) -> np.ndarray:
+def _logsumexp(x: np.ndarray) -> np.ndarray:  # row-wise, finite inputs
     m = x.max(axis=1, keepdims=True)
     return m + np.log(np.exp(x - m).sum(axis=1, keepdims=True))
 
@@ -186,20 +202,22 @@ def build_library(
         np.add.at(counts, (np.repeat(cls_, idx.shape[1]), cls_[idx].ravel()), 1.0)
     T = counts / counts.sum(axis=1, keepdims=True)
     freq = np.bincount(cls_, minlength=n_classes).astype(np.float64)
-    prior = (freq + smoothing) / (freq.sum() + n_classes * smoothing)
+    prior = freq / freq.sum()  # 0 for absent classes: they are left out of the posterior
     return KnnBayesLibrary(
         embeddings=emb, classes=cls_, T=T, prior=prior, k_t=int(k_t), smoothing=float(smoothing),
         n_classes=int(n_classes), name=name,
     )
 
 
-def quality_reward(expected, high: float = 4.0, mid: float = 3.0, mid_reward: float = 0.3):
+def quality_reward(expected, high: float = 4.0, mid: float = 3.0, mid_reward: float = 0.3, tol: float = 1e-6):
     """1.0 if E >= 4; 0.3 if 3 <= E < 4; else 0.0 (scalar in, float out; array in, array out).
 
     METHOD.md says "0.3 if E = 3".  E is a continuous expectation, and the released
     code's literal ``E == 3`` almost never fires, so we read it as the band [3, 4)
-    that sits below the full-reward threshold (thresholds are parameters).
+    below the full-reward threshold (``mid=2.5`` gives the "rounds to 3 or more"
+    reading).  ``tol`` absorbs float noise: a posterior that is all class 3 gives
+    E = 3 - 1e-12 as often as 3 + 1e-12.
     """
     e = np.asarray(expected, dtype=np.float64)
-    r = np.where(e >= high, 1.0, np.where(e >= mid, mid_reward, 0.0))
+    r = np.where(e >= high - tol, 1.0, np.where(e >= mid - tol, mid_reward, 0.0))
     return float(r) if r.ndim == 0 else r

@@ -395,6 +395,8 @@ def salient_tokens(sentence: str) -> list[SalientToken]:
             text = text.rsplit(" ", 1)[0]
         if len(text) < 2 or text.lower() in _STOP_CAPS or text.isdigit() or text in ("I", "II"):
             continue
+        if len(words) == 1 and re.search(r"-[a-z]", text):
+            continue  # "Armenian-occupied", "French-speaking": adjectives, not names
         # a capitalised word opening the sentence is a name only when more than one word
         # or when it also occurs capitalised later in the sentence
         if start == 0 and len(text.split()) == 1 and sentence.count(text) < 2:
@@ -461,7 +463,7 @@ def _synthetic_numbers(tok: str, kind: str, rng: np.random.Generator, n: int) ->
                 v = int(round(v))
                 if v < 2:
                     continue
-                s = f"{v:,}" if ("," in tok or v >= 10000 and "," in tok) else str(v)
+                s = f"{v:,}" if "," in tok else str(v)
             else:
                 s = f"{v:,.{decimals}f}" if "," in tok else f"{v:.{decimals}f}"
             if s != tok and s not in out:
@@ -478,10 +480,14 @@ def _synthetic_numbers(tok: str, kind: str, rng: np.random.Generator, n: int) ->
 # --------------------------------------------------------------------------- #
 # Falsifying a sentence (TFQ)
 # --------------------------------------------------------------------------- #
-_AUX_RE = re.compile(r"\b(is|was|are|were|can|could|will|would|should|may|might|must|does|did|do)\b(?!\s+not\b|n't)")
+_AUX = r"is|was|are|were|can|could|will|would|should|may|might|must|does|did|do"
+_AUX_RE = re.compile(rf"\b({_AUX})\b(?!\s+not\b|n't)")
 _PERFECT_RE = re.compile(r"\b(has|have|had)\b(?=\s+(?:been|[a-z]+(?:ed|en|wn|un|ught)\b))")
-_NEGATION_RE = re.compile(r"\b(?:(is|was|are|were|can|could|will|would|should|may|might|must|does|did|do|has|have|had)\s+not|cannot)\b")
-_SYMMETRIC_GAP_RE = re.compile(r"\s*(?:[,;/&]|\band\b|\bor\b|\bnor\b|\bas well as\b)?\s*(?:,\s*)?(?:\band\b|\bor\b)?\s*(?:the\s+)?")
+_NEGATION_RE = re.compile(rf"\b(?:({_AUX}|has|have|had)\s+not|cannot)\b")
+# what may stand between two names of a plain list ("A, B", "A and B", "A, and the B")
+_SYMMETRIC_GAP_RE = re.compile(
+    r"\s*(?:[,;/&]|\band\b|\bor\b|\bnor\b|\bas well as\b)?\s*(?:,\s*)?(?:\band\b|\bor\b)?\s*(?:the\s+)?"
+)
 
 
 def falsify_sentence(

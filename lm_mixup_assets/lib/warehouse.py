@@ -62,16 +62,19 @@ def replace_partition(
     partition_column: str | None = None,
     partition_value: str | None = None,
     column_types: dict[str, str] | None = None,
+    in_transaction: bool = False,
 ) -> int:
     """Replace one partition of ``table`` (or the whole table) with ``df`` in one transaction.
 
     The first write creates the table from the frame's schema; ``column_types``
     pins DuckDB types the frame cannot show (e.g. ``VARCHAR[]`` when the first
-    frame is empty). Columns are matched by name.
+    frame is empty). Columns are matched by name. ``in_transaction``: the caller
+    holds a transaction spanning several writes and commits it.
     """
     con.register("_incoming", df)
     try:
-        con.execute("begin transaction")
+        if not in_transaction:
+            con.execute("begin transaction")
         if not table_exists(con, table):
             con.execute(f'create table "{table}" as select * from _incoming limit 0')
             # An all-empty / all-None column has DuckDB type NULL; widen it so later rows fit.
@@ -84,7 +87,8 @@ def replace_partition(
         else:
             con.execute(f'delete from "{table}" where "{partition_column}" = ?', [partition_value])
         con.execute(f'insert into "{table}" by name select * from _incoming')
-        con.execute("commit")
+        if not in_transaction:
+            con.execute("commit")
     except Exception:
         con.execute("rollback")
         raise

@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -109,7 +109,9 @@ _TAG_RE = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
 _COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
 _TEMPLATE_RE = re.compile(r"\{\{[^{}]*\}\}")
 _TABLE_RE = re.compile(r"\{\|.*?\|\}", re.DOTALL)
-_FILE_LINK_RE = re.compile(r"\[\[(?:File|Image|Category|Media):[^\[\]]*(?:\[\[[^\[\]]*\]\][^\[\]]*)*\]\]", re.IGNORECASE)
+_FILE_LINK_RE = re.compile(
+    r"\[\[(?:File|Image|Category|Media):[^\[\]]*(?:\[\[[^\[\]]*\]\][^\[\]]*)*\]\]", re.IGNORECASE
+)
 _LINK_RE = re.compile(r"\[\[(?:[^|\[\]]*\|)?([^\[\]]*)\]\]")
 _EXT_LINK_RE = re.compile(r"\[(?:https?|ftp)://\S+\s*([^\]]*)\]")
 _URL_RE = re.compile(r"(?:https?|ftp)://\S+")
@@ -134,27 +136,36 @@ _REFILTER_RE = re.compile(r"\[\[|\{\{|<ref|\{\|", re.IGNORECASE)
 
 def clean_paragraph(text: str) -> str:
     """Remove markup that survived ``filter_wiki`` from one unit and normalise spacing."""
-    t = _COMMENT_RE.sub(" ", text)
-    t = re.sub(r"<!--.*$", " ", t)  # an unclosed comment runs to the end of the unit
-    t = _REF_RE.sub(" ", t)
-    t = _TABLE_RE.sub(" ", t)
-    for _ in range(3):  # nested templates: innermost first
-        t2 = _TEMPLATE_RE.sub(" ", t)
-        if t2 == t:
-            break
-        t = t2
-    t = _FILE_LINK_RE.sub(" ", t)
-    t = _LINK_RE.sub(r"\1", t)
-    t = _EXT_LINK_RE.sub(r"\1", t)
-    t = _URL_RE.sub(" ", t)
-    t = _TAG_RE.sub(" ", t)
-    t = _QUOTES_RE.sub("", t)
-    t = _PX_PREFIX_RE.sub("", t)
+    t = text
+    # the costly patterns only run when their trigger character is present
+    if "<" in t:
+        t = _COMMENT_RE.sub(" ", t)
+        t = re.sub(r"<!--.*$", " ", t)  # an unclosed comment runs to the end of the unit
+        t = _REF_RE.sub(" ", t)
+        t = _TAG_RE.sub(" ", t)
+    if "{" in t:
+        t = _TABLE_RE.sub(" ", t)
+        for _ in range(3):  # nested templates: innermost first
+            t2 = _TEMPLATE_RE.sub(" ", t)
+            if t2 == t:
+                break
+            t = t2
+    if "[" in t:
+        t = _FILE_LINK_RE.sub(" ", t)
+        t = _LINK_RE.sub(r"\1", t)
+        t = _EXT_LINK_RE.sub(r"\1", t)
+    if "://" in t:
+        t = _URL_RE.sub(" ", t)
+    if "''" in t:
+        t = _QUOTES_RE.sub("", t)
+    if "px" in t:
+        t = _PX_PREFIX_RE.sub("", t)
     # whatever braces/brackets are left are unbalanced markup fragments
     t = t.replace("[[", " ").replace("]]", " ").replace("{{", " ").replace("}}", " ")
     t = _MULTISPACE_RE.sub(" ", t)
-    t = _EMPTY_PARENS_RE.sub("", t)
-    t = _OPEN_PAREN_JUNK_RE.sub("(", t)
+    if "(" in t:
+        t = _EMPTY_PARENS_RE.sub("", t)
+        t = _OPEN_PAREN_JUNK_RE.sub("(", t)
     t = _REPEATED_COMMA_RE.sub(",", t)
     t = _SPACE_BEFORE_PUNCT_RE.sub(r"\1", t)
     t = _GLUED_SENTENCE_RE.sub(r"\1 \2", t)
@@ -180,9 +191,12 @@ def split_units(section_text: str) -> list[str]:
     return units
 
 
+_LETTERS_RE = re.compile(r"[^\W\d_]+")
+
+
 def _mostly_prose(text: str) -> bool:
     """False for table rows, number lists and citation-like strings."""
-    letters = sum(ch.isalpha() for ch in text)
+    letters = len(text) - len(_LETTERS_RE.sub("", text))
     if letters < 0.6 * len(text):
         return False
     # a prose paragraph has words separated by spaces, not pipes or semicolon lists
@@ -215,6 +229,25 @@ def _filter_again(text: str) -> str:
     return filter_wiki(text)
 
 
+def _segment_serial(dump_path: str, min_article_chars: int) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """``segment_all_articles`` without processes: the same gensim steps (``extract_page_xmls``,
+    ``segment``) and the same article filters (non-article namespaces, redirects, stubs)."""
+    import gensim.utils
+    from gensim.corpora.wikicorpus import IGNORED_NAMESPACES
+    from gensim.scripts.segment_wiki import extract_page_xmls, segment
+
+    with gensim.utils.open(dump_path, "rb") as fileobj:
+        for page_xml in extract_page_xmls(fileobj):
+            title, sections = segment(page_xml)
+            if any(title.startswith(ns + ":") for ns in IGNORED_NAMESPACES):
+                continue
+            if not sections or sections[0][1].lstrip().lower().startswith("#redirect"):
+                continue
+            if sum(len(body.strip()) for _, body in sections) < min_article_chars:
+                continue
+            yield title, sections
+
+
 def iter_wiki_paragraphs(
     dump_path: str | Path,
     min_chars: int = 200,
@@ -225,14 +258,20 @@ def iter_wiki_paragraphs(
 ) -> Iterator[WikiParagraph]:
     """Clean prose paragraphs of a Wikipedia ``pages-articles`` dump, in dump order.
 
-    ``workers`` is passed to gensim (its default is cpu_count - 1 processes; 1 keeps a
-    single helper process).  ``limit_articles`` stops after that many (non-stub)
-    articles; the generator is closed so gensim's process pool is released.
+    ``workers``: None or >= 1 reads through ``segment_all_articles`` (gensim's process
+    pool; None = cpu_count - 1 workers), the choice for a full dump; 0 runs the same
+    gensim steps in this process (faster for small dumps, no helper processes).
+    ``limit_articles`` stops after that many (non-stub) articles and always reads
+    in-process: gensim's pool path starts a reader process that stays blocked until
+    the interpreter exits when its consumer stops early.
     """
     from gensim.scripts.segment_wiki import segment_all_articles
 
+    if workers == 0 or limit_articles is not None:
+        articles = _segment_serial(str(dump_path), min_article_chars)
+    else:
+        articles = segment_all_articles(str(dump_path), min_article_character=min_article_chars, workers=workers)
     seen: set[str] = set()
-    articles = segment_all_articles(str(dump_path), min_article_character=min_article_chars, workers=workers)
     try:
         for n_article, article in enumerate(articles):
             if limit_articles is not None and n_article >= limit_articles:
@@ -246,6 +285,8 @@ def iter_wiki_paragraphs(
                 if _REFILTER_RE.search(body):
                     body = _filter_again(body)
                 for unit in split_units(body):
+                    if len(unit) < min_chars:  # cleaning only shortens a unit (by more than it adds)
+                        continue
                     text = clean_paragraph(unit)
                     if not (min_chars <= len(text) <= max_chars):
                         continue
@@ -280,7 +321,7 @@ def wiki_paragraphs_frame(
     """
     path = packaged_wiki_sample() if dump_path is None else dump_path
     rows = [
-        asdict(p)
+        vars(p)
         for p in iter_wiki_paragraphs(path, min_chars, max_chars, min_article_chars, limit_articles, workers)
     ]
     frame = pd.DataFrame(rows, columns=WIKI_PARAGRAPH_COLUMNS)
