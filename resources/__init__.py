@@ -23,10 +23,12 @@ def build_resources(profile: str | None = None, home: str | None = None) -> dict
         "warehouse": warehouse,
         "judge": JudgeResource(**judge_settings),
     }
-    try:
-        from .embedder import EmbedderResource
+    from .embedder import EmbedderResource
+    from .generator import GeneratorResource
 
-        resources["embedder"] = EmbedderResource(**settings("embedder", profile))
-    except ImportError:  # stage not built yet
-        pass
+    resources["embedder"] = EmbedderResource(**settings("embedder", profile))
+    generator_settings = settings("generator", profile)
+    if generator_settings["backend"] == "openai":
+        generator_settings["api_key"] = dg.EnvVar("OPENAI_API_KEY")
+    resources["generator"] = GeneratorResource(**generator_settings)
     return resources

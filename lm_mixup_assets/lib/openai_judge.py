@@ -233,6 +233,12 @@ class OpenAIJudgeClient:
             raise box["error"]
         return box["result"]
 
+    def complete_all(self, chats: list[list[dict]], on_result: OnResult | None = None) -> list[JudgeOutcome]:
+        """Free-text chat completions with the same concurrency, retries and accounting as
+        :meth:`rate_all`; each ok outcome's text is in ``raw_answer`` (``scores`` is None).
+        An empty answer is re-asked like a judge answer that does not parse."""
+        return self.rate_all([list(c) for c in chats], on_result)  # type: ignore[arg-type]
+
     def _run(self, prompts: list[str], on_result: OnResult | None) -> list[JudgeOutcome]:
         if self.use_uvloop:
             import uvloop
@@ -299,14 +305,17 @@ class OpenAIJudgeClient:
             return openai.DefaultAioHttpClient(**kwargs)
         return openai.DefaultAsyncHttpxClient(**kwargs)
 
-    async def _rate_one(self, client: Any, prompt: str) -> JudgeOutcome:
+    async def _rate_one(self, client: Any, prompt: Any) -> JudgeOutcome:
+        if isinstance(prompt, list):  # a chat (list of messages) from complete_all: free text back
+            return await self._call_one(client, prompt, parse=_require_text)
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        return await self._call_one(client, messages, parse=parse_judge_answer)
+
+    async def _call_one(self, client: Any, messages: list[dict], parse: Callable[[str], Any]) -> JudgeOutcome:
         stats = self.stats
         body = {
             "model": self.model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": prompt},
-            ],
+            "messages": messages,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
@@ -343,14 +352,14 @@ class OpenAIJudgeClient:
             prompt_tokens += p_tok
             completion_tokens += c_tok
             try:
-                scores = parse_judge_answer(content)  # type: ignore[arg-type]
+                scores = parse(content)  # type: ignore[arg-type]
             except JudgeParseError as exc:
                 if parse_failures >= self.max_parse_retries:
                     return outcome("parse_error", raw_answer=content, error=self._redact(str(exc)))
                 parse_failures += 1
                 stats["parse_retries"] += 1
                 continue
-            return outcome("ok", scores=scores, raw_answer=content)
+            return outcome("ok", scores=scores if isinstance(scores, dict) else None, raw_answer=content)
 
     async def _attempt(self, client: Any, body: dict) -> tuple[str | None, int, int]:
         """One HTTP attempt: (content, prompt_tokens, completion_tokens), or raise _Retryable / _Fatal."""
@@ -403,6 +412,12 @@ class OpenAIJudgeClient:
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return _KEYISH.sub("sk-***", text)
+
+
+def _require_text(content: str | None) -> None:
+    """The parse step for free-text completions: any non-empty answer is fine."""
+    if not content or not content.strip():
+        raise JudgeParseError("empty completion")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

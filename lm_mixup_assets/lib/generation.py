@@ -1,0 +1,186 @@
+"""Text generation behind one call, three backends: transformers (CPU/GPU), vLLM (GPU), OpenAI-compatible HTTP.
+
+Every backend takes a list of chats (lists of {role, content}) and returns one
+:class:`~.rubric.JudgeOutcome`-shaped result per chat (``raw_answer`` = the text,
+``status`` ok or api_error), so callers handle all three alike. Caching lives
+in :func:`generate_with_cache`: a generation that succeeded is never paid twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import pandas as pd
+
+from .rubric import JudgeOutcome
+
+CACHE_TABLE = "generation_cache"
+CACHE_DDL = f"""
+create table if not exists {CACHE_TABLE} (
+    cache_key varchar primary key, backend varchar, model varchar, params varchar,
+    text varchar, prompt_tokens bigint, completion_tokens bigint, created_at timestamp
+)"""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+def generation_cache_key(backend: str, model: str, params: GenerationParams, chat: list[dict]) -> str:
+    payload = json.dumps([backend, model, asdict(params), chat], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+class TransformersGenerator:
+    """Batched generation with left padding; greedy unless temperature > 0."""
+
+    def __init__(self, model_path: str, device: str = "auto", batch_size: int = 8, dtype: str = "auto"):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .models import pick_device
+
+        self.device = pick_device(device)
+        torch_dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
+                       "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device).eval()
+        self.batch_size = batch_size
+
+    def generate(self, chats: list[list[dict]], params: GenerationParams,
+                 on_result: Callable[[int, JudgeOutcome], None] | None = None) -> list[JudgeOutcome]:
+        import torch
+
+        out: list[JudgeOutcome] = []
+        # Sort by length so each batch pads little; results go back in input order.
+        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        results: dict[int, JudgeOutcome] = {}
+        torch.manual_seed(params.seed)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            started = time.perf_counter()
+            enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.device)
+            kwargs = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+            kwargs.update({"do_sample": False} if params.greedy else
+                          {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p})
+            with torch.no_grad():
+                generated = self.model.generate(**enc, **kwargs)
+            new = generated[:, enc["input_ids"].shape[1]:]
+            for row, i in enumerate(idx):
+                n_new = int((new[row] != self.tokenizer.pad_token_id).sum())
+                o = JudgeOutcome(status="ok", raw_answer=self.tokenizer.decode(new[row], skip_special_tokens=True).strip(),
+                                 prompt_tokens=int(enc["attention_mask"][row].sum()), completion_tokens=n_new,
+                                 attempts=1, latency_s=time.perf_counter() - started)
+                results[i] = o
+                if on_result:
+                    on_result(i, o)
+        out = [results[i] for i in range(len(chats))]
+        return out
+
+
+# --------------------------------------------------------------------------- vLLM
+
+
+class VllmGenerator:
+    """vLLM offline engine (GPU). Imported only when chosen: CI and CPU machines never load it."""
+
+    def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ImportError("generator backend 'vllm' needs the GPU extra: pip install -e '.[gpu]'") from None
+        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+
+    def generate(self, chats: list[list[dict]], params: GenerationParams,
+                 on_result: Callable[[int, JudgeOutcome], None] | None = None) -> list[JudgeOutcome]:
+        from vllm import SamplingParams
+
+        sampling = SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
+                                  top_p=params.top_p, seed=params.seed)
+        outs = self.llm.chat(chats, sampling, use_tqdm=False)
+        results = []
+        for i, o in enumerate(outs):
+            r = JudgeOutcome(status="ok", raw_answer=o.outputs[0].text.strip(), prompt_tokens=len(o.prompt_token_ids),
+                             completion_tokens=len(o.outputs[0].token_ids), attempts=1)
+            results.append(r)
+            if on_result:
+                on_result(i, r)
+        return results
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def generate_with_cache(
+    chats: list[list[dict]],
+    keys: list[str],
+    connect,
+    generate_missing: Callable[[list[list[dict]], Callable[[int, JudgeOutcome], None]], list[JudgeOutcome]],
+    backend: str,
+    model: str,
+    params: GenerationParams,
+    flush_every: int = 64,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[JudgeOutcome], list[bool]]:
+    """Answer from ``generation_cache`` where possible; generate the rest, persisting as results arrive."""
+    with connect() as con:
+        con.execute(CACHE_DDL)
+        con.register("_keys", pd.DataFrame({"cache_key": list(dict.fromkeys(keys)) or [""]}))
+        hits = con.execute(f"select c.* from {CACHE_TABLE} c join _keys using (cache_key)").df()
+        con.unregister("_keys")
+    cached = {r.cache_key: JudgeOutcome(status="ok", raw_answer=r.text, prompt_tokens=int(r.prompt_tokens),
+                                        completion_tokens=int(r.completion_tokens)) for r in hits.itertuples()}
+    todo = list(dict.fromkeys(k for k in keys if k not in cached))
+    chat_by_key = dict(zip(keys, chats))
+    if progress:
+        progress(f"{len(keys) - len(todo)} of {len(keys)} generations from the cache; generating {len(todo)} with {backend}:{model}")
+    pending: list[tuple[str, JudgeOutcome]] = []
+    done = 0
+    started = time.monotonic()
+
+    def flush() -> None:
+        rows = [{"cache_key": k, "backend": backend, "model": model, "params": json.dumps(asdict(params)),
+                 "text": o.raw_answer, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
+                 "created_at": pd.Timestamp.utcnow().tz_localize(None)} for k, o in pending if o.status == "ok"]
+        pending.clear()
+        if rows:
+            with connect() as con:
+                con.execute(CACHE_DDL)
+                con.register("_new", pd.DataFrame(rows))
+                con.execute(f"insert or replace into {CACHE_TABLE} by name select * from _new")
+                con.unregister("_new")
+
+    def on_result(i: int, outcome: JudgeOutcome) -> None:
+        nonlocal done
+        done += 1
+        pending.append((todo[i], outcome))
+        if len(pending) >= flush_every:
+            flush()
+            if progress:
+                progress(f"generated {done}/{len(todo)} ({done / max(1e-9, time.monotonic() - started):.2f}/s)")
+
+    fresh = generate_missing([chat_by_key[k] for k in todo], on_result) if todo else []
+    flush()
+    by_key = {**cached, **dict(zip(todo, fresh))}
+    return [by_key[k] for k in keys], [k in cached for k in keys]

@@ -1,0 +1,338 @@
+"""Stage 3, MIXTURE: the distiller's training set, built from encyclopedic text (METHOD.md §3).
+
+wiki_paragraphs -> mixture_targets (one high-quality sample per paragraph and task type,
+validated and rated) -> mixture_variants (several low-quality versions of each) -> mixture
+(a cluster of variants mapped to its target, split train/test by paragraph); rating_library
+holds the kNN-Bayes quality rater the GRPO reward uses.
+"""
+
+import hashlib
+import json
+import time
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from lm_mixup_assets.lib.knn_bayes import build_library
+from lm_mixup_assets.lib.mixture_tasks import (DISTILL_INSTRUCTIONS, TASK_NAMES, TASK_TYPES, distill_user_turn,
+                                               make_variants, parse_degraded_variants, render_degrade_prompt,
+                                               render_writer_prompt, validate_target, write_extractive_target)
+from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.rubric import compress_overall
+from lm_mixup_assets.lib.wiki import wiki_paragraphs_frame
+from lm_mixup_assets.metadata import preview_md, table_metadata
+from resources import JudgeResource, WarehouseResource, settings
+from resources.embedder import EmbedderResource
+from resources.generator import GeneratorResource
+
+GROUP = "mixture"
+_defaults = settings("mixture")
+
+
+def _stable_id(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def _judge_prompt(task: str, title: str, section: str) -> str:
+    where = f"the Wikipedia article '{title}'" + (f", section '{section}'" if section else "")
+    return f"Write a {TASK_NAMES[task]} based on {where}."
+
+
+class WikiConfig(dg.Config):
+    dump_path: str = _defaults["dump_path"]  # "" = gensim's packaged enwiki sample
+    max_paragraphs: int = _defaults["max_paragraphs"]  # 0 = all
+    min_chars: int = 200
+    max_chars: int = 2000
+    seed: int = 42
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"},
+          description="Encyclopedic paragraphs with article title and section: markup stripped, length-filtered, "
+          "deduplicated. Demo: gensim's packaged enwiki sample (CC BY-SA, Wikipedia); paper: a local dump path.")
+def wiki_paragraphs(context: dg.AssetExecutionContext, config: WikiConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    started = time.monotonic()
+    try:
+        df = wiki_paragraphs_frame(config.dump_path or None, min_chars=config.min_chars, max_chars=config.max_chars)
+    except FileNotFoundError as exc:
+        raise dg.Failure(description=f"Wikipedia dump not found: {exc}. Set dump_path to a pages-articles .xml.bz2") from None
+    total = len(df)
+    if config.max_paragraphs and total > config.max_paragraphs:
+        # A seeded sample across articles rather than the first N, so topics vary.
+        df = df.sample(n=config.max_paragraphs, random_state=config.seed).sort_values(["title", "position"])
+    warehouse.replace_partition("wiki_paragraphs", df.reset_index(drop=True))
+    context.log.info(f"{total} paragraphs parsed from {df['title'].nunique()} articles in {time.monotonic() - started:.1f}s; kept {len(df)}")
+    return dg.MaterializeResult(metadata={
+        **table_metadata(df, ["title", "section", "text"]),
+        "paragraphs_parsed": total, "articles": int(df["title"].nunique()),
+        "mean_chars": float(df["n_chars"].mean()) if len(df) else 0.0,
+        "source": config.dump_path or "gensim packaged enwiki sample",
+    })
+
+
+class TargetsConfig(dg.Config):
+    writer: str = _defaults["writer"]  # extractive | llm
+    tasks: list[str] = list(TASK_TYPES)
+    min_quality: int = _defaults["min_quality"]  # compressed Overall a target needs to be kept (METHOD.md §3: 4)
+    seed: int = 42
+
+
+TARGET_COLUMNS = ["target_id", "paragraph_id", "task", "writer", "text", "format_errors", "status", "error",
+                  "rarity", "complexity", "informativeness", "overall", "overall_compressed", "kept", "drop_reason"]
+
+
+@dg.asset(group_name=GROUP, deps=["wiki_paragraphs"], kinds={"duckdb", "pandas"},
+          description="One high-quality sample per paragraph and task type (QA, MCQ, TFQ, CS, paragraph), checked "
+          "against its format, rated by the judge and kept at compressed Overall >= min_quality. Every "
+          "paragraph x task has a row; dropped ones say why.")
+def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, judge: JudgeResource,
+                    generator: GeneratorResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    unknown = set(config.tasks) - set(TASK_TYPES)
+    if unknown or config.writer not in ("extractive", "llm"):
+        raise dg.Failure(description=f"tasks must be from {TASK_TYPES} (got {sorted(unknown)}) and writer extractive|llm (got {config.writer!r})")
+    paragraphs = warehouse.query("select * from wiki_paragraphs order by paragraph_id")
+    # Other paragraphs of the same article widen the pool of MCQ distractors and TFQ swaps.
+    article_text = paragraphs.groupby("title")["text"].agg(" ".join).to_dict()
+    jobs = [(p, task) for p in paragraphs.itertuples() for task in config.tasks]
+    if config.writer == "llm":
+        chats = [[{"role": "user", "content": render_writer_prompt(task, {"title": p.title, "section": p.section, "text": p.text})}]
+                 for p, task in jobs]
+        outcomes, _ = generator.generate(chats, warehouse, progress=context.log.info)
+        texts = [o.raw_answer if o.status == "ok" else None for o in outcomes]
+        errors = [o.error if o.status != "ok" else None for o in outcomes]
+    else:
+        rng = np.random.default_rng(config.seed)
+        texts = [write_extractive_target(task, {"title": p.title, "section": p.section, "text": p.text,
+                                                "context": article_text.get(p.title, "")}, rng) for p, task in jobs]
+        errors = [None if t else f"the extractive writer could not build a {task} sample from this paragraph" for t, (_, task) in zip(texts, jobs)]
+    rows = []
+    for (p, task), text, err in zip(jobs, texts, errors):
+        problems = validate_target(task, text) if text else []
+        rows.append({"target_id": _stable_id(p.paragraph_id, task, config.writer), "paragraph_id": p.paragraph_id,
+                     "task": task, "writer": config.writer, "text": text, "format_errors": "; ".join(problems) or None,
+                     "_prompt": _judge_prompt(task, p.title, p.section), "_err": err})
+    df = pd.DataFrame(rows)
+    to_rate = df[df["text"].notna() & df["format_errors"].isna()]
+    rating, _ = judge.rate_pairs(to_rate["_prompt"].tolist(), to_rate["text"].tolist(), warehouse, progress=context.log.info)
+    scores = pd.DataFrame([{"status": o.status, "error": o.error, **(o.scores or {})} for o in rating.outcomes], index=to_rate.index)
+    df = df.join(scores)
+    df["status"] = df["status"].fillna("not_rated")
+    df["overall_compressed"] = df["overall"].map(lambda v: compress_overall(v) if pd.notna(v) else None)
+    df["drop_reason"] = np.select(
+        [df["text"].isna(), df["format_errors"].notna(), df["status"] != "ok", df["overall_compressed"].fillna(-1) < config.min_quality],
+        [df["_err"].fillna("no text"), "format: " + df["format_errors"].fillna(""), "judge " + df["status"],
+         "rated below min_quality " + str(config.min_quality)], default=None)
+    df["drop_reason"] = df["drop_reason"].replace({"None": None, "0": None})
+    df["kept"] = df["drop_reason"].isna()
+    for c in ("rarity", "complexity", "informativeness", "overall", "overall_compressed"):
+        df[c] = df[c].astype("Int64") if c in df else pd.array([pd.NA] * len(df), dtype="Int64")
+    df["error"] = df.get("error")
+    out = df[TARGET_COLUMNS]
+    warehouse.replace_partition("mixture_targets", out)
+    per_task = out.groupby("task").agg(rows=("target_id", "size"), kept=("kept", "sum")).reset_index()
+    context.log.info(f"targets: {int(out['kept'].sum())} kept of {len(out)} ({per_task.to_dict('records')})")
+    tokens = rating.tokens
+    return dg.MaterializeResult(metadata={
+        **table_metadata(out[out["kept"]], ["task", "overall", "text"]),
+        "rows_total": len(out), "kept": int(out["kept"].sum()),
+        "per_task": preview_md(per_task, n=10),
+        "drop_reasons": dg.MetadataValue.json(out["drop_reason"].dropna().str.slice(0, 60).value_counts().head(8).to_dict()),
+        "judge_tokens": int(sum(tokens)),
+        "examples": dg.MetadataValue.md("\n\n".join(f"**{t.task}**\n```\n{t.text[:600]}\n```" for t in out[out["kept"]].groupby("task").head(1).itertuples())),
+    })
+
+
+class VariantsConfig(dg.Config):
+    variants_per_target: int = 6
+    llm_degradation: bool = _defaults["llm_degradation"]  # ask the generator for degraded rewrites too
+    cross_topic_neighbours: int = 3  # similar targets of other articles offered to cross_topic_merge
+    seed: int = 42
+
+
+VARIANT_COLUMNS = ["variant_id", "target_id", "task", "text", "operators", "origin", "status", "overall", "overall_compressed"]
+
+
+@dg.asset(group_name=GROUP, deps=["mixture_targets"], kinds={"duckdb", "pandas"},
+          description="Several low-quality variants of every kept target: seeded noise operators (dropped facts and "
+          "sentences, truncation, redundancy, shuffled or split fragments, typos, cross-topic merges of "
+          "semantically similar samples) and, with a capable generator, LLM degradation. Each is rated.")
+def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, embedder: EmbedderResource,
+                     generator: GeneratorResource, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    targets = warehouse.query("""select t.*, p.title, p.section from mixture_targets t join wiki_paragraphs p using (paragraph_id)
+                                 where kept order by target_id""")
+    rng = np.random.default_rng(config.seed)
+    vectors = embedder.embed(targets["text"].tolist())
+    sims = vectors @ vectors.T if len(targets) else np.zeros((0, 0))
+    same_article = (targets["title"].to_numpy()[:, None] == targets["title"].to_numpy()[None, :]) if len(targets) else sims
+    sims = np.where(same_article, -np.inf, sims)  # cross-topic: only other articles
+    rows = []
+    for i, t in enumerate(targets.itertuples()):
+        nearest = np.argsort(-sims[i])[: config.cross_topic_neighbours] if len(targets) > 1 else []
+        others = [targets["text"].iat[j] for j in nearest if np.isfinite(sims[i, j])]
+        for text, ops in make_variants(t.text, t.task, rng, n=config.variants_per_target, others=others):
+            rows.append({"target_id": t.target_id, "task": t.task, "text": text, "operators": ops, "origin": "noise",
+                         "_prompt": _judge_prompt(t.task, t.title, t.section)})
+    if config.llm_degradation and len(targets):
+        chats = [[{"role": "user", "content": render_degrade_prompt(t.task, t.text)}] for t in targets.itertuples()]
+        outcomes, _ = generator.generate(chats, warehouse, progress=context.log.info)
+        for t, o in zip(targets.itertuples(), outcomes):
+            for text in (parse_degraded_variants(o.raw_answer, t.text) if o.status == "ok" else []):
+                rows.append({"target_id": t.target_id, "task": t.task, "text": text, "operators": "llm_degrade",
+                             "origin": "llm", "_prompt": _judge_prompt(t.task, t.title, t.section)})
+    df = pd.DataFrame(rows, columns=["target_id", "task", "text", "operators", "origin", "_prompt"])
+    df = df.drop_duplicates(["target_id", "text"]).reset_index(drop=True)
+    df["variant_id"] = [_stable_id(a, b) for a, b in zip(df["target_id"], df["text"])]
+    rating, _ = judge.rate_pairs(df["_prompt"].tolist(), df["text"].tolist(), warehouse, progress=context.log.info)
+    df["status"] = [o.status for o in rating.outcomes]
+    df["overall"] = pd.array([o.scores["overall"] if o.scores else None for o in rating.outcomes], dtype="Int64")
+    df["overall_compressed"] = pd.array([compress_overall(o.scores["overall"]) if o.scores else None for o in rating.outcomes], dtype="Int64")
+    out = df[VARIANT_COLUMNS]
+    warehouse.replace_partition("mixture_variants", out)
+    counts = out.groupby("target_id").size()
+    ops = out["operators"].str.split("+").explode().value_counts()
+    context.log.info(f"{len(out)} variants for {len(targets)} targets; mean Overall {out['overall'].mean():.2f} vs targets {targets['overall'].mean():.2f}")
+    return dg.MaterializeResult(metadata={
+        **table_metadata(out, ["task", "operators", "overall", "text"]),
+        "targets": len(targets),
+        "variants_per_target": dg.MetadataValue.json(counts.value_counts().sort_index().to_dict()),
+        "operator_counts": dg.MetadataValue.json(ops.to_dict()),
+        "variant_mean_overall": float(out["overall"].mean()) if len(out) else 0.0,
+        "target_mean_overall": float(targets["overall"].mean()) if len(targets) else 0.0,
+        "embedding_model": embedder.model,
+    })
+
+
+class MixtureConfig(dg.Config):
+    min_variants: int = 2
+    max_variants: int = 6  # the method allows up to 20
+    test_fraction: float = 0.1
+    seed: int = 42
+
+
+MIXTURE_COLUMNS = ["example_id", "task", "paragraph_id", "target_id", "instruction", "input", "output", "cot",
+                   "variant_ids", "n_variants", "split"]
+
+
+def _paragraph_split(paragraph_id: str, test_fraction: float, seed: int) -> str:
+    # A hash, not a random draw: the same paragraph lands in the same split on every run.
+    bucket = int(hashlib.sha256(f"{seed}:{paragraph_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if bucket < test_fraction else "train"
+
+
+@dg.asset(group_name=GROUP, deps=["mixture_variants"], kinds={"duckdb", "pandas"},
+          description="The MIXTURE set: each example maps a cluster of 2-20 low-quality variants (the distiller's input, "
+          "after the task instruction) to its high-quality target, with task type, optional cot, source paragraph and "
+          "a train/test split by paragraph. Also exported as JSONL under artifacts/mixture/.")
+def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    if not 2 <= config.min_variants <= config.max_variants <= 20:
+        raise dg.Failure(description=f"need 2 <= min_variants <= max_variants <= 20 (got {config.min_variants}, {config.max_variants})")
+    targets = warehouse.query("select * from mixture_targets where kept order by target_id")
+    variants = warehouse.query("select * from mixture_variants order by variant_id")
+    by_target = {k: g for k, g in variants.groupby("target_id")}
+    rng = np.random.default_rng(config.seed)
+    rows, skipped = [], []
+    for t in targets.itertuples():
+        pool = by_target.get(t.target_id)
+        if pool is None or len(pool) < config.min_variants:
+            skipped.append({"target_id": t.target_id, "reason": f"{0 if pool is None else len(pool)} variants < min_variants"})
+            continue
+        n = int(rng.integers(config.min_variants, min(config.max_variants, len(pool)) + 1))
+        chosen = pool.iloc[rng.permutation(len(pool))[:n]]
+        rows.append({"example_id": _stable_id(t.target_id, *chosen["variant_id"]), "task": t.task, "paragraph_id": t.paragraph_id,
+                     "target_id": t.target_id, "instruction": DISTILL_INSTRUCTIONS[t.task],
+                     "input": distill_user_turn(t.task, chosen["text"].tolist()), "output": t.text, "cot": "",
+                     "variant_ids": chosen["variant_id"].tolist(), "n_variants": n,
+                     "split": _paragraph_split(t.paragraph_id, config.test_fraction, config.seed)})
+    df = pd.DataFrame(rows, columns=MIXTURE_COLUMNS)
+    warehouse.replace_partition("mixture", df, column_types={"variant_ids": "VARCHAR[]", "n_variants": "BIGINT"})
+    export_dir = warehouse.artifacts_dir / "mixture"
+    export_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        with open(export_dir / f"mixture_{split}.jsonl", "w", encoding="utf-8") as fh:
+            for r in df[df["split"] == split].itertuples():
+                fh.write(json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output, "cot": r.cot,
+                                     "task_type": r.task, "paragraph_id": r.paragraph_id}, ensure_ascii=False) + "\n")
+    if skipped:
+        context.log.warning(f"{len(skipped)} kept targets have too few variants for an example: {skipped[:3]}")
+    counts = df.groupby(["task", "split"]).size().unstack(fill_value=0).reset_index() if len(df) else pd.DataFrame()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 2.4))
+    ax.hist(df["n_variants"], bins=np.arange(1.5, config.max_variants + 1.5), color="#4f6bed")
+    ax.set_title("variants per example", fontsize=9)
+    return dg.MaterializeResult(metadata={
+        **table_metadata(df, ["task", "split", "n_variants", "input", "output"], n=3),
+        "per_task_and_split": preview_md(counts, n=10),
+        "train": int((df["split"] == "train").sum()), "test": int((df["split"] == "test").sum()),
+        "targets_without_enough_variants": len(skipped),
+        "variant_histogram": dg.MetadataValue.md(figure_to_markdown(fig, "variants per example")),
+        "export": dg.MetadataValue.path(str(export_dir)),
+    })
+
+
+class RatingLibraryConfig(dg.Config):
+    k_t: int = 3
+    smoothing: float = 1e-2
+
+
+@dg.asset(group_name=GROUP, deps=["mixture_variants"], kinds={"pytorch", "duckdb"},
+          description="Per task type, the kNN-Bayes rater of METHOD.md §4: embeddings of rated targets and variants, their "
+          "compressed-score classes, the class transition matrix T and the prior p, saved as .npz under "
+          "artifacts/rating_library/ for the GRPO quality reward.")
+def rating_library(context: dg.AssetExecutionContext, config: RatingLibraryConfig, embedder: EmbedderResource,
+                   warehouse: WarehouseResource) -> dg.MaterializeResult:
+    samples = warehouse.query("""
+        select task, text, overall_compressed cls from mixture_targets where status = 'ok'
+        union all select task, text, overall_compressed from mixture_variants where status = 'ok'""")
+    out_dir = warehouse.artifacts_dir / "rating_library"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task, group in samples.groupby("task"):
+        lib = build_library(embedder.embed(group["text"].tolist()), group["cls"].to_numpy(), k_t=config.k_t,
+                            smoothing=config.smoothing, name=task)
+        path = lib.save(out_dir / f"{task}.npz")
+        counts = group["cls"].value_counts().sort_index()
+        rows.append({"task": task, "n_samples": len(group), "path": str(path), "embedding_model": embedder.model,
+                     "class_counts": json.dumps({int(k): int(v) for k, v in counts.items()}),
+                     "k_t": config.k_t, "smoothing": config.smoothing,
+                     "prior": json.dumps([round(float(x), 4) for x in lib.prior]),
+                     "T": json.dumps(np.round(lib.T, 4).tolist())})
+        context.log.info(f"rating library {task}: {len(group)} samples, classes {dict(counts)}")
+    df = pd.DataFrame(rows)
+    warehouse.replace_partition("rating_library", df)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(df), "libraries": preview_md(df[["task", "n_samples", "class_counts", "prior"]] if len(df) else df, n=10),
+        "embedding_model": embedder.model, "path": dg.MetadataValue.path(str(out_dir)),
+    })
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@dg.asset_check(asset="mixture", description="Every example has 2-20 variants.")
+def mixture_variant_counts(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = warehouse.query("select example_id, n_variants, len(variant_ids) listed from mixture "
+                          "where n_variants not between 2 and 20 or len(variant_ids) <> n_variants")
+    return dg.AssetCheckResult(passed=bad.empty, description="2 <= variants <= 20" if bad.empty else f"{len(bad)} examples out of range",
+                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+
+
+@dg.asset_check(asset="mixture", description="No paragraph feeds both the train and the test split.")
+def mixture_split_by_paragraph(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = warehouse.query("select paragraph_id from mixture group by 1 having count(distinct split) > 1")
+    return dg.AssetCheckResult(passed=bad.empty, description="splits disjoint by paragraph" if bad.empty else f"{len(bad)} paragraphs in both splits")
+
+
+@dg.asset_check(asset="mixture_targets", description="Every kept target passes its task's format validator; rows = paragraphs x tasks.")
+def mixture_targets_valid(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    kept = warehouse.query("select target_id, task, text from mixture_targets where kept")
+    bad = [(r.target_id, r.task, "; ".join(validate_target(r.task, r.text))) for r in kept.itertuples() if validate_target(r.task, r.text)]
+    counts = warehouse.query("select (select count(*) from mixture_targets) n, (select count(*) from wiki_paragraphs) p, "
+                             "(select count(distinct task) from mixture_targets) t").iloc[0]
+    accounted = int(counts.n) == int(counts.p) * int(counts.t)
+    return dg.AssetCheckResult(
+        passed=not bad and accounted,
+        description=(f"{len(kept)} kept targets valid; {int(counts.n)} rows = {int(counts.p)} paragraphs x {int(counts.t)} tasks"
+                     if not bad and accounted else f"{len(bad)} invalid kept targets; rows accounted: {accounted}"),
+        metadata={"invalid": dg.MetadataValue.json(bad[:10])} if bad else {},
+    )
