@@ -5,7 +5,8 @@ import dagster as dg
 PER_SOURCE_JOB = "per_source_job"
 ALL_SOURCES_JOB = "all_sources_job"
 
-_cross_source = dg.AssetSelection.assets("pool_summary")
+# Assets that are not per source: refreshed after the per-source partitions exist.
+_cross_source = dg.AssetSelection.assets("pool_summary") | dg.AssetSelection.groups("mixture")
 
 pool_job = dg.define_asset_job(
     "pool_job", selection=dg.AssetSelection.groups("pool") - _cross_source,
@@ -14,6 +15,10 @@ pool_job = dg.define_asset_job(
 clusters_job = dg.define_asset_job(
     "clusters_job", selection=dg.AssetSelection.groups("clusters"),
     description="Embed and cluster one source's low-quality rows (needs the pool partition).",
+)
+mixture_job = dg.define_asset_job(
+    "mixture_job", selection=dg.AssetSelection.groups("mixture"),
+    description="Build the MIXTURE training set and the rating library from encyclopedic text.",
 )
 # Everything partitioned by source, in dependency order, for one source: backfill it over all sources.
 per_source_job = dg.define_asset_job(
@@ -25,7 +30,7 @@ per_source_job = dg.define_asset_job(
 all_sources_job = dg.define_asset_job(
     ALL_SOURCES_JOB,
     selection=_cross_source,
-    description="Cross-source summaries; run after per_source_job has materialised the sources you want.",
+    description="Everything not partitioned by source: the pool summary and the MIXTURE stage.",
 )
 # The whole graph for one source; its unpartitioned assets are refreshed in the same run.
 lm_mixup_job = dg.define_asset_job(
@@ -34,4 +39,4 @@ lm_mixup_job = dg.define_asset_job(
     description="The whole graph built so far, for one source partition (plus the cross-source assets).",
 )
 
-jobs = [pool_job, clusters_job, per_source_job, all_sources_job, lm_mixup_job]
+jobs = [pool_job, clusters_job, mixture_job, per_source_job, all_sources_job, lm_mixup_job]
