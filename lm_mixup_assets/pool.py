@@ -72,7 +72,7 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
     log_row = pd.DataFrame([{
         "source": source, "origin": spec.origin, "input_rows": result.input_rows, "ingested": len(result.rows),
         "rejected": len(result.rejected), "duplicates": result.duplicates,
-        "ingested_at": pd.Timestamp.utcnow().tz_localize(None),
+        "ingested_at": pd.Timestamp.now("UTC").tz_localize(None),
     }])
     reasons = result.rejected["reason"].str.replace(r"\d+", "N", regex=True).value_counts().head(10)
     too_many = result.input_rows == 0 or result.rejected_fraction > config.max_rejected_fraction
@@ -140,7 +140,7 @@ def rated_pool(context: dg.AssetExecutionContext, judge: JudgeResource, warehous
     started = time.monotonic()
     rating, keys = judge.rate_pairs(raw["prompt"].tolist(), raw["completion"].tolist(), warehouse, progress=context.log.info)
     elapsed = time.monotonic() - started
-    now = pd.Timestamp.utcnow().tz_localize(None)
+    now = pd.Timestamp.now("UTC").tz_localize(None)
     records = []
     for row, outcome, hit, key in zip(raw.itertuples(), rating.outcomes, rating.from_cache, keys):
         s = outcome.scores if outcome.status == "ok" else None

@@ -162,7 +162,7 @@ def generate_with_cache(
     def flush() -> None:
         rows = [{"cache_key": k, "backend": backend, "model": model, "params": json.dumps(asdict(params)),
                  "text": o.raw_answer, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
-                 "created_at": pd.Timestamp.utcnow().tz_localize(None)} for k, o in pending if o.status == "ok"]
+                 "created_at": pd.Timestamp.now("UTC").tz_localize(None)} for k, o in pending if o.status == "ok"]
         pending.clear()
         if rows:
             with connect() as con:

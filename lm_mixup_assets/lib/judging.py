@@ -81,7 +81,7 @@ def store_cached(connect: Connect, items: list[tuple[str, JudgeOutcome]], backen
     rows = [
         {"cache_key": k, "backend": backend, "model": model, "rubric_version": rubric_version, **o.scores,
          "raw_answer": o.raw_answer, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
-         "created_at": pd.Timestamp.utcnow().tz_localize(None)}
+         "created_at": pd.Timestamp.now("UTC").tz_localize(None)}
         for k, o in items if o.status == "ok" and o.scores
     ]
     if not rows:
