@@ -34,6 +34,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # compressed >= 2 (Overall >= 6); the paper profile keeps >= 4 as the method does.
         "mixture": {"dump_path": "", "max_paragraphs": 60, "writer": "extractive", "llm_degradation": False,
                     "min_quality": 2},
+        # A few dozen CPU steps: enough to exercise every path, not to learn the task.
+        "training": {"base_model": "smollm2", "max_length": 768, "sft_grad_accum": 2, "sft_max_steps": 4,
+                     "logging_steps": 1, "grpo_generations": 2, "grpo_completion_length": 48, "grpo_batch": 2,
+                     "grpo_grad_accum": 1, "grpo_steps_per_generation": 1, "grpo_max_steps": 2,
+                     "eval_examples": 4, "eval_max_new_tokens": 64},
     },
     "paper": {
         "pool": {"manifest": "paper", "max_row_chars": 200_000, "max_rejected_fraction": 0.5, "quality_threshold": 4},
@@ -55,6 +60,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # generator at it (LM_MIXUP_GENERATOR_BACKEND=openai ...) or at any capable local model.
         "mixture": {"dump_path": "enwiki-latest-pages-articles.xml.bz2", "max_paragraphs": 0, "writer": "llm",
                     "llm_degradation": True, "min_quality": 4},
+        "training": {"base_model": "Qwen/Qwen2.5-1.5B-Instruct", "max_length": 2400, "sft_grad_accum": 8,
+                     "sft_max_steps": -1, "logging_steps": 10, "grpo_generations": 4, "grpo_completion_length": 2400,
+                     "grpo_batch": 8, "grpo_grad_accum": 8, "grpo_steps_per_generation": 64, "grpo_max_steps": -1,
+                     "eval_examples": 0, "eval_max_new_tokens": 2400},
     },
 }
 

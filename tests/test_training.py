@@ -1,0 +1,218 @@
+"""Distiller training (METHOD.md §4): SFT and GRPO on a tiny random model, on CPU."""
+
+import json
+import os
+import shutil
+import zlib
+
+import numpy as np
+import pytest
+
+from lm_mixup_assets.lib.knn_bayes import build_library
+from lm_mixup_assets.lib.mixture_tasks import DISTILL_INSTRUCTIONS, distill_user_turn
+from lm_mixup_assets.lib.rewards import SYSTEM_PROMPT, make_trl_reward_funcs, parse_response
+from lm_mixup_assets.lib.training import (
+    GRPOSettings,
+    SFTSettings,
+    build_grpo_dataset,
+    build_sft_dataset,
+    default_think,
+    latest_checkpoint,
+    run_grpo,
+    run_sft,
+    user_turn,
+)
+
+
+def _row(task, variants, output, cot=""):
+    return {"task": task, "instruction": DISTILL_INSTRUCTIONS[task], "input": distill_user_turn(task, variants),
+            "output": output, "cot": cot, "n_variants": len(variants)}
+
+
+ROWS = [
+    _row("qa", ["Q: capital of France?\nA: Paris", "Q: France capital\nA: paris, a city"],
+         "Q: What is the capital of France?\nA: Paris."),
+    _row("mcq", ["Q: 2+2?\nA) 3\nB) 4\nAnswer: B", "Q: two plus two\nA) 3\nB) 4\nC) 5\nD) 6"],
+         "Q: What is 2+2?\nA) 3\nB) 4\nC) 5\nD) 6\nAnswer: B", cot="Both ask for 2+2; the answer is B."),
+    _row("tfq", ["Q: The sun is a star.\nAnswer: True", "Q: sun = star"], "Q: The Sun is a star.\nAnswer: True"),
+    _row("paragraph", ["Paris is in France.", "Paris, capital."], "Paris is the capital of France."),
+]
+
+
+def fake_embed(texts):
+    out = np.zeros((len(texts), 32), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for w in t.lower().split():
+            out[i, zlib.crc32(w.encode()) % 32] += 1.0
+        out[i, 0] += 1e-3
+    return out
+
+
+def _libraries():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((30, 32))
+    return {t: build_library(emb, np.arange(30) % 6, name=t) for t in ("qa", "mcq", "tfq", "cs", "paragraph")}
+
+
+def _reload_and_generate(folder):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    text = tok.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Q: hi"}],
+                                   tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    return tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+# --------------------------------------------------------------------------- #
+# Datasets
+# --------------------------------------------------------------------------- #
+def test_build_sft_dataset():
+    records = build_sft_dataset(ROWS)
+    assert len(records) == 4
+    r = records[0]
+    assert [m["role"] for m in r["prompt"]] == ["system", "user"]
+    assert r["prompt"][0]["content"] == SYSTEM_PROMPT
+    assert r["prompt"][1]["content"] == ROWS[0]["input"]  # the instruction is already in front of the variants
+    assert [m["role"] for m in r["completion"]] == ["assistant"]
+    think, answer = parse_response(r["completion"][0]["content"])
+    assert answer == ROWS[0]["output"]
+    assert think == default_think(ROWS[0]) and think.startswith("Two weak versions of one question-answer pair")
+    assert parse_response(records[1]["completion"][0]["content"])[0] == "Both ask for 2+2; the answer is B."
+    assert r["task"] == "qa"
+
+
+def test_user_turn_and_row_checks():
+    assert user_turn({"instruction": "Merge.", "input": "Q: a\nA: b"}) == "Merge.\n\nQ: a\nA: b"  # alpaca style
+    assert user_turn({"instruction": "Merge.", "input": ""}) == "Merge."
+    assert user_turn({"instruction": "", "input": "x"}) == "x"
+    assert build_sft_dataset([{**ROWS[0], "task": None, "task_type": "qa"}])[0]["task"] == "qa"  # JSONL name
+    with pytest.raises(ValueError, match="task"):
+        build_sft_dataset([{**ROWS[0], "task": "essay"}])
+    with pytest.raises(ValueError, match="output"):
+        build_grpo_dataset([{**ROWS[0], "output": " "}])
+
+
+def test_build_grpo_dataset():
+    records = build_grpo_dataset(ROWS)
+    assert set(records[0]) == {"prompt", "task", "reference"}
+    assert records[2]["task"] == "tfq" and records[2]["reference"] == ROWS[2]["output"]
+    assert records[2]["prompt"][1]["content"] == ROWS[2]["input"]
+
+
+def test_sft_loss_is_on_the_completion_only(tiny_causal_lm, tmp_path):
+    """TRL 1.16 prompt-completion data: labels are -100 up to the assistant turn."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", completion_only_loss=True,
+                     max_length=2400)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_causal_lm), args=args,
+                         train_dataset=Dataset.from_list(build_sft_dataset(ROWS[:1])), processing_class=tok)
+    ex = trainer.train_dataset[0]
+    learned = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100]
+    text = tok.decode(learned)
+    assert text.startswith("<think>") and "</answer><|im_end|>" in text
+    assert SYSTEM_PROMPT[:30] not in text and "weak versions of the same" not in text  # no prompt tokens
+
+
+def test_grpo_settings_validate():
+    GRPOSettings().validate()  # paper: 8 × 8 = 64 completions per step, 512 per generation round
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        GRPOSettings(per_device_train_batch_size=3, gradient_accumulation_steps=1).validate()
+    with pytest.raises(ValueError, match="unknown settings"):
+        run_grpo("x", ROWS, [], "/nonexistent", settings={"lr": 1.0})
+
+
+# --------------------------------------------------------------------------- #
+# SFT
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def sft_two_steps(tiny_causal_lm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft")
+    logs = []
+    result = run_sft(tiny_causal_lm, ROWS, out, SFTSettings(max_steps=2, gradient_accumulation_steps=1, logging_steps=1,
+                                                            save_steps=1, learning_rate=1e-3),
+                     on_log=lambda step, d: logs.append((step, d)))
+    return result, logs
+
+
+def test_sft_two_steps(sft_two_steps):
+    result, logs = sft_two_steps
+    assert result.steps == 2 and result.resumed_from is None
+    assert result.checkpoint.endswith("final") and os.path.exists(os.path.join(result.checkpoint, "config.json"))
+    assert [s for s, _ in result.loss_history] == [1, 2]
+    assert all(np.isfinite(loss) for _, loss in result.loss_history)
+    assert result.tokens_seen and result.tokens_seen > 0
+    assert result.wall_seconds > 0 and result.n_examples == 4 and result.n_dropped_too_long == 0
+    assert latest_checkpoint(result.output_dir).endswith("checkpoint-2")
+    assert any("loss" in d for _, d in logs) and logs[-1][0] == 2
+    with open(os.path.join(result.checkpoint, "config.json")) as fh:
+        assert json.load(fh)["use_cache"] is True  # the Trainer turns it off for training; saved for generation
+    _reload_and_generate(result.checkpoint)
+
+
+def test_sft_resumes_from_latest_checkpoint(sft_two_steps, tmp_path):
+    first, _ = sft_two_steps
+    out = tmp_path / "sft"
+    shutil.copytree(first.output_dir, out)
+    result = run_sft(first.checkpoint, ROWS, out, SFTSettings(max_steps=3, gradient_accumulation_steps=1,
+                                                              logging_steps=1, save_steps=1))
+    assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
+    assert result.steps == 3  # the global step continues
+    assert [s for s, _ in result.loss_history] == [1, 2, 3]  # history carried in the checkpoint
+    assert latest_checkpoint(out).endswith("checkpoint-3")
+    assert result.tokens_seen > first.tokens_seen
+
+
+def test_sft_drops_too_long_examples(tiny_causal_lm, tmp_path):
+    with pytest.raises(ValueError, match="no SFT examples left"):
+        run_sft(tiny_causal_lm, ROWS, tmp_path, SFTSettings(max_steps=1, max_length=16))
+
+
+# --------------------------------------------------------------------------- #
+# GRPO
+# --------------------------------------------------------------------------- #
+def test_grpo_two_steps(sft_two_steps, tmp_path):
+    sft, _ = sft_two_steps
+    funcs = make_trl_reward_funcs(_libraries(), fake_embed)
+    settings = GRPOSettings(num_generations=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                            steps_per_generation=None, max_completion_length=12, max_steps=2, save_steps=1,
+                            learning_rate=1e-4)
+    logs = []
+    result = run_grpo(sft.checkpoint, ROWS, funcs, tmp_path / "grpo", settings, on_log=lambda s, d: logs.append(d))
+    assert result.steps == 2 and not result.use_vllm
+    assert set(result.reward_history) == {"reward_quality", "reward_alignment", "reward_format", "reward"}
+    for name in ("reward_quality", "reward_alignment", "reward_format"):
+        assert [s for s, _ in result.reward_history[name]] == [1, 2]
+        assert all(0.0 <= v <= 0.8 for _, v in result.reward_history[name])
+    assert len(result.loss_history) == 2
+    assert result.tokens_seen and result.tokens_seen > 0
+    assert any("kl" in d for d in logs)  # beta 0.01: the reference model is in the loss
+    assert latest_checkpoint(tmp_path / "grpo").endswith("checkpoint-2")
+    _reload_and_generate(result.checkpoint)
+
+
+# --------------------------------------------------------------------------- #
+# The real policy model (slow)
+# --------------------------------------------------------------------------- #
+@pytest.mark.slow
+def test_sft_smollm2(tmp_path_factory):
+    from lm_mixup_assets.lib.models import convert_smollm2
+
+    cache = os.environ.get("LM_MIXUP_TEST_MODEL_CACHE") or str(tmp_path_factory.mktemp("smollm2-cache"))
+    model = convert_smollm2(cache)
+    out = tmp_path_factory.mktemp("sft-smollm2")
+    result = run_sft(model, ROWS, out, SFTSettings(max_steps=3, gradient_accumulation_steps=1, logging_steps=1,
+                                                   save_steps=100, learning_rate=1e-5))
+    assert result.steps == 3 and len(result.loss_history) == 3
+    assert all(np.isfinite(loss) and loss < 10 for _, loss in result.loss_history)  # a trained model, not random
+    text = _reload_and_generate(result.checkpoint)
+    assert text.strip()
