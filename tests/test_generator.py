@@ -45,3 +45,43 @@ def test_vllm_backend_explains_the_extra_when_missing(home):
     gen = GeneratorResource(backend="vllm", model="x")
     with pytest.raises(ImportError, match=r"pip install -e '\.\[gpu\]'"):
         gen.generate(CHATS, WarehouseResource(home=str(home)))
+
+
+def test_openai_backend_failures_are_statuses_and_retried_next_time(home):
+    warehouse = WarehouseResource(home=str(home))
+    faults = {"primary colour": [{"status": 503, "sticky": True}], "capital of France": [{"content": ""}]}
+    with OpenAICompatServer(faults=faults) as server:
+        gen = GeneratorResource(backend="openai", model="gen-test", base_url=server.base_url, api_key="k",
+                                max_retries=1, timeout_s=5)
+        out, _ = gen.generate(CHATS, warehouse)
+        assert out[0].status == "api_error" and "503" in out[0].error and not out[0].raw_answer
+        assert out[1].status == "ok" and out[1].raw_answer  # an empty answer was re-asked
+        before = server.request_count()
+        out2, hits = gen.generate(CHATS, warehouse)
+        assert hits == [False, True]  # the failure was not cached: asked again
+        assert server.request_count() - before == 2 and out2[0].status == "api_error"
+
+
+def test_llm_writer_builds_mixture_targets_through_the_generator(resources, query):
+    import dagster as dg
+
+    import definitions
+
+    def answer(user_message: str) -> str:
+        if '"Rarity"' in user_message:  # the judge's rubric
+            return '{"Rarity": 7, "Complexity": 7, "Informativeness": 8, "Overall": 8}'
+        return "Q: What is described in this paragraph?\nA: The paragraph describes its subject in detail."
+
+    with OpenAICompatServer(answer_fn=answer, mode="thread") as server:
+        res = dict(resources)
+        res["generator"] = GeneratorResource(backend="openai", model="writer", base_url=server.base_url, api_key="k")
+        assets = [a for a in definitions.defs.assets if a.node_def.name in ("wiki_paragraphs", "mixture_targets")]
+        config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 5}},
+                          "mixture_targets": {"config": {"writer": "llm", "tasks": ["qa", "mcq"]}}}}
+        assert dg.materialize(assets, resources=res, run_config=config).success
+        assert server.request_count() == 10  # 5 paragraphs x 2 tasks written; the heuristic judge rated them
+    targets = query("select task, kept, drop_reason from mixture_targets order by task")
+    assert targets[targets["task"] == "qa"]["kept"].all()
+    # a QA-shaped answer to an MCQ request fails the MCQ validator and is dropped with the reason
+    mcq = targets[targets["task"] == "mcq"]
+    assert (~mcq["kept"]).all() and mcq["drop_reason"].str.startswith("format:").all()
