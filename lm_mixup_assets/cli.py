@@ -41,27 +41,32 @@ def run_demo(sources: list[str] | None = None) -> int:
     import dagster as dg
 
     import definitions
-    from lm_mixup_assets.jobs import PER_SOURCE_JOB, ALL_SOURCES_JOB
-    from lm_mixup_assets.partitions import source_partitions
+    from lm_mixup_assets import jobs
+    from lm_mixup_assets.partitions import arm_partitions, source_partitions
 
     instance = dg.DagsterInstance.get()
     keys = sources or source_partitions.get_partition_keys()
     print(f"lm-mixup demo: profile {os.environ.get('LM_MIXUP_PROFILE', 'demo')}, home {home}, sources {keys}", flush=True)
     started = time.monotonic()
-    per_source = definitions.defs.resolve_job_def(PER_SOURCE_JOB)
-    for key in keys:
+
+    def run(job: str, partition: str | None = None) -> bool:
         t = time.monotonic()
-        result = per_source.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        result = definitions.defs.resolve_job_def(job).execute_in_process(partition_key=partition, instance=instance,
+                                                                          raise_on_error=False)
         failed_checks = [e.asset_check_key.to_user_string() for e in result.get_asset_check_evaluations() if not e.passed]
-        print(f"  [{key}] {'ok' if result.success else 'FAILED'} in {time.monotonic() - t:.1f}s"
-              + (f"; failed checks: {failed_checks}" if failed_checks else ""), flush=True)
+        print(f"  {job}{f'[{partition}]' if partition else ''}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - t:.1f}s"
+              + (f"; checks not passing: {failed_checks}" if failed_checks else ""), flush=True)
         if not result.success:
             print(f"run {result.run_id} failed; open the UI (make ui) to see why", file=sys.stderr)
+        return result.success
+
+    # The method's order (see lm_mixup_assets/jobs.py): per source, across sources, distil per source, select per arm.
+    steps = [*[(jobs.PER_SOURCE_JOB, k) for k in keys], (jobs.ALL_SOURCES_JOB, None),
+             *[(jobs.DISTILL_JOB, k) for k in keys], (jobs.LONG_TAIL_JOB, None),
+             *[(jobs.TRAINING_SETS_JOB, a) for a in arm_partitions.get_partition_keys()]]
+    for job, partition in steps:
+        if not run(job, partition):
             return 1
-    result = definitions.defs.resolve_job_def(ALL_SOURCES_JOB).execute_in_process(instance=instance, raise_on_error=False)
-    print(f"  [all sources] {'ok' if result.success else 'FAILED'}", flush=True)
-    if not result.success:
-        return 1
     print(f"done in {time.monotonic() - started:.0f}s\n")
     show_where()
     return 0
@@ -83,6 +88,8 @@ def show_where() -> None:
             print(f"  {t:<22} {count:>8} rows")
         if "pool_summary" in tables:
             print(con.execute("select source, input_rows, rejected, duplicates, raw, rated_ok, rated_failed, high, low from pool_summary").df().to_string(index=False))
+        if "training_set_composition" in tables:
+            print(con.execute("select arm, pool, wanted, taken, shortfall from training_set_composition order by arm, pool").df().to_string(index=False))
         con.close()
     print(f'query it : duckdb {db} "select * from pool_summary"')
     print("open UI  : make ui   (then http://127.0.0.1:3000)")

@@ -1,12 +1,25 @@
-"""Jobs: what a person launches from the UI or the CLI (`dg launch --job NAME --partition SOURCE`)."""
+"""Jobs: what a person launches from the UI or the CLI (`dg launch --job NAME --partition KEY`).
+
+The whole method, in order (``lm-mixup demo`` runs exactly this):
+
+1. ``per_source_job`` for every source (a backfill over ``[source]``): ingest, rate, split, cluster;
+2. ``all_sources_job``: the pool summary, MIXTURE, and the distiller's SFT + GRPO training;
+3. ``distill_job`` for every source: distil the clusters, re-rate, keep the high ones;
+4. ``long_tail_job``: rank the original and distilled high rows by rarity;
+5. ``training_sets_job`` for every arm (a backfill over ``[arm]``): the ~3% training sets.
+"""
 
 import dagster as dg
 
 PER_SOURCE_JOB = "per_source_job"
 ALL_SOURCES_JOB = "all_sources_job"
+DISTILL_JOB = "distill_job"
+LONG_TAIL_JOB = "long_tail_job"
+TRAINING_SETS_JOB = "training_sets_job"
 
 # Assets that are not per source: refreshed after the per-source partitions exist.
 _cross_source = dg.AssetSelection.assets("pool_summary") | dg.AssetSelection.groups("mixture", "training")
+_per_arm = dg.AssetSelection.assets("training_sets")
 
 pool_job = dg.define_asset_job(
     "pool_job", selection=dg.AssetSelection.groups("pool") - _cross_source,
@@ -24,23 +37,37 @@ training_job = dg.define_asset_job(
     "training_job", selection=dg.AssetSelection.groups("training"),
     description="Train the distiller (SFT, then GRPO) and evaluate it on the MIXTURE test split.",
 )
-# Everything partitioned by source, in dependency order, for one source: backfill it over all sources.
+# Everything partitioned by source that comes before the distiller: backfill it over all sources.
 per_source_job = dg.define_asset_job(
     PER_SOURCE_JOB,
     selection=dg.AssetSelection.groups("pool", "clusters") - _cross_source,
-    description="Every per-source stage for one source partition. Backfill it over all sources.",
+    description="Ingest, rate, split and cluster one source partition. Backfill it over all sources.",
 )
-# The cross-source assets, after the per-source partitions exist.
 all_sources_job = dg.define_asset_job(
     ALL_SOURCES_JOB,
     selection=_cross_source,
     description="Everything not partitioned by source: the pool summary, MIXTURE and the distiller's training.",
 )
-# The whole graph for one source; its unpartitioned assets are refreshed in the same run.
+distill_job = dg.define_asset_job(
+    DISTILL_JOB, selection=dg.AssetSelection.groups("distill"),
+    description="Distil one source's clusters with the trained distiller, re-rate, keep the high ones. "
+    "Backfill it over all sources once grpo_checkpoint exists.",
+)
+long_tail_job = dg.define_asset_job(
+    LONG_TAIL_JOB, selection=dg.AssetSelection.assets("long_tail_scores"),
+    description="Rank the original and distilled high-quality rows by long-tail score (after every source is distilled).",
+)
+training_sets_job = dg.define_asset_job(
+    TRAINING_SETS_JOB, selection=_per_arm,
+    description="One training set per arm (mixup/original/random/low recipes). Backfill it over all arms.",
+)
+# The whole source-partitioned graph for one source, with the unpartitioned assets refreshed in the same run.
+# (training_sets is partitioned by arm, so it has its own job.)
 lm_mixup_job = dg.define_asset_job(
     "lm_mixup_job",
-    selection=dg.AssetSelection.all(),
-    description="The whole graph built so far, for one source partition (plus the cross-source assets).",
+    selection=dg.AssetSelection.all() - _per_arm,
+    description="The whole graph for one source partition (plus the cross-source assets); training sets: training_sets_job.",
 )
 
-jobs = [pool_job, clusters_job, mixture_job, training_job, per_source_job, all_sources_job, lm_mixup_job]
+jobs = [pool_job, clusters_job, mixture_job, training_job, per_source_job, all_sources_job, distill_job,
+        long_tail_job, training_sets_job, lm_mixup_job]

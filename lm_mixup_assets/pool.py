@@ -15,9 +15,9 @@ from lm_mixup_assets.lib import warehouse as wh
 from lm_mixup_assets.lib.ingest import SourceError, ingest_source
 from lm_mixup_assets.lib.manifest import ManifestError, load_manifest
 from lm_mixup_assets.lib.plots import histogram_grid
-from lm_mixup_assets.lib.rubric import compress_overall
 from lm_mixup_assets.metadata import preview_md, table_metadata
 from lm_mixup_assets.partitions import source_partitions
+from lm_mixup_assets.rating import rate_frame
 from resources import JudgeResource, WarehouseResource, settings
 
 GROUP = "pool"
@@ -118,13 +118,6 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
     )
 
 
-RATED_COLUMNS = [
-    "source", "sample_id", "prompt", "completion", "rarity", "complexity", "informativeness", "overall",
-    "overall_compressed", "status", "error", "judge_backend", "judge_model", "rubric_version",
-    "prompt_tokens", "completion_tokens", "from_cache", "cache_key", "rated_at",
-]
-
-
 @dg.asset(
     partitions_def=source_partitions,
     group_name=GROUP,
@@ -136,63 +129,9 @@ RATED_COLUMNS = [
 def rated_pool(context: dg.AssetExecutionContext, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     source = context.partition_key
     raw = warehouse.read_partition("raw_pool", "source", source)
-    context.log.info(f"rating {len(raw)} rows of {source!r} with judge {judge.backend}/{judge.model} (rubric {judge.rubric_version})")
-    started = time.monotonic()
-    rating, keys = judge.rate_pairs(raw["prompt"].tolist(), raw["completion"].tolist(), warehouse, progress=context.log.info)
-    elapsed = time.monotonic() - started
-    now = pd.Timestamp.now("UTC").tz_localize(None)
-    records = []
-    for row, outcome, hit, key in zip(raw.itertuples(), rating.outcomes, rating.from_cache, keys):
-        s = outcome.scores if outcome.status == "ok" else None
-        records.append({
-            "source": source, "sample_id": row.sample_id, "prompt": row.prompt, "completion": row.completion,
-            "rarity": s and s["rarity"], "complexity": s and s["complexity"],
-            "informativeness": s and s["informativeness"], "overall": s and s["overall"],
-            "overall_compressed": compress_overall(s["overall"]) if s else None,
-            "status": outcome.status, "error": outcome.error, "judge_backend": judge.backend,
-            "judge_model": judge.model, "rubric_version": judge.rubric_version,
-            "prompt_tokens": 0 if hit else outcome.prompt_tokens, "completion_tokens": 0 if hit else outcome.completion_tokens,
-            "from_cache": bool(hit), "cache_key": key, "rated_at": now,
-        })
-    df = pd.DataFrame(records, columns=RATED_COLUMNS).astype(
-        {c: "Int64" for c in ("rarity", "complexity", "informativeness", "overall", "overall_compressed")}
-    )
+    df, metadata = rate_frame(context, raw.assign(source=source), ["source", "sample_id", "prompt", "completion"],
+                              judge, warehouse, source)
     warehouse.replace_partition("rated_pool", df, "source", source)
-
-    status_counts = df["status"].value_counts().to_dict()
-    prompt_tokens, completion_tokens = rating.tokens
-    cost = judge.cost_usd(prompt_tokens, completion_tokens)
-    ok = df[df["status"] == "ok"]
-    context.log.info(
-        f"{source}: {status_counts} in {elapsed:.1f}s; {rating.requests_made} judge calls, "
-        f"{int(df['from_cache'].sum())} cache hits, tokens {prompt_tokens}+{completion_tokens}"
-    )
-    failed = df[df["status"] != "ok"]
-    if len(failed):
-        context.log.warning(f"{len(failed)} rows failed to rate (kept with their status; a re-run retries them): "
-                            f"{failed['error'].astype(str).str[:120].value_counts().head(3).to_dict()}")
-    metadata = {
-        **table_metadata(df, ["sample_id", "overall", "overall_compressed", "status", "prompt"]),
-        "rated_ok": int(status_counts.get("ok", 0)),
-        "parse_errors": int(status_counts.get("parse_error", 0)),
-        "api_errors": int(status_counts.get("api_error", 0)),
-        "judge_requests": rating.requests_made,
-        "cache_hits": int(df["from_cache"].sum()),
-        "judge_prompt_tokens": prompt_tokens,
-        "judge_completion_tokens": completion_tokens,
-        "judge": f"{judge.backend}:{judge.model}",
-        "rubric_version": judge.rubric_version,
-        "seconds": round(elapsed, 2),
-        "overall_mean": float(ok["overall"].mean()) if len(ok) else 0.0,
-        "score_histogram": dg.MetadataValue.md(
-            histogram_grid({source: ok["overall"].astype(float).tolist()}, bins=[x + 0.5 for x in range(0, 11)],
-                           title=f"Overall score, {source}", xlabel="Overall (1-10)")
-        ),
-    }
-    if cost is not None:
-        metadata["judge_cost_usd"] = round(cost, 4)
-    if rating.stats:
-        metadata["client_stats"] = dg.MetadataValue.json(rating.stats)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -259,9 +198,9 @@ def _per_source(context: dg.AssetCheckExecutionContext, warehouse: WarehouseReso
     return scope_to_partition(context, bad)
 
 
-def scope_to_partition(context: dg.AssetCheckExecutionContext, df: pd.DataFrame) -> pd.DataFrame:
-    if context.has_partition_key and "source" in df.columns:
-        return df[df["source"] == context.partition_key]
+def scope_to_partition(context: dg.AssetCheckExecutionContext, df: pd.DataFrame, column: str = "source") -> pd.DataFrame:
+    if context.has_partition_key and column in df.columns:
+        return df[df[column] == context.partition_key]
     return df
 
 

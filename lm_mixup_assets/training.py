@@ -104,7 +104,7 @@ class SftConfig(dg.Config):
     seed: int = 42
 
 
-def _policy_path(warehouse: WarehouseResource, asset: str) -> str:
+def checkpoint_path(warehouse: WarehouseResource, asset: str) -> str:
     rows = warehouse.query("select path from training_checkpoints where asset = ?", [asset])
     if rows.empty:
         raise dg.Failure(description=f"{asset} has no checkpoint yet: materialise it first")
@@ -124,7 +124,7 @@ def _record_checkpoint(warehouse: WarehouseResource, asset: str, path: str, data
           "demanding <think>…</think><answer>…</answer>, user turn = instruction + variants, loss on the assistant turn "
           "only. Resumes from the latest checkpoint in its folder after a crash.")
 def sft_checkpoint(context: dg.AssetExecutionContext, config: SftConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    base = _policy_path(warehouse, "base_policy")
+    base = checkpoint_path(warehouse, "base_policy")
     rows = _mixture_rows(warehouse, "train")
     out_dir = warehouse.artifacts_dir / "checkpoints" / "sft"
     context.log.info(f"SFT of {base} on {len(rows)} MIXTURE examples -> {out_dir}")
@@ -170,7 +170,7 @@ def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embed
                     warehouse: WarehouseResource) -> dg.MaterializeResult:
     from lm_mixup_assets.lib.rewards import make_trl_reward_funcs
 
-    start = _policy_path(warehouse, "sft_checkpoint")
+    start = checkpoint_path(warehouse, "sft_checkpoint")
     rows = _mixture_rows(warehouse, "train")
     libraries = load_libraries(warehouse.artifacts_dir / "rating_library")
     weights = {"quality": config.weight_quality, "alignment": config.weight_alignment, "format": config.weight_format}
@@ -209,8 +209,8 @@ def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, g
     rows = _mixture_rows(warehouse, "test", config.max_examples)
     libraries = load_libraries(warehouse.artifacts_dir / "rating_library")
     chats = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_turn(r)}] for r in rows]
-    models = {"base": _policy_path(warehouse, "base_policy"), "sft": _policy_path(warehouse, "sft_checkpoint"),
-              "grpo": _policy_path(warehouse, "grpo_checkpoint")}
+    models = {"base": checkpoint_path(warehouse, "base_policy"), "sft": checkpoint_path(warehouse, "sft_checkpoint"),
+              "grpo": checkpoint_path(warehouse, "grpo_checkpoint")}
     records, summary = [], []
     for label, path in models.items():
         # Checkpoints are local folders: evaluate them in-process whatever the generator's serving backend.

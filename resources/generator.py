@@ -7,7 +7,7 @@ from typing import Callable
 import dagster as dg
 
 from lm_mixup_assets.lib.generation import (GenerationParams, TransformersGenerator, VllmGenerator,
-                                            generate_with_cache, generation_cache_key)
+                                            generate_with_cache, generation_cache_key, model_fingerprint)
 from lm_mixup_assets.lib.models import resolve_causal_lm
 from lm_mixup_assets.lib.rubric import JudgeOutcome
 
@@ -41,8 +41,8 @@ class GeneratorResource(dg.ConfigurableResource):
         base = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
         return GenerationParams(**{**base, **overrides})
 
-    def _engine(self, model_path: str):
-        key = (self.backend, model_path, self.device, self.batch_size, self.tensor_parallel_size)
+    def _engine(self, model_path: str, fingerprint: str):
+        key = (self.backend, fingerprint, self.device, self.batch_size, self.tensor_parallel_size)
         if key not in _ENGINES:
             if self.backend == "transformers":
                 _ENGINES[key] = TransformersGenerator(model_path, device=self.device, batch_size=self.batch_size)
@@ -57,7 +57,10 @@ class GeneratorResource(dg.ConfigurableResource):
             raise dg.Failure(f"generator backend {self.backend!r} is unknown; choose one of {BACKENDS}")
         model = model or self.model
         params = self.params(**param_overrides)
-        keys = [generation_cache_key(self.backend, model, params, c) for c in chats]
+        # Local checkpoints are keyed by their files too: a re-trained folder is a new model.
+        resolved = model if self.backend == "openai" else resolve_causal_lm(model, str(warehouse.artifacts_dir))
+        label = model if self.backend == "openai" else model_fingerprint(resolved)
+        keys = [generation_cache_key(self.backend, label, params, c) for c in chats]
         if self.backend == "openai":
             if not self.base_url or not self.api_key:
                 raise dg.Failure("generator backend 'openai' needs base_url and OPENAI_API_KEY")
@@ -68,7 +71,7 @@ class GeneratorResource(dg.ConfigurableResource):
                                        temperature=params.temperature, max_tokens=params.max_new_tokens)
             missing = client.complete_all
         else:
-            engine = self._engine(resolve_causal_lm(model, str(warehouse.artifacts_dir)))
+            engine = self._engine(resolved, label)
 
             def missing(todo, on_result):
                 return engine.generate(todo, params, on_result)

@@ -39,6 +39,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                      "logging_steps": 1, "grpo_generations": 2, "grpo_completion_length": 48, "grpo_batch": 2,
                      "grpo_grad_accum": 1, "grpo_steps_per_generation": 1, "grpo_max_steps": 2,
                      "eval_examples": 4, "eval_max_new_tokens": 64},
+        # Distil a dozen clusters per source on CPU; the rest are recorded as skipped, not dropped.
+        "distill": {"distiller": "", "max_clusters": 12, "max_new_tokens": 192},
+        "selection": {"arms": "mixup50_ori50,mixup70_ori30,mixup30_ori70,original_high,random,full_low",
+                      "size": 100, "k": 15, "seed": 0},
     },
     "paper": {
         "pool": {"manifest": "paper", "max_row_chars": 200_000, "max_rejected_fraction": 0.5, "quality_threshold": 4},
@@ -64,6 +68,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                      "sft_max_steps": -1, "logging_steps": 10, "grpo_generations": 4, "grpo_completion_length": 2400,
                      "grpo_batch": 8, "grpo_grad_accum": 8, "grpo_steps_per_generation": 64, "grpo_max_steps": -1,
                      "eval_examples": 0, "eval_max_new_tokens": 2400},
+        "distill": {"distiller": "", "max_clusters": 0, "max_new_tokens": 2400},
+        "selection": {"arms": "mixup50_ori50,mixup70_ori30,mixup30_ori70,original_high,random,full_low",
+                      "size": 10_000, "k": 15, "seed": 0},
     },
 }
 

@@ -12,6 +12,12 @@ def pool_assets_and_checks():
     return [*assets, *definitions.defs.asset_checks]
 
 
+def assets_of_groups(*groups, checks=True):
+    """Every asset of the named groups (plus every check), for dg.materialize."""
+    assets = [a for a in definitions.defs.assets if a.group_names_by_key and set(a.group_names_by_key.values()) <= set(groups)]
+    return [*assets, *definitions.defs.asset_checks] if checks else assets
+
+
 def materialize_source(source, resources, run_config=None, raise_on_error=True, assets=None):
     return dg.materialize(
         assets or pool_assets_and_checks(),

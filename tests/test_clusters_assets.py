@@ -7,11 +7,12 @@ import definitions
 from lm_mixup_assets.lib.cluster_inputs import build_cluster_inputs, split_members
 from lm_mixup_assets.lib.models import embed_texts
 from lm_mixup_assets.lib.prompts import POOL_MERGE_INSTRUCTION
-from tests.helpers import checks_by_name, materialize_source
+from tests.helpers import assets_of_groups, checks_by_name, materialize_source
 
 
 def source_assets_and_checks():
-    return [*[a for a in definitions.defs.assets if a.partitions_def is not None], *definitions.defs.asset_checks]
+    return [*[a for a in assets_of_groups("pool", "clusters", checks=False) if a.partitions_def is not None],
+            *definitions.defs.asset_checks]
 
 
 def test_chatterbot_clusters_materialise_and_checks_pass(resources, query):

@@ -36,17 +36,10 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 SOURCES = ["chatterbot", "chitchat", "humaneval"]
-EXPECTED_ASSETS = {
-    "raw_pool": ("pool", True),
-    "rejected_rows": ("pool", True),
-    "rated_pool": ("pool", True),
-    "high_quality_pool": ("pool", True),
-    "low_quality_pool": ("pool", True),
-    "pool_summary": ("pool", False),
-    "low_quality_clusters": ("clusters", True),
-    "cluster_inputs": ("clusters", True),
-}
-EXPECTED_JOBS = {"per_source_job", "all_sources_job"}
+# Every asset, its group and its partitions, as the reviewed graph snapshot has them.
+_SNAPSHOT = json.loads((Path(__file__).parent / "snapshots" / "asset_graph.json").read_text())
+EXPECTED_ASSETS = {key: (node["group"], node["partitions"]) for key, node in _SNAPSHOT.items()}
+EXPECTED_JOBS = {"per_source_job", "all_sources_job", "distill_job", "long_tail_job", "training_sets_job"}
 PARTITION = "humaneval"
 
 STARTUP_TIMEOUT_S = 120
@@ -308,12 +301,12 @@ def test_live_ui_materialises_one_partition(server, browser, tmp_path):
         by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
         missing = sorted(set(EXPECTED_ASSETS) - set(by_key))
         assert not missing, f"assets missing from the webserver: {missing}; it has {sorted(by_key)}"
-        for key, (group, partitioned) in EXPECTED_ASSETS.items():
+        for key, (group, partitions) in EXPECTED_ASSETS.items():
             node = by_key[key]
             assert node["groupName"] == group, f"{key}: group {node['groupName']!r}, expected {group!r}"
-            assert node["isPartitioned"] is partitioned, f"{key}: isPartitioned={node['isPartitioned']}"
-            if partitioned:
-                assert sorted(node["partitionKeys"]) == SOURCES, f"{key}: partitions {node['partitionKeys']}"
+            assert node["isPartitioned"] is (partitions is not None), f"{key}: isPartitioned={node['isPartitioned']}"
+            if partitions is not None:
+                assert node["partitionKeys"] == partitions, f"{key}: partitions {node['partitionKeys']}"
 
         locations = server.gql(
             """{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError {

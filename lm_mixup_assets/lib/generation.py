@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -36,6 +37,20 @@ class GenerationParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+
+def model_fingerprint(model: str) -> str:
+    """``model`` plus, for a local folder, the size and mtime of its weight and config files.
+
+    A checkpoint re-trained into the same folder gets a new fingerprint, so the
+    cache never serves the old model's text for it.
+    """
+    folder = Path(model)
+    if not folder.is_dir():
+        return model
+    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
+                   if f.is_file() and (f.suffix in {".safetensors", ".bin"} or f.name == "config.json"))
+    return f"{model}@{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]}"
 
 
 def generation_cache_key(backend: str, model: str, params: GenerationParams, chat: list[dict]) -> str:

@@ -1,0 +1,57 @@
+"""From a distiller's response to a new (prompt, completion) pair (METHOD.md §5).
+
+The distiller answers ``<think>…</think><answer>Q: …\\nA: …</answer>``. A
+response that yields no pair is kept with ``status = "parse_error"`` and the
+reason, never dropped; a generation that failed keeps the generator's status.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .ingest import make_sample_id, normalise_text
+from .rewards import extract_answer, parse_response
+
+# "Q:" and "A:" at line starts (markdown bold and "Question:"/"Answer:" tolerated: small models write them).
+_Q = r"(?:\*\*)?(?:Q|Question)(?:\*\*)?\s*:(?:\*\*)?"
+_A = r"(?:\*\*)?(?:A|Answer)(?:\*\*)?\s*:(?:\*\*)?"
+_PAIR_RE = re.compile(rf"^\s*{_Q}[ \t]*(?P<q>.*?)\s*^\s*{_A}[ \t]*(?P<a>.*)$", re.DOTALL | re.MULTILINE | re.IGNORECASE)
+_NEXT_Q_RE = re.compile(rf"^\s*{_Q}", re.MULTILINE | re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ParsedPair:
+    status: str  # "ok" | "parse_error"
+    prompt: str | None = None
+    completion: str | None = None
+    reason: str | None = None
+    well_formed: bool = False  # the whole response was exactly <think>…</think><answer>…</answer>
+
+
+def parse_distilled(response: str | None) -> ParsedPair:
+    """The merged pair in a distiller response, or a ``parse_error`` saying why not."""
+    if response is None or not response.strip():
+        return ParsedPair("parse_error", reason="empty response")
+    answer = extract_answer(response)
+    if answer is None:
+        why = "no <answer> block" if "<answer>" not in response else "unterminated or empty <answer> block"
+        return ParsedPair("parse_error", reason=why)
+    m = _PAIR_RE.search(answer)
+    if m is None:
+        return ParsedPair("parse_error", reason="answer is not 'Q: <question>' then 'A: <answer>'")
+    question, reply = m.group("q").strip(), m.group("a").strip()
+    # A second "Q:" means several pairs were written: keep the first, as the instruction asks for one.
+    nxt = _NEXT_Q_RE.search(reply)
+    if nxt:
+        reply = reply[: nxt.start()].strip()
+    if not question:
+        return ParsedPair("parse_error", reason="empty question")
+    if not reply:
+        return ParsedPair("parse_error", reason="empty answer")
+    return ParsedPair("ok", normalise_text(question), normalise_text(reply), well_formed=parse_response(response) is not None)
+
+
+def distilled_sample_id(source: str, prompt: str, completion: str) -> str:
+    """Same hash as a pool row's, marked so a distilled pair never collides with an original one."""
+    return make_sample_id(f"{source}#distilled", prompt, completion)

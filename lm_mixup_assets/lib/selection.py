@@ -1,0 +1,159 @@
+"""Selecting the ~3% training sets (METHOD.md §5): long-tail scores and training-set recipes ("arms").
+
+Long-tail score: a row's mean cosine distance to its k nearest neighbours
+within its own set (k=15), min-max normalised to [0, 1]; higher = rarer.
+Exact kNN by scikit-learn's brute-force search.
+
+Arms are named recipes, parsed from their names so a user adds one by naming it:
+
+==================  ============================================================
+``mixupA_oriB``     A% distilled high + B% original high, each by long-tail rank
+``highA_lowB``      A% original high (long-tail rank) + B% original low (random)
+``original_high``   original high only, by long-tail rank
+``distilled_high``  distilled high only, by long-tail rank
+``random``          uniform sample of every rated-ok pool row
+``full_low``        uniform sample of the original low rows
+==================  ============================================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .ingest import normalise_text
+
+# Candidate pools an arm draws from, and how each is ordered.
+POOLS = ("distilled_high", "original_high", "original_low", "rated_pool")
+LONG_TAIL_RANKED = {"distilled_high", "original_high"}
+ORIGIN = {"distilled_high": "distilled", "original_high": "original", "original_low": "original", "rated_pool": "original"}
+
+
+# --------------------------------------------------------------------------- long tail
+
+
+def mean_knn_cosine_distance(vectors: np.ndarray, k: int = 15, n_jobs: int | None = None) -> np.ndarray:
+    """Each row's mean cosine distance to its ``k`` nearest other rows (exact; fewer when the set is smaller)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(vectors)
+    if n < 2:
+        return np.zeros(n, dtype=np.float64)
+    k = min(k, n - 1)
+    nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute", n_jobs=n_jobs).fit(vectors)
+    distances, _ = nn.kneighbors()  # no query: each row's neighbours exclude the row itself
+    return distances.mean(axis=1).astype(np.float64)
+
+
+def normalise_unit(values: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1]; a constant (or single) value maps to 0."""
+    if len(values) == 0:
+        return values.astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo <= 1e-12:
+        return np.zeros(len(values), dtype=np.float64)
+    return (values - lo) / (hi - lo)
+
+
+def long_tail_scores(vectors: np.ndarray, k: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean kNN distance, normalised long-tail score)`` for one set."""
+    raw = mean_knn_cosine_distance(vectors, k)
+    return raw, normalise_unit(raw)
+
+
+# --------------------------------------------------------------------------- arms
+
+
+@dataclass(frozen=True)
+class ArmRecipe:
+    name: str
+    parts: tuple[tuple[str, float], ...]  # (pool, fraction); fractions sum to 1
+
+    def counts(self, n: int) -> dict[str, int]:
+        """Rows wanted from each pool; rounding error goes to the last part so the total is exactly ``n``."""
+        out, used = {}, 0
+        for i, (pool, frac) in enumerate(self.parts):
+            take = n - used if i == len(self.parts) - 1 else int(round(n * frac))
+            out[pool] = take
+            used += take
+        return out
+
+
+_TWO_PART = re.compile(r"^(mixup|high)(\d{1,3})_(ori|low)(\d{1,3})$")
+_SINGLE = {"original_high": "original_high", "distilled_high": "distilled_high", "random": "rated_pool",
+           "full_low": "original_low"}
+
+
+def parse_arm(name: str) -> ArmRecipe:
+    if name in _SINGLE:
+        return ArmRecipe(name, ((_SINGLE[name], 1.0),))
+    m = _TWO_PART.fullmatch(name)
+    if m and (m.group(1), m.group(3)) in {("mixup", "ori"), ("high", "low")}:
+        a, b = int(m.group(2)), int(m.group(4))
+        if a + b != 100:
+            raise ValueError(f"arm {name!r}: the two percentages must add up to 100 (got {a} + {b})")
+        first, second = ("distilled_high", "original_high") if m.group(1) == "mixup" else ("original_high", "original_low")
+        return ArmRecipe(name, ((first, a / 100), (second, b / 100)))
+    raise ValueError(f"arm {name!r} is not a recipe: use mixupA_oriB, highA_lowB (A + B = 100), "
+                     f"or one of {sorted(_SINGLE)}")
+
+
+def content_key(prompt: str, completion: str) -> str:
+    return normalise_text(prompt) + "\x1f" + normalise_text(completion)
+
+
+def order_candidates(pool: str, candidates: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Long-tail pools: rarest first (ties by sample_id). Others: a seeded uniform shuffle."""
+    if candidates.empty:
+        return candidates
+    if pool in LONG_TAIL_RANKED:
+        return candidates.sort_values(["long_tail_score", "sample_id"], ascending=[False, True], kind="stable")
+    ordered = candidates.sort_values("sample_id", kind="stable")  # input order must not change the draw
+    return ordered.sample(frac=1.0, random_state=np.random.RandomState(seed))
+
+
+@dataclass
+class ComposedArm:
+    rows: pd.DataFrame
+    wanted: dict[str, int]
+    taken: dict[str, int]
+    available: dict[str, int]
+
+    @property
+    def shortfall(self) -> dict[str, int]:
+        return {p: self.wanted[p] - self.taken[p] for p in self.wanted if self.wanted[p] > self.taken[p]}
+
+
+def compose_arm(recipe: ArmRecipe, candidates: dict[str, pd.DataFrame], n: int, seed: int = 0) -> ComposedArm:
+    """Take each part's share from its pool in order, skipping rows whose content is already in the arm.
+
+    ``candidates[pool]`` needs ``sample_id``, ``prompt``, ``completion`` (and ``long_tail_score`` for
+    long-tail pools). A pool too small for its share gives what it has; the shortfall is reported, not
+    filled from another pool, so the arm's ratio never changes silently.
+    """
+    wanted = recipe.counts(n)
+    seen: set[str] = set()
+    parts, taken, available = [], {}, {}
+    for pool, _ in recipe.parts:
+        frame = candidates.get(pool)
+        if frame is None:
+            raise KeyError(f"arm {recipe.name!r} needs candidates for {pool!r}")
+        available[pool] = len(frame)
+        ordered = order_candidates(pool, frame, seed)
+        keys = [content_key(p, c) for p, c in zip(ordered["prompt"], ordered["completion"])]
+        keep = []
+        for i, key in enumerate(keys):
+            if len(keep) == wanted[pool]:
+                break
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        chosen = ordered.iloc[keep].assign(pool=pool, origin=ORIGIN[pool])
+        taken[pool] = len(chosen)
+        parts.append(chosen)
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    rows.insert(0, "position", np.arange(len(rows), dtype=np.int64))
+    return ComposedArm(rows=rows, wanted=wanted, taken=taken, available=available)

@@ -1,0 +1,227 @@
+"""Stage 5b, selection: long-tail scores, then the ~3% training sets, one partition per recipe ("arm").
+
+``long_tail_scores`` ranks the original high-quality pool and the distilled
+high pool by rarity (mean cosine distance to the 15 nearest neighbours within
+the set); ``training_sets[arm]`` draws each recipe's rows from them (or from
+the rated / low pool for the baselines) and exports the JSONL a user takes to
+any trainer.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from lm_mixup_assets.lib import warehouse as wh
+from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.selection import LONG_TAIL_RANKED, compose_arm, long_tail_scores as score_long_tail, parse_arm
+from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.partitions import arm_partitions
+from lm_mixup_assets.pool import scope_to_partition
+from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
+from resources import WarehouseResource, settings
+from resources.embedder import EmbedderResource
+
+GROUP = "selection"
+_defaults = settings("selection")
+
+LONG_TAIL_COLUMNS = ["set_name", "source", "sample_id", "member_ids", "prompt", "completion", "overall_compressed",
+                     "mean_knn_distance", "long_tail_score", "k", "embedding_model"]
+TRAINING_SET_COLUMNS = ["arm", "position", "pool", "origin", "source", "sample_id", "member_ids", "prompt", "completion",
+                        "long_tail_score"]
+LIST_TYPES = {"member_ids": "VARCHAR[]"}
+
+
+class LongTailConfig(dg.Config):
+    k: int = _defaults["k"]
+
+
+def _table_or_empty(warehouse: WarehouseResource, table: str, sql: str, columns: list[str]) -> pd.DataFrame:
+    with warehouse.connect() as con:
+        if not wh.table_exists(con, table):
+            return pd.DataFrame(columns=columns)
+        return con.execute(sql).df()
+
+
+@dg.asset(
+    group_name=GROUP, deps=["high_quality_pool", "distilled_high"], pool=GPU_POOL, op_tags=gpu_op_tags(),
+    kinds={"pytorch", "scikitlearn", "duckdb"},
+    description="Long-tail score of every original high-quality row and every distilled high row: mean cosine distance "
+    "to the k nearest neighbours (k=15, exact) within its own set, min-max normalised to [0, 1]; higher = rarer.",
+)
+def long_tail_scores(context: dg.AssetExecutionContext, config: LongTailConfig, embedder: EmbedderResource,
+                     warehouse: WarehouseResource) -> dg.MaterializeResult:
+    columns = ["source", "sample_id", "member_ids", "prompt", "completion", "overall_compressed"]
+    sets = {
+        "original_high": _table_or_empty(warehouse, "high_quality_pool", """
+            select source, sample_id, [sample_id] member_ids, prompt, completion, overall_compressed
+            from high_quality_pool order by source, sample_id""", columns),
+        "distilled_high": _table_or_empty(warehouse, "distilled_high", """
+            select source, sample_id, member_ids, prompt, completion, overall_compressed
+            from distilled_high order by source, sample_id""", columns),
+    }
+    if sets["distilled_high"].empty:
+        context.log.warning("distilled_high is empty or missing: the mixup arms will report a shortfall "
+                            "(materialise the distill group for each source first)")
+    frames, stats = [], []
+    for name, frame in sets.items():
+        started = time.monotonic()
+        vectors = embedder.embed((frame["prompt"] + "\n" + frame["completion"]).tolist()) if len(frame) else np.zeros((0, 1))
+        embed_s = time.monotonic() - started
+        raw, score = score_long_tail(vectors, config.k)
+        knn_s = time.monotonic() - started - embed_s
+        frames.append(frame.assign(set_name=name, mean_knn_distance=raw, long_tail_score=score,
+                                   k=min(config.k, max(0, len(frame) - 1)), embedding_model=embedder.model))
+        stats.append({"set": name, "rows": len(frame), "k": min(config.k, max(0, len(frame) - 1)),
+                      "embed_s": round(embed_s, 2), "knn_s": round(knn_s, 3),
+                      "mean_distance": round(float(raw.mean()), 4) if len(raw) else 0.0})
+        context.log.info(f"{name}: {len(frame)} rows, embed {embed_s:.1f}s, exact kNN {knn_s:.2f}s")
+    df = pd.concat(frames, ignore_index=True)[LONG_TAIL_COLUMNS]
+    warehouse.replace_partition("long_tail_scores", df, column_types=LIST_TYPES)
+
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    for name, g in df.groupby("set_name"):
+        ax.hist(g["mean_knn_distance"], bins=30, alpha=0.6, label=f"{name} ({len(g)})")
+    ax.set_xlabel("mean cosine distance to k nearest neighbours", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.set_title("long-tail distribution", fontsize=9)
+    rarest = df.sort_values("long_tail_score", ascending=False).groupby("set_name").head(3)
+    return dg.MaterializeResult(metadata={
+        **table_metadata(df, ["set_name", "source", "long_tail_score", "prompt"]),
+        "sets": dg.MetadataValue.md(pd.DataFrame(stats).to_markdown(index=False)),
+        "rarest": preview_md(rarest, n=6, columns=["set_name", "source", "long_tail_score", "prompt"]),
+        "distance_histogram": dg.MetadataValue.md(figure_to_markdown(fig, "long-tail distances")),
+        "embedding_model": embedder.model,
+    })
+
+
+class TrainingSetConfig(dg.Config):
+    size: int = _defaults["size"]  # rows per arm (paper 10,000: ~3% of a 300k pool)
+    seed: int = _defaults["seed"]  # for the uniform draws (random, full_low, the low part of highA_lowB)
+
+
+def _candidates(warehouse: WarehouseResource) -> dict[str, pd.DataFrame]:
+    with warehouse.connect() as con:
+        if not wh.table_exists(con, "long_tail_scores"):
+            raise dg.Failure(description="long_tail_scores is missing: materialise it first")
+        ranked = con.execute("select * from long_tail_scores").df()
+        low = con.execute("""select source, sample_id, [sample_id] member_ids, prompt, completion
+                             from low_quality_pool""").df()
+        rated = con.execute("""select source, sample_id, [sample_id] member_ids, prompt, completion
+                               from rated_pool where status = 'ok'""").df()
+    out = {name: ranked[ranked["set_name"] == name].drop(columns=["set_name"]) for name in LONG_TAIL_RANKED}
+    out["original_low"] = low
+    out["rated_pool"] = rated
+    return out
+
+
+def _export_jsonl(rows: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for r in rows.itertuples():
+            fh.write(json.dumps({"prompt": r.prompt, "completion": r.completion}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+@dg.asset(
+    partitions_def=arm_partitions, group_name=GROUP, deps=["long_tail_scores", "rated_pool", "low_quality_pool"],
+    kinds={"duckdb", "pandas"},
+    description="One training set per recipe: mixupA_oriB (distilled/original high by long-tail rank), original_high, "
+    "random (uniform over the rated pool), full_low (uniform over the low pool), highA_lowB. Every row names its origin, "
+    "source and member ids; exported as JSONL (prompt, completion) under artifacts/training_sets/.",
+)
+def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    arm = context.partition_key
+    recipe = parse_arm(arm)
+    composed = compose_arm(recipe, _candidates(warehouse), config.size, seed=config.seed)
+    rows = composed.rows.assign(arm=arm)
+    if rows.empty:
+        rows = pd.DataFrame(columns=TRAINING_SET_COLUMNS)
+    rows = rows.reindex(columns=TRAINING_SET_COLUMNS)
+    rows["long_tail_score"] = rows["long_tail_score"].astype("float64")
+    composition = pd.DataFrame([{"arm": arm, "pool": p, "fraction": f, "wanted": composed.wanted[p],
+                                 "available": composed.available[p], "taken": composed.taken[p],
+                                 "shortfall": composed.wanted[p] - composed.taken[p]} for p, f in recipe.parts])
+    warehouse.replace_partition("training_sets", rows, "arm", arm, column_types={**LIST_TYPES, "position": "BIGINT"})
+    warehouse.replace_partition("training_set_composition", composition, "arm", arm)
+    path = warehouse.artifacts_dir / "training_sets" / f"{arm}.jsonl"
+    _export_jsonl(rows, path)
+    pool_rows = int(warehouse.query("select count(*) n from rated_pool where status = 'ok'")["n"].iat[0])
+    if composed.shortfall:
+        context.log.warning(f"{arm}: pools too small for {config.size} rows, shortfall {composed.shortfall} "
+                            f"(available {composed.available}); the ratio is not filled from other pools")
+    context.log.info(f"{arm}: {len(rows)} rows {composed.taken} -> {path}")
+
+    import matplotlib.pyplot as plt
+
+    mix = rows.groupby(["source", "origin"]).size().unstack(fill_value=0) if len(rows) else pd.DataFrame()
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    if len(mix):
+        mix.plot.barh(stacked=True, ax=ax, color={"original": "#4f6bed", "distilled": "#e8833a"})
+    ax.set_title(f"{arm}: rows by source and origin", fontsize=9)
+    ax.tick_params(labelsize=7)
+    return dg.MaterializeResult(metadata={
+        **table_metadata(rows, ["position", "origin", "source", "long_tail_score", "prompt"]),
+        "composition": dg.MetadataValue.md(composition.to_markdown(index=False)),
+        "shortfall": dg.MetadataValue.json(composed.shortfall),
+        "fraction_of_pool": round(len(rows) / max(1, pool_rows), 4),
+        "origin_mix": dg.MetadataValue.md(figure_to_markdown(fig, f"origin mix {arm}")),
+        "jsonl": dg.MetadataValue.path(str(path)),
+        "size": config.size,
+    })
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _scope_arm(context: dg.AssetCheckExecutionContext, df: pd.DataFrame) -> pd.DataFrame:
+    return scope_to_partition(context, df, column="arm")
+
+
+@dg.asset_check(asset="training_sets", description="No sample twice in an arm, by id or by content.")
+def training_sets_no_duplicates(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _scope_arm(context, warehouse.query("""
+        select arm, sample_id, count(*) n from training_sets group by 1, 2 having count(*) > 1
+        union all
+        select arm, any_value(sample_id), count(*) from training_sets group by arm, trim(prompt), trim(completion) having count(*) > 1"""))
+    return dg.AssetCheckResult(passed=bad.empty, description="no duplicates" if bad.empty else f"{len(bad)} duplicated rows",
+                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+
+
+@dg.asset_check(asset="training_sets", blocking=True,
+                description="Rows per pool equal the recipe's counts; a pool too small for its share shows as a shortfall (warning).")
+def training_sets_ratios(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    comp = _scope_arm(context, warehouse.query("""
+        select c.*, coalesce(t.n, 0) rows_in_table from training_set_composition c
+        left join (select arm, pool, count(*) n from training_sets group by 1, 2) t using (arm, pool)"""))
+    wrong = comp[(comp["rows_in_table"] != comp["taken"]) | (comp["taken"] + comp["shortfall"] != comp["wanted"])]
+    if len(wrong):
+        return dg.AssetCheckResult(passed=False, description=f"{len(wrong)} pool counts disagree with the composition",
+                                   metadata={"composition": preview_md(comp, 20)})
+    short = comp[comp["shortfall"] > 0]
+    return dg.AssetCheckResult(
+        passed=short.empty, severity=dg.AssetCheckSeverity.WARN,
+        description="ratios exact" if short.empty else
+        "shortfall: " + ", ".join(f"{r.arm}/{r.pool} {r.taken} of {r.wanted} ({r.available} available)" for r in short.itertuples()),
+        metadata={"composition": preview_md(comp, 20, max_chars=30)},
+    )
+
+
+@dg.asset_check(asset="training_sets", blocking=True,
+                description="Every row traces back to pool rows: each member id is a raw_pool row of its source.")
+def training_sets_trace_to_pool(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = _scope_arm(context, warehouse.query("""
+        with m as (select arm, position, origin, source, unnest(member_ids) member_id from training_sets)
+        select m.* from m left join raw_pool r on r.source = m.source and r.sample_id = m.member_id
+        where r.sample_id is null
+        union all
+        select arm, position, origin, source, null from training_sets where member_ids is null or len(member_ids) = 0"""))
+    return dg.AssetCheckResult(passed=bad.empty, description="every member id found in raw_pool" if bad.empty
+                               else f"{len(bad)} member ids not found", metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})

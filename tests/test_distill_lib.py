@@ -1,0 +1,45 @@
+"""Parsing the distiller's responses into pairs: good, sloppy and broken outputs."""
+
+import pytest
+
+from lm_mixup_assets.lib.distill import distilled_sample_id, parse_distilled
+
+
+def test_well_formed_response_gives_the_pair():
+    p = parse_distilled("<think>Both ask about tea.</think>\n<answer>Q: How is green tea made?\nA: Leaves are steamed, rolled and dried.</answer>")
+    assert p.status == "ok" and p.well_formed
+    assert p.prompt == "How is green tea made?"
+    assert p.completion == "Leaves are steamed, rolled and dried."
+
+
+def test_multiline_answer_and_text_outside_the_tags():
+    p = parse_distilled("Sure!\n<think>x</think><answer>\nQ: List two primes.\nA: 2 and 3.\nBoth are prime.\n</answer> hope this helps")
+    assert p.status == "ok" and not p.well_formed  # parsed, but the format was not exact
+    assert p.completion == "2 and 3.\nBoth are prime."
+
+
+def test_markdown_labels_and_second_pair_are_tolerated():
+    p = parse_distilled("<think></think><answer>**Question:** What is 2+2?\n**Answer:** 4\nQ: another\nA: pair</answer>")
+    assert (p.status, p.prompt, p.completion) == ("ok", "What is 2+2?", "4")
+
+
+@pytest.mark.parametrize("response, reason", [
+    (None, "empty response"),
+    ("   ", "empty response"),
+    ("Q: a\nA: b", "no <answer> block"),
+    ("<think>t</think><answer>Q: a\nA: b", "unterminated or empty <answer> block"),
+    ("<answer>   </answer>", "unterminated or empty <answer> block"),
+    ("<answer>Just some prose without labels.</answer>", "answer is not 'Q: <question>' then 'A: <answer>'"),
+    ("<answer>Q: \nA: b</answer>", "empty question"),
+    ("<answer>Q: a\nA:   </answer>", "empty answer"),
+])
+def test_broken_responses_are_parse_errors_with_a_reason(response, reason):
+    p = parse_distilled(response)
+    assert p.status == "parse_error" and p.reason == reason and p.prompt is None
+
+
+def test_distilled_ids_never_collide_with_pool_ids():
+    from lm_mixup_assets.lib.ingest import make_sample_id
+
+    assert distilled_sample_id("s", "q", "a") != make_sample_id("s", "q", "a")
+    assert distilled_sample_id("s", "q", "a") == distilled_sample_id("s", "q", "a")
