@@ -49,9 +49,9 @@ def _table_or_empty(warehouse: WarehouseResource, table: str, sql: str, columns:
 
 @dg.asset(
     group_name=GROUP, deps=["high_quality_pool", "distilled_high"], pool=GPU_POOL, op_tags=gpu_op_tags(),
-    kinds={"pytorch", "scikitlearn", "duckdb"},
+    kinds={"pytorch", "duckdb"},
     description="Long-tail score of every original high-quality row and every distilled high row: mean cosine distance "
-    "to the k nearest neighbours (k=15, exact) within its own set, min-max normalised to [0, 1]; higher = rarer.",
+    "to the k nearest neighbours (k=15, exact faiss search) within its own set, min-max normalised to [0, 1]; higher = rarer.",
 )
 def long_tail_scores(context: dg.AssetExecutionContext, config: LongTailConfig, embedder: EmbedderResource,
                      warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -105,3 +105,9 @@ def test_uniform_arms_are_seeded_and_order_independent():
     b = compose_arm(parse_arm("full_low"), {"original_low": low.iloc[::-1]}, n=10, seed=3).rows["sample_id"].tolist()
     c = compose_arm(parse_arm("full_low"), {"original_low": low}, n=10, seed=4).rows["sample_id"].tolist()
     assert a == b and a != c and len(set(a)) == 10
+
+
+def test_exact_duplicates_count_as_neighbours_and_self_is_never_one():
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(mean_knn_cosine_distance(x, k=1), [0.0, 0.0, 0.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(mean_knn_cosine_distance(x, k=3), [1 / 3, 1 / 3, 1 / 3, 1.0], atol=1e-6)

@@ -2,7 +2,7 @@
 
 Long-tail score: a row's mean cosine distance to its k nearest neighbours
 within its own set (k=15), min-max normalised to [0, 1]; higher = rarer.
-Exact kNN by scikit-learn's brute-force search.
+Exact kNN by faiss's flat inner-product index.
 
 Arms are named recipes, parsed from their names so a user adds one by naming it:
 
@@ -35,17 +35,27 @@ ORIGIN = {"distilled_high": "distilled", "original_high": "original", "original_
 # --------------------------------------------------------------------------- long tail
 
 
-def mean_knn_cosine_distance(vectors: np.ndarray, k: int = 15, n_jobs: int | None = None) -> np.ndarray:
-    """Each row's mean cosine distance to its ``k`` nearest other rows (exact; fewer when the set is smaller)."""
-    from sklearn.neighbors import NearestNeighbors
+def mean_knn_cosine_distance(vectors: np.ndarray, k: int = 15) -> np.ndarray:
+    """Each row's mean cosine distance to its ``k`` nearest other rows (exact; fewer when the set is smaller).
+
+    faiss's exact inner-product index on L2-normalised rows (a blocked GEMM with a heap):
+    as fast as hand-written numpy blocks and identical to them, without holding an n x n matrix.
+    """
+    import faiss
 
     n = len(vectors)
     if n < 2:
         return np.zeros(n, dtype=np.float64)
     k = min(k, n - 1)
-    nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute", n_jobs=n_jobs).fit(vectors)
-    distances, _ = nn.kneighbors()  # no query: each row's neighbours exclude the row itself
-    return distances.mean(axis=1).astype(np.float64)
+    x = np.ascontiguousarray(vectors, dtype=np.float32).copy()
+    faiss.normalize_L2(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    sims, ids = index.search(x, k + 1)
+    # Drop each row itself; when an exact duplicate outranked it, drop the (k+1)-th neighbour instead.
+    is_self = ids == np.arange(n)[:, None]
+    keep = np.where(is_self.any(axis=1, keepdims=True), ~is_self, np.arange(k + 1)[None, :] < k)
+    return (1.0 - sims[keep].reshape(n, k).astype(np.float64)).mean(axis=1)
 
 
 def normalise_unit(values: np.ndarray) -> np.ndarray:
