@@ -63,7 +63,7 @@ def run_demo(sources: list[str] | None = None) -> int:
     # The method's order (see lm_mixup_assets/jobs.py): per source, across sources, distil per source, select per arm.
     steps = [*[(jobs.PER_SOURCE_JOB, k) for k in keys], (jobs.ALL_SOURCES_JOB, None),
              *[(jobs.DISTILL_JOB, k) for k in keys], (jobs.LONG_TAIL_JOB, None),
-             *[(jobs.TRAINING_SETS_JOB, a) for a in arm_partitions.get_partition_keys()]]
+             *[(jobs.PER_ARM_JOB, a) for a in arm_partitions.get_partition_keys()], (jobs.REPORT_JOB, None)]
     for job, partition in steps:
         if not run(job, partition):
             return 1
@@ -88,6 +88,8 @@ def show_where() -> None:
             print(f"  {t:<22} {count:>8} rows")
         if "pool_summary" in tables:
             print(con.execute("select source, input_rows, rejected, duplicates, raw, rated_ok, rated_failed, high, low from pool_summary").df().to_string(index=False))
+        if "benchmark_report" in tables:
+            print(con.execute("select * from benchmark_report").df().round(3).to_string(index=False))
         if "training_set_composition" in tables:
             print(con.execute("select arm, pool, wanted, taken, shortfall from training_set_composition order by arm, pool").df().to_string(index=False))
         con.close()

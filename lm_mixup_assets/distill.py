@@ -42,6 +42,8 @@ class DistillConfig(dg.Config):
     max_clusters: int = _defaults["max_clusters"]  # 0 = every cluster; the rest are recorded as skipped
     max_new_tokens: int = _defaults["max_new_tokens"]
     max_input_tokens: int = 2400  # inputs flagged longer than this by cluster_inputs are skipped, not truncated
+    # False also accepts an untagged response that starts with a Q/A pair (never counted as well formed).
+    require_answer_tags: bool = _defaults["require_answer_tags"]
 
 
 def _distiller(config: DistillConfig, generator: GeneratorResource, warehouse: WarehouseResource) -> str:
@@ -97,7 +99,7 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
             if outcome.status != "ok":
                 rec.update(status="api_error", reason=outcome.error or "generation failed")
             else:
-                parsed = parse_distilled(outcome.raw_answer)
+                parsed = parse_distilled(outcome.raw_answer, require_tags=config.require_answer_tags)
                 rec.update(status=parsed.status, reason=parsed.reason, well_formed=parsed.well_formed)
                 if parsed.status == "ok":
                     rec.update(prompt=parsed.prompt, completion=parsed.completion,

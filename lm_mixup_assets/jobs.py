@@ -6,7 +6,8 @@ The whole method, in order (``lm-mixup demo`` runs exactly this):
 2. ``all_sources_job``: the pool summary, MIXTURE, and the distiller's SFT + GRPO training;
 3. ``distill_job`` for every source: distil the clusters, re-rate, keep the high ones;
 4. ``long_tail_job``: rank the original and distilled high rows by rarity;
-5. ``training_sets_job`` for every arm (a backfill over ``[arm]``): the ~3% training sets.
+5. ``per_arm_job`` for every arm (a backfill over ``[arm]``): training set, downstream model, benchmark scores;
+6. ``report_job``: the base model's scores and the report over all arms.
 """
 
 import dagster as dg
@@ -16,10 +17,12 @@ ALL_SOURCES_JOB = "all_sources_job"
 DISTILL_JOB = "distill_job"
 LONG_TAIL_JOB = "long_tail_job"
 TRAINING_SETS_JOB = "training_sets_job"
+PER_ARM_JOB = "per_arm_job"
+REPORT_JOB = "report_job"
 
 # Assets that are not per source: refreshed after the per-source partitions exist.
 _cross_source = dg.AssetSelection.assets("pool_summary") | dg.AssetSelection.groups("mixture", "training")
-_per_arm = dg.AssetSelection.assets("training_sets")
+_per_arm = dg.AssetSelection.assets("training_sets", "downstream_models", "benchmark_scores")
 
 pool_job = dg.define_asset_job(
     "pool_job", selection=dg.AssetSelection.groups("pool") - _cross_source,
@@ -58,16 +61,24 @@ long_tail_job = dg.define_asset_job(
     description="Rank the original and distilled high-quality rows by long-tail score (after every source is distilled).",
 )
 training_sets_job = dg.define_asset_job(
-    TRAINING_SETS_JOB, selection=_per_arm,
+    TRAINING_SETS_JOB, selection=dg.AssetSelection.assets("training_sets"),
     description="One training set per arm (mixup/original/random/low recipes). Backfill it over all arms.",
 )
+per_arm_job = dg.define_asset_job(
+    PER_ARM_JOB, selection=_per_arm,
+    description="For one arm: its training set, the downstream LoRA fine-tune and its lm-eval scores. Backfill over all arms.",
+)
+report_job = dg.define_asset_job(
+    REPORT_JOB, selection=dg.AssetSelection.assets("base_model_scores", "benchmark_report"),
+    description="Score the untuned base model and compare every evaluated arm (after per_arm_job).",
+)
 # The whole source-partitioned graph for one source, with the unpartitioned assets refreshed in the same run.
-# (training_sets is partitioned by arm, so it has its own job.)
+# (the per-arm assets are partitioned by arm: per_arm_job.)
 lm_mixup_job = dg.define_asset_job(
     "lm_mixup_job",
     selection=dg.AssetSelection.all() - _per_arm,
-    description="The whole graph for one source partition (plus the cross-source assets); training sets: training_sets_job.",
+    description="The whole graph for one source partition (plus the cross-source assets); per-arm assets: per_arm_job.",
 )
 
 jobs = [pool_job, clusters_job, mixture_job, training_job, per_source_job, all_sources_job, distill_job,
-        long_tail_job, training_sets_job, lm_mixup_job]
+        long_tail_job, training_sets_job, per_arm_job, report_job, lm_mixup_job]

@@ -29,7 +29,7 @@ _defaults = settings("training")
 _GPU = {"pool": GPU_POOL, "op_tags": gpu_op_tags(), "kinds": {"pytorch"}}
 
 
-def _curve_plot(series: dict[str, list], title: str, ylabel: str) -> str:
+def curve_plot(series: dict[str, list], title: str, ylabel: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 2.6))
@@ -138,7 +138,7 @@ def sft_checkpoint(context: dg.AssetExecutionContext, config: SftConfig, warehou
                   "examples": result.n_examples, "dropped_too_long": result.n_dropped_too_long,
                   "resumed_from": result.resumed_from or "", "device": result.device, "data_version": version,
                   "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
-                  "loss_curve": dg.MetadataValue.md(_curve_plot({"train loss": result.loss_history}, "SFT loss", "loss"))},
+                  "loss_curve": dg.MetadataValue.md(curve_plot({"train loss": result.loss_history}, "SFT loss", "loss"))},
         data_version=dg.DataVersion(version),
     )
 
@@ -191,7 +191,7 @@ def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embed
                   "wall_seconds": round(result.wall_seconds, 1), "use_vllm": result.use_vllm, "device": result.device,
                   "examples": result.n_examples, "data_version": version,
                   "final_rewards": dg.MetadataValue.json(last),
-                  "reward_curves": dg.MetadataValue.md(_curve_plot(result.reward_history, "GRPO rewards", "mean reward"))},
+                  "reward_curves": dg.MetadataValue.md(curve_plot(result.reward_history, "GRPO rewards", "mean reward"))},
         data_version=dg.DataVersion(version),
     )
 

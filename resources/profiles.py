@@ -40,9 +40,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                      "grpo_grad_accum": 1, "grpo_steps_per_generation": 1, "grpo_max_steps": 2,
                      "eval_examples": 4, "eval_max_new_tokens": 64},
         # Distil a dozen clusters per source on CPU; the rest are recorded as skipped, not dropped.
-        "distill": {"distiller": "", "max_clusters": 12, "max_new_tokens": 192},
+        # A 135M distiller after a few steps mostly drops the <answer> tags: accept untagged Q/A pairs.
+        "distill": {"distiller": "", "max_clusters": 12, "max_new_tokens": 192, "require_answer_tags": False},
         "selection": {"arms": "mixup50_ori50,mixup70_ori30,mixup30_ori70,original_high,random,full_low",
                       "size": 100, "k": 15, "seed": 0},
+        # A few LoRA steps per arm and a handful of smoke items per task: minutes, smoke-level numbers.
+        "evaluation": {"base_model": "smollm2", "max_steps": 4, "max_length": 512, "batch_size": 2, "grad_accum": 1,
+                       "tasks": "smoke", "limit": 8, "backend": "hf", "eval_batch_size": 4},
     },
     "paper": {
         "pool": {"manifest": "paper", "max_row_chars": 200_000, "max_rejected_fraction": 0.5, "quality_threshold": 4},
@@ -68,9 +72,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                      "sft_max_steps": -1, "logging_steps": 10, "grpo_generations": 4, "grpo_completion_length": 2400,
                      "grpo_batch": 8, "grpo_grad_accum": 8, "grpo_steps_per_generation": 64, "grpo_max_steps": -1,
                      "eval_examples": 0, "eval_max_new_tokens": 2400},
-        "distill": {"distiller": "", "max_clusters": 0, "max_new_tokens": 2400},
+        "distill": {"distiller": "", "max_clusters": 0, "max_new_tokens": 2400, "require_answer_tags": True},
         "selection": {"arms": "mixup50_ori50,mixup70_ori30,mixup30_ori70,original_high,random,full_low",
                       "size": 10_000, "k": 15, "seed": 0},
+        "evaluation": {"base_model": "meta-llama/Llama-3.1-8B", "max_steps": -1, "max_length": 2048, "batch_size": 4,
+                       "grad_accum": 32, "tasks": "paper", "limit": 0, "backend": "vllm", "eval_batch_size": 16},
     },
 }
 

@@ -43,3 +43,15 @@ def test_distilled_ids_never_collide_with_pool_ids():
 
     assert distilled_sample_id("s", "q", "a") != make_sample_id("s", "q", "a")
     assert distilled_sample_id("s", "q", "a") == distilled_sample_id("s", "q", "a")
+
+
+def test_untagged_pairs_only_when_tags_are_not_required():
+    text = "Q: What is a motormouth\nA: A chatterbox.\n\nQ: again\nA: again"
+    assert parse_distilled(text).status == "parse_error"
+    lenient = parse_distilled(text, require_tags=False)
+    assert (lenient.status, lenient.prompt, lenient.completion, lenient.well_formed) == ("ok", "What is a motormouth", "A chatterbox.", False)
+    assert parse_distilled("<think>plan</think> Q: a\nA: b", require_tags=False).prompt == "a"
+    prose = parse_distilled("Sure, here you go: a merged answer.", require_tags=False)
+    assert prose.status == "parse_error" and "does not start with 'Q:'" in prose.reason
+    # a broken <answer> block is still an error: the model tried the format and failed it
+    assert parse_distilled("<answer>Q: a\nA: b", require_tags=False).status == "parse_error"

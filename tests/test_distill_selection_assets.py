@@ -72,7 +72,7 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm):
     assert skipped["reason"].str.contains("max_clusters=10").all() and skipped["response"].isna().all()
     ok = distilled[distilled["status"] == "ok"]
     assert ok["completion"].str.contains("different angles").all() and ok["well_formed"].all()
-    assert distilled.loc[distilled["status"] == "parse_error", "reason"].eq("no <answer> block").all()
+    assert distilled.loc[distilled["status"] == "parse_error", "reason"].str.startswith("no <answer> block").all()
 
     rated = query("select * from rated_distilled where source = 'chatterbot'")
     assert sorted(rated["sample_id"]) == sorted(ok["sample_id"]) and (rated["status"] == "ok").all()

@@ -39,7 +39,7 @@ SOURCES = ["chatterbot", "chitchat", "humaneval"]
 # Every asset, its group and its partitions, as the reviewed graph snapshot has them.
 _SNAPSHOT = json.loads((Path(__file__).parent / "snapshots" / "asset_graph.json").read_text())
 EXPECTED_ASSETS = {key: (node["group"], node["partitions"]) for key, node in _SNAPSHOT.items()}
-EXPECTED_JOBS = {"per_source_job", "all_sources_job", "distill_job", "long_tail_job", "training_sets_job"}
+EXPECTED_JOBS = {"per_source_job", "all_sources_job", "distill_job", "long_tail_job", "per_arm_job", "report_job"}
 PARTITION = "humaneval"
 
 STARTUP_TIMEOUT_S = 120

@@ -48,7 +48,9 @@ def test_jobs_cover_every_stage():
     selected = {k.to_user_string() for k in per_source.asset_layer.executable_asset_keys}
     assert {"raw_pool", "rated_pool", "low_quality_clusters", "cluster_inputs"} <= selected
     assert "pool_summary" not in selected
-    assert {"distill_job", "long_tail_job", "training_sets_job"} <= names
+    assert {"distill_job", "long_tail_job", "training_sets_job", "per_arm_job", "report_job"} <= names
+    per_arm = {k.to_user_string() for k in definitions.defs.resolve_job_def("per_arm_job").asset_layer.executable_asset_keys}
+    assert per_arm == {"training_sets", "downstream_models", "benchmark_scores"}
     distill = {k.to_user_string() for k in definitions.defs.resolve_job_def("distill_job").asset_layer.executable_asset_keys}
     assert distill == {"distilled_pool", "rated_distilled", "distilled_high"}
     arms = definitions.defs.resolve_job_def("training_sets_job").partitions_def.get_partition_keys()
@@ -57,7 +59,8 @@ def test_jobs_cover_every_stage():
 
 def test_gpu_steps_carry_pool_and_pod_resources():
     gpu_steps = {a.node_def.name: a.node_def for a in definitions.defs.assets if a.node_def.pool == GPU_POOL}
-    assert {"low_quality_clusters", "sft_checkpoint", "grpo_checkpoint", "distilled_pool", "long_tail_scores"} <= set(gpu_steps)
+    assert {"low_quality_clusters", "sft_checkpoint", "grpo_checkpoint", "distilled_pool", "long_tail_scores",
+            "downstream_models", "benchmark_scores", "base_model_scores"} <= set(gpu_steps)
     for node_def in gpu_steps.values():
         tags = node_def.tags["dagster-k8s/config"]
         tags = json.loads(tags) if isinstance(tags, str) else tags  # Dagster stores dict tags as JSON

@@ -29,14 +29,26 @@ class ParsedPair:
     well_formed: bool = False  # the whole response was exactly <think>…</think><answer>…</answer>
 
 
-def parse_distilled(response: str | None) -> ParsedPair:
-    """The merged pair in a distiller response, or a ``parse_error`` saying why not."""
+_THINK_RE = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
+
+
+def parse_distilled(response: str | None, require_tags: bool = True) -> ParsedPair:
+    """The merged pair in a distiller response, or a ``parse_error`` saying why not.
+
+    ``require_tags=False`` also accepts a response with no ``<answer>`` block whose text (outside any
+    ``<think>``) starts with a Q/A pair: small, briefly trained distillers often drop the tags.
+    Such pairs are never ``well_formed``.
+    """
     if response is None or not response.strip():
         return ParsedPair("parse_error", reason="empty response")
     answer = extract_answer(response)
     if answer is None:
         why = "no <answer> block" if "<answer>" not in response else "unterminated or empty <answer> block"
-        return ParsedPair("parse_error", reason=why)
+        if require_tags or "<answer>" in response:
+            return ParsedPair("parse_error", reason=why)
+        answer = _THINK_RE.sub("", response).strip()
+        if not re.match(rf"\s*{_Q}", answer, re.IGNORECASE):
+            return ParsedPair("parse_error", reason=f"{why}, and the text does not start with 'Q:'")
     m = _PAIR_RE.search(answer)
     if m is None:
         return ParsedPair("parse_error", reason="answer is not 'Q: <question>' then 'A: <answer>'")

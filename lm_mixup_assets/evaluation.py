@@ -1,0 +1,231 @@
+"""Stage 6, evaluation: fine-tune a downstream model per training-set arm, score it with lm-eval, compare.
+
+``downstream_models[arm]`` (LoRA SFT) -> ``benchmark_scores[arm]`` (lm-eval), with
+``base_model_scores`` for the untuned model and ``benchmark_report`` over all arms.
+Every arm and the base model are scored with one evaluation setting (the
+``EvalSettings`` defaults of the profile), which a check verifies.
+"""
+
+import hashlib
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from lm_mixup_assets.lib.downstream import LoraSFTSettings, run_lora_sft
+from lm_mixup_assets.lib.eval_tasks import (PAPER_TASKS, SMOKE_LABEL, SMOKE_TASKS, benchmark_table, build_smoke_tasks,
+                                            evaluate_model)
+from lm_mixup_assets.lib.models import resolve_causal_lm
+from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.training import vllm_available
+from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.partitions import arm_partitions
+from lm_mixup_assets.pool import scope_to_partition
+from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
+from lm_mixup_assets.training import curve_plot
+from resources import WarehouseResource, settings
+
+GROUP = "evaluation"
+_defaults = settings("evaluation")
+_GPU = {"pool": GPU_POOL, "op_tags": gpu_op_tags(), "kinds": {"pytorch"}}
+
+
+class DownstreamConfig(dg.Config):
+    base_model: str = _defaults["base_model"]  # "smollm2" (packaged) or any HF id / path
+    learning_rate: float = 1e-4
+    num_train_epochs: float = 5.0
+    max_length: int = _defaults["max_length"]
+    warmup_ratio: float = 0.03
+    per_device_train_batch_size: int = _defaults["batch_size"]
+    gradient_accumulation_steps: int = _defaults["grad_accum"]
+    max_steps: int = _defaults["max_steps"]  # -1 = full epochs
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    logging_steps: int = 1
+    seed: int = 42
+
+
+@dg.asset(
+    partitions_def=arm_partitions, group_name=GROUP, deps=["training_sets"], **_GPU,
+    description="The downstream model of one arm: TRL SFT with a LoRA adapter (peft) on the arm's training set. "
+    "Paper: Llama-3.1-8B, r 64, alpha 16, dropout 0.1, lr 1e-4, 5 epochs, max length 2048, warmup 0.03. "
+    "Adapter and merged model saved as HF folders under artifacts/downstream/<arm>/<data version>/.",
+)
+def downstream_models(context: dg.AssetExecutionContext, config: DownstreamConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    arm = context.partition_key
+    rows = warehouse.query("select prompt, completion from training_sets where arm = ? order by position", [arm])
+    if rows.empty:
+        raise dg.Failure(description=f"training set {arm!r} is empty or missing: materialise training_sets[{arm}] first")
+    version = hashlib.sha256(json.dumps([config.base_model, rows.values.tolist()]).encode()).hexdigest()[:12]
+    base = resolve_causal_lm(config.base_model, str(warehouse.artifacts_dir))
+    out_dir = warehouse.artifacts_dir / "downstream" / arm / version  # a new training set never resumes an old run
+    settings_dict = {k: v for k, v in config.model_dump().items() if k != "base_model"}
+    context.log.info(f"{arm}: LoRA SFT of {config.base_model} on {len(rows)} rows -> {out_dir}")
+    result = run_lora_sft(base, rows.to_dict("records"), out_dir, LoraSFTSettings(**settings_dict),
+                          on_log=lambda step, logs: context.log.info(f"{arm} step {step}: loss={logs.get('loss', float('nan')):.4f}")
+                          if "loss" in logs else None)
+    record = pd.DataFrame([{"arm": arm, "base_model": config.base_model, "merged_path": result.checkpoint,
+                            "adapter_path": str(out_dir / "adapter"), "data_version": version, "rows": len(rows),
+                            "dropped_too_long": result.n_dropped_too_long, "steps": result.steps,
+                            "wall_seconds": round(result.wall_seconds, 2), "device": result.device,
+                            "created_at": pd.Timestamp.now("UTC").tz_localize(None)}])
+    warehouse.replace_partition("downstream_models", record, "arm", arm)
+    return dg.MaterializeResult(
+        metadata={"merged_model": dg.MetadataValue.path(result.checkpoint), "adapter": dg.MetadataValue.path(str(out_dir / "adapter")),
+                  "base_model": config.base_model, "rows": len(rows), "dropped_too_long": result.n_dropped_too_long,
+                  "steps": result.steps, "wall_seconds": round(result.wall_seconds, 1), "data_version": version,
+                  "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
+                  "loss_curve": dg.MetadataValue.md(curve_plot({"train loss": result.loss_history}, f"LoRA SFT loss, {arm}", "loss"))},
+        data_version=dg.DataVersion(version),
+    )
+
+
+class EvalSettings(dg.Config):
+    """One evaluation protocol for every arm and the base model (the check ``same_eval_settings`` holds them to it)."""
+
+    tasks: str = _defaults["tasks"]  # "smoke" (offline, built from the lm-eval package) or "paper"
+    limit: int = _defaults["limit"]  # items per task; 0 = all
+    batch_size: int = _defaults["eval_batch_size"]
+    backend: str = _defaults["backend"]  # "hf" or "vllm" (GPU)
+    seed: int = 1234
+
+
+def _run_eval(context, cfg: EvalSettings, model_path: str, warehouse: WarehouseResource, arm: str) -> tuple[pd.DataFrame, dict]:
+    if cfg.tasks == "smoke":
+        built = build_smoke_tasks(warehouse.artifacts_dir / "eval_tasks")
+        for name, reasons in built.skipped.items():
+            context.log.info(f"{name}: {built.items[name]} items, {len(reasons)} exemplars not usable (e.g. {reasons[0]})")
+        tasks, include = {name: 0 for name in SMOKE_TASKS}, built.folder
+    elif cfg.tasks == "paper":
+        tasks, include = dict(PAPER_TASKS), None
+    else:
+        raise dg.Failure(description=f"tasks={cfg.tasks!r}: choose 'smoke' or 'paper'")
+    backend = cfg.backend
+    if backend == "vllm" and not vllm_available():
+        context.log.warning("vLLM is not installed (pip install -e .[gpu]); evaluating with the hf backend")
+        backend = "hf"
+    context.log.info(f"{arm}: lm-eval {sorted(tasks)} on {model_path} (limit {cfg.limit or 'all'}, backend {backend})")
+    run = evaluate_model(model_path, tasks, include_path=include, limit=cfg.limit or None, batch_size=cfg.batch_size,
+                         seed=cfg.seed, backend=backend)
+    label = SMOKE_LABEL if cfg.tasks == "smoke" else "paper protocol"
+    df = pd.DataFrame(run.scores)
+    df = df[df["task"].isin(tasks) & (df["metric"] != "sample_len")]
+    df = df.assign(arm=arm, model_path=model_path, task_version=df["task"].map(run.task_versions).fillna(""),
+                   lm_eval_version=run.lm_eval_version, seed=cfg.seed, limit_items=cfg.limit, task_set=cfg.tasks,
+                   backend=backend, label=label, evaluated_at=pd.Timestamp.now("UTC").tz_localize(None))
+    for r in df.itertuples():
+        context.log.info(f"{arm} {r.task} {r.metric}/{r.filter}: {r.value:.4f} ± {r.stderr or 0:.4f} (n={r.n_samples})")
+    return df, {"seconds": round(run.seconds, 1), "label": label}
+
+
+def _scores_metadata(df: pd.DataFrame, info: dict) -> dict:
+    return {**table_metadata(df, ["task", "metric", "filter", "value", "stderr", "n_samples"], n=12),
+            "eval_seconds": info["seconds"], "label": info["label"],
+            **{f"{r.task}/{r.metric}": round(r.value, 4) for r in df.itertuples() if r.filter in ("none", "strip", "last-number")}}
+
+
+@dg.asset(
+    partitions_def=arm_partitions, group_name=GROUP, deps=["downstream_models"], **_GPU,
+    description="lm-eval scores of one arm's downstream model, per task and metric, with stderr, lm-eval and task "
+    "versions, seed and limit. Demo: offline smoke tasks built from the lm-eval package (smoke-level numbers); "
+    "paper: MMLU 0-shot, GSM8K 8-shot CoT, BBH 3-shot CoT, TruthfulQA, TyDiQA 1-shot.",
+)
+def benchmark_scores(context: dg.AssetExecutionContext, config: EvalSettings, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    arm = context.partition_key
+    model = warehouse.query("select merged_path from downstream_models where arm = ?", [arm])
+    if model.empty:
+        raise dg.Failure(description=f"no downstream model for {arm!r}: materialise downstream_models[{arm}] first")
+    df, info = _run_eval(context, config, model["merged_path"].iat[0], warehouse, arm)
+    warehouse.replace_partition("benchmark_scores", df, "arm", arm)
+    return dg.MaterializeResult(metadata=_scores_metadata(df, info))
+
+
+class BaseModelConfig(EvalSettings):
+    base_model: str = _defaults["base_model"]
+
+
+@dg.asset(group_name=GROUP, **_GPU,
+          description="The untuned downstream base model scored with the same lm-eval protocol as every arm.")
+def base_model_scores(context: dg.AssetExecutionContext, config: BaseModelConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    path = resolve_causal_lm(config.base_model, str(warehouse.artifacts_dir))
+    df, info = _run_eval(context, EvalSettings(**config.model_dump(exclude={"base_model"})), path, warehouse, "base")
+    warehouse.replace_partition("base_model_scores", df)
+    return dg.MaterializeResult(metadata=_scores_metadata(df, info))
+
+
+@dg.asset(
+    group_name=GROUP, deps=["benchmark_scores", "base_model_scores"], kinds={"duckdb", "pandas"},
+    description="Arms x tasks (headline metric per task) with the average, the base model row and the delta to the "
+    "full_low and random arms; a bar plot and a markdown summary of the protocol.",
+)
+def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    scores = warehouse.query("select * from benchmark_scores union all by name select * from base_model_scores")
+    if scores.empty:
+        raise dg.Failure(description="no benchmark scores yet: materialise benchmark_scores for some arms and base_model_scores")
+    table = benchmark_table(scores)
+    warehouse.replace_partition("benchmark_report", table)
+    tasks = [c for c in table.columns if c not in ("arm", "average") and not c.startswith("delta_vs_")]
+    smoke = (scores["task_set"] == "smoke").any()
+    protocol = scores.drop_duplicates(["task", "lm_eval_version", "task_version", "seed", "limit_items", "backend", "num_fewshot"])
+    summary = "\n".join([
+        "**Protocol**: lm-eval " + ", ".join(sorted(set(scores["lm_eval_version"]))) + "; tasks "
+        + ", ".join(f"{r.task} (v{r.task_version}, {int(r.num_fewshot) if pd.notna(r.num_fewshot) else 'default'}-shot)"
+                    for r in protocol.itertuples())
+        + f"; limit {int(scores['limit_items'].iat[0]) or 'all'} items per task; seed {int(scores['seed'].iat[0])}; "
+        + f"backend {scores['backend'].iat[0]}. Same settings for every arm and the base model.",
+        "",
+        (f"**These numbers are {SMOKE_LABEL}.** They show the loop runs end to end; do not compare them with published scores."
+         if smoke else "Paper protocol (METHOD.md §6)."),
+        "",
+        preview_md(table.round(4), n=len(table), max_chars=30).value,
+    ])
+    context.log.info(f"benchmark report over {len(table)} rows (arms + base), tasks {tasks}")
+
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    width = 0.8 / max(1, len(table))
+    for i, r in enumerate(table.itertuples(index=False)):
+        values = [getattr(r, t) for t in tasks] + [r.average]
+        ax.bar(np.arange(len(tasks) + 1) + i * width, values, width, label=r.arm)
+    ax.set_xticks(np.arange(len(tasks) + 1) + 0.4 - width / 2, [*tasks, "average"], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("benchmark scores per arm" + (" (smoke-level)" if smoke else ""), fontsize=9)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(table),
+        "report": dg.MetadataValue.md(summary),
+        "plot": dg.MetadataValue.md(figure_to_markdown(fig, "benchmark scores")),
+        "smoke_level": bool(smoke),
+        **{f"average/{r.arm}": round(float(r.average), 4) for r in table.itertuples()},
+    })
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@dg.asset_check(asset="benchmark_report", additional_deps=["benchmark_scores", "base_model_scores"], blocking=True,
+                description="Every arm and the base model were scored with identical settings (tasks, versions, shots, limit, seed, backend).")
+def same_eval_settings(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    scores = warehouse.query("select * from benchmark_scores union all by name select * from base_model_scores")
+    keys = ["task_set", "lm_eval_version", "seed", "limit_items", "backend"]
+    per_arm = scores.groupby("arm").apply(
+        lambda g: json.dumps([sorted(set(zip(g["task"], g["task_version"], g["num_fewshot"].fillna(-1), g["metric"], g["filter"]))),
+                              *[sorted(set(g[k].astype(str))) for k in keys]]), include_groups=False)
+    settings_seen = per_arm.value_counts()
+    return dg.AssetCheckResult(
+        passed=len(settings_seen) == 1,
+        description="identical settings for all arms" if len(settings_seen) == 1 else f"{len(settings_seen)} different settings",
+        metadata={"arms_by_setting": dg.MetadataValue.json({s[:300]: sorted(per_arm[per_arm == s].index) for s in settings_seen.index})},
+    )
+
+
+@dg.asset_check(asset="benchmark_scores", description="Every score (and stderr) is within [0, 1].")
+def scores_in_unit_range(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    bad = warehouse.query("""select arm, task, metric, filter, value, stderr from benchmark_scores
+                             where value is null or value < 0 or value > 1 or stderr < 0 or stderr > 1""")
+    bad = scope_to_partition(context, bad, column="arm")
+    return dg.AssetCheckResult(passed=bad.empty, description="all in [0, 1]" if bad.empty else f"{len(bad)} scores out of range",
+                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})

@@ -1,0 +1,89 @@
+"""Evaluation: offline lm-eval task files, LoRA fine-tune + lm-eval on a tiny model, the report, the assets."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+import pytest
+import yaml
+
+import definitions
+from lm_mixup_assets.lib.eval_tasks import (SMOKE_LABEL, SMOKE_TASKS, benchmark_table, build_smoke_tasks,
+                                            evaluate_model, primary_scores)
+from resources import WarehouseResource
+from tests.helpers import assets_of_groups, checks_by_name
+
+
+def test_smoke_tasks_are_built_from_the_lm_eval_package(tmp_path):
+    built = build_smoke_tasks(tmp_path)
+    assert built.items == {"smoke_mmlu": 273, "smoke_bbh": 81, "smoke_gsm8k": 8}
+    assert len(built.skipped["smoke_mmlu"]) == 9 and all("mmlu" in r for r in built.skipped["smoke_mmlu"])
+    for task in SMOKE_TASKS:
+        spec = yaml.safe_load((tmp_path / f"{task}.yaml").read_text())
+        assert spec["task"] == task and spec["dataset_path"] == "json" and spec["metadata"]["label"] == SMOKE_LABEL
+        rows = [json.loads(x) for x in (tmp_path / f"{task}.jsonl").read_text().splitlines()]
+        assert len(rows) == built.items[task]
+    mmlu = [json.loads(x) for x in (tmp_path / "smoke_mmlu.jsonl").read_text().splitlines()]
+    assert all(len(r["choices"]) == 4 and r["answer"] in range(4) for r in mmlu)
+    first = next(r for r in mmlu if r["subject"] == "abstract_algebra")
+    assert first["question"].startswith("Statement 1 | Every element of a group") and first["answer"] == 2  # "(C)"
+    gsm = [json.loads(x) for x in (tmp_path / "smoke_gsm8k.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in gsm][:3] == ["6", "5", "39"]
+    bbh = [json.loads(x) for x in (tmp_path / "smoke_bbh.jsonl").read_text().splitlines()]
+    assert {"subtask": "boolean_expressions", "input": "not ( ( not not True ) ) is", "target": "False"} in bbh
+
+
+def test_report_math_on_a_constructed_table():
+    rows = []
+    for arm, values in {"base": (0.2, 0.1), "random": (0.4, 0.2), "full_low": (0.3, 0.1), "mixup50_ori50": (0.5, 0.4)}.items():
+        rows += [{"arm": arm, "task": "t1", "metric": "acc", "filter": "none", "value": values[0]},
+                 {"arm": arm, "task": "t1", "metric": "acc_norm", "filter": "none", "value": 0.99},
+                 {"arm": arm, "task": "t2", "metric": "exact_match", "filter": "strip", "value": values[1]},
+                 {"arm": arm, "task": "t2", "metric": "exact_match", "filter": "flexible-extract", "value": 0.98}]
+    scores = pd.DataFrame(rows)
+    assert set(primary_scores(scores)["metric"]) == {"acc", "exact_match"}
+    table = benchmark_table(scores).set_index("arm")
+    assert table.loc["mixup50_ori50", "average"] == pytest.approx(0.45)
+    assert table.loc["mixup50_ori50", "delta_vs_full_low"] == pytest.approx(0.45 - 0.2)
+    assert table.loc["mixup50_ori50", "delta_vs_random"] == pytest.approx(0.45 - 0.3)
+    assert table.loc["random", "delta_vs_random"] == 0.0
+
+
+def test_lm_eval_runs_the_smoke_tasks_on_a_tiny_model(tmp_path, tiny_causal_lm):
+    built = build_smoke_tasks(tmp_path / "tasks")
+    run = evaluate_model(tiny_causal_lm, {t: 0 for t in SMOKE_TASKS}, built.folder, limit=2, batch_size=2, device="cpu")
+    headline = {(s["task"], s["metric"]) for s in run.scores}
+    assert {("smoke_mmlu", "acc"), ("smoke_bbh", "exact_match"), ("smoke_gsm8k", "exact_match")} <= headline
+    assert all(0.0 <= s["value"] <= 1.0 for s in run.scores if s["metric"] != "sample_len")
+    assert run.task_versions["smoke_mmlu"] == "1.0" and run.lm_eval_version.startswith("0.4")
+
+
+def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
+    pool = pd.DataFrame([{"source": "s", "sample_id": f"id{i}", "prompt": f"What is {i} plus {i}?", "completion": f"{i} plus {i} is {2 * i}."}
+                         for i in range(6)])
+    rows = pool.assign(arm="random", position=range(6), pool="rated_pool", origin="original",
+                       member_ids=[[x] for x in pool["sample_id"]], long_tail_score=None)
+    WarehouseResource(home=str(home)).replace_partition("training_sets", rows, "arm", "random", column_types={"member_ids": "VARCHAR[]"})
+    group = assets_of_groups("evaluation", checks=False)
+    eval_cfg = {"limit": 2, "batch_size": 2}
+    per_arm = [a for a in group if a.partitions_def is not None]
+    result = dg.materialize([*per_arm, *definitions.defs.asset_checks], resources=resources, partition_key="random", run_config={"ops": {
+        "downstream_models": {"config": {"base_model": tiny_causal_lm, "max_steps": 2, "lora_r": 4, "lora_alpha": 8,
+                                         "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}},
+        "benchmark_scores": {"config": eval_cfg}}})
+    assert result.success and checks_by_name(result)["scores_in_unit_range"].passed
+    model = query("select * from downstream_models")
+    assert model["rows"].tolist() == [6] and model["steps"].tolist() == [2]
+    assert (home / "artifacts" / "downstream" / "random").is_dir()
+    assert "adapter_config.json" in {p.name for p in (next((home / "artifacts" / "downstream" / "random").iterdir()) / "adapter").iterdir()}
+    unpartitioned = [a for a in group if a.partitions_def is None]
+    report = dg.materialize([*unpartitioned, *definitions.defs.asset_checks], resources=resources, run_config={"ops": {
+        "base_model_scores": {"config": {**eval_cfg, "base_model": tiny_causal_lm}}}})
+    assert report.success and checks_by_name(report)["same_eval_settings"].passed
+    table = query("select * from benchmark_report order by arm")
+    assert table["arm"].tolist() == ["base", "random"] and "delta_vs_random" in table.columns
+    scores = query("select * from benchmark_scores")
+    assert set(scores["task"]) == set(SMOKE_TASKS) and (scores["limit_items"] == 2).all()
+    assert (scores["label"] == SMOKE_LABEL).all()
+    md = report.asset_materializations_for_node("benchmark_report")[0].metadata
+    assert "smoke-level" in md["report"].value and md["plot"].value.startswith("![")
