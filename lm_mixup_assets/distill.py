@@ -116,8 +116,11 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
     if counts["parse_error"]:
         context.log.warning(f"{counts['parse_error']} responses did not parse into a pair (kept with status parse_error): "
                             f"{df.loc[df['status'] == 'parse_error', 'reason'].value_counts().head(3).to_dict()}")
+    def text(value) -> str:  # None or NaN (pandas' missing text) -> ""
+        return value if isinstance(value, str) else ""
+
     examples = "\n\n---\n\n".join(
-        f"**cluster {r.cluster_id}** → `{r.status}`{f' ({r.reason})' if r.reason else ''}\n\n```\n{(r.response or '')[:800]}\n```"
+        f"**cluster {r.cluster_id}** → `{r.status}`{f' ({text(r.reason)})' if text(r.reason) else ''}\n\n```\n{text(r.response)[:800]}\n```"
         for r in df[df["status"] != "skipped"].head(3).itertuples())
     return dg.MaterializeResult(metadata={
         **table_metadata(df, ["cluster_id", "n_members", "status", "prompt", "completion"]),
