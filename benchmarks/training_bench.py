@@ -43,6 +43,9 @@ from lm_mixup_assets.lib.knn_bayes import build_library  # noqa: E402
 from lm_mixup_assets.lib.mixture_tasks import distill_user_turn, make_variants, write_extractive_target  # noqa: E402
 from lm_mixup_assets.lib.rewards import make_trl_reward_funcs, packaged_embed_fn  # noqa: E402
 from lm_mixup_assets.lib.training import (  # noqa: E402
+    GRPO_PROMPT_LAYOUTS,
+    SFT_COT_MODES,
+    SFT_TARGET_LAYOUTS,
     GRPOSettings,
     SFTSettings,
     cuda_available,
@@ -148,6 +151,7 @@ def bench_model(name: str, model: str, rows: list[dict], reward_funcs, args, wor
     shutil.rmtree(sft_dir, ignore_errors=True)
     sft = run_sft(model, rows, sft_dir, SFTSettings(max_steps=args.steps, gradient_accumulation_steps=1,
                                                     logging_steps=1, save_steps=10_000, max_length=1024,
+                                                    target_layout=args.sft_layout, cot_mode=args.cot_mode,
                                                     resume=False), on_log=quiet)
     emit(f"sft {name} steps_per_s={sft.steps / sft.wall_seconds:.3f}")
     if sft.tokens_seen:
@@ -164,7 +168,7 @@ def bench_model(name: str, model: str, rows: list[dict], reward_funcs, args, wor
         settings = GRPOSettings(max_steps=args.steps, num_generations=4, per_device_train_batch_size=4,
                                 gradient_accumulation_steps=1, steps_per_generation=None,
                                 max_completion_length=args.completion_length, max_prompt_length=1024,
-                                save_steps=10_000, use_vllm=use_vllm, resume=False)
+                                save_steps=10_000, use_vllm=use_vllm, prompt_layout=args.grpo_layout, resume=False)
         with RolloutTimer() as timer:
             grpo = run_grpo(model, rows, reward_funcs, grpo_dir, settings, on_log=quiet)
         label = f"grpo {name} {backend}" if cuda_available() else f"grpo {name}"
@@ -179,6 +183,9 @@ def main() -> None:
     ap.add_argument("--skip-smollm2", action="store_true", help="only the tiny model")
     ap.add_argument("--steps", type=int, default=4, help="optimizer steps per run")
     ap.add_argument("--completion-length", type=int, default=64, help="GRPO max_completion_length")
+    ap.add_argument("--sft-layout", default="reference", choices=SFT_TARGET_LAYOUTS, help="SFT target layout")
+    ap.add_argument("--cot-mode", default="omit_empty", choices=SFT_COT_MODES, help="what an empty cot becomes")
+    ap.add_argument("--grpo-layout", default="reference", choices=GRPO_PROMPT_LAYOUTS, help="GRPO prompt layout")
     ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "lm-mixup-bench-cache"),
                     help="converted models and the tokenizer (reused across runs)")
     args = ap.parse_args()

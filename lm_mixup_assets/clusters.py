@@ -1,7 +1,7 @@
 """Stage 2, clusters: embed each source's low-quality rows and group them into distillation inputs.
 
 ``low_quality_clusters[source]`` assigns every low-quality row to one
-capacity-constrained cluster (sizes 2-5 by default, METHOD.md §2);
+capacity-constrained cluster (sizes 2-5 by default, docs/method.md);
 ``cluster_inputs[source]`` turns each cluster into the distiller's input text.
 """
 
@@ -10,9 +10,10 @@ import time
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from lm_mixup_assets.lib.cluster_inputs import build_cluster_inputs
-from lm_mixup_assets.lib.clustering import capacity_constrained_clusters
+from lm_mixup_assets.lib.clustering import ALGORITHMS, capacity_constrained_clusters, reference_clusters
 from lm_mixup_assets.lib.models import load_tokenizer
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.metadata import preview_md, table_metadata
@@ -36,11 +37,24 @@ class ClusteringConfig(dg.Config):
     mean_cap: float = 3.0
     std_cap: float = 1.0
     seed: int = 42
+    algorithm: str = Field(
+        default=_defaults["algorithm"],
+        description="'reference' = the method's code step for step (its capacity rule, scikit-learn MiniBatchKMeans "
+        "centres, rows by best similarity each to its most similar centre with room; CPU-bound, minutes to hours per "
+        "source at paper scale), 'fast' = our spherical k-means with the same capacities-and-greedy idea, seconds at "
+        "100k rows (docs/method.md, 'Clustering').")
+    kmeans_batch_size: int = Field(default=2048, description="MiniBatchKMeans batch_size (algorithm='reference').")
+    kmeans_max_iter: int = Field(default=30, description="MiniBatchKMeans max_iter, in epochs (algorithm='reference').")
 
 
 class ClusterInputsConfig(dg.Config):
     max_input_tokens: int = 2400
     policy_tokenizer: str = _defaults["policy_tokenizer"]
+    input_style: str = Field(
+        default=_defaults["input_style"],
+        description="Merge instruction and member layout (docs/method.md, 'Distillation'): 'reference' = the method's "
+        "code (its instruction; members as 'Q: ...\\n A: ...', note the space), 'ours' = our instruction, which names "
+        "the Q:/A: answer layout, and members as 'Q: ...\\nA: ...'. Members are blank-line separated in both.")
 
 
 def _size_and_similarity_plots(sizes: np.ndarray, cosines: np.ndarray, source: str) -> str:
@@ -74,13 +88,20 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
     source = context.partition_key
     if not 1 <= config.min_size <= config.max_size:
         raise dg.Failure(description=f"need 1 <= min_size <= max_size (got {config.min_size}, {config.max_size})")
+    if config.algorithm not in ALGORITHMS:
+        raise dg.Failure(description=f"clustering algorithm {config.algorithm!r}: choose one of {ALGORITHMS}")
     low = warehouse.query("select sample_id, prompt, completion from low_quality_pool where source = ? order by sample_id", [source])
     started = time.monotonic()
     context.log.info(f"embedding {len(low)} low-quality rows of {source!r} with {embedder.model} on {embedder.resolved_device}")
     vectors = embedder.embed((low["prompt"] + "\n" + low["completion"]).tolist())
     embed_s = time.monotonic() - started
-    result = capacity_constrained_clusters(vectors, min_size=config.min_size, max_size=config.max_size,
-                                           mean_cap=config.mean_cap, std_cap=config.std_cap, seed=config.seed)
+    sizes = dict(min_size=config.min_size, max_size=config.max_size, mean_cap=config.mean_cap,
+                 std_cap=config.std_cap, seed=config.seed)
+    if config.algorithm == "reference":
+        result = reference_clusters(vectors, **sizes, kmeans_batch_size=config.kmeans_batch_size,
+                                    kmeans_max_iter=config.kmeans_max_iter, device=embedder.resolved_device)
+    else:
+        result = capacity_constrained_clusters(vectors, **sizes)
     cluster_s = time.monotonic() - started - embed_s
     for note in result.notes:
         context.log.info(note)
@@ -101,6 +122,7 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
     return dg.MaterializeResult(metadata={
         **table_metadata(df, ["sample_id", "cluster_id", "cluster_size", "member_cosine"]),
         "clusters": len(result.sizes),
+        "algorithm": config.algorithm,
         "mean_member_cosine": float(result.member_cosine.mean()) if len(labels) else 0.0,
         "size_histogram": dg.MetadataValue.json({int(s): int((result.sizes == s).sum()) for s in np.unique(result.sizes)}),
         "plots": dg.MetadataValue.md(_size_and_similarity_plots(result.sizes, result.member_cosine, source)),
@@ -117,8 +139,9 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
     group_name=GROUP,
     deps=["low_quality_clusters"],
     kinds={"duckdb", "pandas"},
-    description="One row per cluster (or per part of an over-long cluster): the merged input "
-    "(members as 'Q: ...\\nA: ...', blank-line separated), the instruction, member sample_ids in order, "
+    description="One row per cluster (or per part of an over-long cluster, split in member order, never "
+    "truncated): the merged input (members as 'Q: ...' / 'A: ...' in the configured input_style, blank-line "
+    "separated), the instruction, member sample_ids in order, "
     "and the input's token count with the policy tokenizer.",
 )
 def cluster_inputs(context: dg.AssetExecutionContext, config: ClusterInputsConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -132,7 +155,7 @@ def cluster_inputs(context: dg.AssetExecutionContext, config: ClusterInputsConfi
     def count_tokens(texts: list[str]) -> list[int]:
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
-    df = build_cluster_inputs(members, count_tokens, config.max_input_tokens)
+    df = build_cluster_inputs(members, count_tokens, config.max_input_tokens, style=config.input_style)
     df["source"] = source
     warehouse.replace_partition("cluster_inputs", df, "source", source, column_types=CLUSTER_INPUT_TYPES)
     split = int((df["n_parts"] > 1).sum()) if len(df) else 0

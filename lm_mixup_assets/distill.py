@@ -11,11 +11,11 @@ import time
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from lm_mixup_assets.lib.distill import distilled_sample_id, parse_distilled
 from lm_mixup_assets.lib.plots import figure_to_markdown
-from lm_mixup_assets.lib.rewards import SYSTEM_PROMPT
-from lm_mixup_assets.lib.training import user_turn
+from lm_mixup_assets.lib.training import SFT_TARGET_LAYOUTS, distiller_chat
 from lm_mixup_assets.metadata import preview_md, table_metadata
 from lm_mixup_assets.partitions import source_partitions
 from lm_mixup_assets.pool import scope_to_partition
@@ -41,9 +41,19 @@ class DistillConfig(dg.Config):
     distiller: str = _defaults["distiller"]  # "" = the grpo_checkpoint; else a checkpoint path, HF id or served model name
     max_clusters: int = _defaults["max_clusters"]  # 0 = every cluster; the rest are recorded as skipped
     max_new_tokens: int = _defaults["max_new_tokens"]
-    max_input_tokens: int = 2400  # inputs flagged longer than this by cluster_inputs are skipped, not truncated
+    max_input_tokens: int = Field(2400, description=(
+        "Inputs (the merged members' text) over this many tokens are skipped with the reason, never truncated; "
+        "cluster_inputs already splits over-long clusters into parts that fit. The reference cuts the whole "
+        "rendered prompt at 2400 tokens instead (docs/method.md, 'Distillation')."))
     # False also accepts an untagged response that starts with a Q/A pair (never counted as well formed).
     require_answer_tags: bool = _defaults["require_answer_tags"]
+    prompt_layout: str = Field(_defaults["prompt_layout"], description=(
+        f"One of {SFT_TARGET_LAYOUTS}: the system prompt and instruction/input join the distiller is asked with. "
+        "'reference' = the reference's mix-up system prompt and a newline join (data_process/inference.py); "
+        "'chat' = ours. Keep it equal to the distiller's SFT target_layout: a model answers the prompt it was trained on."))
+    repetition_penalty: float = Field(_defaults["repetition_penalty"], description=(
+        "Greedy decoding's repetition penalty (1 = off; the reference distils with 1.05). The openai backend "
+        "sends it as an extra request field, which vLLM servers read and api.openai.com rejects."))
 
 
 def _distiller(config: DistillConfig, generator: GeneratorResource, warehouse: WarehouseResource) -> str:
@@ -60,7 +70,8 @@ def _distiller(config: DistillConfig, generator: GeneratorResource, warehouse: W
     pool=GPU_POOL, op_tags=gpu_op_tags(), kinds={"pytorch", "duckdb"},
     description="The distiller's merge of every low-quality cluster: one row per cluster_inputs row with the response, "
     "the parsed prompt/completion (status ok), or parse_error / api_error / skipped with the reason. "
-    "Greedy; carries the cluster's member sample_ids.",
+    "Greedy with the configured repetition penalty (reference 1.05), prompted in the distiller's training layout; "
+    "the text after the first </answer> is ignored, as the reference's inference does. Carries the cluster's member sample_ids.",
 )
 def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, generator: GeneratorResource,
                    warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -76,14 +87,15 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
         else:
             reasons.append(None)
     todo = [i for i, r in enumerate(reasons) if r is None]
-    chats = [[{"role": "system", "content": SYSTEM_PROMPT},
-              {"role": "user", "content": user_turn({"instruction": inputs["instruction"].iat[i], "input": inputs["input_text"].iat[i]})}]
-             for i in todo]
+    chats = [distiller_chat({"instruction": inputs["instruction"].iat[i], "input": inputs["input_text"].iat[i]},
+                            config.prompt_layout) for i in todo]
     context.log.info(f"{source}: distilling {len(todo)} of {len(inputs)} cluster inputs with {generator.backend}:{distiller} "
-                     f"(max_new_tokens {config.max_new_tokens}, greedy)")
+                     f"(max_new_tokens {config.max_new_tokens}, greedy, repetition_penalty {config.repetition_penalty}, "
+                     f"{config.prompt_layout} prompt)")
     started = time.monotonic()
     outcomes, cached = generator.generate(chats, warehouse, model=distiller, progress=context.log.info,
-                                          max_new_tokens=config.max_new_tokens, temperature=0.0) if todo else ([], [])
+                                          max_new_tokens=config.max_new_tokens, temperature=0.0,
+                                          repetition_penalty=config.repetition_penalty) if todo else ([], [])
     seconds = time.monotonic() - started
     by_row = {i: (o, c) for i, o, c in zip(todo, outcomes, cached)}
     now = pd.Timestamp.now("UTC").tz_localize(None)
@@ -128,6 +140,8 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
         "parse_rate": round(counts["ok"] / max(1, counts["ok"] + counts["parse_error"]), 4),
         "well_formed_responses": int(df["well_formed"].sum()),
         "distiller": distiller,
+        "prompt_layout": config.prompt_layout,
+        "repetition_penalty": config.repetition_penalty,
         "generator_backend": generator.backend,
         "generation_seconds": round(seconds, 2),
         "new_completion_tokens": int(new_tokens),
@@ -146,14 +160,16 @@ RATED_DISTILLED_CARRY = ["source", "sample_id", "cluster_id", "part", "member_id
 
 @dg.asset(
     partitions_def=source_partitions, group_name=GROUP, deps=["distilled_pool"], kinds={"duckdb", "pandas"},
-    description="The pool's judge (same rubric, same cache) on every distilled pair that parsed: four scores, "
-    "compressed Overall and a status. Per-source rescue yield in metadata.",
+    description="The pool's judge (same cache) on every distilled pair that parsed, under the judge's "
+    "distilled_rubric_version (paper: the reference's QA re-rating rubric): four scores, compressed Overall "
+    "and a status. Per-source rescue yield in metadata.",
 )
 def rated_distilled(context: dg.AssetExecutionContext, config: RescueYieldConfig, judge: JudgeResource,
                     warehouse: WarehouseResource) -> dg.MaterializeResult:
     source = context.partition_key
     distilled = warehouse.query("select * from distilled_pool where source = ? and status = 'ok' order by cluster_id, part", [source])
-    df, metadata = rate_frame(context, distilled, RATED_DISTILLED_CARRY, judge, warehouse, f"{source} (distilled)")
+    df, metadata = rate_frame(context, distilled, RATED_DISTILLED_CARRY, judge, warehouse, f"{source} (distilled)",
+                              rubric_version=judge.distilled_rubric_version)
     warehouse.replace_partition("rated_distilled", df, "source", source, column_types={"member_ids": "VARCHAR[]", "cluster_id": "BIGINT", "part": "BIGINT"})
     yield_table = rescue_yield(warehouse, source, df, config.quality_threshold)
     context.log.info(f"{source} rescue yield: " + ", ".join(f"{k} {v}" for k, v in yield_table.items()))

@@ -3,7 +3,9 @@
 ``downstream_models[arm]`` (LoRA SFT) -> ``benchmark_scores[arm]`` (lm-eval), with
 ``base_model_scores`` for the untuned model and ``benchmark_report`` over all arms.
 Every arm and the base model are scored with one evaluation setting (the
-``EvalSettings`` defaults of the profile), which a check verifies.
+``EvalSettings`` defaults of the profile), which a check verifies. Training and evaluation share
+one text format (``chat_template``): ``benchmark_scores`` refuses to score a model with a format
+other than the one it was trained in.
 """
 
 import hashlib
@@ -12,10 +14,11 @@ import json
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from lm_mixup_assets.lib.downstream import LoraSFTSettings, run_lora_sft
-from lm_mixup_assets.lib.eval_tasks import (PAPER_TASKS, SMOKE_LABEL, SMOKE_TASKS, benchmark_table, build_smoke_tasks,
-                                            evaluate_model)
+from lm_mixup_assets.lib.downstream import CHAT_TEMPLATE_MODES, OVERLONG_MODES, LoraSFTSettings, run_lora_sft
+from lm_mixup_assets.lib.eval_tasks import (SMOKE_LABEL, benchmark_table, build_smoke_tasks, evaluate_model,
+                                            headline_metrics, paper_benchmarks, smoke_benchmarks)
 from lm_mixup_assets.lib.models import resolve_causal_lm
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.lib.training import vllm_available
@@ -29,6 +32,9 @@ from resources import WarehouseResource, settings
 GROUP = "evaluation"
 _defaults = settings("evaluation")
 _GPU = {"pool": GPU_POOL, "op_tags": gpu_op_tags(), "kinds": {"pytorch"}}
+_CHAT_TEMPLATE_HELP = ("Text format of training AND evaluation (one value, both sides): 'none' = plain prompt + ' ' + "
+                       "completion + eos, plain prompts in lm-eval (DS2, paper); 'apply' = the tokenizer's chat template "
+                       "in both (an error if the tokenizer has none). " + "|".join(CHAT_TEMPLATE_MODES))
 
 
 class DownstreamConfig(dg.Config):
@@ -43,6 +49,11 @@ class DownstreamConfig(dg.Config):
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.1
+    max_grad_norm: float = Field(0.0, description="Gradient-norm clip; 0 = none (DS2 finetune.py: --clip_grad_norm -1).")
+    chat_template: str = Field(_defaults["chat_template"], description=_CHAT_TEMPLATE_HELP)
+    overlong_rows: str = Field(_defaults["overlong_rows"], description=(
+        "Rows longer than max_length tokens: 'truncate' (DS2: cut to max_length, drop a row with no completion token "
+        "left) or 'drop'. " + "|".join(OVERLONG_MODES)))
     logging_steps: int = 1
     seed: int = 42
 
@@ -58,7 +69,9 @@ def downstream_models(context: dg.AssetExecutionContext, config: DownstreamConfi
     rows = warehouse.query("select prompt, completion from training_sets where arm = ? order by position", [arm])
     if rows.empty:
         raise dg.Failure(description=f"training set {arm!r} is empty or missing: materialise training_sets[{arm}] first")
-    version = hashlib.sha256(json.dumps([config.base_model, rows.values.tolist()]).encode()).hexdigest()[:12]
+    # The text format is part of the version: a new format never resumes a run trained in another.
+    version = hashlib.sha256(json.dumps([config.base_model, config.chat_template, config.overlong_rows,
+                                         rows.values.tolist()]).encode()).hexdigest()[:12]
     base = resolve_causal_lm(config.base_model, str(warehouse.artifacts_dir))
     out_dir = warehouse.artifacts_dir / "downstream" / arm / version  # a new training set never resumes an old run
     settings_dict = {k: v for k, v in config.model_dump().items() if k != "base_model"}
@@ -67,6 +80,7 @@ def downstream_models(context: dg.AssetExecutionContext, config: DownstreamConfi
                           on_log=lambda step, logs: context.log.info(f"{arm} step {step}: loss={logs.get('loss', float('nan')):.4f}")
                           if "loss" in logs else None)
     record = pd.DataFrame([{"arm": arm, "base_model": config.base_model, "merged_path": result.checkpoint,
+                            "chat_template": config.chat_template, "overlong_rows": config.overlong_rows,
                             "adapter_path": str(out_dir / "adapter"), "data_version": version, "rows": len(rows),
                             "dropped_too_long": result.n_dropped_too_long, "steps": result.steps,
                             "wall_seconds": round(result.wall_seconds, 2), "device": result.device,
@@ -74,7 +88,8 @@ def downstream_models(context: dg.AssetExecutionContext, config: DownstreamConfi
     warehouse.replace_partition("downstream_models", record, "arm", arm)
     return dg.MaterializeResult(
         metadata={"merged_model": dg.MetadataValue.path(result.checkpoint), "adapter": dg.MetadataValue.path(str(out_dir / "adapter")),
-                  "base_model": config.base_model, "rows": len(rows), "dropped_too_long": result.n_dropped_too_long,
+                  "base_model": config.base_model, "chat_template": config.chat_template,
+                  "rows": len(rows), "dropped_too_long": result.n_dropped_too_long,
                   "steps": result.steps, "wall_seconds": round(result.wall_seconds, 1), "data_version": version,
                   "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
                   "loss_curve": dg.MetadataValue.md(curve_plot({"train loss": result.loss_history}, f"LoRA SFT loss, {arm}", "loss"))},
@@ -90,6 +105,14 @@ class EvalSettings(dg.Config):
     batch_size: int = _defaults["eval_batch_size"]
     backend: str = _defaults["backend"]  # "hf" or "vllm" (GPU)
     seed: int = 1234
+    chat_template: str = Field(_defaults["chat_template"], description=_CHAT_TEMPLATE_HELP + (
+        " Must equal the downstream model's training setting (benchmark_scores fails otherwise)."))
+    task_subsets: str = Field(_defaults["task_subsets"], description=(
+        "Paper task set only: 'ds2' = DS2's per-task limits (GSM8K 200, BBH 40 per subtask, TyDiQA 100 per language, "
+        "random with seed 42; MMLU and TruthfulQA whole) or 'all' = every item."))
+    generation: str = Field(_defaults["generation"], description=(
+        "Paper task set only: 'ds2' = DS2's decoding (GSM8K greedy 512 tokens stop at newline; BBH sampled at "
+        "temperature 0.8, 512 tokens; TyDiQA greedy 50 tokens) or 'task' = lm-eval's task defaults."))
 
 
 def _run_eval(context, cfg: EvalSettings, model_path: str, warehouse: WarehouseResource, arm: str) -> tuple[pd.DataFrame, dict]:
@@ -97,24 +120,30 @@ def _run_eval(context, cfg: EvalSettings, model_path: str, warehouse: WarehouseR
         built = build_smoke_tasks(warehouse.artifacts_dir / "eval_tasks")
         for name, reasons in built.skipped.items():
             context.log.info(f"{name}: {built.items[name]} items, {len(reasons)} exemplars not usable (e.g. {reasons[0]})")
-        tasks, include = {name: 0 for name in SMOKE_TASKS}, built.folder
+        benchmarks, include = smoke_benchmarks(), built.folder
     elif cfg.tasks == "paper":
-        tasks, include = dict(PAPER_TASKS), None
+        benchmarks, include = paper_benchmarks(cfg.task_subsets, cfg.generation), None
     else:
         raise dg.Failure(description=f"tasks={cfg.tasks!r}: choose 'smoke' or 'paper'")
     backend = cfg.backend
     if backend == "vllm" and not vllm_available():
         context.log.warning("vLLM is not installed (pip install -e .[gpu]); evaluating with the hf backend")
         backend = "hf"
-    context.log.info(f"{arm}: lm-eval {sorted(tasks)} on {model_path} (limit {cfg.limit or 'all'}, backend {backend})")
-    run = evaluate_model(model_path, tasks, include_path=include, limit=cfg.limit or None, batch_size=cfg.batch_size,
-                         seed=cfg.seed, backend=backend)
+    context.log.info(f"{arm}: lm-eval {[b.name for b in benchmarks]} on {model_path} (limit {cfg.limit or 'per task'}, "
+                     f"backend {backend}, chat_template {cfg.chat_template})")
+    try:
+        run = evaluate_model(model_path, benchmarks, include_path=include, limit=cfg.limit or None,
+                             batch_size=cfg.batch_size, seed=cfg.seed, backend=backend, chat_template=cfg.chat_template)
+    except ValueError as err:
+        raise dg.Failure(description=f"{arm}: evaluation of {model_path} failed: {err}") from err
     label = SMOKE_LABEL if cfg.tasks == "smoke" else "paper protocol"
     df = pd.DataFrame(run.scores)
-    df = df[df["task"].isin(tasks) & (df["metric"] != "sample_len")]
+    reported = {t for b in benchmarks for t in (*b.tasks, b.headline_task)}
+    df = df[df["task"].isin(reported) & (df["metric"] != "sample_len")]
     df = df.assign(arm=arm, model_path=model_path, task_version=df["task"].map(run.task_versions).fillna(""),
                    lm_eval_version=run.lm_eval_version, seed=cfg.seed, limit_items=cfg.limit, task_set=cfg.tasks,
-                   backend=backend, label=label, evaluated_at=pd.Timestamp.now("UTC").tz_localize(None))
+                   backend=backend, chat_template=cfg.chat_template, label=label,
+                   evaluated_at=pd.Timestamp.now("UTC").tz_localize(None))
     for r in df.itertuples():
         context.log.info(f"{arm} {r.task} {r.metric}/{r.filter}: {r.value:.4f} ± {r.stderr or 0:.4f} (n={r.n_samples})")
     return df, {"seconds": round(run.seconds, 1), "label": label}
@@ -122,21 +151,29 @@ def _run_eval(context, cfg: EvalSettings, model_path: str, warehouse: WarehouseR
 
 def _scores_metadata(df: pd.DataFrame, info: dict) -> dict:
     return {**table_metadata(df, ["task", "metric", "filter", "value", "stderr", "n_samples"], n=12),
-            "eval_seconds": info["seconds"], "label": info["label"],
-            **{f"{r.task}/{r.metric}": round(r.value, 4) for r in df.itertuples() if r.filter in ("none", "strip", "last-number")}}
+            "eval_seconds": info["seconds"], "label": info["label"], "chat_template": str(df["chat_template"].iat[0]),
+            **{f"{r.task}/{r.metric}": round(r.value, 4) for r in df.itertuples()
+               if r.filter in ("none", "strip", "last-number", "flexible-extract", "get-answer")}}
 
 
 @dg.asset(
     partitions_def=arm_partitions, group_name=GROUP, deps=["downstream_models"], **_GPU,
     description="lm-eval scores of one arm's downstream model, per task and metric, with stderr, lm-eval and task "
     "versions, seed and limit. Demo: offline smoke tasks built from the lm-eval package (smoke-level numbers); "
-    "paper: MMLU 0-shot, GSM8K 8-shot CoT, BBH 3-shot CoT, TruthfulQA, TyDiQA 1-shot.",
+    "paper, as DS2's run_eval.sh: MMLU 0-shot (all), GSM8K 8-shot CoT (200), BBH 3-shot CoT (40 per subtask), "
+    "TruthfulQA MC2 (all), TyDiQA 1-shot (9 languages, 100 each); the model's training text format.",
 )
 def benchmark_scores(context: dg.AssetExecutionContext, config: EvalSettings, warehouse: WarehouseResource) -> dg.MaterializeResult:
     arm = context.partition_key
-    model = warehouse.query("select merged_path from downstream_models where arm = ?", [arm])
+    model = warehouse.query("select * from downstream_models where arm = ?", [arm])
     if model.empty:
         raise dg.Failure(description=f"no downstream model for {arm!r}: materialise downstream_models[{arm}] first")
+    trained = model["chat_template"].iat[0] if "chat_template" in model.columns else None
+    if trained != config.chat_template:
+        raise dg.Failure(description=(
+            f"{arm}: the downstream model was trained with chat_template={trained!r} but evaluation asks for "
+            f"chat_template={config.chat_template!r}; train and evaluate in one format (set both, or rematerialise "
+            f"downstream_models[{arm}])"))
     df, info = _run_eval(context, config, model["merged_path"].iat[0], warehouse, arm)
     warehouse.replace_partition("benchmark_scores", df, "arm", arm)
     return dg.MaterializeResult(metadata=_scores_metadata(df, info))
@@ -164,20 +201,23 @@ def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     scores = warehouse.query("select * from benchmark_scores union all by name select * from base_model_scores")
     if scores.empty:
         raise dg.Failure(description="no benchmark scores yet: materialise benchmark_scores for some arms and base_model_scores")
-    table = benchmark_table(scores)
+    task_set = scores["task_set"].iat[0]
+    headline = headline_metrics(smoke_benchmarks() if task_set == "smoke" else paper_benchmarks())
+    table = benchmark_table(scores, headline=headline)
     warehouse.replace_partition("benchmark_report", table)
     tasks = [c for c in table.columns if c not in ("arm", "average") and not c.startswith("delta_vs_")]
     smoke = (scores["task_set"] == "smoke").any()
-    protocol = scores.drop_duplicates(["task", "lm_eval_version", "task_version", "seed", "limit_items", "backend", "num_fewshot"])
+    protocol = scores[scores["task"].isin(tasks)].drop_duplicates(["task"])
     summary = "\n".join([
-        "**Protocol**: lm-eval " + ", ".join(sorted(set(scores["lm_eval_version"]))) + "; tasks "
-        + ", ".join(f"{r.task} (v{r.task_version}, {int(r.num_fewshot) if pd.notna(r.num_fewshot) else 'default'}-shot)"
+        "**Protocol**: lm-eval " + ", ".join(sorted(set(scores["lm_eval_version"]))) + "; "
+        + ", ".join(f"{r.task} (v{r.task_version or '-'}, {int(r.num_fewshot) if pd.notna(r.num_fewshot) else 'default'}"
+                    f"-shot, {f'{int(r.task_limit)} items per task, {r.subset}' if r.task_limit else 'all items'})"
                     for r in protocol.itertuples())
-        + f"; limit {int(scores['limit_items'].iat[0]) or 'all'} items per task; seed {int(scores['seed'].iat[0])}; "
-        + f"backend {scores['backend'].iat[0]}. Same settings for every arm and the base model.",
+        + f"; seed {int(scores['seed'].iat[0])}; backend {scores['backend'].iat[0]}; chat template "
+        + f"{scores['chat_template'].iat[0]} (training and evaluation). Same settings for every arm and the base model.",
         "",
         (f"**These numbers are {SMOKE_LABEL}.** They show the loop runs end to end; do not compare them with published scores."
-         if smoke else "Paper protocol (METHOD.md §6)."),
+         if smoke else "Paper protocol: DS2's run_eval.sh on lm-eval's tasks; differences in docs/method.md §6."),
         "",
         preview_md(table.round(4), n=len(table), max_chars=30).value,
     ])
@@ -207,12 +247,14 @@ def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
 
 
 @dg.asset_check(asset="benchmark_report", additional_deps=["benchmark_scores", "base_model_scores"], blocking=True,
-                description="Every arm and the base model were scored with identical settings (tasks, versions, shots, limit, seed, backend).")
+                description="Every arm and the base model were scored with identical settings (tasks, versions, shots, per-task "
+                "limits and subsets, seed, backend, chat template).")
 def same_eval_settings(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     scores = warehouse.query("select * from benchmark_scores union all by name select * from base_model_scores")
-    keys = ["task_set", "lm_eval_version", "seed", "limit_items", "backend"]
+    keys = ["task_set", "lm_eval_version", "seed", "limit_items", "backend", "chat_template"]
     per_arm = scores.groupby("arm").apply(
-        lambda g: json.dumps([sorted(set(zip(g["task"], g["task_version"], g["num_fewshot"].fillna(-1), g["metric"], g["filter"]))),
+        lambda g: json.dumps([sorted(set(zip(g["task"], g["task_version"], g["num_fewshot"].fillna(-1), g["metric"], g["filter"],
+                                             g["task_limit"].fillna(0), g["subset"].fillna("")))),
                               *[sorted(set(g[k].astype(str))) for k in keys]]), include_groups=False)
     settings_seen = per_arm.value_counts()
     return dg.AssetCheckResult(

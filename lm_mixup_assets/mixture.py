@@ -1,9 +1,18 @@
-"""Stage 3, MIXTURE: the distiller's training set, built from encyclopedic text (METHOD.md §3).
+"""Stage 3, MIXTURE: the distiller's training set, built from encyclopedic text (docs/method.md, MIXTURE).
 
 wiki_paragraphs -> mixture_targets (one high-quality sample per paragraph and task type,
 validated and rated) -> mixture_variants (several low-quality versions of each) -> mixture
-(a cluster of variants mapped to its target, split train/test by paragraph); rating_library
+(a cluster of 2-20 variants mapped to its target, split train/test by paragraph); rating_library
 holds the kNN-Bayes quality rater the GRPO reward uses.
+
+Text is written by the ``mixture_writer`` resource (GPT-4o-mini on the paper profile, as in
+the paper; unused on the demo, whose writer is extractive), not by the distilling policy.
+
+``mixture`` with ``source=released`` reads the authors' released MIXTURE (``dokiik/MIXTURE``
+or a local copy, ``lib/released_mixture.py``) into the same table instead: it keeps its
+dependency on ``mixture_variants`` for lineage, but neither reads nor needs the upstream
+tables, so materialise it alone (``dagster asset materialize --select mixture``).
+``rating_library`` still comes from built targets and variants: the release carries no ratings.
 """
 
 import hashlib
@@ -13,12 +22,15 @@ import time
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from lm_mixup_assets.lib.knn_bayes import build_library
-from lm_mixup_assets.lib.mixture_tasks import (DISTILL_INSTRUCTIONS, TASK_NAMES, TASK_TYPES, distill_user_turn,
-                                               make_variants, parse_degraded_variants, render_degrade_prompt,
+from lm_mixup_assets.lib.mixture_tasks import (DISTILL_INSTRUCTIONS, MAX_CLUSTER_VARIANTS, TASK_NAMES, TASK_TYPES,
+                                               distill_user_turn, draw_cluster_size, make_variants, parse_cot,
+                                               parse_degraded_variants, render_cot_prompt, render_degrade_prompt,
                                                render_writer_prompt, validate_target, write_extractive_target)
 from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.released_mixture import load_released_mixture
 from lm_mixup_assets.lib.rubric import compress_overall
 from lm_mixup_assets.lib.wiki import wiki_paragraphs_frame
 from lm_mixup_assets.metadata import preview_md, table_metadata
@@ -73,7 +85,7 @@ def wiki_paragraphs(context: dg.AssetExecutionContext, config: WikiConfig, wareh
 class TargetsConfig(dg.Config):
     writer: str = _defaults["writer"]  # extractive | llm
     tasks: list[str] = list(TASK_TYPES)
-    min_quality: int = _defaults["min_quality"]  # compressed Overall a target needs to be kept (METHOD.md §3: 4)
+    min_quality: int = _defaults["min_quality"]  # compressed Overall a target needs to be kept (docs/method.md: 4)
     seed: int = 42
 
 
@@ -86,7 +98,7 @@ TARGET_COLUMNS = ["target_id", "paragraph_id", "task", "writer", "text", "format
           "against its format, rated by the judge and kept at compressed Overall >= min_quality. Every "
           "paragraph x task has a row; dropped ones say why.")
 def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, judge: JudgeResource,
-                    generator: GeneratorResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+                    mixture_writer: GeneratorResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     unknown = set(config.tasks) - set(TASK_TYPES)
     if unknown or config.writer not in ("extractive", "llm"):
         raise dg.Failure(description=f"tasks must be from {TASK_TYPES} (got {sorted(unknown)}) and writer extractive|llm (got {config.writer!r})")
@@ -97,7 +109,7 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
     if config.writer == "llm":
         chats = [[{"role": "user", "content": render_writer_prompt(task, {"title": p.title, "section": p.section, "text": p.text})}]
                  for p, task in jobs]
-        outcomes, _ = generator.generate(chats, warehouse, progress=context.log.info)
+        outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info)
         texts = [o.raw_answer if o.status == "ok" else None for o in outcomes]
         errors = [o.error if o.status != "ok" else None for o in outcomes]
     else:
@@ -113,7 +125,9 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
                      "_prompt": _judge_prompt(task, p.title, p.section), "_err": err})
     df = pd.DataFrame(rows)
     to_rate = df[df["text"].notna() & df["format_errors"].isna()]
-    rating, _ = judge.rate_pairs(to_rate["_prompt"].tolist(), to_rate["text"].tolist(), warehouse, progress=context.log.info)
+    # The reference rates generated samples with its per-task rubric (the pool's rubric is for instruction pairs).
+    rating, _ = judge.rate_pairs(to_rate["_prompt"].tolist(), to_rate["text"].tolist(), warehouse, progress=context.log.info,
+                                 rubric_version=[judge.rubric_for_task(t) for t in to_rate["task"]])
     scores = pd.DataFrame([{"status": o.status, "error": o.error, **(o.scores or {})} for o in rating.outcomes], index=to_rate.index)
     df = df.join(scores)
     df["status"] = df["status"].fillna("not_rated")
@@ -143,21 +157,29 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
 
 
 class VariantsConfig(dg.Config):
-    variants_per_target: int = 6
-    llm_degradation: bool = _defaults["llm_degradation"]  # ask the generator for degraded rewrites too
+    variants_per_target: int = Field(_defaults["variants_per_target"], description=(
+        "Noise-operator variants per kept target (paper 20, so a cluster can reach 20 variants; demo 6)."))
+    llm_degradation: bool = _defaults["llm_degradation"]  # ask the mixture writer for degraded rewrites too
+    llm_variants_per_target: int = Field(_defaults["llm_variants_per_target"], description=(
+        "Degraded versions the mixture writer is asked for per target, in one call (llm_degradation only)."))
+    llm_noisy_copies: int = Field(_defaults["llm_noisy_copies"], description=(
+        "Per LLM-degraded variant, copies with surface noise on top (typos, cross-topic sentences): the "
+        "method's robustness step after degradation. 0 = none."))
     cross_topic_neighbours: int = 3  # similar targets of other articles offered to cross_topic_merge
     seed: int = 42
 
 
 VARIANT_COLUMNS = ["variant_id", "target_id", "task", "text", "operators", "origin", "status", "overall", "overall_compressed"]
+ROBUSTNESS_OPERATORS = ("typos", "cross_topic_merge")
 
 
 @dg.asset(group_name=GROUP, deps=["mixture_targets"], kinds={"duckdb", "pandas"},
           description="Several low-quality variants of every kept target: seeded noise operators (dropped facts and "
           "sentences, truncation, redundancy, shuffled or split fragments, typos, cross-topic merges of "
-          "semantically similar samples) and, with a capable generator, LLM degradation. Each is rated.")
+          "semantically similar samples) and, with llm_degradation, rewrites by the mixture writer with less "
+          "information, each also given surface noise (typos, cross-topic sentences). Each is rated.")
 def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, embedder: EmbedderResource,
-                     generator: GeneratorResource, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+                     mixture_writer: GeneratorResource, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     targets = warehouse.query("""select t.*, p.title, p.section from mixture_targets t join wiki_paragraphs p using (paragraph_id)
                                  where kept order by target_id""")
     rng = np.random.default_rng(config.seed)
@@ -165,24 +187,39 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
     sims = vectors @ vectors.T if len(targets) else np.zeros((0, 0))
     same_article = (targets["title"].to_numpy()[:, None] == targets["title"].to_numpy()[None, :]) if len(targets) else sims
     sims = np.where(same_article, -np.inf, sims)  # cross-topic: only other articles
-    rows = []
+    rows, others_of = [], {}
     for i, t in enumerate(targets.itertuples()):
         nearest = np.argsort(-sims[i])[: config.cross_topic_neighbours] if len(targets) > 1 else []
         others = [targets["text"].iat[j] for j in nearest if np.isfinite(sims[i, j])]
+        others_of[t.target_id] = others
         for text, ops in make_variants(t.text, t.task, rng, n=config.variants_per_target, others=others):
             rows.append({"target_id": t.target_id, "task": t.task, "text": text, "operators": ops, "origin": "noise",
                          "_prompt": _judge_prompt(t.task, t.title, t.section)})
-    if config.llm_degradation and len(targets):
-        chats = [[{"role": "user", "content": render_degrade_prompt(t.task, t.text)}] for t in targets.itertuples()]
-        outcomes, _ = generator.generate(chats, warehouse, progress=context.log.info)
+    llm_failed = 0
+    if config.llm_degradation and len(targets) and config.llm_variants_per_target > 0:
+        chats = [[{"role": "user", "content": render_degrade_prompt(t.task, t.text, n=config.llm_variants_per_target)}]
+                 for t in targets.itertuples()]
+        outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info)
         for t, o in zip(targets.itertuples(), outcomes):
-            for text in (parse_degraded_variants(o.raw_answer, t.text) if o.status == "ok" else []):
+            if o.status != "ok":
+                llm_failed += 1
+                context.log.warning(f"degradation of target {t.target_id} failed ({o.status}: {o.error}); "
+                                    "it keeps its noise variants, a rerun asks again")
+                continue
+            prompt = _judge_prompt(t.task, t.title, t.section)
+            for text in parse_degraded_variants(o.raw_answer, t.text):
                 rows.append({"target_id": t.target_id, "task": t.task, "text": text, "operators": "llm_degrade",
-                             "origin": "llm", "_prompt": _judge_prompt(t.task, t.title, t.section)})
+                             "origin": "llm", "_prompt": prompt})
+                if config.llm_noisy_copies > 0:
+                    for noisy, ops in make_variants(text, t.task, rng, n=config.llm_noisy_copies,
+                                                    others=others_of[t.target_id], operators=ROBUSTNESS_OPERATORS):
+                        rows.append({"target_id": t.target_id, "task": t.task, "text": noisy,
+                                     "operators": "llm_degrade+" + ops, "origin": "llm+noise", "_prompt": prompt})
     df = pd.DataFrame(rows, columns=["target_id", "task", "text", "operators", "origin", "_prompt"])
     df = df.drop_duplicates(["target_id", "text"]).reset_index(drop=True)
     df["variant_id"] = [_stable_id(a, b) for a, b in zip(df["target_id"], df["text"])]
-    rating, _ = judge.rate_pairs(df["_prompt"].tolist(), df["text"].tolist(), warehouse, progress=context.log.info)
+    rating, _ = judge.rate_pairs(df["_prompt"].tolist(), df["text"].tolist(), warehouse, progress=context.log.info,
+                                 rubric_version=[judge.rubric_for_task(t) for t in df["task"]])
     df["status"] = [o.status for o in rating.outcomes]
     df["overall"] = pd.array([o.scores["overall"] if o.scores else None for o in rating.outcomes], dtype="Int64")
     df["overall_compressed"] = pd.array([compress_overall(o.scores["overall"]) if o.scores else None for o in rating.outcomes], dtype="Int64")
@@ -196,21 +233,47 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
         "targets": len(targets),
         "variants_per_target": dg.MetadataValue.json(counts.value_counts().sort_index().to_dict()),
         "operator_counts": dg.MetadataValue.json(ops.to_dict()),
+        "origin_counts": dg.MetadataValue.json(out["origin"].value_counts().to_dict()),
+        "llm_degradations_failed": llm_failed,
         "variant_mean_overall": float(out["overall"].mean()) if len(out) else 0.0,
         "target_mean_overall": float(targets["overall"].mean()) if len(targets) else 0.0,
         "embedding_model": embedder.model,
     })
 
 
+MIXTURE_SOURCES = ("built", "released")
+COT_MODES = ("auto", "llm", "none")
+
+
 class MixtureConfig(dg.Config):
+    source: str = Field(_defaults["source"], description=(
+        "built: clusters of our mixture_variants mapped to their targets; released: the authors' MIXTURE read "
+        "from released_path (the upstream mixture tables are then not read and need not exist)."))
+    released_path: str = Field(_defaults["released_path"], description=(
+        "source=released: a local folder in the dokiik/MIXTURE layout (data_sft/, data_grpo/) or "
+        "hf:dokiik/MIXTURE[@revision] (downloaded once through huggingface_hub; needs network the first time)."))
+    released_part: str = Field(_defaults["released_part"], description=(
+        "source=released: data_sft (instruction, input, output, cot; one file per task and split, what the "
+        "reference's SFT reads) or data_grpo (input, output, task_type; what its GRPO reads)."))
+    released_max_rejected_fraction: float = Field(0.01, description=(
+        "source=released: fail when more than this share of released rows is unusable (empty output or input, "
+        "unknown task type); the rejected rows are listed in the metadata either way."))
+    tasks: list[str] = Field(list(TASK_TYPES), description="Task types to keep (both sources).")
     min_variants: int = 2
-    max_variants: int = 6  # the method allows up to 20
+    max_variants: int = Field(_defaults["max_variants"], description=(
+        "Most variants in one example; cluster sizes are uniform over min_variants..min(max_variants, the "
+        "target's variants). The method's range is 2-20 (paper 20; demo 6 to fit its 768-token training length)."))
+    cot: str = Field(_defaults["cot"], description=(
+        "source=built: auto = the mixture writer writes the reasoning (cot) for examples whose target it wrote "
+        "(writer llm), none for extractive targets; llm = for every example; none = never."))
     test_fraction: float = 0.1
     seed: int = 42
 
 
 MIXTURE_COLUMNS = ["example_id", "task", "paragraph_id", "target_id", "instruction", "input", "output", "cot",
-                   "variant_ids", "n_variants", "split"]
+                   "variant_ids", "n_variants", "split", "source", "origin", "origin_file", "origin_row",
+                   "origin_task_type", "cot_error"]
+MIXTURE_COLUMN_TYPES = {"variant_ids": "VARCHAR[]", "n_variants": "BIGINT", "origin_row": "BIGINT"}
 
 
 def _paragraph_split(paragraph_id: str, test_fraction: float, seed: int) -> str:
@@ -219,54 +282,140 @@ def _paragraph_split(paragraph_id: str, test_fraction: float, seed: int) -> str:
     return "test" if bucket < test_fraction else "train"
 
 
-@dg.asset(group_name=GROUP, deps=["mixture_variants"], kinds={"duckdb", "pandas"},
-          description="The MIXTURE set: each example maps a cluster of 2-20 low-quality variants (the distiller's input, "
-          "after the task instruction) to its high-quality target, with task type, optional cot, source paragraph and "
-          "a train/test split by paragraph. Also exported as JSONL under artifacts/mixture/.")
-def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    if not 2 <= config.min_variants <= config.max_variants <= 20:
-        raise dg.Failure(description=f"need 2 <= min_variants <= max_variants <= 20 (got {config.min_variants}, {config.max_variants})")
+def _built_examples(context: dg.AssetExecutionContext, config: MixtureConfig, writer: GeneratorResource,
+                    warehouse: WarehouseResource) -> tuple[pd.DataFrame, dict]:
     targets = warehouse.query("select * from mixture_targets where kept order by target_id")
+    targets = targets[targets["task"].isin(config.tasks)]
     variants = warehouse.query("select * from mixture_variants order by variant_id")
     by_target = {k: g for k, g in variants.groupby("target_id")}
     rng = np.random.default_rng(config.seed)
-    rows, skipped = [], []
+    rows, skipped, clusters = [], [], []
     for t in targets.itertuples():
         pool = by_target.get(t.target_id)
-        if pool is None or len(pool) < config.min_variants:
+        n = draw_cluster_size(rng, 0 if pool is None else len(pool), config.min_variants, config.max_variants)
+        if not n:
             skipped.append({"target_id": t.target_id, "reason": f"{0 if pool is None else len(pool)} variants < min_variants"})
             continue
-        n = int(rng.integers(config.min_variants, min(config.max_variants, len(pool)) + 1))
         chosen = pool.iloc[rng.permutation(len(pool))[:n]]
+        texts = chosen["text"].tolist()
+        clusters.append((t, texts))
         rows.append({"example_id": _stable_id(t.target_id, *chosen["variant_id"]), "task": t.task, "paragraph_id": t.paragraph_id,
                      "target_id": t.target_id, "instruction": DISTILL_INSTRUCTIONS[t.task],
-                     "input": distill_user_turn(t.task, chosen["text"].tolist()), "output": t.text, "cot": "",
+                     "input": distill_user_turn(t.task, texts), "output": t.text, "cot": "",
                      "variant_ids": chosen["variant_id"].tolist(), "n_variants": n,
-                     "split": _paragraph_split(t.paragraph_id, config.test_fraction, config.seed)})
-    df = pd.DataFrame(rows, columns=MIXTURE_COLUMNS)
-    warehouse.replace_partition("mixture", df, column_types={"variant_ids": "VARCHAR[]", "n_variants": "BIGINT"})
+                     "split": _paragraph_split(t.paragraph_id, config.test_fraction, config.seed),
+                     "source": "built", "origin": None, "origin_file": None, "origin_row": None,
+                     "origin_task_type": None, "cot_error": None})
+    if skipped:
+        context.log.warning(f"{len(skipped)} kept targets have too few variants for an example: {skipped[:3]}")
+    # cot: the reasoning from the variants to the target, by the writer that wrote the target (the method's
+    # optional chain of thought); extractive targets have no writer to explain them, so auto leaves them empty.
+    wants_cot = [config.cot == "llm" or (config.cot == "auto" and t.writer == "llm") for t, _ in clusters]
+    asked = [i for i, w in enumerate(wants_cot) if w]
+    if asked:
+        chats = [[{"role": "user", "content": render_cot_prompt(clusters[i][0].task, clusters[i][1], clusters[i][0].text)}]
+                 for i in asked]
+        outcomes, _ = writer.generate(chats, warehouse, progress=context.log.info)
+        for i, o in zip(asked, outcomes):
+            cot, error = parse_cot(o.raw_answer) if o.status == "ok" else ("", f"writer {o.status}: {o.error}")
+            rows[i]["cot"], rows[i]["cot_error"] = cot, error
+    failed = sum(1 for r in rows if r["cot_error"])
+    if failed:
+        context.log.warning(f"{failed} of {len(asked)} cot requests failed; those examples keep an empty cot "
+                            "(cot_error says why) and a rerun asks again")
+    return pd.DataFrame(rows, columns=MIXTURE_COLUMNS), {
+        "targets_without_enough_variants": len(skipped), "cot_requested": len(asked), "cot_failed": failed,
+        "cot_writer": f"{writer.backend}:{writer.model}" if asked else "",
+    }
+
+
+def _released_examples(context: dg.AssetExecutionContext, config: MixtureConfig) -> tuple[pd.DataFrame, dict]:
+    try:
+        release = load_released_mixture(config.released_path, config.released_part, config.tasks)
+    except (FileNotFoundError, ValueError) as exc:
+        raise dg.Failure(description=f"released MIXTURE at {config.released_path!r} ({config.released_part}): {exc}") from None
+    total = len(release.rows) + len(release.rejects)
+    if not release.rows:
+        raise dg.Failure(description=f"no usable rows in the released MIXTURE at {release.label} ({config.released_part}); "
+                         f"rejected: {release.rejects[:5]}")
+    if release.rejects:
+        context.log.warning(f"{len(release.rejects)} of {total} released rows rejected, e.g. {release.rejects[:3]}")
+        if len(release.rejects) / total > config.released_max_rejected_fraction:
+            raise dg.Failure(description=(
+                f"{len(release.rejects)} of {total} released rows are unusable (more than "
+                f"released_max_rejected_fraction={config.released_max_rejected_fraction}); first: {release.rejects[:5]}"))
+    df = pd.DataFrame(release.rows)
+    df["paragraph_id"] = None  # the release names no source paragraph
+    df["target_id"] = None
+    df["variant_ids"] = [[] for _ in range(len(df))]  # nor the variants: n_variants is counted from the input
+    df["source"] = "released"
+    df["origin"] = release.label
+    df["cot_error"] = None
+    context.log.info(f"released MIXTURE {release.label} ({release.part}): {len(df)} rows from {len(release.per_file)} files")
+    return df[MIXTURE_COLUMNS], {
+        "released_from": release.label, "released_part": release.part,
+        "rows_per_file": dg.MetadataValue.json(release.per_file),
+        "rejected_rows": len(release.rejects),
+        "rejected_examples": dg.MetadataValue.json(release.rejects[:10]),
+    }
+
+
+def _replace_mixture_table(warehouse: WarehouseResource, df: pd.DataFrame) -> None:
+    # The table is replaced whole; one written before the lineage columns existed is dropped, not patched.
+    with warehouse.connect() as con:
+        existing = {r[0] for r in con.execute("select column_name from information_schema.columns where table_name = 'mixture'").fetchall()}
+        if existing and not set(MIXTURE_COLUMNS) <= existing:
+            con.execute('drop table "mixture"')
+    warehouse.replace_partition("mixture", df, column_types=MIXTURE_COLUMN_TYPES)
+
+
+@dg.asset(group_name=GROUP, deps=["mixture_variants"], kinds={"duckdb", "pandas"},
+          description="The MIXTURE set: each example maps a cluster of 2-20 low-quality variants (the distiller's input, "
+          "after the task instruction) to its high-quality target, with task type, cot (written by the mixture writer "
+          "for LLM-written targets), source paragraph and a train/test split by paragraph. source=released reads the "
+          "authors' dokiik/MIXTURE (or a local copy) instead, with lineage (file, row, task spelling), and does not "
+          "read the upstream tables. Also exported as JSONL under artifacts/mixture/.")
+def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, mixture_writer: GeneratorResource,
+            warehouse: WarehouseResource) -> dg.MaterializeResult:
+    if not 2 <= config.min_variants <= config.max_variants <= MAX_CLUSTER_VARIANTS:
+        raise dg.Failure(description=f"need 2 <= min_variants <= max_variants <= {MAX_CLUSTER_VARIANTS} "
+                         f"(got {config.min_variants}, {config.max_variants})")
+    if config.source not in MIXTURE_SOURCES or config.cot not in COT_MODES or set(config.tasks) - set(TASK_TYPES):
+        raise dg.Failure(description=f"source must be one of {MIXTURE_SOURCES} (got {config.source!r}), cot one of "
+                         f"{COT_MODES} (got {config.cot!r}), tasks from {TASK_TYPES} (got {config.tasks})")
+    if config.source == "released":
+        df, extra = _released_examples(context, config)
+    else:
+        df, extra = _built_examples(context, config, mixture_writer, warehouse)
+    _replace_mixture_table(warehouse, df)
     export_dir = warehouse.artifacts_dir / "mixture"
     export_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
         with open(export_dir / f"mixture_{split}.jsonl", "w", encoding="utf-8") as fh:
             for r in df[df["split"] == split].itertuples():
                 fh.write(json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output, "cot": r.cot,
-                                     "task_type": r.task, "paragraph_id": r.paragraph_id}, ensure_ascii=False) + "\n")
-    if skipped:
-        context.log.warning(f"{len(skipped)} kept targets have too few variants for an example: {skipped[:3]}")
+                                     "task_type": r.task, "paragraph_id": r.paragraph_id, "source": r.source,
+                                     "origin_file": r.origin_file,
+                                     "origin_row": None if pd.isna(r.origin_row) else int(r.origin_row)},
+                                    ensure_ascii=False) + "\n")
     counts = df.groupby(["task", "split"]).size().unstack(fill_value=0).reset_index() if len(df) else pd.DataFrame()
+    sizes = df["n_variants"].dropna().astype(int)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4, 2.4))
-    ax.hist(df["n_variants"], bins=np.arange(1.5, config.max_variants + 1.5), color="#4f6bed")
-    ax.set_title("variants per example", fontsize=9)
+    ax.hist(sizes, bins=np.arange(1.5, max(config.max_variants, int(sizes.max()) if len(sizes) else 2) + 1.5), color="#4f6bed")
+    ax.set_title("variants per example" + (" (counted from input)" if config.source == "released" else ""), fontsize=9)
     return dg.MaterializeResult(metadata={
         **table_metadata(df, ["task", "split", "n_variants", "input", "output"], n=3),
+        "source": config.source,
         "per_task_and_split": preview_md(counts, n=10),
         "train": int((df["split"] == "train").sum()), "test": int((df["split"] == "test").sum()),
-        "targets_without_enough_variants": len(skipped),
+        "variants_per_example": dg.MetadataValue.json({int(k): int(v) for k, v in sizes.value_counts().sort_index().items()}),
+        "mean_variants": float(sizes.mean()) if len(sizes) else 0.0,
+        "with_cot": int((df["cot"].fillna("") != "").sum()),
         "variant_histogram": dg.MetadataValue.md(figure_to_markdown(fig, "variants per example")),
         "export": dg.MetadataValue.path(str(export_dir)),
+        **extra,
     })
 
 
@@ -276,7 +425,7 @@ class RatingLibraryConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, deps=["mixture_variants"], kinds={"pytorch", "duckdb"},
-          description="Per task type, the kNN-Bayes rater of METHOD.md §4: embeddings of rated targets and variants, their "
+          description="Per task type, the kNN-Bayes rater of docs/method.md: embeddings of rated targets and variants, their "
           "compressed-score classes, the class transition matrix T and the prior p, saved as .npz under "
           "artifacts/rating_library/ for the GRPO quality reward.")
 def rating_library(context: dg.AssetExecutionContext, config: RatingLibraryConfig, embedder: EmbedderResource,
@@ -309,18 +458,33 @@ def rating_library(context: dg.AssetExecutionContext, config: RatingLibraryConfi
 # --------------------------------------------------------------------------- checks
 
 
-@dg.asset_check(asset="mixture", description="Every example has 2-20 variants.")
+@dg.asset_check(asset="mixture", description="Every built example has 2-20 variants, all listed; released examples' "
+                "counted variant blocks are reported (the release does not list its variants).")
 def mixture_variant_counts(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = warehouse.query("select example_id, n_variants, len(variant_ids) listed from mixture "
-                          "where n_variants not between 2 and 20 or len(variant_ids) <> n_variants")
+    bad = warehouse.query("select example_id, n_variants, len(variant_ids) listed from mixture where source = 'built' "
+                          "and (n_variants not between 2 and 20 or len(variant_ids) <> n_variants)")
+    released_outside = int(warehouse.query("select count(*) n from mixture where source = 'released' "
+                                           "and n_variants not between 2 and 20").iloc[0]["n"])
     return dg.AssetCheckResult(passed=bad.empty, description="2 <= variants <= 20" if bad.empty else f"{len(bad)} examples out of range",
-                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+                               metadata={"released_rows_outside_2_20_blocks": released_outside,
+                                         **({"offenders": preview_md(bad, 10)} if len(bad) else {})})
 
 
 @dg.asset_check(asset="mixture", description="No paragraph feeds both the train and the test split.")
 def mixture_split_by_paragraph(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = warehouse.query("select paragraph_id from mixture group by 1 having count(distinct split) > 1")
+    # released rows name no paragraph; their split is the release's own
+    bad = warehouse.query("select paragraph_id from mixture where paragraph_id is not null group by 1 having count(distinct split) > 1")
     return dg.AssetCheckResult(passed=bad.empty, description="splits disjoint by paragraph" if bad.empty else f"{len(bad)} paragraphs in both splits")
+
+
+@dg.asset_check(asset="mixture",
+                description="Every requested cot was written (a failed one leaves cot empty and says why in cot_error).")
+def mixture_cot_written(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    failed = warehouse.query("select example_id, task, cot_error from mixture where cot_error is not null")
+    # a warning, not an error: cot is optional in the method and a rerun retries the failures
+    return dg.AssetCheckResult(passed=failed.empty, severity=dg.AssetCheckSeverity.WARN,
+                               description="no cot failures" if failed.empty else f"{len(failed)} examples lack their cot; rerun to retry",
+                               metadata={"failures": preview_md(failed, 10)} if len(failed) else {})
 
 
 @dg.asset_check(asset="mixture_targets", description="Every kept target passes its task's format validator; rows = paragraphs x tasks.")

@@ -1,7 +1,9 @@
 """Stage 1, the pool: ingest each source, rate every row with the judge, summarise.
 
-``raw_pool[source]`` and ``rejected_rows[source]`` come from one ingest step;
-``rated_pool[source]`` adds the judge's four scores; the high/low split is SQL
+``raw_pool[source]`` and ``rejected_rows[source]`` come from one ingest step
+(with ``precomputed_scores``, the ratings a source brings along, if any);
+``rated_pool[source]`` adds the judge's four scores, or records the
+precomputed ones as a ``precomputed`` judge; the high/low split is SQL
 (``dbt_like_sql/``); ``pool_summary`` shows all sources side by side.
 """
 
@@ -12,16 +14,17 @@ import dagster as dg
 import pandas as pd
 
 from lm_mixup_assets.lib import warehouse as wh
-from lm_mixup_assets.lib.ingest import SourceError, ingest_source
+from lm_mixup_assets.lib.ingest import PRECOMPUTED_TYPES, SourceError, ingest_source
 from lm_mixup_assets.lib.manifest import ManifestError, load_manifest
 from lm_mixup_assets.lib.plots import histogram_grid
 from lm_mixup_assets.metadata import preview_md, table_metadata
 from lm_mixup_assets.partitions import source_partitions
-from lm_mixup_assets.rating import rate_frame
+from lm_mixup_assets.rating import precomputed_frame, rate_frame
 from resources import JudgeResource, WarehouseResource, settings
 
 GROUP = "pool"
 INGEST_LOG = "ingest_log"  # one row per source: input rows and where they went
+PRECOMPUTED = "precomputed_scores"  # ratings a manifest source brings along (its `precomputed:` entry)
 
 _pool_defaults = settings("pool")
 
@@ -83,6 +86,9 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
             con.execute("begin transaction")
             wh.replace_partition(con, "raw_pool", result.rows, "source", source, in_transaction=True)
             wh.replace_partition(con, INGEST_LOG, log_row, "source", source, in_transaction=True)
+            # Always replaced, so dropping `precomputed:` from the manifest sends the source back to the judge.
+            wh.replace_partition(con, PRECOMPUTED, result.precomputed, "source", source, in_transaction=True,
+                                 column_types=PRECOMPUTED_TYPES)
             con.execute("commit")
     yield dg.MaterializeResult(
         asset_key="rejected_rows",
@@ -114,6 +120,8 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
             "rejected": len(result.rejected),
             "input_formats": dg.MetadataValue.json(result.formats),
             "origin": spec.origin,
+            **({"precomputed_scores": len(result.precomputed), "precomputed_judge": spec.precomputed.judge_model,
+                "precomputed_duplicate_conflicts": result.precomputed_conflicts} if spec.precomputed else {}),
         },
     )
 
@@ -124,13 +132,27 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
     deps=["raw_pool"],
     kinds={"duckdb", "pandas"},
     description="The judge's Rarity, Complexity, Informativeness and Overall (1-10) for every raw_pool row, "
-    "overall_compressed (0-5), and a status: ok, parse_error or api_error. Failures carry no scores.",
+    "overall_compressed (0-5), and a status: ok, parse_error or api_error. Failures carry no scores. A source "
+    "with precomputed ratings (manifest `precomputed:`) is recorded as judge_backend 'precomputed', no calls made.",
 )
 def rated_pool(context: dg.AssetExecutionContext, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     source = context.partition_key
-    raw = warehouse.read_partition("raw_pool", "source", source)
-    df, metadata = rate_frame(context, raw.assign(source=source), ["source", "sample_id", "prompt", "completion"],
-                              judge, warehouse, source)
+    carry = ["source", "sample_id", "prompt", "completion"]
+    raw = warehouse.read_partition("raw_pool", "source", source).assign(source=source)
+    with warehouse.connect() as con:
+        pre = (wh.read_partition(con, PRECOMPUTED, "source", source) if wh.table_exists(con, PRECOMPUTED)
+               else pd.DataFrame(columns=["sample_id"]))
+    if len(pre):
+        joined = raw.merge(pre.drop(columns=["source"]), on="sample_id", how="left", indicator=True)
+        unscored = joined[joined["_merge"] != "both"]
+        if len(unscored):  # written in one transaction with raw_pool, so this means a damaged warehouse
+            raise dg.Failure(description=f"source {source!r} has precomputed ratings but {len(unscored)} raw_pool rows have "
+                             f"none (e.g. sample_id {unscored['sample_id'].iat[0]}); re-materialise raw_pool for this source")
+        context.log.info(f"{source}: {len(joined)} rows carry precomputed ratings "
+                         f"({', '.join(sorted(set(pre['judge_model'])))}); no judge calls")
+        df, metadata = precomputed_frame(joined, carry, source)
+    else:
+        df, metadata = rate_frame(context, raw, carry, judge, warehouse, source)
     warehouse.replace_partition("rated_pool", df, "source", source)
     return dg.MaterializeResult(metadata=metadata)
 
@@ -164,7 +186,7 @@ def pool_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource
             left join raw using (source) left join rated using (source)
             left join hi using (source) left join lo using (source)
             order by l.source""").df()
-        scores = con.execute("select source, overall from rated_pool where status = 'ok'").df()
+        scores = con.execute("select source, overall from rated_pool where status = 'ok' and overall is not null").df()
     warehouse.replace_partition("pool_summary", summary)
     totals = summary.drop(columns=["source", "high_fraction"]).sum(numeric_only=True)
     context.log.info(f"pool: {int(totals['raw'])} rows over {len(summary)} sources, {int(totals['high'])} high, {int(totals['low'])} low")
@@ -243,15 +265,21 @@ def rated_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: War
     return _check_from_mismatches(bad, "every raw row rated exactly once (ok or a failure status)", "raw and rated rows differ")
 
 
-@dg.asset_check(asset="rated_pool", description="ok rows: four scores in 1-10 and compressed in 0-5; failed rows: no scores.")
+@dg.asset_check(asset="rated_pool", description="ok rows: four scores in 1-10 and compressed in 0-5 (precomputed "
+                "ratings may lack the scores their source did not release); failed rows: no scores.")
 def rated_pool_score_ranges(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _per_source(context, warehouse, """
-        select source, sample_id, status, rarity, complexity, informativeness, overall, overall_compressed
+        select source, sample_id, status, judge_backend, rarity, complexity, informativeness, overall, overall_compressed
         from rated_pool
-        where (status = 'ok' and not (rarity between 1 and 10 and complexity between 1 and 10
-                                      and informativeness between 1 and 10 and overall between 1 and 10
-                                      and overall_compressed = least(9, greatest(4, overall)) - 4))
-           or (status = 'ok' and (rarity is null or complexity is null or informativeness is null or overall is null))
+        where (status = 'ok' and not (coalesce(rarity between 1 and 10, true) and coalesce(complexity between 1 and 10, true)
+                                      and coalesce(informativeness between 1 and 10, true)
+                                      and coalesce(overall between 1 and 10, true)
+                                      and overall_compressed between 0 and 5
+                                      -- (greatest() skips NULLs in DuckDB, so test the missing overall first)
+                                      and (overall is null or overall_compressed = least(9, greatest(4, overall)) - 4)))
+           or (status = 'ok' and judge_backend <> 'precomputed'
+               and (rarity is null or complexity is null or informativeness is null or overall is null))
+           or (status = 'ok' and overall_compressed is null)
            or (status <> 'ok' and coalesce(rarity, complexity, informativeness, overall, overall_compressed) is not null)
            or status not in ('ok', 'parse_error', 'api_error')""")
     return _check_from_mismatches(bad, "all scores in range; failures carry none", "scores out of range")

@@ -15,10 +15,12 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from lm_mixup_assets.lib import warehouse as wh
 from lm_mixup_assets.lib.plots import figure_to_markdown
-from lm_mixup_assets.lib.selection import LONG_TAIL_RANKED, compose_arm, long_tail_scores as score_long_tail, parse_arm
+from lm_mixup_assets.lib.selection import (LONG_TAIL_RANKED, ORIGINAL_RANKS, ROW_ORDERS, compose_arm, long_tail_text,
+                                           long_tail_scores as score_long_tail, parse_arm)
 from lm_mixup_assets.metadata import preview_md, table_metadata
 from lm_mixup_assets.partitions import arm_partitions
 from lm_mixup_assets.pool import scope_to_partition
@@ -38,6 +40,13 @@ LIST_TYPES = {"member_ids": "VARCHAR[]"}
 
 class LongTailConfig(dg.Config):
     k: int = _defaults["k"]
+    prompt_prefix: str = Field(
+        default=_defaults["long_tail_prompt_prefix"],
+        description="Put before the prompt in the text embedded for the long-tail score, "
+        "'{prompt_prefix}{prompt}\\n{answer_prefix}{completion}' (stripped); the method's code uses 'Instruction: '.")
+    answer_prefix: str = Field(
+        default=_defaults["long_tail_answer_prefix"],
+        description="Put before the completion in the long-tail text; the method's code uses 'Answer: '.")
 
 
 def _table_or_empty(warehouse: WarehouseResource, table: str, sql: str, columns: list[str]) -> pd.DataFrame:
@@ -70,7 +79,9 @@ def long_tail_scores(context: dg.AssetExecutionContext, config: LongTailConfig, 
     frames, stats = [], []
     for name, frame in sets.items():
         started = time.monotonic()
-        vectors = embedder.embed((frame["prompt"] + "\n" + frame["completion"]).tolist()) if len(frame) else np.zeros((0, 1))
+        texts = [long_tail_text(p, c, config.prompt_prefix, config.answer_prefix)
+                 for p, c in zip(frame["prompt"], frame["completion"])]
+        vectors = embedder.embed(texts) if len(frame) else np.zeros((0, 1))
         embed_s = time.monotonic() - started
         raw, score = score_long_tail(vectors, config.k)
         knn_s = time.monotonic() - started - embed_s
@@ -104,6 +115,22 @@ def long_tail_scores(context: dg.AssetExecutionContext, config: LongTailConfig, 
 class TrainingSetConfig(dg.Config):
     size: int = _defaults["size"]  # rows per arm (paper 10,000: ~3% of a 300k pool)
     seed: int = _defaults["seed"]  # for the uniform draws (random, full_low, the low part of highA_lowB)
+    original_rank: str = Field(
+        default=_defaults["original_rank"],
+        description="How original high rows are ranked: 'long_tail' (rarest first) or 'quality_then_long_tail' "
+        "(judge score first, rarest first within a score: the order the method's long-tail script writes, whose "
+        "head is the original part of a training set). Distilled rows always go by long-tail score.")
+    row_order: str = Field(
+        default=_defaults["row_order"],
+        description="Order of an arm's rows (position, JSONL): 'by_part' = each part in rank order, recipe order; "
+        "'reference' = original part then distilled part, shuffled as the method's merge script does "
+        "(Python random seeded with shuffle_seed).")
+    shuffle_seed: int = Field(default=_defaults["shuffle_seed"],
+                              description="Seed of the row_order='reference' shuffle (the merge script's --seed, 42).")
+    drop_duplicate_content: bool = Field(
+        default=_defaults["drop_duplicate_content"],
+        description="Skip a row whose (normalised) prompt and completion are already in the arm and take the next "
+        "one; the method's merge keeps duplicates.")
 
 
 def _candidates(warehouse: WarehouseResource) -> dict[str, pd.DataFrame]:
@@ -140,7 +167,12 @@ def _export_jsonl(rows: pd.DataFrame, path: Path) -> None:
 def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     arm = context.partition_key
     recipe = parse_arm(arm)
-    composed = compose_arm(recipe, _candidates(warehouse), config.size, seed=config.seed)
+    if config.original_rank not in ORIGINAL_RANKS or config.row_order not in ROW_ORDERS:
+        raise dg.Failure(description=f"original_rank {config.original_rank!r} / row_order {config.row_order!r}: "
+                         f"choose from {ORIGINAL_RANKS} / {ROW_ORDERS}")
+    composed = compose_arm(recipe, _candidates(warehouse), config.size, seed=config.seed,
+                           original_rank=config.original_rank, row_order=config.row_order,
+                           shuffle_seed=config.shuffle_seed, drop_duplicate_content=config.drop_duplicate_content)
     rows = composed.rows.assign(arm=arm)
     if rows.empty:
         rows = pd.DataFrame(columns=TRAINING_SET_COLUMNS)
@@ -175,6 +207,8 @@ def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
         "origin_mix": dg.MetadataValue.md(figure_to_markdown(fig, f"origin mix {arm}")),
         "jsonl": dg.MetadataValue.path(str(path)),
         "size": config.size,
+        "original_rank": config.original_rank,
+        "row_order": config.row_order,
     })
 
 

@@ -13,11 +13,22 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from lm_mixup_assets.lib.models import resolve_causal_lm
 from lm_mixup_assets.lib.plots import figure_to_markdown
-from lm_mixup_assets.lib.rewards import SYSTEM_PROMPT, combined_reward, extract_answer, load_libraries
-from lm_mixup_assets.lib.training import GRPOSettings, SFTSettings, run_grpo, run_sft, user_turn
+from lm_mixup_assets.lib.mixture_tasks import TASK_TYPES
+from lm_mixup_assets.lib.rewards import combined_reward, extract_answer, load_libraries, resolve_weights
+from lm_mixup_assets.lib.training import (
+    GRPO_PROMPT_LAYOUTS,
+    SFT_COT_MODES,
+    SFT_TARGET_LAYOUTS,
+    GRPOSettings,
+    SFTSettings,
+    distiller_chat,
+    run_grpo,
+    run_sft,
+)
 from lm_mixup_assets.metadata import preview_md
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from resources import JudgeResource, WarehouseResource, settings
@@ -97,7 +108,18 @@ class SftConfig(dg.Config):
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
     per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = _defaults["sft_grad_accum"]
+    gradient_accumulation_steps: int = Field(_defaults["sft_grad_accum"], description=(
+        "Micro-batches per optimizer step; with per_device_train_batch_size 1 the effective batch. The reference "
+        "trains with 1 x 1 (sft/i_t_resume.py defaults)."))
+    target_layout: str = Field(_defaults["sft_target_layout"], description=(
+        f"One of {SFT_TARGET_LAYOUTS}. 'reference': the reference's mix-up system prompt, instruction and input "
+        "joined by a newline, target '<think>\\n{cot}\\n</think>\\n\\n<answer>\\n{output}\\n</answer>' with no "
+        "end-of-turn token trained. 'chat': our system prompt and a chat-template assistant turn "
+        "'<think>{cot}</think>\\n<answer>{output}</answer>' (end-of-turn trained). Distil with the same layout "
+        "(distilled_pool's prompt_layout)."))
+    cot_mode: str = Field(_defaults["sft_cot_mode"], description=(
+        f"One of {SFT_COT_MODES}: what a row with an empty cot is trained on. 'omit_empty' (reference): no think "
+        "block; 'plan': a short fact-free plan built from the row; 'empty_think': an empty think block."))
     max_steps: int = _defaults["sft_max_steps"]  # -1 = full epochs
     logging_steps: int = _defaults["logging_steps"]
     save_steps: int = 500
@@ -121,8 +143,8 @@ def _record_checkpoint(warehouse: WarehouseResource, asset: str, path: str, data
 
 @dg.asset(group_name=GROUP, deps=["base_policy", "mixture"], **_GPU,
           description="Cold-start SFT (TRL SFTTrainer) of the base policy on the MIXTURE train split: system prompt "
-          "demanding <think>…</think><answer>…</answer>, user turn = instruction + variants, loss on the assistant turn "
-          "only. Resumes from the latest checkpoint in its folder after a crash.")
+          "demanding <think>…</think><answer>…</answer>, user turn = instruction + variants, loss on the response "
+          "only, in the configured target_layout / cot_mode. Resumes from the latest checkpoint in its folder after a crash.")
 def sft_checkpoint(context: dg.AssetExecutionContext, config: SftConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     base = checkpoint_path(warehouse, "base_policy")
     rows = _mixture_rows(warehouse, "train")
@@ -148,6 +170,17 @@ class GrpoConfig(dg.Config):
     temperature: float = 1.0
     beta: float = 0.01
     learning_rate: float = 1e-6
+    weight_decay: float = Field(0.01, description="AdamW weight decay (reference: EasyR1 optim.weight_decay 1e-2).")
+    epsilon: float = Field(0.2, description="Lower clip of the policy ratio, 1 - epsilon (reference clip_ratio_low 0.2).")
+    epsilon_high: float = Field(0.3, description="Upper clip of the policy ratio, 1 + epsilon_high (reference "
+                                "clip_ratio_high 0.3).")
+    delta: float | None = Field(3.0, description=(
+        "Dual clip: for a negative advantage the ratio counts at most delta (TRL's two-sided clip, the same "
+        "bound as EasyR1's clip_ratio_dual 3.0); must exceed 1 + epsilon_high; null = off."))
+    prompt_layout: str = Field(_defaults["grpo_prompt_layout"], description=(
+        f"One of {GRPO_PROMPT_LAYOUTS}. 'reference': one user turn, the reference's format prompt "
+        "(examples/format_prompt/mixup.jinja, literal backslash-n sequences kept) then the user turn, no system "
+        "turn; 'chat': our system prompt + user turn, as SFT's 'chat' layout."))
     max_prompt_length: int = _defaults["max_length"]
     max_completion_length: int = _defaults["grpo_completion_length"]
     per_device_train_batch_size: int = _defaults["grpo_batch"]
@@ -157,15 +190,45 @@ class GrpoConfig(dg.Config):
     logging_steps: int = 1
     save_steps: int = 50
     seed: int = 42
-    weight_quality: float = 0.5
-    weight_alignment: float = 0.4
-    weight_format: float = 0.1
+    weight_quality: float = Field(0.5, description="Weight of the kNN-Bayes quality reward, every task (reference 0.5).")
+    weight_alignment: float = Field(0.4, description="Weight of the alignment reward, every task (reference 0.4).")
+    weight_format: float = Field(0.1, description="Weight of the format reward, every task (reference 0.1).")
+    reward_weight_overrides: str = Field(_defaults["reward_weight_overrides"], description=(
+        'Per-task weight overrides as JSON, component by component, e.g. {"mcq": {"alignment": 0.0}} (the '
+        "reference's task_specific_config; its shipped config overrides nothing). Tasks: qa, mcq, tfq, cs, paragraph."))
+    reward_rules: str = Field(_defaults["reward_rules"], description=(
+        "'reference': the format/answer rules of the method's reward code (case-insensitive layout check, first "
+        "<answer> block or the whole response judged); 'strict': one think then one non-blank answer block, "
+        "nothing else, and no answer block scores 0 on alignment and quality."))
+    reward_quality_band: str = Field(_defaults["reward_quality_band"], description=(
+        "'reference': quality 1.0 if E >= 4, 0.3 only if E == 3 exactly, else 0; 'interval': 0.3 for 3 <= E < 4."))
+
+
+def reward_weights(config: GrpoConfig) -> dict:
+    """The weights ``rewards.resolve_weights`` reads: the three launchpad weights as every task's default,
+    then the per-task JSON overrides; a bad value fails before any training."""
+    try:
+        overrides = json.loads(config.reward_weight_overrides or "{}")
+    except json.JSONDecodeError as exc:
+        raise dg.Failure(f"reward_weight_overrides is not JSON: {exc}") from None
+    if not isinstance(overrides, dict) or "default" in overrides:
+        raise dg.Failure('reward_weight_overrides must be a JSON object of tasks, e.g. {"mcq": {"alignment": 0.0}}; '
+                         "the defaults are weight_quality/weight_alignment/weight_format")
+    weights = {"default": {"quality": config.weight_quality, "alignment": config.weight_alignment,
+                           "format": config.weight_format}, **overrides}
+    try:
+        for task in TASK_TYPES:
+            resolve_weights(task, weights)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise dg.Failure(f"reward weights: {exc}") from None
+    return weights
 
 
 @dg.asset(group_name=GROUP, deps=["sft_checkpoint", "rating_library"], **_GPU,
           description="GRPO (TRL GRPOTrainer) from the SFT checkpoint on MIXTURE train prompts. Reward = 0.5 quality "
           "(kNN-Bayes rater over rating_library) + 0.4 alignment (embedding cosine to the reference >= 0.8) + 0.1 format "
-          "(tags + task pattern); MCQ/TFQ/paragraph use 0.8 quality / 0.2 format. vLLM rollouts when a GPU and vLLM are present.")
+          "(tags + task pattern), for all five task types as the reference runs it (per-task overrides in config). "
+          "vLLM rollouts when a GPU and vLLM are present.")
 def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embedder: EmbedderResource,
                     warehouse: WarehouseResource) -> dg.MaterializeResult:
     from lm_mixup_assets.lib.rewards import make_trl_reward_funcs
@@ -173,12 +236,16 @@ def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embed
     start = checkpoint_path(warehouse, "sft_checkpoint")
     rows = _mixture_rows(warehouse, "train")
     libraries = load_libraries(warehouse.artifacts_dir / "rating_library")
-    weights = {"quality": config.weight_quality, "alignment": config.weight_alignment, "format": config.weight_format}
-    # The method's per-task overrides (MCQ/TFQ/paragraph 0.8/0/0.2) apply unless the launchpad changes the weights.
-    reward_funcs = make_trl_reward_funcs(libraries, embedder.embed,
-                                         weights=None if weights == {"quality": 0.5, "alignment": 0.4, "format": 0.1} else weights)
+    weights = reward_weights(config)
+    reward_funcs = make_trl_reward_funcs(libraries, embedder.embed, weights=weights, rules=config.reward_rules,
+                                         band=config.reward_quality_band)
+    context.log.info("GRPO reward weights per task: " + ", ".join(
+        f"{t} {resolve_weights(t, weights)}" for t in TASK_TYPES) + f"; rules={config.reward_rules}, "
+        f"quality band={config.reward_quality_band}")
     out_dir = warehouse.artifacts_dir / "checkpoints" / "grpo"
-    settings_dict = {k: v for k, v in config.model_dump().items() if not k.startswith("weight_")}
+    reward_weight_keys = {"weight_quality", "weight_alignment", "weight_format", "reward_weight_overrides",
+                          "reward_rules", "reward_quality_band"}
+    settings_dict = {k: v for k, v in config.model_dump().items() if k not in reward_weight_keys}
     context.log.info(f"GRPO from {start} on {len(rows)} prompts -> {out_dir}")
     result = run_grpo(start, rows, reward_funcs, out_dir, GRPOSettings(**settings_dict),
                       on_log=lambda step, logs: context.log.info(f"grpo step {step}: " + ", ".join(
@@ -199,6 +266,12 @@ def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embed
 class MixtureEvalConfig(dg.Config):
     max_examples: int = _defaults["eval_examples"]  # 0 = the whole test split
     max_new_tokens: int = _defaults["eval_max_new_tokens"]
+    prompt_layout: str = Field(_defaults["sft_target_layout"], description=(
+        f"One of {SFT_TARGET_LAYOUTS}: the prompt the models are asked with; keep it equal to sft_checkpoint's "
+        "target_layout (the reference's MIXTURE evaluation, sft/batch_infer_split.py, uses its SFT prompt)."))
+    repetition_penalty: float = Field(_defaults["eval_repetition_penalty"], description=(
+        "Greedy decoding's repetition penalty (1 = off). The reference's MIXTURE evaluation runs with its "
+        "script default 1.3 (the README's command does not override it)."))
 
 
 @dg.asset(group_name=GROUP, deps=["grpo_checkpoint"], **_GPU,
@@ -208,17 +281,19 @@ def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, g
                  embedder: EmbedderResource, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
     rows = _mixture_rows(warehouse, "test", config.max_examples)
     libraries = load_libraries(warehouse.artifacts_dir / "rating_library")
-    chats = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_turn(r)}] for r in rows]
+    chats = [distiller_chat(r, config.prompt_layout) for r in rows]
     models = {"base": checkpoint_path(warehouse, "base_policy"), "sft": checkpoint_path(warehouse, "sft_checkpoint"),
               "grpo": checkpoint_path(warehouse, "grpo_checkpoint")}
     records, summary = [], []
     for label, path in models.items():
         # Checkpoints are local folders: evaluate them in-process whatever the generator's serving backend.
         local = generator.model_copy(update={"backend": "transformers"}) if generator.backend == "openai" else generator
-        outs, _ = local.generate(chats, warehouse, model=path, max_new_tokens=config.max_new_tokens, temperature=0.0)
+        outs, _ = local.generate(chats, warehouse, model=path, max_new_tokens=config.max_new_tokens, temperature=0.0,
+                                 repetition_penalty=config.repetition_penalty)
         responses = [o.raw_answer or "" for o in outs]
-        breakdown = combined_reward(responses, [r["task"] for r in rows], [r["output"] for r in rows], libraries, embedder.embed)
-        answers = [extract_answer(x) for x in responses]
+        breakdown = combined_reward(responses, [r["task"] for r in rows], [r["output"] for r in rows], libraries, embedder.embed,
+                                    rules=_defaults["reward_rules"], band=_defaults["reward_quality_band"])
+        answers = [extract_answer(x, "strict") for x in responses]  # judge complete answer blocks only
         parsed = [(r, a) for r, a in zip(rows, answers) if a]
         rating, _ = judge.rate_pairs([r["instruction"] for r, _ in parsed], [a for _, a in parsed], warehouse)
         judged = [o.scores["overall"] for o in rating.outcomes if o.status == "ok"]

@@ -31,4 +31,9 @@ def build_resources(profile: str | None = None, home: str | None = None) -> dict
     if generator_settings["backend"] == "openai":
         generator_settings["api_key"] = dg.EnvVar("OPENAI_API_KEY")
     resources["generator"] = GeneratorResource(**generator_settings)
+    # MIXTURE has its own writer (GPT-4o-mini in the paper), apart from the policy that distils.
+    writer_settings = settings("mixture_writer", profile)
+    if writer_settings["backend"] == "openai":
+        writer_settings["api_key"] = dg.EnvVar("OPENAI_API_KEY")
+    resources["mixture_writer"] = GeneratorResource(**writer_settings)
     return resources

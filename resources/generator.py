@@ -6,8 +6,14 @@ from typing import Callable
 
 import dagster as dg
 
-from lm_mixup_assets.lib.generation import (GenerationParams, TransformersGenerator, VllmGenerator,
-                                            generate_with_cache, generation_cache_key, model_fingerprint)
+from lm_mixup_assets.lib.generation import (
+    GenerationParams,
+    TransformersGenerator,
+    VllmGenerator,
+    generate_with_cache,
+    generation_cache_key,
+    model_fingerprint,
+)
 from lm_mixup_assets.lib.models import resolve_causal_lm
 from lm_mixup_assets.lib.rubric import JudgeOutcome
 
@@ -15,6 +21,22 @@ from .warehouse import WarehouseResource
 
 BACKENDS = ("transformers", "vllm", "openai")
 _ENGINES: dict[tuple, object] = {}  # one loaded model per process and configuration
+
+
+def _openai_client(extra_body: dict, **kwargs):
+    """The OpenAI-compatible client, plus request fields outside the OpenAI schema.
+
+    ``repetition_penalty`` is not an OpenAI parameter: vLLM's server (and servers built on
+    it) read it from the request body, while api.openai.com rejects it (HTTP 400, recorded
+    as api_error per row), so it is only sent when it differs from 1.0.  Imported here:
+    the openai package loads only when this backend is used."""
+    from lm_mixup_assets.lib.openai_judge import OpenAIJudgeClient
+
+    class _WithExtras(OpenAIJudgeClient):
+        async def _attempt(self, client, body: dict):
+            return await super()._attempt(client, {**body, **extra_body})
+
+    return (_WithExtras if extra_body else OpenAIJudgeClient)(**kwargs)
 
 
 class GeneratorResource(dg.ConfigurableResource):
@@ -30,6 +52,7 @@ class GeneratorResource(dg.ConfigurableResource):
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    repetition_penalty: float = 1.0  # 1 = off; the openai backend sends it as an extra body field (vLLM servers)
     batch_size: int = 8
     device: str = "auto"
     concurrency: int = 16
@@ -38,7 +61,8 @@ class GeneratorResource(dg.ConfigurableResource):
     tensor_parallel_size: int = 1
 
     def params(self, **overrides) -> GenerationParams:
-        base = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        base = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed, "repetition_penalty": self.repetition_penalty}
         return GenerationParams(**{**base, **overrides})
 
     def _engine(self, model_path: str, fingerprint: str):
@@ -64,11 +88,11 @@ class GeneratorResource(dg.ConfigurableResource):
         if self.backend == "openai":
             if not self.base_url or not self.api_key:
                 raise dg.Failure("generator backend 'openai' needs base_url and OPENAI_API_KEY")
-            from lm_mixup_assets.lib.openai_judge import OpenAIJudgeClient
-
-            client = OpenAIJudgeClient(base_url=self.base_url, api_key=self.api_key, model=model,
-                                       concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries,
-                                       temperature=params.temperature, max_tokens=params.max_new_tokens)
+            extra = {"repetition_penalty": params.repetition_penalty} if params.repetition_penalty != 1.0 else {}
+            client = _openai_client(extra, base_url=self.base_url, api_key=self.api_key, model=model,
+                                    concurrency=self.concurrency, timeout_s=self.timeout_s,
+                                    max_retries=self.max_retries, temperature=params.temperature,
+                                    max_tokens=params.max_new_tokens)
             missing = client.complete_all
         else:
             engine = self._engine(resolved, label)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import dagster as dg
+from pydantic import Field
 
 from lm_mixup_assets.lib.heuristic_judge import score_pair
 from lm_mixup_assets.lib.judging import CachedRating, estimate_cost_usd, rate_with_cache
 from lm_mixup_assets.lib.rubric import (
     RUBRIC_VERSION,
     JudgeOutcome,
+    get_rubric,
     judge_cache_key,
-    render_judge_prompt,
+    per_task_rubric,
 )
 
 from .warehouse import WarehouseResource
@@ -26,14 +28,35 @@ class JudgeResource(dg.ConfigurableResource):
     ``openai`` talks to any OpenAI-compatible ``base_url`` (OpenAI, a vLLM or
     llama.cpp server, Ollama) with bounded concurrency, timeouts and retries;
     the key comes from ``OPENAI_API_KEY`` only. ``heuristic`` is deterministic
-    and offline (see ``lib/heuristic_judge.py``).
+    and offline (see ``lib/heuristic_judge.py``); it ignores the rubric's text,
+    but the rubric version is still part of its cache key.
     """
 
     backend: str = "heuristic"
     model: str = "heuristic-v1"
     base_url: str = ""
     api_key: str = ""
-    rubric_version: str = RUBRIC_VERSION
+    rubric_version: str = Field(
+        default=RUBRIC_VERSION,
+        description="Rubric for rating the pool (rated_pool) and any call that names none: 'ds2' (DS2's prompt, "
+        "verbatim; the paper's), 'pool_quality_v1' (ours), or another version of lib/rubrics/rubrics.yaml.",
+    )
+    distilled_rubric_version: str = Field(
+        default=RUBRIC_VERSION,
+        description="Rubric for re-rating distilled pairs (rated_distilled): 'per_task_qa_pair' is the reference's "
+        "QA re-rating rubric (data_process/gpt_rating.py); 'pool_quality_v1' rates them like the pool.",
+    )
+    target_rubric_version: str = Field(
+        default=RUBRIC_VERSION,
+        description="Rubric for rating generated samples of a known task type (MIXTURE targets and variants), "
+        "through rubric_for_task(): 'per_task' = the reference's rubric for each task (per_task_<task>), "
+        "or one version name for every task.",
+    )
+    temperature: float = Field(
+        default=0.0,
+        description="Sampling temperature of the openai backend. The reference sets none (the API default, 1.0); "
+        "0 makes re-asks of one prompt agree. A non-zero value is part of the judge cache key.",
+    )
     concurrency: int = 16
     timeout_s: float = 60.0
     max_retries: int = 5
@@ -48,6 +71,21 @@ class JudgeResource(dg.ConfigurableResource):
                 raise dg.Failure("judge backend 'openai' needs base_url (LM_MIXUP_JUDGE_BASE_URL), e.g. http://127.0.0.1:8000/v1")
             if not self.api_key:
                 raise dg.Failure("judge backend 'openai' needs OPENAI_API_KEY in the environment (any value, e.g. EMPTY, for a local server)")
+        if self.target_rubric_version != "per_task":
+            versions = (self.rubric_version, self.distilled_rubric_version, self.target_rubric_version)
+        else:
+            versions = (self.rubric_version, self.distilled_rubric_version)
+        for version in versions:
+            try:
+                get_rubric(version)
+            except ValueError as exc:
+                raise dg.Failure(str(exc)) from None
+
+    def rubric_for_task(self, task: str) -> str:
+        """The rubric version for a generated sample of ``task`` (qa, mcq, tfq, cs, paragraph)."""
+        if self.target_rubric_version == "per_task":
+            return per_task_rubric(task)
+        return self.target_rubric_version
 
     @property
     def model_label(self) -> str:
@@ -59,18 +97,35 @@ class JudgeResource(dg.ConfigurableResource):
         completions: list[str],
         warehouse: WarehouseResource,
         progress: Callable[[str], None] | None = None,
+        rubric_version: str | Sequence[str] | None = None,
     ) -> tuple[CachedRating, list[str]]:
-        """Rate each pair; returns the outcomes (with cache hits marked) and their cache keys."""
+        """Rate each pair; returns the outcomes (with cache hits marked) and their cache keys.
+
+        ``rubric_version``: None = :attr:`rubric_version`; a version name for every
+        row; or one version per row (e.g. the per-task rubric of each MIXTURE target).
+        """
         self.validate()
-        rendered = [render_judge_prompt(p, c, self.rubric_version) for p, c in zip(prompts, completions)]
-        keys = [judge_cache_key(self.backend, self.model, self.rubric_version, r) for r in rendered]
-        pairs_by_prompt = {r: (p, c) for r, p, c in zip(rendered, prompts, completions)}
+        if rubric_version is None or isinstance(rubric_version, str):
+            versions = [rubric_version or self.rubric_version] * len(prompts)
+        else:
+            versions = list(rubric_version)
+            if len(versions) != len(prompts):
+                raise ValueError(f"{len(versions)} rubric versions for {len(prompts)} rows")
+        try:
+            rubrics = {v: get_rubric(v) for v in set(versions)}
+        except ValueError as exc:
+            raise dg.Failure(str(exc)) from None
+        requests = [rubrics[v].render(p, c) for v, p, c in zip(versions, prompts, completions)]
+        temperature = self.temperature if self.backend == "openai" else 0.0  # the heuristic has no sampling
+        keys = [judge_cache_key(self.backend, self.model, v, r.user, temperature) for v, r in zip(versions, requests)]
 
         if self.backend == "heuristic":
-            def rate_missing(todo: list[str], on_result) -> list[JudgeOutcome]:
+            pair_of = {r: (p, c) for r, p, c in zip(requests, prompts, completions)}
+
+            def rate_missing(todo: list, on_result) -> list[JudgeOutcome]:
                 out = []
                 for i, r in enumerate(todo):
-                    o = JudgeOutcome(status="ok", scores=score_pair(*pairs_by_prompt[r]), attempts=1)
+                    o = JudgeOutcome(status="ok", scores=score_pair(*pair_of[r]), attempts=1)
                     on_result(i, o)
                     out.append(o)
                 return out
@@ -87,13 +142,14 @@ class JudgeResource(dg.ConfigurableResource):
                 max_retries=self.max_retries,
                 max_parse_retries=self.max_parse_retries,
                 max_tokens=self.max_tokens,
+                temperature=self.temperature,
             )
             rate_missing = client.rate_all
             stats_source = client
 
         result = rate_with_cache(
-            rendered, keys, warehouse.connect, rate_missing,
-            backend=self.backend, model=self.model, rubric_version=self.rubric_version, progress=progress,
+            requests, keys, warehouse.connect, rate_missing,
+            backend=self.backend, model=self.model, rubric_version=versions, progress=progress,
         )
         if stats_source is not None:
             result.stats = dict(stats_source.stats)

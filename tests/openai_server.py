@@ -45,7 +45,8 @@ key, as the real API does, so clients must redact it) to any other bearer token.
 
 Answers: ``answer_fn(user_message) -> content``; the default returns the JSON
 object of :func:`expected_scores` (four integers 1-10 from a hash of the user
-message). ``usage`` counts whitespace-separated words: prompt_tokens over all
+message); :func:`ds2_answer` gives the same scores in DS2's layout ("Overall
+rating", after prose). ``usage`` counts whitespace-separated words: prompt_tokens over all
 messages' contents, completion_tokens over the answer.
 
 Counters (``srv.stats()``, ``GET /stats``): ``requests`` (chat requests),
@@ -75,6 +76,7 @@ from typing import Any, Callable
 __all__ = [
     "OpenAICompatServer",
     "default_answer",
+    "ds2_answer",
     "expected_scores",
     "prompt_hash",
 ]
@@ -118,6 +120,15 @@ def expected_scores(user_message: str) -> dict[str, int]:
 def default_answer(user_message: str) -> str:
     """Default answer function: the JSON object of :func:`expected_scores`."""
     return json.dumps(expected_scores(user_message))
+
+
+def ds2_answer(user_message: str) -> str:
+    """The scores of :func:`expected_scores` as DS2's prompt asks for them: indented JSON with
+    "Overall rating", after a line of prose (pass ``answer_fn="tests.openai_server:ds2_answer"``)."""
+    s = expected_scores(user_message)
+    obj = {"Rarity": s["rarity"], "Complexity": s["complexity"], "Informativeness": s["informativeness"],
+           "Overall rating": s["overall"]}
+    return "Here is my evaluation of the sample:\n" + json.dumps(obj, indent=4)
 
 
 def _resolve_answer_fn(spec: Any) -> Callable[[str], str]:

@@ -10,6 +10,8 @@ from lm_mixup_assets.lib.clustering import (
     capacity_constrained_clusters,
     draw_capacities,
     mean_cosine_to_cluster_mean,
+    reference_clusters,
+    sequential_capacity_assign,
 )
 
 
@@ -203,3 +205,97 @@ def test_repair_when_bounds_infeasible():
     res = capacity_constrained_clusters(x, min_size=4, max_size=5)
     assert int(res.sizes.sum()) == 7 and res.sizes.min() >= 4
     assert any("no k satisfies" in s for s in res.notes)
+
+
+# --------------------------------------------------------------------------- #
+# the method's own clustering (algorithm="reference", the paper profile)
+# --------------------------------------------------------------------------- #
+def test_reference_capacity_rule_by_hand():
+    # default_rng(42).normal(3, 1): 3.305, 1.960, 3.750, 3.941, ... -> rounded 3, 2, 4, 4.
+    # n=10: the sum reaches 13 at the 4th draw; the excess 3 comes off the end (last 4 -> 2, then 4 -> 3),
+    # giving [3, 2, 3, 2]; the same generator then shuffles it to [3, 3, 2, 2].
+    np.testing.assert_array_equal(draw_capacities(10, rule="reference"), [3, 3, 2, 2])
+    # n=5: 3 + 2 is exactly 5, nothing to trim; the shuffle swaps them.
+    np.testing.assert_array_equal(draw_capacities(5, rule="reference"), [2, 3])
+    np.testing.assert_array_equal(draw_capacities(11, rule="reference"), [4, 3, 2, 2])
+    with pytest.raises(ValueError, match="capacity rule"):
+        draw_capacities(10, rule="closest")
+
+
+@pytest.mark.parametrize("n", [2, 7, 100, 1000, 12345])
+def test_reference_capacity_rule_sum_bounds_and_mean(n):
+    caps = draw_capacities(n, rule="reference")
+    assert int(caps.sum()) == n and caps.min() >= 2 and caps.max() <= 5
+    big = draw_capacities(30000, 2, 25, 10, 3, rule="reference")
+    assert int(big.sum()) == 30000 and big.min() >= 2 and big.max() <= 25 and abs(big.mean() - 10) < 0.2
+
+
+def test_reference_capacity_rule_falls_back_where_the_method_never_ends():
+    # seed 4 draws 2, 3 for n=3: trimming can only reach 2 + 2 = 4 (the method's code loops forever);
+    # our rule takes over and gives one cluster of 3.
+    np.testing.assert_array_equal(draw_capacities(3, seed=4, rule="reference"), [3])
+
+
+def test_sequential_assign_by_hand():
+    # Centres east, north, west (one seat each). Rows by best similarity: r0 (1.0, east), ra (0.9, east), rb (0.8,
+    # north). ra finds east full and takes north (0.436 > -0.9) before rb is served; rb gets west.
+    # (Resolving all first choices at once would instead give rb north and push ra west.)
+    centres = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    rows = np.array([[1.0, 0.0], [0.9, np.sqrt(1 - 0.81)], [-0.6, 0.8]], dtype=np.float32)
+    np.testing.assert_array_equal(sequential_capacity_assign(rows, centres, np.array([1, 1, 1])), [0, 1, 2])
+    with pytest.raises(ValueError, match="capacities sum to 2 < 3"):
+        sequential_capacity_assign(rows, centres, np.array([1, 1, 0]))
+
+
+def _brute_force_sequential(x: np.ndarray, centres: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    sims = x @ centres.T
+    room, labels = caps.copy(), np.full(len(x), -1)
+    for i in np.argsort(-sims.max(axis=1), kind="stable"):
+        for j in np.argsort(-sims[i], kind="stable"):
+            if room[j] > 0:
+                labels[i], room[j] = j, room[j] - 1
+                break
+    return labels
+
+
+@pytest.mark.parametrize("n_candidates,block", [(32, 4096), (2, 7), (1, 1)])
+def test_sequential_assign_equals_the_per_row_loop(n_candidates, block):
+    # few candidates and small blocks force many restarts; the labels must not change
+    x, _ = _topics(700, 60, d=16, seed=8)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    caps = draw_capacities(700, rule="reference")
+    rng = np.random.default_rng(1)
+    centres = x[rng.choice(700, len(caps), replace=False)]
+    np.testing.assert_array_equal(sequential_capacity_assign(x, centres, caps, n_candidates=n_candidates, block=block),
+                                  _brute_force_sequential(x, centres, caps))
+
+
+def test_reference_clusters_are_minibatch_kmeans_then_the_greedy():
+    from sklearn.cluster import MiniBatchKMeans
+
+    x, _ = _topics(400, 40, d=16, seed=9)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    res = reference_clusters(x, seed=42)
+    caps = draw_capacities(400, rule="reference")
+    _check_valid(res, 400, 2, 5)
+    np.testing.assert_array_equal(res.sizes, caps)  # cluster j holds exactly capacity j
+    km = MiniBatchKMeans(n_clusters=len(caps), random_state=42, batch_size=2048, max_iter=30, n_init=1).fit(x)
+    c = (km.cluster_centers_ / np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True)).astype(np.float32)
+    expected = _brute_force_sequential(x, c, caps)
+    # With k ~ N/3 over 40 topics MiniBatchKMeans leaves some centres equal to the last bit; a row may then take
+    # either twin. Same similarity for every row, same sizes:
+    sims = x @ c.T
+    rows = np.arange(len(x))
+    np.testing.assert_allclose(sims[rows, res.labels], sims[rows, expected], atol=1e-6)
+    assert (res.labels == expected).mean() > 0.9
+    np.testing.assert_array_equal(reference_clusters(x, seed=42).labels, res.labels)
+    # un-normalised input is normalised first; tiny inputs take the trivial path
+    assert reference_clusters(x * 3.0).k == len(caps)
+    np.testing.assert_array_equal(reference_clusters(np.ones((1, 4))).labels, [0])
+
+
+def test_profiles_pick_the_clustering_algorithm():
+    from resources.profiles import settings
+
+    assert settings("clusters", "paper")["algorithm"] == "reference"
+    assert settings("clusters", "demo")["algorithm"] == "fast"

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import definitions
 from lm_mixup_assets.lib.cluster_inputs import build_cluster_inputs, split_members
@@ -86,3 +87,20 @@ def test_build_cluster_inputs_splits_and_flags_long_clusters():
     assert "word word" in c0.iloc[1]["input_text"]  # kept whole
     c1 = out[out["cluster_id"] == 1].iloc[0]
     assert c1["input_text"] == "Q: q1?\nA: a1.\n\nQ: q2?\nA: a2." and c1["member_ids"] == ["d", "e"]
+
+
+def test_reference_input_style_is_cluster2input_layout():
+    """data_process/cluster2input.py: 'Q: {p}\\n A: {a}' (stripped, CR/CRLF unified), blank-line joined (README --sep)."""
+    from lm_mixup_assets.lib.prompts import REFERENCE_MERGE_INSTRUCTION
+
+    members = pd.DataFrame({"source": "s", "cluster_id": [3, 3], "sample_id": ["d", "e"],
+                            "prompt": [" q1?\r\nmore ", "q2?"], "completion": ["a1.\r", " a2."]})
+    count = lambda texts: [len(t.split()) for t in texts]  # noqa: E731
+    row = build_cluster_inputs(members, count, max_tokens=100, style="reference").iloc[0]
+    assert row["input_text"] == "Q: q1?\nmore\n A: a1.\n\nQ: q2?\n A: a2."
+    assert row["instruction"] == REFERENCE_MERGE_INSTRUCTION
+    assert REFERENCE_MERGE_INSTRUCTION.startswith("Given some related question-answer pairs, merge them")
+    ours = build_cluster_inputs(members, count, max_tokens=100).iloc[0]  # default style: ours, as before
+    assert ours["instruction"] == POOL_MERGE_INSTRUCTION and ours["input_text"].startswith("Q:  q1?\r\nmore \nA: a1.")
+    with pytest.raises(ValueError, match="prompt style"):
+        build_cluster_inputs(members, count, max_tokens=100, style="alpaca")

@@ -55,3 +55,20 @@ def test_untagged_pairs_only_when_tags_are_not_required():
     assert prose.status == "parse_error" and "does not start with 'Q:'" in prose.reason
     # a broken <answer> block is still an error: the model tried the format and failed it
     assert parse_distilled("<answer>Q: a\nA: b", require_tags=False).status == "parse_error"
+
+
+def test_text_after_the_first_answer_end_is_ignored_as_the_reference_does():
+    """data_process/inference.py cuts the generation after the first </answer> (case-insensitive)."""
+    from lm_mixup_assets.lib.distill import cut_after_answer
+
+    runaway = "<think>t</think>\n<answer>Q: a?\nA: b.</ANSWER>\n<answer>Q: c?\nA: d.</answer> and more"
+    assert cut_after_answer(runaway) == "<think>t</think>\n<answer>Q: a?\nA: b.</ANSWER>"
+    assert cut_after_answer("no tags at all") == "no tags at all"
+    p = parse_distilled(runaway.replace("</ANSWER>", "</answer>"))
+    assert (p.status, p.prompt, p.completion, p.well_formed) == ("ok", "a?", "b.", True)  # the trailing text is gone
+
+
+def test_reference_layout_responses_parse():
+    """The reference SFT target pads the tags with newlines; members carry ' A:' with a space."""
+    p = parse_distilled("<think>\nmerge\n</think>\n\n<answer>\nQ: Why is the sky blue?\n A: Rayleigh scattering.\n</answer>")
+    assert (p.status, p.prompt, p.completion, p.well_formed) == ("ok", "Why is the sky blue?", "Rayleigh scattering.", True)

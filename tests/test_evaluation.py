@@ -74,6 +74,14 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     assert result.success and checks_by_name(result)["scores_in_unit_range"].passed
     model = query("select * from downstream_models")
     assert model["rows"].tolist() == [6] and model["steps"].tolist() == [2]
+    assert model["chat_template"].tolist() == ["none"] and (query("select * from benchmark_scores")["chat_template"] == "none").all()
+    # Scoring in another format than the model was trained in is refused, not run.
+    mismatch = dg.materialize([a for a in per_arm if a.key.path[-1] == "benchmark_scores"], resources=resources,
+                              partition_key="random", raise_on_error=False,
+                              run_config={"ops": {"benchmark_scores": {"config": {**eval_cfg, "chat_template": "apply"}}}})
+    assert not mismatch.success
+    failure = next(e for e in mismatch.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "trained with chat_template='none'" in failure and "chat_template='apply'" in failure
     assert (home / "artifacts" / "downstream" / "random").is_dir()
     assert "adapter_config.json" in {p.name for p in (next((home / "artifacts" / "downstream" / "random").iterdir()) / "adapter").iterdir()}
     unpartitioned = [a for a in group if a.partitions_def is None]

@@ -53,3 +53,78 @@ def test_mixture_group_on_a_small_slice(resources, query, home):
     assert set(libs["task"]) == set(TASK_TYPES)
     lib = KnnBayesLibrary.load(libs["path"].iloc[0])
     assert np.allclose(lib.T.sum(axis=1), 1.0)
+
+
+def test_paper_cluster_sizes_span_2_to_20(resources, query):
+    """The paper profile's variant settings (a pool of 20 noise variants, clusters up to 20) on a small slice."""
+    from resources.profiles import PROFILES
+
+    paper = PROFILES["paper"]["mixture"]
+    assert (paper["variants_per_target"], paper["max_variants"]) == (20, 20)
+    config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 5}},
+                      "mixture_variants": {"config": {"variants_per_target": paper["variants_per_target"]}},
+                      "mixture": {"config": {"max_variants": paper["max_variants"]}}}}
+    # rating_library (embedding every variant) is left out: its path is the first test's
+    built = [a for a in mixture_assets_and_checks() if getattr(a, "node_def", None) is None or a.node_def.name != "rating_library"]
+    result = dg.materialize(built, resources=resources, run_config=config,
+                            selection=[dg.AssetKey(k) for k in ("wiki_paragraphs", "mixture_targets", "mixture_variants", "mixture")])
+    assert result.success
+    assert checks_by_name(result)["mixture_variant_counts"].passed
+    pools = query("select target_id, count(*) n from mixture_variants group by 1")
+    assert pools["n"].max() == 20
+    mix = query("select n_variants, len(variant_ids) listed, source, cot from mixture")
+    assert mix["n_variants"].between(2, 20).all() and (mix["listed"] == mix["n_variants"]).all()
+    assert mix["n_variants"].max() > 12 and mix["n_variants"].min() < 6  # spread over the range, not demo's 2-6
+    assert (mix["source"] == "built").all() and (mix["cot"] == "").all()  # extractive targets: cot auto writes none
+
+
+def test_llm_writer_degrades_and_writes_cot_through_mixture_writer(resources, query):
+    """Targets, degradations and cot come from the mixture_writer resource (not the distilling generator);
+    a failed cot stays visible in cot_error and the warning check."""
+    import re
+
+    from resources.generator import GeneratorResource
+    from tests.openai_server import OpenAICompatServer
+
+    def answer(user_message: str) -> str:
+        if user_message.startswith("You write training data"):
+            title = re.search(r"Article: (.*)", user_message).group(1).strip()
+            return f"Q: What is {title} known for?\nA: {title} is known for several facts described in its article."
+        if "low-quality versions" in user_message:
+            title = re.search(r"Q: What is (.*?) known for\?", user_message).group(1)
+            return f"Q: What is {title} known for?\nA: Some facts.\n###\nQ: What is {title}?\nA: It is known."
+        assert "Write the expert's reasoning" in user_message
+        if "Q: What is " + first_title + " known" in user_message:
+            return "<answer>a copied answer</answer>"  # not reasoning: must not reach the cot column
+        return "The versions agree on the subject; I keep the complete answer and drop the vague ones."
+
+    paragraphs = None
+    with OpenAICompatServer(answer_fn=answer, mode="thread") as server:
+        res = dict(resources)
+        res["mixture_writer"] = GeneratorResource(backend="openai", model="writer", base_url=server.base_url, api_key="k")
+        res["generator"] = GeneratorResource(backend="openai", model="never-called", base_url="http://127.0.0.1:9", api_key="k")
+        wiki = [a for a in definitions.defs.assets if a.node_def.name == "wiki_paragraphs"]
+        assert dg.materialize(wiki, resources=res, run_config={"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 4}}}}).success
+        paragraphs = query("select title from wiki_paragraphs order by paragraph_id")
+        first_title = paragraphs["title"].iloc[0]
+        rest = [a for a in mixture_assets_and_checks() if getattr(a, "node_def", None) is None or a.node_def.name != "wiki_paragraphs"]
+        config = {"ops": {"mixture_targets": {"config": {"writer": "llm", "tasks": ["qa"]}},
+                          "mixture_variants": {"config": {"variants_per_target": 2, "llm_degradation": True,
+                                                          "llm_variants_per_target": 2, "llm_noisy_copies": 1}},
+                          "mixture": {"config": {"cot": "auto", "test_fraction": 0.0}}}}
+        result = dg.materialize(rest, resources=res, run_config=config, selection=[
+            dg.AssetKey(k) for k in ("mixture_targets", "mixture_variants", "mixture")])
+        assert result.success
+    variants = query("select origin, operators from mixture_variants")
+    assert {"noise", "llm", "llm+noise"} <= set(variants["origin"])
+    noisy = variants[variants["origin"] == "llm+noise"]["operators"]
+    assert noisy.str.startswith("llm_degrade+").all()
+    assert set(noisy.str.split("+").explode()) <= {"llm_degrade", "typos", "cross_topic_merge"}
+    mix = query("select m.cot, m.cot_error, p.title from mixture m join wiki_paragraphs p using (paragraph_id)")
+    assert len(mix) == 4
+    bad = mix[mix["title"] == first_title]
+    assert (bad["cot"] == "").all() and bad["cot_error"].str.contains("tags").all()
+    good = mix[mix["title"] != first_title]
+    assert good["cot"].str.startswith("The versions agree").all() and good["cot_error"].isna().all()
+    check = checks_by_name(result)["mixture_cot_written"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN

@@ -242,3 +242,52 @@ def test_prompts_render():
     assert user.startswith(M.DISTILL_INSTRUCTIONS["cs"]) and user.endswith("C: x\nS: y\n\nC: x\nS: z")
     with pytest.raises(ValueError):
         M.render_writer_prompt("essay", PARA)
+
+
+@pytest.mark.parametrize("profile,expected_range", [("paper", (2, 20)), ("demo", (2, 6))])
+def test_cluster_sizes_are_uniform_over_the_profile_range(profile, expected_range):
+    from resources.profiles import PROFILES
+
+    settings = PROFILES[profile]["mixture"]
+    lo, hi = 2, settings["max_variants"]
+    assert (lo, hi) == expected_range
+    rng = np.random.default_rng(0)
+    sizes = np.array([M.draw_cluster_size(rng, settings["variants_per_target"], lo, hi) for _ in range(4000)])
+    assert sizes.min() == lo and sizes.max() == hi
+    counts = np.bincount(sizes, minlength=hi + 1)[lo:]
+    assert len(counts) == hi - lo + 1 and (counts > 0).all()
+    # uniform: each size about 4000 / (hi - lo + 1) times, mean at the centre of the range
+    assert abs(sizes.mean() - (lo + hi) / 2) < 0.3
+    assert counts.max() / counts.min() < 1.6
+
+
+def test_cluster_size_is_capped_by_the_pool_and_validated():
+    rng = np.random.default_rng(1)
+    assert {M.draw_cluster_size(rng, 4, 2, 20) for _ in range(200)} == {2, 3, 4}
+    assert M.draw_cluster_size(rng, 1, 2, 20) == 0  # too few variants: no example
+    assert M.draw_cluster_size(rng, 2, 2, 20) == 2
+    with pytest.raises(ValueError, match="max_variants <= 20"):
+        M.draw_cluster_size(rng, 30, 2, 21)
+    with pytest.raises(ValueError):
+        M.draw_cluster_size(rng, 30, 1, 5)
+
+
+def test_cot_prompt_and_parsing():
+    prompt = M.render_cot_prompt("qa", ["Q: a?\nA: b", "Q: a\nA: b, c"], "Q: a?\nA: b and c.")
+    assert "2 weak versions of one question-answer pair" in prompt
+    assert "[1] Q: a?\nA: b\n\n[2] Q: a\nA: b, c" in prompt and '"""\nQ: a?\nA: b and c.\n"""' in prompt
+    assert M.parse_cot("  I keep b and add c.  ") == ("I keep b and add c.", None)
+    assert M.parse_cot("<think>\nI keep b.\n</think>\n<answer>Q: a?\nA: b</answer>") == ("I keep b.", None)
+    assert M.parse_cot("") == ("", "the writer returned no reasoning")
+    assert M.parse_cot("<answer>Q: a?</answer>")[1] == "the reasoning contains <think>/<answer> tags"
+
+
+def test_make_variants_can_be_restricted_to_surface_noise():
+    target = M.write_extractive_target("paragraph", PARA, 0)
+    other = LEAD["text"]
+    out = M.make_variants(target, "paragraph", 3, n=6, others=[other], operators=("typos", "cross_topic_merge"))
+    assert len(out) == 6
+    assert {op for _, ops in out for op in ops.split("+")} <= {"typos", "cross_topic_merge"}
+    assert M.make_variants(target, "paragraph", 3, n=2, operators=("cross_topic_merge",)) == []  # no other topic offered
+    with pytest.raises(ValueError, match="unknown noise operators"):
+        M.make_variants(target, "paragraph", 3, operators=("shout",))

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lm_mixup_assets.lib.selection import (ArmRecipe, compose_arm, long_tail_scores, mean_knn_cosine_distance,
+from lm_mixup_assets.lib.selection import (ArmRecipe, compose_arm, long_tail_scores, long_tail_text, mean_knn_cosine_distance,
                                            normalise_unit, parse_arm)
 
 
@@ -111,3 +111,80 @@ def test_exact_duplicates_count_as_neighbours_and_self_is_never_one():
     x = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     np.testing.assert_allclose(mean_knn_cosine_distance(x, k=1), [0.0, 0.0, 0.0, 1.0], atol=1e-6)
     np.testing.assert_allclose(mean_knn_cosine_distance(x, k=3), [1 / 3, 1 / 3, 1 / 3, 1.0], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the method's long-tail text and merge
+
+
+def test_long_tail_text():
+    assert long_tail_text("What is 2+2?", "4.") == "What is 2+2?\n4."
+    assert long_tail_text("What is 2+2?", "4.", "Instruction: ", "Answer: ") == "Instruction: What is 2+2?\nAnswer: 4."
+    assert long_tail_text(" Q ", " A ", "", "") == "Q \n A"  # only the ends are stripped
+
+
+def _rated(prefix: str, quality: list[int], tail: list[float]) -> pd.DataFrame:
+    df = _pool(prefix, len(quality))
+    return df.assign(overall_compressed=quality, long_tail_score=tail)
+
+
+def test_original_rank_quality_then_long_tail_by_hand():
+    orig = _rated("o", [4, 5, 5, 4], [0.9, 0.1, 0.5, 0.95])
+    by_tail = compose_arm(parse_arm("original_high"), {"original_high": orig}, n=3)
+    assert by_tail.rows["sample_id"].tolist() == ["o003", "o000", "o002"]
+    by_quality = compose_arm(parse_arm("original_high"), {"original_high": orig}, n=3,
+                             original_rank="quality_then_long_tail")
+    assert by_quality.rows["sample_id"].tolist() == ["o002", "o001", "o003"]  # the 5s (rarest first), then o003
+    # the distilled part is always by long-tail score
+    dist = _rated("d", [5, 4], [0.2, 0.8])
+    mix = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=4,
+                      original_rank="quality_then_long_tail")
+    assert mix.rows["sample_id"].tolist() == ["d001", "d000", "o002", "o001"]
+
+
+def test_quality_rank_needs_a_score_on_every_row():
+    orig = _rated("o", [4, 5], [0.1, 0.2]).astype({"overall_compressed": "float64"})
+    orig.loc[1, "overall_compressed"] = np.nan
+    with pytest.raises(ValueError, match=r"overall_compressed.*o001"):
+        compose_arm(parse_arm("original_high"), {"original_high": orig}, n=2, original_rank="quality_then_long_tail")
+    with pytest.raises(ValueError, match="original_rank"):
+        compose_arm(parse_arm("original_high"), {"original_high": orig}, n=2, original_rank="newest")
+
+
+def test_reference_row_order_is_the_merge_scripts_shuffle():
+    # merged.py: list = original + top-n distilled, then random.seed(42); random.shuffle(list).
+    # random.seed(42); random.shuffle([0, 1, 2, 3]) gives [2, 1, 3, 0], so over
+    # [o003, o000, d001, d000] (original part first) the file reads d001, o000, d000, o003.
+    orig = _rated("o", [4, 5, 5, 4], [0.9, 0.1, 0.5, 0.95])
+    dist = _rated("d", [5, 4], [0.2, 0.8])
+    arm = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=4,
+                      row_order="reference", shuffle_seed=42)
+    assert arm.rows["sample_id"].tolist() == ["d001", "o000", "d000", "o003"]
+    assert arm.rows["position"].tolist() == [0, 1, 2, 3]
+    assert arm.taken == {"distilled_high": 2, "original_high": 2}
+    other = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=4,
+                        row_order="reference", shuffle_seed=7)
+    assert sorted(other.rows["sample_id"]) == sorted(arm.rows["sample_id"])
+    with pytest.raises(ValueError, match="row_order"):
+        compose_arm(parse_arm("random"), {"rated_pool": orig}, n=2, row_order="sorted")
+
+
+def test_duplicates_are_kept_when_asked():
+    orig, dist = _pool("o", 4), _pool("d", 4)
+    dist.loc[3, ["prompt", "completion"]] = orig.loc[3, ["prompt", "completion"]].values
+    arm = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=4,
+                      drop_duplicate_content=False)
+    assert arm.rows["sample_id"].tolist() == ["d003", "d002", "o003", "o002"]  # o003 repeats d003's content
+
+
+def test_paper_profile_resolves_to_the_reference_selection():
+    from resources.profiles import settings
+
+    paper = settings("selection", "paper")
+    assert (paper["k"], paper["size"], paper["shuffle_seed"]) == (15, 10_000, 42)
+    assert (paper["long_tail_prompt_prefix"], paper["long_tail_answer_prefix"]) == ("Instruction: ", "Answer: ")
+    assert (paper["original_rank"], paper["row_order"]) == ("quality_then_long_tail", "reference")
+    arms = paper["arms"].split(",")
+    assert {"mixup70_ori30", "mixup50_ori50", "mixup30_ori70", "high70_low30", "high50_low50", "high30_low70",
+            "full_low"} <= set(arms)
+    assert [parse_arm(a).counts(10_000) for a in ("mixup70_ori30", "high30_low70")] == [
+        {"distilled_high": 7000, "original_high": 3000}, {"original_high": 3000, "original_low": 7000}]

@@ -1,4 +1,4 @@
-"""Distiller training (METHOD.md §4): SFT and GRPO on a tiny random model, on CPU."""
+"""Distiller training (docs/method.md, "Training"): SFT and GRPO on a tiny random model, on CPU."""
 
 import json
 import os
@@ -10,16 +10,28 @@ import pytest
 
 from lm_mixup_assets.lib.knn_bayes import build_library
 from lm_mixup_assets.lib.mixture_tasks import DISTILL_INSTRUCTIONS, distill_user_turn
-from lm_mixup_assets.lib.rewards import SYSTEM_PROMPT, make_trl_reward_funcs, parse_response
+from lm_mixup_assets.lib.prompts import (
+    REFERENCE_GRPO_FORMAT_PROMPT,
+    REFERENCE_SYSTEM_PROMPT,
+)
+from lm_mixup_assets.lib.rewards import (
+    SYSTEM_PROMPT,
+    format_reward,
+    make_trl_reward_funcs,
+    parse_response,
+)
 from lm_mixup_assets.lib.training import (
     GRPOSettings,
     SFTSettings,
     build_grpo_dataset,
     build_sft_dataset,
     default_think,
+    distiller_chat,
     latest_checkpoint,
     run_grpo,
     run_sft,
+    sft_response,
+    tokenize_reference_sft,
     user_turn,
 )
 
@@ -72,8 +84,8 @@ def _reload_and_generate(folder):
 # --------------------------------------------------------------------------- #
 # Datasets
 # --------------------------------------------------------------------------- #
-def test_build_sft_dataset():
-    records = build_sft_dataset(ROWS)
+def test_build_sft_dataset_chat_layout():
+    records = build_sft_dataset(ROWS, layout="chat", cot_mode="plan")
     assert len(records) == 4
     r = records[0]
     assert [m["role"] for m in r["prompt"]] == ["system", "user"]
@@ -87,8 +99,70 @@ def test_build_sft_dataset():
     assert r["task"] == "qa"
 
 
+def test_build_sft_dataset_reference_layout():
+    """sft/i_t_resume.py: mix-up system prompt; think block only when cot is given; newline-padded tags."""
+    records = build_sft_dataset(ROWS)  # the defaults are the reference's
+    r = records[0]
+    assert r["prompt"] == [{"role": "system", "content": REFERENCE_SYSTEM_PROMPT},
+                           {"role": "user", "content": ROWS[0]["input"]}]
+    assert r["completion"] == "<answer>\nQ: What is the capital of France?\nA: Paris.\n</answer>"  # no cot: no think
+    assert records[1]["completion"] == ("<think>\nBoth ask for 2+2; the answer is B.\n</think>\n\n"
+                                        "<answer>\nQ: What is 2+2?\nA) 3\nB) 4\nC) 5\nD) 6\nAnswer: B\n</answer>")
+    # the reference format reward's structure half accepts the newline-padded layout
+    assert format_reward(records[1]["completion"], "mcq") == 1.0
+    assert REFERENCE_SYSTEM_PROMPT.startswith("You are an expert in data mix-up.")
+    assert REFERENCE_SYSTEM_PROMPT.endswith("<answer>\n[The final merged content]\n</answer>")
+
+
+def test_sft_cot_modes():
+    row = ROWS[0]  # cot ""
+    assert sft_response(row, "reference", "omit_empty") == "<answer>\nQ: What is the capital of France?\nA: Paris.\n</answer>"
+    assert sft_response(row, "reference", "empty_think").startswith("<think>\n\n</think>\n\n<answer>\n")
+    assert sft_response(row, "reference", "plan").startswith(f"<think>\n{default_think(row)}\n</think>\n\n")
+    assert sft_response(row, "chat", "omit_empty") == "<answer>Q: What is the capital of France?\nA: Paris.</answer>"
+    assert sft_response({**row, "cot": float("nan")}, "reference", "omit_empty").startswith("<answer>")  # pandas NaN
+    with pytest.raises(ValueError, match="cot_mode"):
+        sft_response(row, "reference", "boilerplate")
+    with pytest.raises(ValueError, match="target_layout"):
+        SFTSettings(target_layout="alpaca").validate()
+
+
+def test_reference_sft_tokens_mask_the_prompt_and_end_at_the_answer(tiny_causal_lm):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    records = build_sft_dataset(ROWS[:2])
+    examples = tokenize_reference_sft(records, tok)
+    for rec, ex in zip(records, examples):
+        prompt = tok.apply_chat_template(rec["prompt"], tokenize=False, add_generation_prompt=True)
+        assert tok.decode(ex["input_ids"]) == prompt + rec["completion"]
+        learned = [t for t, m in zip(ex["input_ids"], ex["completion_mask"]) if m]
+        assert tok.decode(learned) == rec["completion"]  # exactly the response: no end-of-turn token after </answer>
+        assert ex["completion_mask"][0] == 0 and len(ex["completion_mask"]) == len(ex["input_ids"])
+
+
+def test_trl_keeps_the_reference_labels(tiny_causal_lm, tmp_path):
+    """Pre-tokenised data: TRL builds labels from completion_mask and adds no EOS."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    data = [{k: v for k, v in ex.items() if k != "task"} for ex in tokenize_reference_sft(build_sft_dataset(ROWS[1:2]), tok)]
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", completion_only_loss=True,
+                     max_length=2400)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_causal_lm), args=args,
+                         train_dataset=Dataset.from_list(data), processing_class=tok)
+    ex = trainer.train_dataset[0]
+    assert ex["input_ids"] == data[0]["input_ids"]
+    text = tok.decode([t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100])
+    assert text.startswith("<think>\nBoth ask") and text.endswith("Answer: B\n</answer>")
+
+
 def test_user_turn_and_row_checks():
     assert user_turn({"instruction": "Merge.", "input": "Q: a\nA: b"}) == "Merge.\n\nQ: a\nA: b"  # alpaca style
+    assert user_turn({"instruction": "Merge.", "input": "Q: a\nA: b"}, "reference") == "Merge.\nQ: a\nA: b"
+    assert distiller_chat({"instruction": "Merge.", "input": "x"}, "reference")[0]["content"] == REFERENCE_SYSTEM_PROMPT
     assert user_turn({"instruction": "Merge.", "input": ""}) == "Merge."
     assert user_turn({"instruction": "", "input": "x"}) == "x"
     assert build_sft_dataset([{**ROWS[0], "task": None, "task_type": "qa"}])[0]["task"] == "qa"  # JSONL name
@@ -99,10 +173,20 @@ def test_user_turn_and_row_checks():
 
 
 def test_build_grpo_dataset():
-    records = build_grpo_dataset(ROWS)
+    records = build_grpo_dataset(ROWS, layout="chat")
     assert set(records[0]) == {"prompt", "task", "reference"}
     assert records[2]["task"] == "tfq" and records[2]["reference"] == ROWS[2]["output"]
-    assert records[2]["prompt"][1]["content"] == ROWS[2]["input"]
+    assert records[2]["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT},
+                                    {"role": "user", "content": ROWS[2]["input"]}]
+
+
+def test_grpo_reference_prompt_is_the_jinja_rendering():
+    """mixup.jinja is 511 characters: the format prompt, then '{{ content | trim }} ' (21 characters)."""
+    assert len(REFERENCE_GRPO_FORMAT_PROMPT) == 511 - len("{{ content | trim }} ")
+    assert REFERENCE_GRPO_FORMAT_PROMPT.count("\\n") == 13 and "\n" not in REFERENCE_GRPO_FORMAT_PROMPT  # literal
+    records = build_grpo_dataset(ROWS)  # default: the reference layout, one user turn
+    assert records[0]["prompt"] == [{"role": "user", "content": REFERENCE_GRPO_FORMAT_PROMPT + ROWS[0]["input"] + " "}]
+    assert records[0]["prompt"][0]["content"].endswith("</answer>\\n" + ROWS[0]["input"] + " ")
 
 
 def test_sft_loss_is_on_the_completion_only(tiny_causal_lm, tmp_path):
@@ -115,7 +199,7 @@ def test_sft_loss_is_on_the_completion_only(tiny_causal_lm, tmp_path):
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", completion_only_loss=True,
                      max_length=2400)
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_causal_lm), args=args,
-                         train_dataset=Dataset.from_list(build_sft_dataset(ROWS[:1])), processing_class=tok)
+                         train_dataset=Dataset.from_list(build_sft_dataset(ROWS[:1], layout="chat", cot_mode="plan")), processing_class=tok)
     ex = trainer.train_dataset[0]
     learned = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100]
     text = tok.decode(learned)
@@ -125,6 +209,13 @@ def test_sft_loss_is_on_the_completion_only(tiny_causal_lm, tmp_path):
 
 def test_grpo_settings_validate():
     GRPOSettings().validate()  # paper: 8 × 8 = 64 completions per step, 512 per generation round
+    ref = GRPOSettings()
+    assert (ref.epsilon, ref.epsilon_high, ref.delta, ref.weight_decay) == (0.2, 0.3, 3.0, 0.01)
+    assert SFTSettings().gradient_accumulation_steps == 1 and SFTSettings().per_device_train_batch_size == 1
+    with pytest.raises(ValueError, match="delta"):
+        GRPOSettings(delta=1.2).validate()
+    with pytest.raises(ValueError, match="prompt_layout"):
+        GRPOSettings(prompt_layout="jinja").validate()
     with pytest.raises(ValueError, match="multiple of num_generations"):
         GRPOSettings(per_device_train_batch_size=3, gradient_accumulation_steps=1).validate()
     with pytest.raises(ValueError, match="unknown settings"):
@@ -198,6 +289,11 @@ def test_grpo_two_steps(sft_two_steps, tmp_path):
     assert any("kl" in d for d in logs)  # beta 0.01: the reference model is in the loss
     assert latest_checkpoint(tmp_path / "grpo").endswith("checkpoint-2")
     _reload_and_generate(result.checkpoint)
+    # the reference's optimisation settings reach TRL (EasyR1 clip 0.2/0.3, dual clip 3.0, weight decay 0.01)
+    import torch
+
+    args = torch.load(os.path.join(latest_checkpoint(tmp_path / "grpo"), "training_args.bin"), weights_only=False)
+    assert (args.epsilon, args.epsilon_high, args.delta, args.weight_decay, args.beta) == (0.2, 0.3, 3.0, 0.01, 0.01)
 
 
 # --------------------------------------------------------------------------- #

@@ -33,3 +33,27 @@ def test_training_group_materialises_with_a_tiny_model(resources, query, tiny_ca
     assert evals["model"].tolist() == ["base", "grpo", "sft"]
     assert evals["format_compliance"].between(0, 1).all() and (evals["examples"] == 2).all()
     assert len(query("select * from mixture_eval_responses")) == 6
+    # the GRPO config's optimiser fields reach TRL (weight_decay is not a reward weight)
+    import os
+
+    import torch
+
+    from lm_mixup_assets.lib.training import latest_checkpoint
+
+    grpo_dir = os.path.dirname(ckpts.loc[ckpts["asset"] == "grpo_checkpoint", "path"].iat[0])
+    args = torch.load(os.path.join(latest_checkpoint(grpo_dir), "training_args.bin"), weights_only=False)
+    assert (args.weight_decay, args.epsilon, args.epsilon_high, args.delta) == (0.01, 0.2, 0.3, 3.0)
+
+
+def test_paper_profile_resolves_the_reference_formats():
+    from resources.profiles import PROFILES
+
+    training, distill, clusters = (PROFILES["paper"][k] for k in ("training", "distill", "clusters"))
+    assert (training["sft_target_layout"], training["sft_cot_mode"], training["grpo_prompt_layout"]) == \
+        ("reference", "omit_empty", "reference")
+    assert training["sft_grad_accum"] == 1 and training["eval_repetition_penalty"] == 1.3
+    assert (distill["prompt_layout"], distill["repetition_penalty"], distill["max_new_tokens"]) == ("reference", 1.05, 2400)
+    assert clusters["input_style"] == "reference"
+    # each profile distils with the layout its distiller is trained in
+    for profile in PROFILES.values():
+        assert profile["distill"]["prompt_layout"] == profile["training"]["sft_target_layout"]

@@ -1,4 +1,12 @@
-"""From clustered rows to the distiller's inputs: one merged text per cluster (or part of one)."""
+"""From clustered rows to the distiller's inputs: one merged text per cluster (or part of one).
+
+Over-long clusters (docs/method.md, "Distillation"): the reference joins a whole cluster
+into one input and lets the tokenizer cut the rendered prompt at ``max_input_tokens``
+(2400) from the right, which drops the last members and the assistant header.  We never
+truncate: members are split, in order, into parts that fit, and a single member that
+alone is over the limit becomes its own part, flagged ``over_max_tokens`` (the distil
+step records it as skipped with the reason).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ from typing import Callable
 
 import pandas as pd
 
-from .prompts import POOL_MERGE_INSTRUCTION, format_member, merge_members
+from .prompts import check_style, format_member, merge_instruction, merge_members
 
 CLUSTER_INPUT_COLUMNS = [
     "source", "cluster_id", "part", "n_parts", "member_ids", "n_members", "instruction", "input_text",
@@ -35,11 +43,16 @@ def split_members(token_counts: list[int], max_tokens: int, separator_tokens: in
 
 
 def build_cluster_inputs(members: pd.DataFrame, count_tokens: TokenCounter, max_tokens: int,
-                         instruction: str = POOL_MERGE_INSTRUCTION) -> pd.DataFrame:
-    """``members``: source, cluster_id, sample_id, prompt, completion (in member order)."""
+                         instruction: str | None = None, style: str = "ours") -> pd.DataFrame:
+    """``members``: source, cluster_id, sample_id, prompt, completion (in member order).
+
+    ``style`` (``lib.prompts``) picks the member layout and, unless ``instruction`` is
+    given, the merge instruction."""
+    check_style(style)
+    instruction = merge_instruction(style) if instruction is None else instruction
     if members.empty:
         return pd.DataFrame(columns=CLUSTER_INPUT_COLUMNS)
-    member_tokens = count_tokens([format_member(p, c) for p, c in zip(members["prompt"], members["completion"])])
+    member_tokens = count_tokens([format_member(p, c, style) for p, c in zip(members["prompt"], members["completion"])])
     members = members.assign(_tokens=member_tokens)
     rows = []
     for (source, cluster_id), group in members.groupby(["source", "cluster_id"], sort=True):
@@ -49,7 +62,7 @@ def build_cluster_inputs(members: pd.DataFrame, count_tokens: TokenCounter, max_
             rows.append({
                 "source": source, "cluster_id": int(cluster_id), "part": part_no, "n_parts": len(parts),
                 "member_ids": sub["sample_id"].tolist(), "n_members": len(sub), "instruction": instruction,
-                "input_text": merge_members(list(zip(sub["prompt"], sub["completion"]))),
+                "input_text": merge_members(list(zip(sub["prompt"], sub["completion"])), style),
             })
     out = pd.DataFrame(rows)
     out["input_tokens"] = count_tokens(out["input_text"].tolist())

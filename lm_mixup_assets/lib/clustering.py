@@ -57,12 +57,20 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ALGORITHMS",
+    "CAPACITY_RULES",
     "ClusterResult",
     "draw_capacities",
     "capacity_constrained_clusters",
     "reference_clusters",
+    "sequential_capacity_assign",
     "mean_cosine_to_cluster_mean",
 ]
+
+
+CAPACITY_RULES = ("ours", "reference")
+# "fast": ours (module docstring); "reference": the method's code (``reference_clusters``).
+ALGORITHMS = ("fast", "reference")
 
 
 # --------------------------------------------------------------------------- #
@@ -97,9 +105,21 @@ def draw_capacities(
     mean_cap: float = 3.0,
     std_cap: float = 1.0,
     seed: int = 42,
+    rule: str = "ours",
 ) -> np.ndarray:
     """Cluster capacities drawn from N(mean_cap, std_cap), rounded and clipped to
     [min_size, max_size], adjusted to sum to exactly ``n``.
+
+    ``rule`` says how the sum is brought to ``n`` (docs/method.md, clustering):
+
+    * ``"ours"``: draw until the sum covers n, then +-1 on entries visited in a
+      seeded random order;
+    * ``"reference"``: the method's code: draw one value at a time until the
+      sum covers n, take the excess off the last draws (each down to
+      min_size, last first), then shuffle the list with the same generator.
+      Same draws, same result for the same seed.  Where that cannot reach n
+      (every draw already at min_size, e.g. n=5 drawn as 2, 2, 2, on which the
+      method's code never finishes) the ``"ours"`` rule is used instead.
 
     * n == 0: empty array; n < min_size: ``[n]`` (a single, undersized cluster).
     * Otherwise every entry is within [min_size, max_size] whenever that is
@@ -108,6 +128,8 @@ def draw_capacities(
       If it is impossible, the sum is still n and the bounds are violated as
       little as possible (see ``_feasible_k``).
     """
+    if rule not in CAPACITY_RULES:
+        raise ValueError(f"capacity rule {rule!r}: choose one of {CAPACITY_RULES}")
     n = int(n)
     if n < 0:
         raise ValueError("n must be >= 0")
@@ -119,6 +141,10 @@ def draw_capacities(
         return np.zeros(0, dtype=np.int64)
     if n < lo:
         return np.array([n], dtype=np.int64)
+    if rule == "reference":
+        caps = _reference_rule_capacities(n, lo, hi, mean_cap, std_cap, seed)
+        if caps is not None:
+            return caps
 
     rng = np.random.default_rng(seed)
     # Draw until the running sum covers n (an upper bound on the count needed
@@ -151,6 +177,35 @@ def draw_capacities(
                 cand = visit[caps[visit] > 1]
             caps[cand[: -diff]] -= 1
     assert int(caps.sum()) == n
+    return caps
+
+
+def _reference_rule_capacities(n: int, lo: int, hi: int, mean_cap: float, std_cap: float, seed: int) -> np.ndarray | None:
+    """The method's capacity rule (see ``draw_capacities``); None where it cannot reach n."""
+    # How many draws cover n: a probe generator draws in blocks (the same values
+    # as one draw at a time); the real one then draws exactly that many, so the
+    # shuffle below consumes the stream exactly where the method's code does.
+    probe = np.random.default_rng(seed)
+    total, k, block = 0, 0, max(64, 2 * (-(-n // lo)) // 3)
+    while True:
+        vals = np.clip(np.rint(probe.normal(mean_cap, std_cap, size=block)), lo, hi).astype(np.int64)
+        cum = total + np.cumsum(vals)
+        if cum[-1] >= n:
+            k += int(np.searchsorted(cum, n, side="left")) + 1
+            break
+        total, k = int(cum[-1]), k + block
+    rng = np.random.default_rng(seed)
+    caps = np.clip(np.rint(rng.normal(mean_cap, std_cap, size=k)), lo, hi).astype(np.int64)
+    excess = int(caps.sum()) - n  # < the last draw, so only the last few entries give
+    for i in range(k - 1, -1, -1):
+        if excess == 0:
+            break
+        give = min(int(caps[i]) - lo, excess)
+        caps[i] -= give
+        excess -= give
+    if excess:
+        return None
+    rng.shuffle(caps)
     return caps
 
 
@@ -732,7 +787,7 @@ def capacity_constrained_clusters(
 
 
 # --------------------------------------------------------------------------- #
-# Public: literal reference baseline (slow; for benchmarks)
+# Public: the method's own clustering (paper profile)
 # --------------------------------------------------------------------------- #
 def reference_clusters(
     embeddings: np.ndarray,
@@ -741,38 +796,113 @@ def reference_clusters(
     mean_cap: float = 3.0,
     std_cap: float = 1.0,
     seed: int = 42,
+    *,
+    kmeans_batch_size: int = 2048,
+    kmeans_max_iter: int = 30,
+    device: str = "cpu",
 ) -> ClusterResult:
-    """The literal reference: MiniBatchKMeans(k, batch_size=2048, max_iter=30,
-    n_init=1, random_state=seed) centres, then a per-row Python greedy (rows by
-    best similarity, each to the first centre in its argsort with room), then
-    the small-cluster repair."""
+    """The method's clustering, step for step (docs/method.md, clustering):
+
+    1. capacities by the method's rule (``draw_capacities(rule="reference")``);
+    2. centres: scikit-learn ``MiniBatchKMeans(k, random_state=seed,
+       batch_size=kmeans_batch_size, max_iter=kmeans_max_iter, n_init=1)``
+       fitted on the (unit-norm) embeddings, then L2-normalised;
+    3. rows by decreasing similarity to their best centre (ties: lower row
+       first), each to its most similar centre that still has room
+       (``sequential_capacity_assign``; exact, without an N x k sort).
+
+    Every cluster ends exactly at its capacity (the capacities sum to N), so
+    the method's repair of undersized clusters never has anything to move and
+    is not repeated here.  ``centres``/``member_cosine`` of the result are the
+    member means, as for the fast path.  MiniBatchKMeans runs on the CPU
+    (minutes to hours at k ~ N/3 over 100k rows; see docs/scaling.md); the
+    assignment's matmuls run on ``device``.
+    """
+    import warnings
+
     from sklearn.cluster import MiniBatchKMeans
 
     notes: list[str] = []
-    xn = _prepare(embeddings, min_size, max_size, notes)
+    x = np.asarray(embeddings)
+    norms = np.linalg.norm(x, axis=1) if x.ndim == 2 and len(x) else np.ones(0)
+    # Fit on the vectors as given when they are unit-norm (as the embedder returns them):
+    # re-normalising would change their last bits and with them MiniBatchKMeans' path.
+    unit = x.ndim == 2 and np.all(np.isfinite(x)) and np.all(np.abs(norms - 1.0) < 1e-4)
+    xn = np.ascontiguousarray(x, dtype=np.float32) if unit else _prepare(embeddings, min_size, max_size, notes)
+    if unit and (min_size < 1 or max_size < min_size):
+        raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
     triv = _trivial(xn, min_size, notes)
     if triv is not None:
         return triv
     n = xn.shape[0]
-    caps = draw_capacities(n, min_size, max_size, mean_cap, std_cap, seed)
+    caps = draw_capacities(n, min_size, max_size, mean_cap, std_cap, seed, rule="reference")
     _caps_notes(caps, n, min_size, max_size, notes)
     k = len(caps)
-    km = MiniBatchKMeans(n_clusters=k, batch_size=2048, max_iter=30, n_init=1, random_state=seed)
-    km.fit(xn)
-    c = km.cluster_centers_.astype(np.float32)
-    c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-    sims = xn @ c.T
-    order = np.argsort(-sims.max(axis=1), kind="stable")
-    room = caps.copy()
-    labels = np.full(n, -1, dtype=np.int64)
-    for i in order:
-        for j in np.argsort(-sims[i], kind="stable"):
-            if room[j] > 0:
-                labels[i] = j
-                room[j] -= 1
-                break
-    labels = _repair_small(xn, labels, min_size, max_size, notes)
+    km = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=kmeans_batch_size,
+                         max_iter=kmeans_max_iter, n_init=1)
+    with warnings.catch_warnings():
+        # init_size < n_clusters is the normal case at k ~ N/3; scikit-learn then uses 3k rows and says so
+        warnings.filterwarnings("ignore", message=".*init_size.*")
+        km.fit(xn)
+    centres = km.cluster_centers_.astype(np.float32)
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    labels = sequential_capacity_assign(xn, centres, caps, device=device)
+    notes.append(f"MiniBatchKMeans: {km.n_iter_} epochs, {km.n_steps_} steps")
     return _finish(xn, labels, notes)
+
+
+def sequential_capacity_assign(
+    x: np.ndarray,
+    centres: np.ndarray,
+    caps: np.ndarray,
+    *,
+    n_candidates: int = 32,
+    block: int = 4096,
+    device: str = "cpu",
+) -> np.ndarray:
+    """The method's greedy assignment: rows in order of decreasing similarity to
+    their best centre (stable: ties keep row order), each row to its most
+    similar centre with room left (``caps``).  Returns labels (N,).
+
+    Exact, but without sorting all k centres per row: each block of rows gets
+    its ``n_candidates`` best centres among those open at the block's start.
+    Centres only ever close, so the first still-open candidate is the row's
+    best open centre; a row whose candidates have all closed re-starts the
+    block from it with the centres open now.
+    """
+    n, k = x.shape[0], centres.shape[0]
+    caps = np.asarray(caps, dtype=np.int64)
+    if len(caps) != k:
+        raise ValueError(f"{len(caps)} capacities for {k} centres")
+    if int(caps.sum()) < n:
+        raise ValueError(f"capacities sum to {int(caps.sum())} < {n} rows")
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    ct = torch.from_numpy(np.ascontiguousarray(centres, dtype=np.float32)).to(device)
+    with torch.no_grad():
+        top1 = torch.cat([(xt[a: a + block] @ ct.T).max(dim=1).values for a in range(0, n, block)])
+    order = np.argsort(-_to_np(top1).astype(np.float64), kind="stable")
+    room = caps.tolist()
+    labels = np.full(n, -1, dtype=np.int64)
+    pos = 0
+    while pos < n:
+        open_c = np.flatnonzero(np.asarray(room) > 0)
+        rows = order[pos: pos + block]
+        m = min(n_candidates, len(open_c))
+        with torch.no_grad():
+            sims = xt[torch.as_tensor(rows, device=xt.device)] @ ct[torch.as_tensor(open_c, device=xt.device)].T
+            cand = open_c[_to_np(torch.topk(sims, m, dim=1).indices)].tolist()
+        done = 0
+        for r, row_cands in zip(rows.tolist(), cand):
+            for c in row_cands:
+                if room[c] > 0:
+                    room[c] -= 1
+                    labels[r] = c
+                    break
+            else:  # every candidate closed meanwhile: redo from this row
+                break
+            done += 1
+        pos += done
+    return labels
 
 
 def mean_cosine_to_cluster_mean(embeddings: np.ndarray, labels: np.ndarray) -> float:

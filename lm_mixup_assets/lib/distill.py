@@ -1,8 +1,10 @@
-"""From a distiller's response to a new (prompt, completion) pair (METHOD.md §5).
+"""From a distiller's response to a new (prompt, completion) pair (docs/method.md, "Distillation").
 
-The distiller answers ``<think>…</think><answer>Q: …\\nA: …</answer>``. A
-response that yields no pair is kept with ``status = "parse_error"`` and the
-reason, never dropped; a generation that failed keeps the generator's status.
+The distiller answers ``<think>…</think><answer>Q: …\\nA: …</answer>``. As the
+reference's inference does, everything after the first ``</answer>`` is cut before
+parsing (a model that never learnt to stop keeps writing).  A response that yields
+no pair is kept with ``status = "parse_error"`` and the reason, never dropped; a
+generation that failed keeps the generator's status.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ class ParsedPair:
 
 
 _THINK_RE = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
+_ANSWER_END_RE = re.compile(r"</answer>", re.IGNORECASE)
+
+
+def cut_after_answer(response: str) -> str:
+    """The response up to and including its first ``</answer>`` (case-insensitive), or all of it."""
+    m = _ANSWER_END_RE.search(response)
+    return response[: m.end()] if m else response
 
 
 def parse_distilled(response: str | None, require_tags: bool = True) -> ParsedPair:
@@ -41,7 +50,8 @@ def parse_distilled(response: str | None, require_tags: bool = True) -> ParsedPa
     """
     if response is None or not response.strip():
         return ParsedPair("parse_error", reason="empty response")
-    answer = extract_answer(response)
+    response = cut_after_answer(response)
+    answer = extract_answer(response, "strict")  # a merged pair needs a complete <answer> block
     if answer is None:
         why = "no <answer> block" if "<answer>" not in response else "unterminated or empty <answer> block"
         if require_tags or "<answer>" in response:

@@ -1,9 +1,25 @@
-"""The downstream fine-tune (METHOD.md §6): TRL SFT with a LoRA adapter (peft) on one training set.
+"""The downstream fine-tune (docs/method.md §6): TRL SFT with a LoRA adapter (peft) on one training set.
 
-Paper defaults: Llama-3.1-8B, rank 64, alpha 16, dropout 0.1, lr 1e-4, 5 epochs,
-max length 2048, warmup 3 %, effective batch 128. Saves the adapter and the merged
-model as HF folders (the merged one is what lm-eval loads). A plain function: a
-Kubernetes step or ``accelerate launch`` can run it outside Dagster.
+Paper defaults follow DS2's ``finetune.py`` as the LM-mixup authors run it: Llama-3.1-8B,
+rank 64, alpha 16, dropout 0.1 on q/k/v/o/gate/up/down, lr 1e-4 linear with 3 % warm-up,
+5 epochs, max length 2048, effective batch 128, no gradient clipping.
+
+**Text layout.** One setting, ``chat_template``, decides the format of training *and*
+evaluation (``lm_mixup_assets.lib.eval_tasks.evaluate_model`` takes the same value):
+
+* ``none`` (paper, DS2): plain text ``prompt + " " + completion + eos`` (no space added when
+  the prompt already ends, or the completion already starts, with whitespace), tokenised
+  with the tokenizer's own special tokens (its BOS, if it adds one). Loss on the completion
+  only: the first ``len(tokenize(prompt))`` tokens are masked, as DS2 does. Works with a base
+  tokenizer that has no chat template.
+* ``apply``: the tokenizer's chat template renders a user turn (prompt) and an assistant turn
+  (completion); the loss covers what follows the rendered user turn and generation header.
+  A tokenizer without a chat template is an error, not a silent fallback.
+
+Rows longer than ``max_length`` tokens are truncated (``overlong_rows="truncate"``, DS2) or
+dropped (``"drop"``); a row whose completion is cut away entirely is dropped and counted.
+Saves the adapter and the merged model as HF folders (the merged one is what lm-eval
+loads). A plain function: a Kubernetes step or ``accelerate launch`` can run it outside Dagster.
 """
 
 from __future__ import annotations
@@ -13,8 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .training import (OnLog, TrainResult, _common_args, _history, _load_model, _load_tokenizer, _log_callback,
-                       _quiet, _settings_from, latest_checkpoint)
+from .training import (OnLog, TrainResult, _common_args, _history, _load_model, _log_callback, _quiet, _settings_from,
+                       latest_checkpoint)
+
+CHAT_TEMPLATE_MODES = ("none", "apply")
+OVERLONG_MODES = ("truncate", "drop")
+# DS2 finetune.py's LoRA targets: every attention and MLP projection of a Llama block.
+DS2_TARGET_MODULES = ["q_proj", "o_proj", "v_proj", "k_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
@@ -27,6 +48,7 @@ class LoraSFTSettings:
     lr_scheduler_type: str = "linear"
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 32  # 4 x 32 = the paper's effective batch of 128 on one device
+    max_grad_norm: float = 0.0  # 0 = no clipping (DS2 runs with --clip_grad_norm -1)
     max_steps: int = -1
     seed: int = 42
     logging_steps: int = 10
@@ -35,7 +57,9 @@ class LoraSFTSettings:
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.1
-    target_modules: str | list[str] = "all-linear"
+    target_modules: str | list[str] = field(default_factory=lambda: list(DS2_TARGET_MODULES))
+    chat_template: str = "none"  # "none" | "apply": see the module docstring; evaluation must use the same
+    overlong_rows: str = "truncate"  # "truncate" (DS2) | "drop"
     bf16: bool | None = None
     gradient_checkpointing: bool | None = None
     use_cpu: bool | None = None
@@ -44,38 +68,107 @@ class LoraSFTSettings:
     extra_args: dict = field(default_factory=dict)
 
 
-def build_pair_dataset(pairs: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """(prompt, completion) rows -> conversational prompt-completion records (user turn, assistant turn)."""
-    out = []
+def check_chat_template_mode(mode: str) -> str:
+    if mode not in CHAT_TEMPLATE_MODES:
+        raise ValueError(f"chat_template={mode!r}: choose one of {CHAT_TEMPLATE_MODES}")
+    return mode
+
+
+def require_chat_template(tokenizer, where: str) -> None:
+    """``chat_template="apply"`` needs a tokenizer that has one; say so instead of falling back to plain text."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{where}: chat_template='apply' but the tokenizer has no chat template; use "
+                         "chat_template='none' (plain prompt + completion, as DS2) or a tokenizer that has one")
+
+
+def load_downstream_tokenizer(model_path: str, chat_template: str, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    check_chat_template_mode(chat_template)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if chat_template == "apply":
+        require_chat_template(tok, model_path)
+    elif not tok.eos_token:
+        raise ValueError(f"{model_path}: the tokenizer has no eos token, which ends every plain-text training row")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # pads are masked from loss and attention, so any id will do
+    tok.padding_side = padding_side
+    return tok
+
+
+def join_prompt_completion(prompt: str, completion: str) -> str:
+    """DS2's plain layout: one space between prompt and completion unless either side already has whitespace."""
+    if prompt.endswith((" ", "\n", "\t")) or completion.startswith((" ", "\n", "\t")):
+        return prompt + completion
+    return prompt + " " + completion
+
+
+def training_texts(prompt: str, completion: str, tokenizer, chat_template: str) -> tuple[str, str, bool]:
+    """(full text, prompt part, whether to let the tokenizer add its special tokens) for one row."""
+    if check_chat_template_mode(chat_template) == "none":
+        return join_prompt_completion(prompt, completion) + tokenizer.eos_token, prompt, True
+    user = [{"role": "user", "content": prompt}]
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": completion}], tokenize=False)
+    head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    return full, head, False  # the template writes its own BOS
+
+
+def encode_pair(prompt: str, completion: str, tokenizer, max_length: int, chat_template: str = "none",
+                overlong_rows: str = "truncate") -> dict | None:
+    """``{"input_ids", "labels"}`` for one row (-100 on the prompt), or None when the row is dropped."""
+    if overlong_rows not in OVERLONG_MODES:
+        raise ValueError(f"overlong_rows={overlong_rows!r}: choose one of {OVERLONG_MODES}")
+    full, head, special = training_texts(prompt, completion, tokenizer, chat_template)
+    ids = tokenizer(full, add_special_tokens=special)["input_ids"]
+    n_prompt = len(tokenizer(head, add_special_tokens=special)["input_ids"])
+    if len(ids) > max_length:
+        if overlong_rows == "drop":
+            return None
+        ids = ids[:max_length]
+    labels = [-100] * min(n_prompt, len(ids)) + ids[n_prompt:]
+    if all(x == -100 for x in labels):
+        return None  # nothing left to learn from (DS2 filters these rows too)
+    return {"input_ids": list(ids), "labels": labels}
+
+
+def build_training_records(pairs: Sequence[Mapping[str, Any]], tokenizer, max_length: int, chat_template: str = "none",
+                           overlong_rows: str = "truncate") -> tuple[list[dict], int]:
+    """Tokenised training rows and how many were dropped (too long, or nothing left after truncation).
+
+    Prompt and completion are used as stored (DS2 does not strip them); an empty one is an error naming the row."""
+    records, dropped = [], 0
     for i, row in enumerate(pairs):
-        prompt, completion = str(row.get("prompt") or "").strip(), str(row.get("completion") or "").strip()
-        if not prompt or not completion:
-            raise ValueError(f"training row {i} has an empty {'prompt' if not prompt else 'completion'}")
-        out.append({"prompt": [{"role": "user", "content": prompt}],
-                    "completion": [{"role": "assistant", "content": completion}]})
-    return out
+        prompt, completion = str(row.get("prompt") or ""), str(row.get("completion") or "")
+        if not prompt.strip() or not completion.strip():
+            raise ValueError(f"training row {i} has an empty {'prompt' if not prompt.strip() else 'completion'}")
+        encoded = encode_pair(prompt, completion, tokenizer, max_length, chat_template, overlong_rows)
+        if encoded is None:
+            dropped += 1
+        else:
+            records.append(encoded)
+    return records, dropped
 
 
 def run_lora_sft(model_path: str, pairs: Sequence[Mapping[str, Any]], output_dir: str | Path,
                  settings: LoraSFTSettings | Mapping | None = None, on_log: OnLog | None = None) -> TrainResult:
     """LoRA SFT of ``model_path`` on ``pairs``; adapter in ``output_dir/adapter``, merged model in
-    ``output_dir/merged`` (returned as ``checkpoint``). Rows longer than ``max_length`` are dropped and counted."""
+    ``output_dir/merged`` (returned as ``checkpoint``)."""
     s = _settings_from(LoraSFTSettings, settings)
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from .training import _drop_long
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = _load_tokenizer(model_path, padding_side="right")
-    records, dropped = _drop_long(build_pair_dataset(pairs), tok, s.max_length, sft=True)
+    tok = load_downstream_tokenizer(model_path, s.chat_template)
+    records, dropped = build_training_records(pairs, tok, s.max_length, s.chat_template, s.overlong_rows)
     if not records:
-        raise ValueError(f"no training rows left ({dropped} longer than max_length={s.max_length} tokens)")
+        raise ValueError(f"no training rows left ({dropped} dropped: longer than max_length={s.max_length} tokens "
+                         f"with overlong_rows={s.overlong_rows!r}, or no completion token left)")
     peft_config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
                              target_modules=s.target_modules, task_type="CAUSAL_LM")
-    args = SFTConfig(**_common_args(s, out), max_length=s.max_length, completion_only_loss=True, packing=False,
+    # Rows arrive tokenised with their labels, so TRL neither re-renders nor re-masks them.
+    args = SFTConfig(**_common_args(s, out), max_length=s.max_length, max_grad_norm=s.max_grad_norm, packing=False,
                      include_num_input_tokens_seen="non_padding", **s.extra_args)
     trainer = SFTTrainer(model=_load_model(model_path), args=args, train_dataset=Dataset.from_list(records),
                          processing_class=tok, peft_config=peft_config, callbacks=[_log_callback(on_log)])

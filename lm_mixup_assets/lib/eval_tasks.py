@@ -24,7 +24,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import yaml
 
@@ -33,8 +33,89 @@ if TYPE_CHECKING:
 
 SMOKE_LABEL = "smoke-level (items from the lm-eval package's few-shot exemplars; not comparable to published scores)"
 SMOKE_TASKS = ("smoke_mmlu", "smoke_bbh", "smoke_gsm8k")
-# The paper's suite (METHOD.md §6): lm-eval's own tasks (name -> shots), downloaded from the hub.
-PAPER_TASKS = {"mmlu": 0, "gsm8k_cot": 8, "bbh_cot_fewshot": 3, "truthfulqa_mc2": 0, "tydiqa_goldp_en": 1}
+
+
+# --------------------------------------------------------------------------- benchmark protocols
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark of a task set: which lm-eval tasks, how many shots and items, which score stands for it.
+
+    ``limit_per_task`` caps every *leaf* task (each BBH subtask, each TyDiQA language); ``subset``
+    says which items: ``random`` draws them with ``random.Random(subset_seed)`` over the leaves in
+    sorted order, one generator per benchmark, as DS2's ``random.seed(42); random.sample(...)`` does;
+    ``first`` takes the first N (lm-eval's own ``limit``). ``gen_kwargs`` override the task's
+    generation settings with DS2's. ``aggregate``: the headline is the mean of the leaves' headline
+    metric, written as an extra row named ``headline_task`` (TyDiQA: the mean over languages, as DS2).
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    num_fewshot: int | None
+    headline_task: str
+    headline: tuple[str, str]  # (metric, filter)
+    limit_per_task: int | None = None
+    subset: str = "first"
+    subset_seed: int = 42
+    gen_kwargs: dict | None = None
+    aggregate: bool = False
+    reference: str = ""  # what DS2's run_eval.sh does
+    deviation: str = ""  # what lm-eval forces us to do differently ("" = matches)
+
+
+TYDIQA_LANGUAGES = ("ar", "bn", "en", "fi", "id", "ko", "ru", "sw", "te")  # all nine Gold Passage languages, as DS2
+
+# The paper's suite (docs/method.md §6) as DS2's ``model_finetune/run_eval.sh`` runs it, mapped to
+# lm-eval's own tasks (downloaded from the hub).
+PAPER_BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark(
+        "mmlu", ("mmlu",), 0, "mmlu", ("acc", "none"),
+        reference="eval.mmlu --ntrain 0: all 57 subjects, every test item; prompt 'The following are multiple choice "
+        "questions (with answers) about <subject>.' + question + A-D + 'Answer:'; argmax over the next-token "
+        "probabilities of ' A'..' D'; micro-average over all questions",
+        deviation="matches (lm-eval's default MMLU prompt and log-likelihood of ' A'..' D'; group acc weighted by size)"),
+    Benchmark(
+        "gsm8k", ("gsm8k_cot",), 8, "gsm8k_cot", ("exact_match", "flexible-extract"),
+        limit_per_task=200, subset="random",
+        gen_kwargs={"until": ["\n"], "max_gen_toks": 512, "do_sample": False},
+        reference="eval.gsm --n_shot 8 --max_num_examples 200: 200 test items drawn with random.seed(42), the 8 CoT "
+        "exemplars of Wei et al., greedy, at most 512 tokens, stop at the first newline; score = exact match of the "
+        "last number in the output",
+        deviation="prompt layout: lm-eval's gsm8k_cot writes 'Q: .. A: ..' where DS2 writes 'Answer the following "
+        "questions.' + 'Question: .. Answer: ..'; the same exemplars, subset, decoding and last-number scoring"),
+    Benchmark(
+        "bbh", ("bbh_cot_fewshot",), 3, "bbh_cot_fewshot", ("exact_match", "get-answer"),
+        limit_per_task=40, subset="random",
+        gen_kwargs={"until": ["\n\n"], "max_gen_toks": 512, "do_sample": True, "temperature": 0.8},
+        reference="eval.bbh --max_num_examples_per_task 40: 40 items per subtask drawn with random.seed(42) (subtasks "
+        "in glob order), the 3 CoT exemplars of Suzgun et al., vLLM sampling at temperature 0.8, at most 512 tokens, "
+        "stop at a blank line; answer = text after 'the answer is' up to the next period, exact match ignoring case "
+        "and punctuation; mean over subtasks",
+        deviation="subset: DS2 draws subtasks in filesystem glob order, which no one can reproduce; we draw in sorted "
+        "order. Prompt: lm-eval's query ends 'A: Let's think step by step.' where DS2's ends 'A:'. Scoring: lm-eval's get-answer regex and case-sensitive exact match vs DS2's case- and "
+        "punctuation-insensitive match"),
+    Benchmark(
+        "truthfulqa", ("truthfulqa_mc1", "truthfulqa_mc2"), 0, "truthfulqa_mc2", ("acc", "none"),
+        reference="eval.truthfulqa --metrics truth info mc --preset qa: all 817 questions; reported score is "
+        "'truth-info acc' of greedy 50-token answers judged by allenai/truthfulqa-{truth,info}-judge-llama2-7B "
+        "(read_results.py; MC2 is the commented-out alternative); MC1/MC2 with the 6-shot 'qa' primer",
+        deviation="forced: lm-eval has no judge-scored TruthfulQA (truthfulqa_gen scores BLEU/ROUGE), so the "
+        "headline is MC2 (same 'qa' primer, all 817 questions), which DS2 also computes; MC1 is kept alongside"),
+    Benchmark(
+        "tydiqa", tuple(f"tydiqa_goldp_{lang}" for lang in TYDIQA_LANGUAGES), 1, "tydiqa_goldp", ("f1", "none"),
+        limit_per_task=100, subset="random", gen_kwargs={"until": ["\n"], "max_gen_toks": 50, "do_sample": False},
+        aggregate=True,
+        reference="eval.tydiqa --n_shot 1 --max_num_examples_per_lang 100 --max_context_length 512: Gold Passage "
+        "dev, all 9 languages, 100 items per language drawn with random.seed(42) in sorted language order, one "
+        "exemplar per language from train, passages cut to 512 tokens, at most 50 new tokens, stop at a newline; "
+        "score = mean over languages of SQuAD F1",
+        deviation="prompt: lm-eval's 'Context/Question/Answer' in each language vs DS2's translated instruction + "
+        "'Passage/Question/Answer'; lm-eval does not cut passages to 512 tokens; its 1-shot exemplar is drawn by "
+        "lm-eval's sampler; F1 uses lm-eval's language-aware normalisation (DS2: SQuAD's English one), on a 0-1 "
+        "scale (DS2 reports 0-100)"),
+)
+PAPER_TASKS = {task: b.num_fewshot for b in PAPER_BENCHMARKS for task in b.tasks}  # name -> shots
 
 _MMLU_ITEM = re.compile(r"^(?P<q>.*?)\n\(A\) (?P<a>.*?) \(B\) (?P<b>.*?) \(C\) (?P<c>.*?) \(D\) (?P<d>.*?)\n"
                         r"A: .*?The answer is \((?P<ans>[ABCD])\)", re.DOTALL)
@@ -154,30 +235,116 @@ def build_smoke_tasks(folder: str | Path, lm_eval_root: Path | None = None) -> B
 # --------------------------------------------------------------------------- running lm-eval
 
 
+def smoke_benchmarks(limit: int | None = None) -> tuple[Benchmark, ...]:
+    """The demo's smoke tasks as benchmarks: 0-shot, the first ``limit`` items each (None: all)."""
+    headline = {"smoke_mmlu": ("acc", "none"), "smoke_bbh": ("exact_match", "strip"),
+                "smoke_gsm8k": ("exact_match", "last-number")}
+    return tuple(Benchmark(t, (t,), 0, t, headline[t], limit_per_task=limit, subset="first") for t in SMOKE_TASKS)
+
+
+def paper_benchmarks(task_subsets: str = "ds2", generation: str = "ds2") -> tuple[Benchmark, ...]:
+    """``PAPER_BENCHMARKS``, or with every item (``task_subsets="all"``) / the tasks' own decoding (``generation="task"``)."""
+    import dataclasses
+
+    if task_subsets not in ("ds2", "all") or generation not in ("ds2", "task"):
+        raise ValueError(f"task_subsets={task_subsets!r} (choose ds2|all), generation={generation!r} (choose ds2|task)")
+    out = []
+    for b in PAPER_BENCHMARKS:
+        if task_subsets == "all":
+            b = dataclasses.replace(b, limit_per_task=None)
+        if generation == "task":
+            b = dataclasses.replace(b, gen_kwargs=None)
+        out.append(b)
+    return tuple(out)
+
+
+def headline_metrics(benchmarks: Sequence[Benchmark]) -> dict[str, tuple[str, str]]:
+    """Report column -> (metric, filter): the one score per benchmark that the report shows."""
+    return {b.headline_task: b.headline for b in benchmarks}
+
+
+def subset_indices(sizes: dict[str, int], k: int | None, subset: str = "first", seed: int = 42) -> dict[str, list[int]]:
+    """Which items of each leaf task to score: at most ``k`` per task (None: all, no entry).
+
+    ``random``: one ``random.Random(seed)`` for the whole benchmark, leaves in sorted order,
+    ``rng.sample(range(n), k)`` for each leaf with more than ``k`` items: the positions
+    DS2's ``random.seed(42)`` + ``random.sample(items, k)`` picks, when the item order is the same.
+    ``first``: the first ``k`` items (lm-eval's ``limit``)."""
+    import random
+
+    if subset not in ("first", "random"):
+        raise ValueError(f"subset={subset!r}: choose 'first' or 'random'")
+    if k is None:
+        return {}
+    if k <= 0:
+        raise ValueError(f"a per-task limit must be positive, got {k}")
+    rng = random.Random(seed)
+    picked = {}
+    for name in sorted(sizes):
+        n = sizes[name]
+        if n == 0:
+            raise ValueError(f"task {name!r} has no items to evaluate")
+        if n > k:
+            picked[name] = rng.sample(range(n), k) if subset == "random" else list(range(k))
+    return picked
+
+
 @dataclass
 class EvalRun:
-    scores: list[dict]  # one per (task, metric): task, metric, filter, value, stderr, n_samples
+    scores: list[dict]  # one per (task, metric): task, metric, filter, value, stderr, n_samples, num_fewshot, ...
     task_versions: dict[str, str]
     lm_eval_version: str
     seconds: float
     config: dict
+    items: dict[str, list[int] | None] = field(default_factory=dict)  # leaf task -> item positions scored (None: all)
 
 
-def evaluate_model(model_path: str, tasks: dict[str, int | None], include_path: str | Path | None = None,
-                   limit: int | None = None, batch_size: int = 8, seed: int = 1234, device: str = "auto",
-                   backend: str = "hf") -> EvalRun:
-    """``lm_eval.simple_evaluate`` on a local HF folder; ``tasks`` maps name -> num_fewshot (None: the task's own).
+def _leaf_sizes(manager, names: Sequence[str]) -> dict[str, int]:
+    loaded = manager.load(list(names))
+    return {name: len(task.eval_docs) for name, task in loaded["tasks"].items()}
 
-    ``backend`` ``hf`` (transformers, CPU or GPU) or ``vllm`` (GPU, the ``gpu`` extra).
+
+def _cap(benchmark: Benchmark, limit: int | None) -> tuple[int | None, str]:
+    """The per-leaf cap and subset mode once a global ``limit`` (a smoke / debug cap) is applied."""
+    caps = [x for x in (benchmark.limit_per_task, limit) if x]
+    if not caps:
+        return None, benchmark.subset
+    if limit and (benchmark.limit_per_task is None or limit < benchmark.limit_per_task):
+        return min(caps), "first"
+    return min(caps), benchmark.subset
+
+
+def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Benchmark]",
+                   include_path: str | Path | None = None, limit: int | None = None, batch_size: int = 8,
+                   seed: int = 1234, device: str = "auto", backend: str = "hf", chat_template: str = "none") -> EvalRun:
+    """``lm_eval.simple_evaluate`` on a local HF folder.
+
+    ``tasks``: benchmarks (shots, per-task limits and subsets, DS2 generation settings), or a
+    plain ``name -> num_fewshot`` map (None: the task's own). ``limit``: an extra cap on every
+    leaf task (first N). ``chat_template``: ``none`` scores plain prompts, ``apply`` renders them
+    with the tokenizer's chat template (few-shot as turns); it must be what the model was trained
+    with (lm_mixup_assets.lib.downstream). ``backend``: ``hf`` (transformers, CPU or GPU) or
+    ``vllm`` (GPU, the ``gpu`` extra).
     """
+    import json as _json
+    import math
     import time
     from importlib.metadata import version
 
     import lm_eval
+    from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
+    from .downstream import check_chat_template_mode, require_chat_template
     from .models import pick_device
 
+    apply = check_chat_template_mode(chat_template) == "apply"
+    if apply:
+        from transformers import AutoTokenizer
+
+        require_chat_template(AutoTokenizer.from_pretrained(model_path), model_path)
+    benchmarks = (tuple(tasks) if not isinstance(tasks, Mapping)
+                  else tuple(Benchmark(n, (n,), shots, n, ("", "")) for n, shots in tasks.items()))
     device = pick_device(device)
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
     model_args = {"pretrained": model_path, "dtype": dtype}
@@ -187,30 +354,67 @@ def evaluate_model(model_path: str, tasks: dict[str, int | None], include_path: 
     started = time.perf_counter()
     scores: list[dict] = []
     versions: dict[str, str] = {}
-    # One call per few-shot setting: simple_evaluate takes one num_fewshot for all its tasks.
-    by_shots: dict[int | None, list[str]] = {}
-    for name, shots in tasks.items():
-        by_shots.setdefault(shots, []).append(name)
-    for shots, names in by_shots.items():
+    items: dict[str, list[int] | None] = {}
+    applied_template: list = []
+    # One call per (shots, generation settings): simple_evaluate takes one of each for all its tasks.
+    calls: dict[tuple, list[Benchmark]] = {}
+    for b in benchmarks:
+        calls.setdefault((b.num_fewshot, _json.dumps(b.gen_kwargs, sort_keys=True)), []).append(b)
+    for (shots, _), group in calls.items():
+        names = [t for b in group for t in b.tasks]
+        samples: dict[str, list[int]] = {}
+        caps = {b.name: _cap(b, limit) for b in group}
+        for b in group:
+            k, subset = caps[b.name]
+            sizes = _leaf_sizes(manager, b.tasks) if k else {}
+            picked = subset_indices(sizes, k, subset, b.subset_seed)
+            samples.update(picked)
+            items.update({leaf: picked.get(leaf) for leaf in sizes})
+        tracker = EvaluationTracker()  # no output path: only to read back the chat template lm-eval applied
         out = lm_eval.simple_evaluate(model=backend, model_args=model_args, tasks=names, num_fewshot=shots,
-                                      batch_size=batch_size, limit=limit, task_manager=manager, random_seed=seed,
-                                      numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                      log_samples=False, bootstrap_iters=1000)
+                                      batch_size=batch_size, samples=samples or None, task_manager=manager,
+                                      gen_kwargs=group[0].gen_kwargs, apply_chat_template=apply,
+                                      fewshot_as_multiturn=apply, random_seed=seed, numpy_random_seed=seed,
+                                      torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False,
+                                      bootstrap_iters=1000, evaluation_tracker=tracker)
+        applied_template.append(tracker.general_config_tracker.chat_template)
         versions.update({k: str(v) for k, v in out.get("versions", {}).items()})
-        for task, metrics in out["results"].items():
-            n = out.get("n-samples", {}).get(task, {}).get("effective")
-            for key, value in metrics.items():
-                if key == "alias" or "_stderr," in key or not isinstance(value, (int, float)):
-                    continue
-                metric, _, filt = key.partition(",")
-                stderr = metrics.get(f"{metric}_stderr,{filt}")
-                scores.append({"task": task, "metric": metric, "filter": filt, "value": float(value),
-                               "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-                               "n_samples": int(n) if n is not None else None, "num_fewshot": shots})
+        for b in group:
+            k, subset = caps[b.name]
+            common = {"num_fewshot": shots, "benchmark": b.name, "task_limit": k or 0,
+                      "subset": "all" if not k else (f"random(seed {b.subset_seed})" if subset == "random" else "first")}
+            leaf_rows = []
+            for task in b.tasks:
+                metrics = out["results"].get(task)
+                if metrics is None:
+                    raise ValueError(f"lm-eval returned no results for task {task!r} of benchmark {b.name!r}")
+                n = out.get("n-samples", {}).get(task, {}).get("effective")
+                for key, value in metrics.items():
+                    if key == "alias" or "_stderr," in key or not isinstance(value, (int, float)):
+                        continue
+                    metric, _, filt = key.partition(",")
+                    stderr = metrics.get(f"{metric}_stderr,{filt}")
+                    row = {"task": task, "metric": metric, "filter": filt, "value": float(value),
+                           "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                           "n_samples": int(n) if n is not None else None, **common}
+                    scores.append(row)
+                    if (metric, filt) == b.headline:
+                        leaf_rows.append(row)
+            if b.aggregate:
+                if len(leaf_rows) != len(b.tasks):
+                    raise ValueError(f"{b.name}: {len(leaf_rows)} of {len(b.tasks)} tasks report {b.headline}")
+                errors = [r["stderr"] for r in leaf_rows]
+                scores.append({"task": b.headline_task, "metric": b.headline[0], "filter": b.headline[1],
+                               "value": sum(r["value"] for r in leaf_rows) / len(leaf_rows),  # macro mean, as DS2
+                               "stderr": (math.sqrt(sum(e * e for e in errors)) / len(errors)
+                                          if all(e is not None for e in errors) else None),
+                               "n_samples": sum(r["n_samples"] or 0 for r in leaf_rows), **common})
     return EvalRun(scores=scores, task_versions=versions, lm_eval_version=version("lm_eval"),
                    seconds=time.perf_counter() - started,
                    config={"backend": backend, "dtype": dtype, "device": device, "limit": limit, "seed": seed,
-                           "batch_size": batch_size})
+                           "batch_size": batch_size, "chat_template": chat_template,
+                           "lm_eval_chat_template": applied_template[0] if applied_template else None},
+                   items=items)
 
 
 # --------------------------------------------------------------------------- the report
@@ -230,10 +434,21 @@ def primary_scores(scores: "pd.DataFrame") -> "pd.DataFrame":
     return pd.DataFrame(df.groupby(["arm", "task"], as_index=False).first()).drop(columns="_rank")
 
 
-def benchmark_table(scores: "pd.DataFrame", baselines: Sequence[str] = ("full_low", "random")) -> "pd.DataFrame":
-    """Arms x tasks (headline metric), the mean over tasks, and the mean's delta to each baseline arm present."""
-    primary = primary_scores(scores)
-    table = primary.pivot(index="arm", columns="task", values="value")
+def benchmark_table(scores: "pd.DataFrame", baselines: Sequence[str] = ("full_low", "random"),
+                    headline: Mapping[str, tuple[str, str]] | None = None) -> "pd.DataFrame":
+    """Arms x tasks (headline metric), the mean over tasks, and the mean's delta to each baseline arm present.
+
+    ``headline``: task -> (metric, filter), one column per benchmark in that order (``headline_metrics``);
+    without it every task gets its preferred metric (``_PRIMARY``)."""
+    if headline:
+        keys = list(zip(scores["task"], scores["metric"], scores["filter"]))
+        primary = scores[[headline.get(t) == (m, f) for t, m, f in keys]]
+    else:
+        primary = primary_scores(scores)
+    table = primary.pivot_table(index="arm", columns="task", values="value", aggfunc="first")
+    if headline:
+        table = table[[t for t in headline if t in table.columns]]
+    table.columns.name = None
     table["average"] = table.mean(axis=1)
     for base in baselines:
         if base in table.index:

@@ -33,6 +33,9 @@ class GenerationParams:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    # > 1 discourages tokens already in the prompt or the text so far (HF / vLLM semantics; 1 = off).
+    # The reference distils with 1.05 (data_process/inference.py).
+    repetition_penalty: float = 1.0
 
     @property
     def greedy(self) -> bool:
@@ -53,8 +56,17 @@ def model_fingerprint(model: str) -> str:
     return f"{model}@{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]}"
 
 
+# Parameters added after the cache existed: left out of the key at their default, so older entries stay valid.
+_KEY_OMIT_AT_DEFAULT = {"repetition_penalty": 1.0}
+
+
+def _key_params(params: GenerationParams) -> dict:
+    values = asdict(params)
+    return {k: v for k, v in values.items() if not (k in _KEY_OMIT_AT_DEFAULT and v == _KEY_OMIT_AT_DEFAULT[k])}
+
+
 def generation_cache_key(backend: str, model: str, params: GenerationParams, chat: list[dict]) -> str:
-    payload = json.dumps([backend, model, asdict(params), chat], sort_keys=True, ensure_ascii=False)
+    payload = json.dumps([backend, model, _key_params(params), chat], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -97,6 +109,8 @@ class TransformersGenerator:
             kwargs = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
             kwargs.update({"do_sample": False} if params.greedy else
                           {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p})
+            if params.repetition_penalty != 1.0:
+                kwargs["repetition_penalty"] = params.repetition_penalty
             with torch.no_grad():
                 generated = self.model.generate(**enc, **kwargs)
             new = generated[:, enc["input_ids"].shape[1]:]
@@ -132,7 +146,7 @@ class VllmGenerator:
         from vllm import SamplingParams
 
         sampling = SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                  top_p=params.top_p, seed=params.seed)
+                                  top_p=params.top_p, seed=params.seed, repetition_penalty=params.repetition_penalty)
         outs = self.llm.chat(chats, sampling, use_tqdm=False)
         results = []
         for i, o in enumerate(outs):

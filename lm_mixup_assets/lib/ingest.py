@@ -1,8 +1,8 @@
 """Reading a pool source into (prompt, completion) rows, with every bad row accounted for.
 
 Row-level problems (malformed JSON, missing or empty fields, wrong types,
-invalid UTF-8, NUL bytes, an over-long row) become rejected rows with the
-position and the reason. Source-level problems (missing file, unreadable
+invalid UTF-8, NUL bytes, an over-long row, a missing or out-of-range
+precomputed score) become rejected rows with the position and the reason. Source-level problems (missing file, unreadable
 dataset) raise :class:`SourceError`, whose message says what to do.
 """
 
@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,18 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from .manifest import SourceSpec
+from .manifest import PrecomputedSpec, SourceSpec
+from .rubric import JudgeParseError, check_score
 
 RAW_TEXT_LIMIT = 500  # characters of the offending input kept in rejected_rows
 RAW_POOL_COLUMNS = ["source", "sample_id", "position", "locator", "prompt", "completion", "input_format", "duplicate_count"]
 REJECTED_COLUMNS = ["source", "position", "locator", "reason", "raw_text"]
+# Ratings a manifest source brings along (its `precomputed:` entry), one row per raw_pool row.
+PRECOMPUTED_COLUMNS = ["source", "sample_id", "rarity", "complexity", "informativeness", "overall",
+                       "overall_compressed", "judge_model", "rubric_version"]
+PRECOMPUTED_SCORES = ["rarity", "complexity", "informativeness", "overall", "overall_compressed"]
+PRECOMPUTED_TYPES = {**{c: "INTEGER" for c in PRECOMPUTED_SCORES}, "source": "VARCHAR", "sample_id": "VARCHAR",
+                     "judge_model": "VARCHAR", "rubric_version": "VARCHAR"}
 
 
 class SourceError(RuntimeError):
@@ -50,6 +58,10 @@ class IngestResult:
     input_rows: int
     duplicates: int
     formats: dict[str, int] = field(default_factory=dict)
+    # Precomputed ratings of ``rows`` (empty when the source has none), and how many folded
+    # duplicates carried scores different from the row they were folded into (the first one's are kept).
+    precomputed: pd.DataFrame = field(default_factory=lambda: _empty_precomputed())
+    precomputed_conflicts: int = 0
 
     @property
     def rejected_fraction(self) -> float:
@@ -327,6 +339,83 @@ def _read_humaneval() -> Iterator[RawRecord]:
 _BUILTIN_READERS = {"chatterbot": _read_chatterbot, "chitchat": _read_chitchat, "humaneval": _read_humaneval}
 
 
+# --------------------------------------------------------------------------- precomputed ratings
+
+
+def _empty_precomputed() -> pd.DataFrame:
+    return pd.DataFrame(columns=PRECOMPUTED_COLUMNS).astype({c: "Int64" for c in PRECOMPUTED_SCORES})
+
+
+def load_scores_file(spec: PrecomputedSpec, source: str) -> list:
+    """The entries of a ``scores_file`` (entry N belongs to the record at position N), or SourceError."""
+    path = Path(spec.scores_file)
+    if not path.exists():
+        raise SourceError(f"source {source!r}: precomputed scores_file not found: {path}. Fix `scores_file.path` in the manifest.")
+    try:
+        if path.suffix.lower() == ".pt":
+            import torch
+
+            # weights_only: plain containers of numbers load, code in a pickle does not run.
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except Exception as exc:  # torch and json raise many types for a broken file
+        raise SourceError(f"source {source!r}: could not read scores_file {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    if hasattr(data, "tolist"):  # a tensor or an array
+        data = data.tolist()
+    if not isinstance(data, list):
+        raise SourceError(f"source {source!r}: scores_file {path} holds a {type(data).__name__}, expected a list (one entry per record)")
+    return data
+
+
+def _lookup(record: Any, column: str) -> tuple[bool, Any]:
+    """(found, value) of a column; a dotted name reaches into nested objects (``rating_detail.Overall``)."""
+    if isinstance(record, dict) and column in record:
+        return True, record[column]
+    value = record
+    for part in column.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def _score(name: str, value: Any, where: str) -> int:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise RowError(f"precomputed {name} ({where}) is empty")
+    low, high = (0, 5) if name == "overall_compressed" else (1, 10)
+    try:
+        return check_score(name, value, low, high)
+    except JudgeParseError as exc:
+        raise RowError(f"precomputed {exc} ({where})") from None
+
+
+def precomputed_scores(spec: PrecomputedSpec, record: Any, position: int, file_scores: list | None) -> dict:
+    """The validated scores of one record (the five PRECOMPUTED_SCORES, None where not given), or RowError."""
+    given: dict[str, int] = {}
+    if file_scores is None:
+        for name, column in spec.columns.items():
+            found, value = _lookup(record, column)
+            if not found:
+                raise RowError(f"precomputed {name}: column {column!r} is missing")
+            given[name] = _score(name, value, f"column {column!r}")
+    else:
+        if position > len(file_scores):
+            raise RowError(f"precomputed scores: scores_file has {len(file_scores)} entries, none for position {position}")
+        entry = file_scores[position - 1]
+        where = f"scores_file entry {position}"
+        if spec.file_holds == "all_four":
+            if not isinstance(entry, (list, tuple)) or len(entry) != 4:
+                raise RowError(f"precomputed scores ({where}) is {entry!r}, expected [rarity, complexity, informativeness, overall]")
+            for name, value in zip(("rarity", "complexity", "informativeness", "overall"), entry):
+                given[name] = _score(name, value, where)
+        else:
+            given[spec.file_holds] = _score(spec.file_holds, entry, where)
+    if "overall" in given:
+        given["overall_compressed"] = min(9, max(4, given["overall"])) - 4  # docs/method.md compression
+    return {name: given.get(name) for name in PRECOMPUTED_SCORES}
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -336,7 +425,10 @@ def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResul
     rejected: list[dict] = []
     by_id: dict[str, int] = {}
     formats: dict[str, int] = {}
-    input_rows = duplicates = 0
+    input_rows = duplicates = conflicts = 0
+    pre = spec.precomputed
+    file_scores = load_scores_file(pre, spec.name) if pre is not None and pre.scores_file else None
+    scores_by_id: dict[str, dict] = {}
     for rec in iter_records(spec):
         input_rows += 1
 
@@ -355,15 +447,31 @@ def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResul
         if size > max_row_chars:
             reject(f"row is {size:,} characters, over the {max_row_chars:,} limit (max_row_chars)")
             continue
+        scores = None
+        if pre is not None:
+            try:
+                scores = precomputed_scores(pre, rec.record, rec.position, file_scores)
+            except RowError as exc:
+                reject(str(exc))
+                continue
         sample_id = make_sample_id(spec.name, prompt, completion)
         if sample_id in by_id:
             rows[by_id[sample_id]]["duplicate_count"] += 1
             duplicates += 1
+            conflicts += scores is not None and scores != scores_by_id[sample_id]
             continue
+        if scores is not None:
+            scores_by_id[sample_id] = scores
         by_id[sample_id] = len(rows)
         formats[fmt] = formats.get(fmt, 0) + 1
         rows.append({"source": spec.name, "sample_id": sample_id, "position": rec.position, "locator": rec.locator,
                      "prompt": prompt, "completion": completion, "input_format": fmt, "duplicate_count": 0})
     rows_df = pd.DataFrame(rows, columns=RAW_POOL_COLUMNS).astype({"position": "int64", "duplicate_count": "int64"})
     rejected_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).astype({"position": "int64"})
-    return IngestResult(rows_df, rejected_df, input_rows, duplicates, formats)
+    precomputed = _empty_precomputed()
+    if pre is not None and scores_by_id:
+        precomputed = pd.DataFrame(
+            [{"source": spec.name, "sample_id": sid, **sc, "judge_model": pre.judge_model, "rubric_version": pre.rubric_version}
+             for sid, sc in scores_by_id.items()], columns=PRECOMPUTED_COLUMNS,
+        ).astype({c: "Int64" for c in PRECOMPUTED_SCORES})
+    return IngestResult(rows_df, rejected_df, input_rows, duplicates, formats, precomputed, int(conflicts))

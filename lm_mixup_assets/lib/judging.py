@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -31,7 +31,8 @@ create table if not exists {CACHE_TABLE} (
 PRICE_PER_MTOK = {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1": (2.00, 8.00)}
 
 Connect = Callable[[], AbstractContextManager]
-RateFn = Callable[[list[str], Callable[[int, JudgeOutcome], None]], list[JudgeOutcome]]
+# Rates rendered prompts (strings or rubric.JudgeRequest), reporting each outcome as it arrives.
+RateFn = Callable[[list[Any], Callable[[int, JudgeOutcome], None]], list[JudgeOutcome]]
 
 
 def estimate_cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -77,9 +78,12 @@ def lookup_cached(connect: Connect, keys: list[str]) -> dict[str, JudgeOutcome]:
     }
 
 
-def store_cached(connect: Connect, items: list[tuple[str, JudgeOutcome]], backend: str, model: str, rubric_version: str) -> None:
+def store_cached(connect: Connect, items: list[tuple[str, JudgeOutcome]], backend: str, model: str,
+                 rubric_version: str | dict[str, str]) -> None:
+    """Persist the ``ok`` outcomes; ``rubric_version`` is one version or a {cache_key: version} map."""
+    version_of = (lambda k: rubric_version[k]) if isinstance(rubric_version, dict) else (lambda k: rubric_version)
     rows = [
-        {"cache_key": k, "backend": backend, "model": model, "rubric_version": rubric_version, **o.scores,
+        {"cache_key": k, "backend": backend, "model": model, "rubric_version": version_of(k), **o.scores,
          "raw_answer": o.raw_answer, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
          "created_at": pd.Timestamp.now("UTC").tz_localize(None)}
         for k, o in items if o.status == "ok" and o.scores
@@ -94,18 +98,26 @@ def store_cached(connect: Connect, items: list[tuple[str, JudgeOutcome]], backen
 
 
 def rate_with_cache(
-    prompts: list[str],
+    prompts: list[Any],
     keys: list[str],
     connect: Connect,
     rate_missing: RateFn,
     backend: str,
     model: str,
-    rubric_version: str,
+    rubric_version: str | Sequence[str],
     flush_every: int = 256,
     flush_seconds: float = 10.0,
     progress: Callable[[str], None] | None = None,
 ) -> CachedRating:
-    """Answer from the cache where possible; rate the rest, persisting as results arrive."""
+    """Answer from the cache where possible; rate the rest, persisting as results arrive.
+
+    ``rubric_version``: one version for every row, or one per row (rows of one
+    call may be judged under different rubrics, e.g. per task type).
+    """
+    if not isinstance(rubric_version, str):
+        if len(rubric_version) != len(keys):
+            raise ValueError(f"{len(rubric_version)} rubric versions for {len(keys)} rows")
+        rubric_version = dict(zip(keys, rubric_version))
     cached = lookup_cached(connect, keys)
     outcomes: list[JudgeOutcome | None] = [cached.get(k) for k in keys]
     from_cache = [o is not None for o in outcomes]

@@ -1,4 +1,4 @@
-"""kNN-Bayes quality rater (METHOD.md §4): the quality half of the GRPO reward.
+"""kNN-Bayes quality rater (docs/method.md, "Rewards"): the quality half of the GRPO reward.
 
 Pure numpy / torch; no Dagster.
 
@@ -22,14 +22,12 @@ i.e. the neighbours' classes are treated as independent draws from row ``i`` of
 Classes absent from the library
 -------------------------------
 C is fixed at 6, but a library need not hold every class (e.g. no class-0 text).
-``T`` is smoothed, so every ``log T`` is finite; an absent class's row is then
-uniform (smoothing only).  Such a row "explains" any neighbourhood at
-(1/C)^k, far better than a present class explains neighbours of another class
-(smoothing / row total per neighbour), so a smoothed prior alone would let
-absent classes win every mixed neighbourhood.  An absent class therefore has
-prior 0 and is left out of the posterior (probability exactly 0), as in the
-released code, which only indexes the classes that occur.  ``prior`` is the
-plain class frequency.
+As in the reference code (``knn/build.py``), which indexes only the classes that
+occur, an absent class takes no part at all: its prior is 0 (probability exactly
+0), and ``T`` is estimated and normalised over the present classes only, so the
+posterior of the present classes is the reference's to float precision.  (An
+absent class left in with a smoothed row would "explain" any neighbourhood at
+(1/C)^k and win every mixed one.)  ``prior`` is the plain class frequency.
 """
 
 from __future__ import annotations
@@ -46,6 +44,7 @@ __all__ = [
     "build_library",
     "knn_indices",
     "quality_reward",
+    "QUALITY_BANDS",
 ]
 
 N_CLASSES = 6  # compressed scores 0..5
@@ -134,9 +133,8 @@ class KnnBayesLibrary:
         the present classes; absent classes get -inf (probability 0)."""
         present = self.present
         logits = np.full((np.shape(hist)[0], self.n_classes), -np.inf)
-        logits[:, present] = (
-            np.log(self.prior[present])[None, :] + np.asarray(hist, dtype=np.float64) @ np.log(self.T[present]).T
-        )
+        h = np.asarray(hist, dtype=np.float64)[:, present]  # neighbours are library samples: absent columns are 0
+        logits[:, present] = np.log(self.prior[present])[None, :] + h @ np.log(self.T[np.ix_(present, present)]).T
         return logits - _logsumexp(logits[:, present])
 
     def posterior(self, query_embeddings: np.ndarray, k: int = 16, chunk: int = 4096) -> np.ndarray:
@@ -196,7 +194,11 @@ def build_library(
         raise ValueError(f"classes must lie in [0, {n_classes - 1}], got {cls_.min()}..{cls_.max()}")
     if smoothing <= 0:
         raise ValueError("smoothing must be > 0 (it keeps log T finite)")
-    counts = np.full((n_classes, n_classes), float(smoothing))
+    present = np.bincount(cls_, minlength=n_classes) > 0
+    # Smoothing only among the classes that occur (the reference's C x C over present classes);
+    # an absent class's row stays uniform and is never used.
+    counts = np.where(np.outer(present, present), float(smoothing), 0.0)
+    counts[~present] = 1.0
     idx = knn_indices(emb, emb, k_t, exclude_self=True, chunk=chunk)
     if idx.size:
         np.add.at(counts, (np.repeat(cls_, idx.shape[1]), cls_[idx].ravel()), 1.0)
@@ -209,15 +211,26 @@ def build_library(
     )
 
 
-def quality_reward(expected, high: float = 4.0, mid: float = 3.0, mid_reward: float = 0.3, tol: float = 1e-6):
-    """1.0 if E >= 4; 0.3 if 3 <= E < 4; else 0.0 (scalar in, float out; array in, array out).
+QUALITY_BANDS = ("reference", "interval")
 
-    METHOD.md says "0.3 if E = 3".  E is a continuous expectation, and the released
-    code's literal ``E == 3`` almost never fires, so we read it as the band [3, 4)
-    below the full-reward threshold (``mid=2.5`` gives the "rounds to 3 or more"
-    reading).  ``tol`` absorbs float noise: a posterior that is all class 3 gives
-    E = 3 - 1e-12 as often as 3 + 1e-12.
+
+def quality_reward(expected, high: float = 4.0, mid: float = 3.0, mid_reward: float = 0.3,
+                   band: str = "reference", tol: float = 1e-6):
+    """Map the expected class E to the quality reward (scalar in, float out; array in, array out).
+
+    ``band="reference"`` (the method's code, ``llm_mixup_bayes.py``): 1.0 if E >= 4,
+    ``mid_reward`` only if E == 3.0 exactly, i.e. when the posterior sits on class 3 to
+    float precision (a neighbourhood of class-3 samples); a mixed posterior with
+    3 < E < 4 earns 0.0.
+    ``band="interval"``: 1.0 if E >= 4, ``mid_reward`` if 3 <= E < 4, else 0.0, with
+    ``tol`` absorbing float noise (E = 4 - 1e-12 counts as 4).  Not the method; an
+    option for users who want the partial credit the paper's prose suggests.
     """
+    if band not in QUALITY_BANDS:
+        raise ValueError(f"quality band {band!r} is unknown; choose one of {QUALITY_BANDS}")
     e = np.asarray(expected, dtype=np.float64)
-    r = np.where(e >= high - tol, 1.0, np.where(e >= mid - tol, mid_reward, 0.0))
+    if band == "reference":
+        r = np.where(e >= high, 1.0, np.where(e == mid, mid_reward, 0.0))
+    else:
+        r = np.where(e >= high - tol, 1.0, np.where(e >= mid - tol, mid_reward, 0.0))
     return float(r) if r.ndim == 0 else r

@@ -11,7 +11,27 @@ pool assets. An entry names exactly one of:
 
 Optional for every entry: ``filter: {column, value}``, ``fields`` (map our
 names ``prompt``/``completion``/``instruction``/``input``/``output``/``messages``
-to the file's column names), ``limit`` (first N input rows), ``description``.
+to the file's column names), ``limit`` (first N input rows), ``description``,
+and ``precomputed``: ratings that already exist, recorded by ``rated_pool`` as a
+``precomputed`` judge instead of calling one (docs/method.md, "Precomputed
+ratings")::
+
+    precomputed:
+      judge_model: "gpt-4o-mini (DS2 release)"   # required: recorded as judge_model
+      rubric_version: ds2                        # optional: the rubric they were made with
+      # either columns of the source (a dotted name reaches into nested objects) ...
+      scores: {overall: gpt_overall, rarity: gpt_rarity}
+      # ... or a file of scores aligned with the source's records (entry N = position N)
+      scores_file: {path: output_scores.pt, holds: overall_compressed}
+
+``scores`` needs exactly one of ``overall`` (an integer 1-10) or
+``overall_compressed`` (0-5, the scale DS2 released); ``rarity``,
+``complexity`` and ``informativeness`` (1-10) are optional. ``holds`` is one of
+``overall``, ``overall_compressed`` or ``all_four`` (a list
+[rarity, complexity, informativeness, overall] per entry, the layout of DS2's
+scoring script); the file is a JSON array (``.json``) or a torch-saved list
+(``.pt``, loaded with ``weights_only=True``). A row whose score is missing or
+out of range is rejected with the reason, never given a default.
 """
 
 from __future__ import annotations
@@ -26,12 +46,26 @@ BUILTIN_MANIFESTS = {"demo", "paper"}
 BUILTIN_SOURCES = {"chatterbot", "chitchat", "humaneval"}
 FILE_FORMATS = {"jsonl", "json", "parquet", "csv"}
 FIELD_NAMES = {"prompt", "completion", "instruction", "input", "output", "messages"}
+PRECOMPUTED_SCORE_NAMES = ("rarity", "complexity", "informativeness", "overall", "overall_compressed")
+PRECOMPUTED_FILE_HOLDS = ("overall", "overall_compressed", "all_four")
+PRECOMPUTED_FILE_FORMATS = {".json", ".pt"}
 _MANIFEST_DIR = Path(__file__).resolve().parent.parent / "manifests"
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 class ManifestError(ValueError):
     """The manifest itself is wrong; the message says which entry and why."""
+
+
+@dataclass(frozen=True)
+class PrecomputedSpec:
+    """Existing ratings of a source: where each score is, and what judge made them."""
+
+    judge_model: str
+    rubric_version: str = "precomputed"
+    columns: dict = field(default_factory=dict)  # our score name -> the source's column (dotted = nested)
+    scores_file: str | None = None
+    file_holds: str | None = None  # overall | overall_compressed | all_four
 
 
 @dataclass(frozen=True)
@@ -47,6 +81,7 @@ class SourceSpec:
     fields: dict = field(default_factory=dict)
     limit: int | None = None
     description: str = ""
+    precomputed: PrecomputedSpec | None = None
 
     @property
     def origin(self) -> str:
@@ -98,7 +133,8 @@ def _parse_entry(name: str, entry: object, manifest_path: Path) -> SourceSpec:
     kinds = [k for k in ("builtin", "path", "hf") if entry.get(k)]
     if len(kinds) != 1:
         raise ManifestError(f"{where}: give exactly one of builtin/path/hf (got {kinds or 'none'})")
-    unknown = set(entry) - {"builtin", "path", "hf", "format", "split", "filter", "fields", "limit", "description"}
+    unknown = set(entry) - {"builtin", "path", "hf", "format", "split", "filter", "fields", "limit", "description",
+                            "precomputed"}
     if unknown:
         raise ManifestError(f"{where}: unknown keys {sorted(unknown)}")
     if entry.get("builtin") and entry["builtin"] not in BUILTIN_SOURCES:
@@ -134,7 +170,53 @@ def _parse_entry(name: str, entry: object, manifest_path: Path) -> SourceSpec:
         fields=dict(fields),
         limit=limit,
         description=str(entry.get("description") or ""),
+        precomputed=_parse_precomputed(entry.get("precomputed"), where, manifest_path),
     )
+
+
+def _parse_precomputed(entry: object, where: str, manifest_path: Path) -> PrecomputedSpec | None:
+    if entry is None:
+        return None
+    where = f"{where}, precomputed"
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{where}: expected a mapping with judge_model and scores or scores_file")
+    unknown = set(entry) - {"judge_model", "rubric_version", "scores", "scores_file"}
+    if unknown:
+        raise ManifestError(f"{where}: unknown keys {sorted(unknown)}")
+    judge_model = entry.get("judge_model")
+    if not isinstance(judge_model, str) or not judge_model.strip():
+        raise ManifestError(f"{where}: `judge_model` (the name recorded for these ratings) is required")
+    rubric_version = entry.get("rubric_version", "precomputed")
+    if not isinstance(rubric_version, str) or not rubric_version.strip():
+        raise ManifestError(f"{where}: `rubric_version` must be a non-empty string")
+    if ("scores" in entry) == ("scores_file" in entry):
+        raise ManifestError(f"{where}: give exactly one of `scores` (columns of the source) or `scores_file`")
+    if "scores" in entry:
+        columns = entry["scores"]
+        if not isinstance(columns, dict) or not columns:
+            raise ManifestError(f"{where}: `scores` maps score names {list(PRECOMPUTED_SCORE_NAMES)} to column names")
+        bad = sorted(set(map(str, columns)) - set(PRECOMPUTED_SCORE_NAMES))
+        if bad:
+            raise ManifestError(f"{where}: unknown score names {bad}; known: {list(PRECOMPUTED_SCORE_NAMES)}")
+        if ("overall" in columns) == ("overall_compressed" in columns):
+            raise ManifestError(f"{where}: `scores` needs exactly one of `overall` (1-10) or `overall_compressed` (0-5)")
+        for name, column in columns.items():
+            if not isinstance(column, str) or not column.strip():
+                raise ManifestError(f"{where}: the column for {name!r} must be a non-empty string")
+        return PrecomputedSpec(judge_model=judge_model.strip(), rubric_version=rubric_version.strip(),
+                               columns={str(k): v for k, v in columns.items()})
+    spec = entry["scores_file"]
+    if not isinstance(spec, dict) or set(spec) != {"path", "holds"}:
+        raise ManifestError(f"{where}: `scores_file` needs `path` and `holds` ({'/'.join(PRECOMPUTED_FILE_HOLDS)})")
+    if spec["holds"] not in PRECOMPUTED_FILE_HOLDS:
+        raise ManifestError(f"{where}: `holds` must be one of {list(PRECOMPUTED_FILE_HOLDS)}, got {spec['holds']!r}")
+    path = Path(str(spec["path"])).expanduser()
+    if not path.is_absolute():
+        path = manifest_path.parent / path
+    if path.suffix.lower() not in PRECOMPUTED_FILE_FORMATS:
+        raise ManifestError(f"{where}: `scores_file` must end in one of {sorted(PRECOMPUTED_FILE_FORMATS)}, got {path.name}")
+    return PrecomputedSpec(judge_model=judge_model.strip(), rubric_version=rubric_version.strip(),
+                           scores_file=str(path), file_holds=spec["holds"])
 
 
 def _format_from_suffix(path: Path) -> str | None:

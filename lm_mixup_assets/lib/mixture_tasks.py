@@ -1,4 +1,4 @@
-"""MIXTURE task types (METHOD.md §3): formats, validators, writers and noise operators.
+"""MIXTURE task types (docs/method.md, MIXTURE): formats, validators, writers and noise operators.
 
 Pure Python + numpy; no Dagster, no model calls.
 
@@ -24,8 +24,10 @@ What lives here
 * Noise operators that turn a target into low-quality variants, and
   ``make_variants`` that composes 1-3 of them per variant.  Everything random
   takes a ``numpy.random.Generator`` (or a seed), so a seed fixes the output.
-* Prompt templates for the ``llm`` writer and for LLM degradation, with
-  ``render_*`` helpers; the generator call lives elsewhere.
+* Prompt templates for the ``llm`` writer, for LLM degradation and for the
+  chain of thought (``cot``) of an example, with ``render_*`` / ``parse_*``
+  helpers; the generator call lives elsewhere.
+* ``draw_cluster_size``: how many variants one MIXTURE example gets (2-20).
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ __all__ = [
     "render_writer_prompt",
     "render_degrade_prompt",
     "parse_degraded_variants",
+    "MAX_CLUSTER_VARIANTS",
+    "draw_cluster_size",
+    "LLM_COT_TEMPLATE",
+    "render_cot_prompt",
+    "parse_cot",
 ]
 
 TASK_TYPES: tuple[str, ...] = ("qa", "mcq", "tfq", "cs", "paragraph")
@@ -284,7 +291,7 @@ def validate_target(task: str, text: str) -> list[str]:
     return reasons + _VALIDATORS[task](text)
 
 
-# The reward's lenient patterns (METHOD.md §4): presence and order of the markers only.
+# The reward's lenient patterns (docs/method.md, rewards): presence and order of the markers only.
 # (The released code's MCQ pattern also wants a leading 'Q:'; our writers always emit one.)
 _ANSWER_PATTERNS = {
     "qa": re.compile(r"Q:.*?A:", re.DOTALL | re.IGNORECASE),
@@ -1047,6 +1054,7 @@ _STRUCTURAL_OPS: dict[str, dict[str, Callable[[str, np.random.Generator], str]]]
 def make_variants(
     target: str, task: str, rng: "np.random.Generator | int | None" = None, n: int = 4,
     others: Sequence[str] = (), max_ops: int = 3, max_attempts: int | None = None,
+    operators: Sequence[str] | None = None,
 ) -> list[tuple[str, str]]:
     """``n`` distinct low-quality variants of ``target``: ``[(variant text, "op1+op2")]``.
 
@@ -1056,7 +1064,9 @@ def make_variants(
     by the caller by embedding similarity) is non-empty.  Operators that leave the
     text unchanged are not named.  Every variant differs from the target and from the
     other variants; if the target is too short to yield ``n`` distinct variants within
-    ``max_attempts`` (default 40·n), fewer are returned.
+    ``max_attempts`` (default 40·n), fewer are returned.  ``operators`` restricts the
+    choice to those names (e.g. ``("typos", "cross_topic_merge")``, the surface noise
+    added on top of LLM-degraded variants).
     """
     _check_task(task)
     rng = _as_rng(rng)
@@ -1065,6 +1075,14 @@ def make_variants(
     op_names = list(NOISE_OPERATORS) + (["cross_topic_merge"] if other_bodies else [])
     structural = _STRUCTURAL_OPS.get(task, {}) if suffix else {}
     op_names += list(structural)
+    if operators is not None:
+        known = set(NOISE_OPERATORS) | {"cross_topic_merge"} | set(_STRUCTURAL_OPS.get(task, {}))
+        if set(operators) - known:
+            raise ValueError(f"unknown noise operators {sorted(set(operators) - known)}; known: {sorted(known)}")
+        op_names = [o for o in op_names if o in set(operators)]
+        structural = {k: v for k, v in structural.items() if k in set(operators)}
+        if not op_names:
+            return []
 
     seen = {target.strip()}
     out: list[tuple[str, str]] = []
@@ -1167,3 +1185,69 @@ def parse_degraded_variants(reply: str, target: str | None = None) -> list[str]:
             seen.add(p)
             out.append(p)
     return out
+
+
+# --------------------------------------------------------------------------- #
+# Cluster sizes and the chain of thought of an example
+# --------------------------------------------------------------------------- #
+MAX_CLUSTER_VARIANTS = 20  # the method's upper bound on variants per example (docs/method.md)
+
+
+def draw_cluster_size(rng: "np.random.Generator | int | None", pool_size: int, min_variants: int = 2,
+                      max_variants: int = MAX_CLUSTER_VARIANTS) -> int:
+    """How many of a target's ``pool_size`` variants one example uses: uniform over the
+    integers ``min_variants .. min(max_variants, pool_size)``.
+
+    The method states the range (2-20) but publishes no distribution; uniform is our
+    choice, so every size in the range is equally represented when the pool is large
+    enough.  Returns 0 when the pool is smaller than ``min_variants`` (no example).
+    """
+    if not 2 <= min_variants <= max_variants <= MAX_CLUSTER_VARIANTS:
+        raise ValueError(f"need 2 <= min_variants <= max_variants <= {MAX_CLUSTER_VARIANTS}, "
+                         f"got {min_variants}, {max_variants}")
+    if pool_size < min_variants:
+        return 0
+    return int(_as_rng(rng).integers(min_variants, min(max_variants, pool_size) + 1))
+
+
+LLM_COT_TEMPLATE = """Below are {n} weak versions of one {task_name}, followed by the single high-quality
+{task_name} that an expert wrote from them.
+
+Weak versions:
+{variants}
+
+High-quality {task_name}:
+\"\"\"
+{target}
+\"\"\"
+
+Write the expert's reasoning, step by step, as if they had only the weak versions in front of them:
+what the versions have in common, which facts each one adds or leaves out, which parts are wrong,
+repeated, garbled or about another topic and must go, and how the pieces fit into the required
+format ({format_hint}). Do not copy the final sample and do not use facts that appear in none of
+the weak versions. Reply with the reasoning only, in plain prose, without tags or headings."""
+
+
+def render_cot_prompt(task: str, variants: Sequence[str], target: str) -> str:
+    """User prompt asking the MIXTURE writer for the reasoning that leads from an
+    example's variants to its target (the ``cot`` column)."""
+    _check_task(task)
+    blocks = "\n\n".join(f"[{i}] {v.strip()}" for i, v in enumerate(variants, 1))
+    return LLM_COT_TEMPLATE.format(n=len(variants), task_name=TASK_NAMES[task], variants=blocks,
+                                   target=target.strip(), format_hint=FORMAT_SPECS[task].replace("\n", " / "))
+
+
+_THINK_OPEN_RE = re.compile(r"^\s*<think>\s*", re.IGNORECASE)
+_THINK_CLOSE_RE = re.compile(r"\s*</think>.*$", re.IGNORECASE | re.DOTALL)
+
+
+def parse_cot(reply: str) -> tuple[str, str | None]:
+    """(cot, error) from a writer's reply: an optional ``<think>`` wrapper is removed and
+    anything from ``</think>`` on is dropped.  An empty reply, or one that still holds
+    ``<answer>`` / ``<think>`` tags, is an error (it would break the trained format)."""
+    text = _THINK_CLOSE_RE.sub("", _THINK_OPEN_RE.sub("", reply or "")).strip()
+    if not text:
+        return "", "the writer returned no reasoning"
+    if _TAG_RE.search(text):
+        return "", "the reasoning contains <think>/<answer> tags"
+    return text, None

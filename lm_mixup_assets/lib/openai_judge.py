@@ -53,7 +53,7 @@ from typing import Any, Callable
 
 import openai
 
-from lm_mixup_assets.lib.rubric import SYSTEM_PROMPT, JudgeOutcome, JudgeParseError, parse_judge_answer
+from lm_mixup_assets.lib.rubric import SYSTEM_PROMPT, JudgeOutcome, JudgeParseError, JudgeRequest, parse_judge_answer
 
 __all__ = ["OpenAIJudgeClient"]
 
@@ -199,8 +199,12 @@ class OpenAIJudgeClient:
 
     # ------------------------------------------------------------------ sync entry
 
-    def rate_all(self, prompts: list[str], on_result: OnResult | None = None) -> list[JudgeOutcome]:
+    def rate_all(self, prompts: list[str | JudgeRequest], on_result: OnResult | None = None) -> list[JudgeOutcome]:
         """Judge every rendered prompt; returns one outcome per prompt, in order.
+
+        A prompt is a :class:`JudgeRequest` (system message, or none, and user
+        message, as a rubric renders it) or a bare user message string, sent
+        with :data:`SYSTEM_PROMPT`.
 
         ``on_result(index, outcome)`` is called (on the event loop, so keep it
         quick) as soon as each row is final, so the caller can persist
@@ -308,7 +312,10 @@ class OpenAIJudgeClient:
     async def _rate_one(self, client: Any, prompt: Any) -> JudgeOutcome:
         if isinstance(prompt, list):  # a chat (list of messages) from complete_all: free text back
             return await self._call_one(client, prompt, parse=_require_text)
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        if isinstance(prompt, JudgeRequest):  # a rubric's own system message (or none) and user message
+            messages = prompt.messages()
+        else:  # a bare rendered string: pool_quality_v1's system message
+            messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
         return await self._call_one(client, messages, parse=parse_judge_answer)
 
     async def _call_one(self, client: Any, messages: list[dict], parse: Callable[[str], Any]) -> JudgeOutcome:

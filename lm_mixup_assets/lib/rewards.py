@@ -1,31 +1,45 @@
-"""GRPO rewards for the distiller (METHOD.md §4): quality, alignment and format.
+"""GRPO rewards for the distiller (docs/method.md, "Rewards"): quality, alignment and format.
 
 Pure Python + numpy; no Dagster, no TRL import.  Every reward is a plain function
 usable outside a trainer; ``make_trl_reward_funcs`` wraps them for TRL's
 ``GRPOTrainer``.
 
-Reward = w_q·quality + w_a·alignment + w_f·format, with w = (0.5, 0.4, 0.1) and, for
-MCQ, TFQ and paragraph, (0.8, 0, 0.2) (the released code's per-task weights).
+Reward = w_q·quality + w_a·alignment + w_f·format with w = (0.5, 0.4, 0.1) for all
+five task types, as the reference's shipped GRPO config resolves them
+(``examples/config_mixup_bayes.yaml``: every task listed with null overrides).
+Per-task overrides are accepted component by component (``resolve_weights``);
+``FALLBACK_TASK_WEIGHTS`` is the reference reward file's unused 0.8/0/0.2 fallback
+for MCQ/TFQ/paragraph, kept by name for anyone who wants to try it.
 
-* **format** (0, 0.5 or 1): 0.5 when the whole response is
-  ``<think>…</think><answer>…</answer>`` (whitespace around and between the blocks
-  allowed, nothing else, no nested or repeated tags, non-blank answer), plus 0.5 when
-  the answer carries the task's markers (``answer_pattern_ok``).  The two halves are
-  independent: a response with text outside the tags but a well-formed answer block
-  still earns the pattern half.
+Two rule sets, ``rules=`` (``FORMAT_RULES``):
+
+* ``"reference"`` (default; the method's code, ``llm_mixup_bayes.py``):
+  - format 0.5 when the response is, case-insensitively, ``<think>`` … ``</think>``,
+    whitespace, ``<answer>`` … ``</answer>`` from start to end (text inside the
+    blocks is not inspected, so nested or repeated tags pass);
+  - plus 0.5 when some ``<answer>`` … ``</answer>`` span carries the task's markers
+    (QA ``Q:…A:``, MCQ ``Q:…A)…B)…C)…D)…Answer:``, CS ``C:…S:``, TFQ ``Answer:``);
+    paragraph gets this half always;
+  - the answer judged by alignment and quality is the first ``<answer>…</answer>``
+    block, or the whole response when there is none.
+* ``"strict"`` (ours, stricter against reward hacking): format 0.5 only for exactly
+  one think block then one non-blank answer block (no nested or repeated tags),
+  plus 0.5 when that last complete answer carries the markers
+  (``mixture_tasks.answer_pattern_ok``); a response without a complete answer
+  block scores 0 on alignment and quality.
+
+Under both, a blank answer scores 0 on alignment and quality (the reference embeds
+the empty string; a reward for saying nothing is a hole we do not copy).
+
 * **alignment** (0 or 1): cosine of the answer's and the reference's normalised
   embeddings ≥ ``threshold`` (0.8).
 * **quality** (0, 0.3 or 1): the expected class of the answer under its task's
-  kNN-Bayes library (``knn_bayes``), mapped by ``quality_reward``.
+  kNN-Bayes library (``knn_bayes``), mapped by ``knn_bayes.quality_reward``
+  (``band="reference"``: 0.3 only at E == 3 exactly).
 
-Answers
--------
-Alignment and quality judge the *answer*: the content of the last complete
-``<answer>…</answer>`` block (``extract_answer``, lenient: text outside the tags is
-ignored, the format reward is what penalises it).  A response with no complete
-answer block scores 0 on both.  Functions named ``*answers*`` accept either model
-responses (anything containing a ``<think>``/``<answer>`` tag is parsed) or answers
-already extracted (plain text is used as is); ``None`` or blank means "no answer".
+Answers passed to functions named ``*answers*`` may be model responses (anything
+containing a ``<think>``/``<answer>`` tag is parsed) or answers already extracted
+(plain text is used as is); ``None`` or blank means "no answer".
 
 Embeddings
 ----------
@@ -45,7 +59,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .knn_bayes import KnnBayesLibrary, quality_reward
+from .knn_bayes import QUALITY_BANDS, KnnBayesLibrary, quality_reward
 from .mixture_tasks import TASK_TYPES, answer_pattern_ok
 
 __all__ = [
@@ -53,6 +67,8 @@ __all__ = [
     "COMPONENTS",
     "REWARD_WEIGHTS",
     "TASK_REWARD_WEIGHTS",
+    "FALLBACK_TASK_WEIGHTS",
+    "FORMAT_RULES",
     "ALIGNMENT_THRESHOLD",
     "EmbedFn",
     "RewardBreakdown",
@@ -83,16 +99,34 @@ SYSTEM_PROMPT = (
 
 COMPONENTS: tuple[str, ...] = ("quality", "alignment", "format")
 REWARD_WEIGHTS: dict[str, float] = {"quality": 0.5, "alignment": 0.4, "format": 0.1}
-# The released code drops alignment for tasks whose reference wording is not the point.
-TASK_REWARD_WEIGHTS: dict[str, dict[str, float]] = {
+# The shipped config lists every task with null overrides: all five use REWARD_WEIGHTS.
+TASK_REWARD_WEIGHTS: dict[str, dict[str, float]] = {task: dict(REWARD_WEIGHTS) for task in TASK_TYPES}
+# The reward file's fallback for tasks missing from that config (never reached by it).
+FALLBACK_TASK_WEIGHTS: dict[str, dict[str, float]] = {
     task: {"quality": 0.8, "alignment": 0.0, "format": 0.2} for task in ("mcq", "tfq", "paragraph")
 }
+FORMAT_RULES = ("reference", "strict")
 ALIGNMENT_THRESHOLD = 0.8
 
 _BLOCK = r"(?:(?!</?(?:think|answer)>).)*"  # any text without a think/answer tag in it
 _RESPONSE_RE = re.compile(rf"\s*<think>({_BLOCK})</think>\s*<answer>({_BLOCK})</answer>\s*", re.DOTALL)
 _ANSWER_RE = re.compile(rf"<answer>({_BLOCK})</answer>", re.DOTALL)
 _TAG_RE = re.compile(r"</?(?:think|answer)>")
+# The reference's rules: its layout check, first-answer extraction and marker search.
+_REF_LAYOUT_RE = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL | re.IGNORECASE)
+_REF_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_REF_MARKERS = {
+    "qa": r"Q:.*?A:",
+    "mcq": r"Q:.*?A\).*?B\).*?C\).*?D\).*?Answer:",
+    "cs": r"C:.*?S:",
+    "tfq": r"Answer:",
+}
+_REF_PATTERN_RE = {t: re.compile(rf"<answer>.*?{m}.*?</answer>", re.DOTALL | re.IGNORECASE) for t, m in _REF_MARKERS.items()}
+
+
+def _check_rules(rules: str) -> None:
+    if rules not in FORMAT_RULES:
+        raise ValueError(f"reward rules {rules!r} are unknown; choose one of {FORMAT_RULES}")
 
 
 # --------------------------------------------------------------------------- #
@@ -110,11 +144,18 @@ def parse_response(text: str | None) -> tuple[str, str] | None:
     return m.group(1).strip(), m.group(2).strip()
 
 
-def extract_answer(text: str | None) -> str | None:
-    """The stripped content of the last complete ``<answer>…</answer>`` block, wherever
-    it stands; ``None`` when there is none or it is blank."""
+def extract_answer(text: str | None, rules: str = "reference") -> str | None:
+    """The answer alignment and quality judge; ``None`` when there is none or it is blank.
+
+    ``reference``: the first ``<answer>…</answer>`` block, else the whole response.
+    ``strict``: the last complete ``<answer>…</answer>`` block, else ``None``."""
+    _check_rules(rules)
     if not text:
         return None
+    if rules == "reference":
+        m = _REF_ANSWER_RE.search(text)
+        answer = (m.group(1) if m else text).strip()
+        return answer or None
     found = _ANSWER_RE.findall(text)
     if not found or not found[-1].strip():
         return None
@@ -126,12 +167,12 @@ def format_response(think: str, answer: str) -> str:
     return f"<think>{think.strip()}</think>\n<answer>{answer.strip()}</answer>"
 
 
-def _answer_of(item: str | None) -> str | None:
+def _answer_of(item: str | None, rules: str = "reference") -> str | None:
     """A response (tags present: parse it) or an extracted answer (plain text: as is)."""
     if item is None:
         return None
     if _TAG_RE.search(item):
-        return extract_answer(item)
+        return extract_answer(item, rules)
     return item.strip() or None
 
 
@@ -164,13 +205,21 @@ def _content_text(content: Any) -> str:
 # --------------------------------------------------------------------------- #
 # The three rewards
 # --------------------------------------------------------------------------- #
-def format_reward(response: str | None, task: str) -> float:
-    """0.5 for the exact think/answer layout + 0.5 when the answer matches the task's
-    pattern: 0.0, 0.5 or 1.0.  Unknown tasks raise ``ValueError``."""
+def format_reward(response: str | None, task: str, rules: str = "reference") -> float:
+    """0.5 for the think/answer layout + 0.5 when the answer matches the task's
+    pattern: 0.0, 0.5 or 1.0 (see the module docstring for the two rule sets).
+    Unknown tasks raise ``ValueError``."""
     if task not in TASK_TYPES:
         raise ValueError(f"unknown task type {task!r}; expected one of {TASK_TYPES}")
+    _check_rules(rules)
+    if rules == "reference":
+        text = response or ""
+        score = 0.5 if _REF_LAYOUT_RE.fullmatch(text) else 0.0
+        if task == "paragraph" or _REF_PATTERN_RE[task].search(text):
+            score += 0.5
+        return score
     score = 0.5 if parse_response(response) is not None else 0.0
-    answer = extract_answer(response)
+    answer = extract_answer(response, "strict")
     if answer is not None and answer_pattern_ok(task, answer):
         score += 0.5
     return score
@@ -196,11 +245,11 @@ def _embed_unique(texts: Sequence[str], embed_fn: EmbedFn) -> dict[str, np.ndarr
 
 
 def alignment_reward(answers: Sequence[str | None], references: Sequence[str], embed_fn: EmbedFn,
-                     threshold: float = ALIGNMENT_THRESHOLD) -> list[float]:
+                     threshold: float = ALIGNMENT_THRESHOLD, rules: str = "reference") -> list[float]:
     """1.0 where cos(answer, reference) ≥ ``threshold``, else 0.0; no answer → 0.0."""
     if len(answers) != len(references):
         raise ValueError(f"{len(answers)} answers but {len(references)} references")
-    parsed = [_answer_of(a) for a in answers]
+    parsed = [_answer_of(a, rules) for a in answers]
     live = [i for i, a in enumerate(parsed) if a is not None and (references[i] or "").strip()]
     out = [0.0] * len(parsed)
     if not live:
@@ -213,14 +262,16 @@ def alignment_reward(answers: Sequence[str | None], references: Sequence[str], e
 
 
 def quality_reward_batch(answers: Sequence[str | None], tasks: Sequence[str],
-                         libraries: Mapping[str, KnnBayesLibrary], embed_fn: EmbedFn, k: int = 16) -> list[float]:
-    """Quality reward per answer: expected class under its task's library → 1.0 / 0.3 / 0.0.
+                         libraries: Mapping[str, KnnBayesLibrary], embed_fn: EmbedFn, k: int = 16,
+                         rules: str = "reference", band: str = "reference") -> list[float]:
+    """Quality reward per answer: expected class under its task's library → 1.0 / 0.3 / 0.0
+    (``band``: see ``knn_bayes.quality_reward``).
 
-    No answer → 0.0.  A task without a library raises ``KeyError`` (a silent 0 would
-    train the policy against a rater that is not there)."""
+    No answer → 0.0.  A task without a library raises ``KeyError`` (the reference scores
+    it 0.5; a made-up score would train the policy against a rater that is not there)."""
     if len(answers) != len(tasks):
         raise ValueError(f"{len(answers)} answers but {len(tasks)} tasks")
-    parsed = [_answer_of(a) for a in answers]
+    parsed = [_answer_of(a, rules) for a in answers]
     out = [0.0] * len(parsed)
     live = [i for i, a in enumerate(parsed) if a is not None]
     missing = sorted({tasks[i] for i in live} - set(libraries))
@@ -235,7 +286,7 @@ def quality_reward_batch(answers: Sequence[str | None], tasks: Sequence[str],
     for task, idx in by_task.items():
         emb = np.stack([vec[parsed[i]] for i in idx])
         expected = libraries[task].expected_class(emb, k=k)
-        for i, r in zip(idx, np.atleast_1d(quality_reward(expected))):
+        for i, r in zip(idx, np.atleast_1d(quality_reward(expected, band=band))):
             out[i] = float(r)
     return out
 
@@ -246,11 +297,13 @@ def quality_reward_batch(answers: Sequence[str | None], tasks: Sequence[str],
 def resolve_weights(task: str, weights: Mapping[str, Any] | None = None) -> dict[str, float]:
     """The component weights for ``task``.
 
-    ``weights=None``: the method's defaults (``TASK_REWARD_WEIGHTS`` override, else
-    ``REWARD_WEIGHTS``).  A flat ``{"quality": .., "alignment": .., "format": ..}``
-    applies to every task (missing components count 0).  A nested
-    ``{"default": {...}, "mcq": {...}, ...}`` gives per-task weights, falling back to
-    ``"default"`` and then to ``REWARD_WEIGHTS``.
+    ``weights=None``: the method's defaults (``TASK_REWARD_WEIGHTS``: 0.5/0.4/0.1 for
+    every task).  A flat ``{"quality": .., "alignment": .., "format": ..}`` applies to
+    every task (missing components count 0).  A nested ``{"default": {...}, "mcq":
+    {...}, ...}`` gives per-task overrides, component by component, over
+    ``"default"`` (itself over ``REWARD_WEIGHTS``) — the reference's
+    ``task_specific_config`` with ``*_weight_override`` values, where a missing or
+    null component keeps the default.  Weights are used as given (not renormalised).
     """
     if weights is None:
         chosen: Mapping[str, Any] = TASK_REWARD_WEIGHTS.get(task, REWARD_WEIGHTS)
@@ -260,11 +313,20 @@ def resolve_weights(task: str, weights: Mapping[str, Any] | None = None) -> dict
         unknown = set(weights) - set(TASK_TYPES) - {"default"}
         if unknown:
             raise ValueError(f"weights: unknown keys {sorted(unknown)} (components {COMPONENTS}, tasks, 'default')")
-        chosen = weights.get(task, weights.get("default", REWARD_WEIGHTS))
+        merged: dict[str, Any] = dict(REWARD_WEIGHTS)
+        for layer in (weights.get("default"), weights.get(task)):
+            for component, value in (layer or {}).items():
+                if value is not None:
+                    merged[component] = value
+        chosen = merged
     bad = set(chosen) - set(COMPONENTS)
     if bad:
         raise ValueError(f"weights for {task!r}: unknown components {sorted(bad)}")
-    return {c: float(chosen.get(c, 0.0)) for c in COMPONENTS}
+    out = {c: float(chosen.get(c) or 0.0) for c in COMPONENTS}
+    negative = [c for c, v in out.items() if v < 0]
+    if negative:
+        raise ValueError(f"weights for {task!r}: negative weight for {negative}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -284,17 +346,18 @@ class RewardBreakdown:
 def combined_reward(responses: Sequence[str], tasks: Sequence[str], references: Sequence[str],
                     libraries: Mapping[str, KnnBayesLibrary], embed_fn: EmbedFn,
                     weights: Mapping[str, Any] | None = None, k: int = 16,
-                    threshold: float = ALIGNMENT_THRESHOLD) -> list[RewardBreakdown]:
+                    threshold: float = ALIGNMENT_THRESHOLD, rules: str = "reference",
+                    band: str = "reference") -> list[RewardBreakdown]:
     """Total reward and its three raw components for each response (all computed, even
     where a component's weight is 0, so they can be reported)."""
     n = len(responses)
     if not (len(tasks) == len(references) == n):
         raise ValueError(f"lengths differ: {n} responses, {len(tasks)} tasks, {len(references)} references")
     embed = _CachedEmbed(embed_fn)
-    answers = [extract_answer(r) for r in responses]
-    fmt = [format_reward(r, t) for r, t in zip(responses, tasks)]
-    ali = alignment_reward(answers, references, embed, threshold=threshold)
-    qual = quality_reward_batch(answers, tasks, libraries, embed, k=k)
+    answers = [extract_answer(r, rules) for r in responses]
+    fmt = [format_reward(r, t, rules) for r, t in zip(responses, tasks)]
+    ali = alignment_reward(answers, references, embed, threshold=threshold, rules=rules)
+    qual = quality_reward_batch(answers, tasks, libraries, embed, k=k, rules=rules, band=band)
     out = []
     for i in range(n):
         w = resolve_weights(tasks[i], weights)
@@ -364,9 +427,15 @@ class TrlRewardComponent:
     """
 
     def __init__(self, component: str, libraries: Mapping[str, KnnBayesLibrary] | None, embed_fn: EmbedFn | None,
-                 weights: Mapping[str, Any] | None = None, k: int = 16, threshold: float = ALIGNMENT_THRESHOLD):
+                 weights: Mapping[str, Any] | None = None, k: int = 16, threshold: float = ALIGNMENT_THRESHOLD,
+                 rules: str = "reference", band: str = "reference"):
         if component not in COMPONENTS:
             raise ValueError(f"unknown reward component {component!r}; expected one of {COMPONENTS}")
+        _check_rules(rules)
+        if band not in QUALITY_BANDS:
+            raise ValueError(f"quality band {band!r} is unknown; choose one of {QUALITY_BANDS}")
+        self.rules = rules
+        self.band = band
         self.component = component
         self.libraries = dict(libraries or {})
         self.embed_fn = embed_fn
@@ -379,11 +448,12 @@ class TrlRewardComponent:
     def raw(self, completions: Sequence[Any], tasks: Sequence[str], references: Sequence[str] | None) -> list[float]:
         texts = [completion_text(c) for c in completions]
         if self.component == "format":
-            return [format_reward(t, task) for t, task in zip(texts, tasks)]
-        answers = [extract_answer(t) for t in texts]
+            return [format_reward(t, task, self.rules) for t, task in zip(texts, tasks)]
+        answers = [extract_answer(t, self.rules) for t in texts]
         if self.component == "alignment":
-            return alignment_reward(answers, references, self.embed_fn, threshold=self.threshold)
-        return quality_reward_batch(answers, tasks, self.libraries, self.embed_fn, k=self.k)
+            return alignment_reward(answers, references, self.embed_fn, threshold=self.threshold, rules=self.rules)
+        return quality_reward_batch(answers, tasks, self.libraries, self.embed_fn, k=self.k, rules=self.rules,
+                                    band=self.band)
 
     def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
         completions = list(completions or [])
@@ -393,7 +463,7 @@ class TrlRewardComponent:
         references = None
         if self.component == "alignment":
             references = _column(kwargs, ("reference", "output"), n, "reference")
-            # skip the embedder where the weight is 0 (MCQ/TFQ/paragraph by default)
+            # skip the embedder where the weight is 0 (an override may switch alignment off)
             live = [i for i, w in enumerate(weights) if w != 0.0]
             raw = [0.0] * n
             if live:
@@ -412,14 +482,16 @@ class TrlRewardComponent:
 
 def make_trl_reward_funcs(libraries: Mapping[str, KnnBayesLibrary], embed_fn: EmbedFn,
                           weights: Mapping[str, Any] | None = None, k: int = 16,
-                          threshold: float = ALIGNMENT_THRESHOLD) -> list[TrlRewardComponent]:
+                          threshold: float = ALIGNMENT_THRESHOLD, rules: str = "reference",
+                          band: str = "reference") -> list[TrlRewardComponent]:
     """``[reward_quality, reward_alignment, reward_format]`` for ``GRPOTrainer(reward_funcs=...)``.
 
     Each is weighted per sample by its task (``resolve_weights``); their sum is the
     method's reward.  The quality and alignment functions share one embedding cache.
     """
     embed = _CachedEmbed(embed_fn)
-    return [TrlRewardComponent(c, libraries, embed, weights=weights, k=k, threshold=threshold) for c in COMPONENTS]
+    return [TrlRewardComponent(c, libraries, embed, weights=weights, k=k, threshold=threshold, rules=rules, band=band)
+            for c in COMPONENTS]
 
 
 # --------------------------------------------------------------------------- #

@@ -1,4 +1,4 @@
-"""Training the distiller (METHOD.md §4): cold-start SFT, then GRPO — plain functions.
+"""Training the distiller (docs/method.md, "Training"): cold-start SFT, then GRPO — plain functions.
 
 No Dagster here: ``run_sft`` / ``run_grpo`` take paths, rows and a settings
 dataclass and return a ``TrainResult``, so an asset, ``accelerate launch`` or a
@@ -9,30 +9,46 @@ both are used when present.
 Data
 ----
 MIXTURE rows are dicts with ``instruction``, ``input``, ``output``, ``cot`` and
-``task`` (or ``task_type``, the JSONL export's name).  The user turn is ``input``
-(the MIXTURE builder already puts the task instruction in front of the variants);
-when ``input`` does not start with ``instruction`` the two are joined with a blank
-line, so Alpaca-style rows work too.  The system turn is ``rewards.SYSTEM_PROMPT``.
+``task`` (or ``task_type``, the JSONL export's name).  The user turn
+(``user_turn``) is ``instruction`` and ``input`` joined by a newline (``reference``,
+as ``sft/i_t_resume.py``) or a blank line (``chat``); when ``input`` already starts
+with ``instruction`` (our MIXTURE builder puts it there) it is used alone.
 
-* SFT rows (``build_sft_dataset``): conversational prompt–completion,
-  ``prompt = [system, user]``, ``completion = [assistant]`` with
-  ``<think>cot</think>\\n<answer>output</answer>``.  TRL 1.16 tokenises
-  ``prompt`` with ``add_generation_prompt=True`` and ``prompt + completion`` with
-  the chat template, and with ``completion_only_loss`` (default ``None`` → on for
-  prompt–completion data; we set ``True`` explicitly) masks every label before the
-  completion: loss on the assistant turn only, as the method asks.
-* Empty ``cot`` (the demo MIXTURE has none): the think block gets a short,
-  deterministic plan built from the row (how many variants, which task), e.g.
-  "Three weak versions of one question-answer pair. I keep the facts they share …".
-  Tags are kept so SFT teaches the exact layout the format reward checks; the plan
-  carries no facts, so it cannot teach the model to invent any.
-* GRPO rows (``build_grpo_dataset``): ``prompt`` (conversational, as above),
-  ``task`` and ``reference`` (= ``output``) — the columns ``rewards`` reads.
+Formats (each a setting; defaults are the reference's, docs/method.md "Training formats"):
+
+* ``SFTSettings.target_layout``
+  - ``"reference"`` (``sft/i_t_resume.py``): system = ``prompts.REFERENCE_SYSTEM_PROMPT``;
+    the training text is the chat template's prompt (``add_generation_prompt=True``)
+    followed by ``<think>\\n{cot}\\n</think>\\n\\n<answer>\\n{output}\\n</answer>`` and
+    nothing else: no end-of-turn token is trained (the reference cuts generations at
+    ``</answer>``).  Loss on the response tokens only.  We tokenise it here and hand
+    TRL ``input_ids`` + ``completion_mask``.
+  - ``"chat"`` (ours): system = ``rewards.SYSTEM_PROMPT``; TRL conversational
+    prompt–completion with ``<think>{cot}</think>\\n<answer>{output}</answer>`` as the
+    assistant turn, so the template's end-of-turn is trained too (the model learns to
+    stop); ``completion_only_loss=True`` masks the prompt.
+* ``SFTSettings.cot_mode``, for a row whose ``cot`` is empty:
+  ``"omit_empty"`` (reference: no think block, answer only), ``"plan"`` (ours: a short
+  deterministic plan built from the row, no facts, so the layout the format reward
+  checks is always taught), ``"empty_think"`` (an empty think block).
+* ``GRPOSettings.prompt_layout``
+  - ``"reference"`` (``examples/format_prompt/mixup.jinja`` via EasyR1): one user turn,
+    ``prompts.render_grpo_format_prompt(user turn)``, no system turn (a chat template
+    with a default system prompt, e.g. Qwen2.5's, adds its own, as in EasyR1);
+  - ``"chat"``: the SFT ``chat`` prompt (system ``rewards.SYSTEM_PROMPT`` + user turn).
+
+GRPO records carry ``prompt`` (conversational), ``task`` and ``reference``
+(= ``output``): the columns ``rewards`` reads.  The policy loss is TRL's clipped
+objective with ``epsilon`` 0.2 / ``epsilon_high`` 0.3 and ``delta`` 3.0: TRL clamps the
+unclipped ratio at ``delta`` before the min, which for a negative advantage is
+exactly dual-clip PPO's bound ``-A·C`` (EasyR1 ``clip_ratio_dual``) and for a positive
+one changes nothing (``delta`` > 1 + ``epsilon_high``).
 
 Too-long examples are dropped, not truncated (counted in the result): a truncated
-SFT target would teach unclosed tags, a truncated prompt would hide variants.  TRL
-1.16's ``GRPOConfig`` has no ``max_prompt_length``; ``GRPOSettings.max_prompt_length``
-is enforced here by that filter.
+SFT target would teach unclosed tags, a truncated prompt would hide variants (the
+reference truncates SFT text at ``max_len``; ``drop_too_long=False`` restores that via
+TRL's truncation).  TRL 1.16's ``GRPOConfig`` has no ``max_prompt_length``;
+``GRPOSettings.max_prompt_length`` is enforced here by that filter.
 
 Checkpoints: ``output_dir/checkpoint-N`` every ``save_steps``; a rerun with the same
 ``output_dir`` resumes from the newest complete one (``resume_from_checkpoint``) and
@@ -50,13 +66,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .mixture_tasks import TASK_NAMES, TASK_TYPES
+from .prompts import REFERENCE_SYSTEM_PROMPT, render_grpo_format_prompt
 from .rewards import SYSTEM_PROMPT, format_response
 
 __all__ = [
     "TrainResult",
     "SFTSettings",
     "GRPOSettings",
+    "SFT_TARGET_LAYOUTS",
+    "SFT_COT_MODES",
+    "GRPO_PROMPT_LAYOUTS",
     "user_turn",
+    "system_prompt",
+    "distiller_chat",
+    "grpo_prompt",
+    "sft_response",
+    "tokenize_reference_sft",
     "default_think",
     "build_sft_dataset",
     "build_grpo_dataset",
@@ -68,6 +93,15 @@ __all__ = [
 ]
 
 OnLog = Callable[[int, dict], None]
+
+SFT_TARGET_LAYOUTS = ("reference", "chat")
+SFT_COT_MODES = ("omit_empty", "plan", "empty_think")
+GRPO_PROMPT_LAYOUTS = ("reference", "chat")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is unknown; choose one of {choices}")
 
 
 # --------------------------------------------------------------------------- #
@@ -105,8 +139,9 @@ def vllm_available() -> bool:
 
 @dataclass
 class SFTSettings:
-    """Cold-start SFT.  Defaults are the paper's (METHOD.md §4): full fine-tune,
-    lr 2e-5, 3 epochs, max length 2400, warmup 5 %, weight decay 0.01, bf16 on GPU.
+    """Cold-start SFT.  Defaults are the reference's (``sft/i_t_resume.py``, docs/method.md):
+    full fine-tune, lr 2e-5, 3 epochs, max length 2400, warmup 5 %, weight decay 0.01,
+    batch 1 with no accumulation, bf16 on GPU, the reference target layout and cot rule.
     ``max_steps > 0`` overrides the epochs (demo runs)."""
 
     learning_rate: float = 2e-5
@@ -116,7 +151,9 @@ class SFTSettings:
     weight_decay: float = 0.01
     lr_scheduler_type: str = "linear"  # not published; transformers' default
     per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 8
+    gradient_accumulation_steps: int = 1
+    target_layout: str = "reference"  # SFT_TARGET_LAYOUTS (module docstring)
+    cot_mode: str = "omit_empty"  # SFT_COT_MODES: what an empty cot becomes
     max_steps: int = -1
     seed: int = 42
     logging_steps: int = 10
@@ -138,12 +175,18 @@ class SFTSettings:
         base.update(overrides)
         return cls(**base)
 
+    def validate(self) -> None:
+        _check_choice("target_layout", self.target_layout, SFT_TARGET_LAYOUTS)
+        _check_choice("cot_mode", self.cot_mode, SFT_COT_MODES)
+
 
 @dataclass
 class GRPOSettings:
-    """GRPO.  Defaults are the paper's (METHOD.md §4): 4 rollouts per prompt,
-    temperature 1.0, KL 0.01 (TRL's k3 estimator, the "low-var KL", added to the
-    loss), lr 1e-6, 1 epoch, prompt/response ≤ 2400 tokens, 128 prompts per
+    """GRPO.  Defaults are the reference's (``examples/config_mixup_bayes.yaml`` on EasyR1's
+    actor defaults, docs/method.md): 4 rollouts per prompt, temperature 1.0, KL 0.01
+    (TRL's k3 estimator, the "low-var KL", added to the loss), lr 1e-6, weight decay
+    0.01, clip ratio 0.2 low / 0.3 high, dual-clip 3.0 (``delta``, see the module
+    docstring), 1 epoch, prompt/response ≤ 2400 tokens, 128 prompts per
     generation round and mini-batches of 16 prompts: with one process,
     8 completions × 8 accumulation = 64 completions (16 prompts × 4) per optimizer
     step and ``steps_per_generation = 64`` micro-batches = 512 completions
@@ -163,7 +206,11 @@ class GRPOSettings:
     max_steps: int = -1
     lr_scheduler_type: str = "constant"  # not published; constant is the usual GRPO (verl) choice
     warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01
+    epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
+    epsilon_high: float = 0.3  # upper clip: ratio <= 1 + epsilon_high
+    delta: float | None = 3.0  # dual clip for negative advantages; None = off
+    prompt_layout: str = "reference"  # GRPO_PROMPT_LAYOUTS (module docstring)
     loss_type: str = "dapo"  # TRL 1.16 default: token-level mean over the batch
     scale_rewards: str = "group"  # GRPO's per-group std normalisation
     seed: int = 42
@@ -190,6 +237,10 @@ class GRPOSettings:
         return cls(**base)
 
     def validate(self) -> None:
+        _check_choice("prompt_layout", self.prompt_layout, GRPO_PROMPT_LAYOUTS)
+        if self.delta is not None and self.delta <= 1 + self.epsilon_high:
+            raise ValueError(f"delta = {self.delta} must exceed 1 + epsilon_high = {1 + self.epsilon_high} "
+                             "(below it the dual clip would also cut ordinary positive-advantage updates)")
         per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if per_step % self.num_generations:
             raise ValueError(f"per_device_train_batch_size × gradient_accumulation_steps = {per_step} must be a "
@@ -227,8 +278,10 @@ def _row_task(row: Mapping[str, Any]) -> str:
     return str(task)
 
 
-def user_turn(row: Mapping[str, Any]) -> str:
-    """The distiller's user message for a MIXTURE row (see the module docstring)."""
+def user_turn(row: Mapping[str, Any], layout: str = "chat") -> str:
+    """The distiller's user message for a MIXTURE row (see the module docstring):
+    ``instruction`` + newline (``reference``) or blank line (``chat``) + ``input``."""
+    _check_choice("layout", layout, SFT_TARGET_LAYOUTS)
     instruction = str(row.get("instruction") or "").strip()
     inp = str(row.get("input") or "").strip()
     if not inp and not instruction:
@@ -237,7 +290,29 @@ def user_turn(row: Mapping[str, Any]) -> str:
         return inp
     if not inp:
         return instruction
-    return f"{instruction}\n\n{inp}"
+    separator = "\n" if layout == "reference" else "\n\n"
+    return f"{instruction}{separator}{inp}"
+
+
+def system_prompt(layout: str = "chat") -> str:
+    """The distiller's system turn: the reference's mix-up prompt or ours (``rewards.SYSTEM_PROMPT``)."""
+    _check_choice("layout", layout, SFT_TARGET_LAYOUTS)
+    return REFERENCE_SYSTEM_PROMPT if layout == "reference" else SYSTEM_PROMPT
+
+
+def distiller_chat(row: Mapping[str, Any], layout: str = "chat") -> list[dict]:
+    """``[system, user]`` as SFT trains it and as distillation / in-domain evaluation ask it
+    (the reference's ``inference.py`` and ``batch_infer_split.py`` build the SFT prompt)."""
+    return [{"role": "system", "content": system_prompt(layout)}, {"role": "user", "content": user_turn(row, layout)}]
+
+
+def grpo_prompt(row: Mapping[str, Any], layout: str = "reference") -> list[dict]:
+    """The GRPO prompt: ``reference`` = one user turn with the format prompt in front
+    (``mixup.jinja``); ``chat`` = ``distiller_chat(row, "chat")``."""
+    _check_choice("prompt_layout", layout, GRPO_PROMPT_LAYOUTS)
+    if layout == "reference":
+        return [{"role": "user", "content": render_grpo_format_prompt(user_turn(row, "reference"))}]
+    return distiller_chat(row, "chat")
 
 
 _NUMBER_WORDS = {2: "Two", 3: "Three", 4: "Four", 5: "Five", 6: "Six", 7: "Seven", 8: "Eight", 9: "Nine", 10: "Ten"}
@@ -260,7 +335,7 @@ def _n_variants(row: Mapping[str, Any]) -> int | None:
 
 
 def default_think(row: Mapping[str, Any]) -> str:
-    """The think block for a row without ``cot``: a plan, no facts (deterministic)."""
+    """The think block for a row without ``cot`` under ``cot_mode="plan"``: a plan, no facts (deterministic)."""
     task = _row_task(row)
     name = TASK_NAMES[task]
     n = _n_variants(row)
@@ -270,48 +345,90 @@ def default_think(row: Mapping[str, Any]) -> str:
             f"unrelated topics, and write one complete {name} in the requested format.")
 
 
-def _prompt_messages(row: Mapping[str, Any], system_prompt: str) -> list[dict]:
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_turn(row)}]
+def _text(value: Any) -> str:
+    """A cell as text: None and NaN (pandas' missing value) are empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
 
 
-def build_sft_dataset(rows: Iterable[Mapping[str, Any]], system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
-    """MIXTURE rows → TRL conversational prompt–completion records
-    (``prompt``, ``completion``, ``task``).  Rows with an empty ``output`` raise."""
+def sft_response(row: Mapping[str, Any], layout: str = "reference", cot_mode: str = "omit_empty") -> str:
+    """The SFT target for a row (module docstring).  ``reference``: cot and output right-stripped
+    inside ``<think>\\n…\\n</think>\\n\\n<answer>\\n…\\n</answer>``; ``chat``: ``format_response``."""
+    _check_choice("target_layout", layout, SFT_TARGET_LAYOUTS)
+    _check_choice("cot_mode", cot_mode, SFT_COT_MODES)
+    output = _text(row.get("output")).strip()
+    if not output:
+        raise ValueError(f"row without output: {dict(row)!r:.200}")
+    cot = _text(row.get("cot")).strip()
+    if not cot and cot_mode == "plan":
+        cot = default_think(row)
+    with_think = bool(cot) or cot_mode != "omit_empty"
+    if layout == "chat":
+        return format_response(cot, output) if with_think else f"<answer>{output}</answer>"
+    think = f"<think>\n{cot}\n</think>\n\n" if with_think else ""
+    return f"{think}<answer>\n{output}\n</answer>"
+
+
+def build_sft_dataset(rows: Iterable[Mapping[str, Any]], layout: str = "reference",
+                      cot_mode: str = "omit_empty") -> list[dict]:
+    """MIXTURE rows → records with ``prompt`` ([system, user] messages), ``completion``
+    and ``task``.  ``chat``: ``completion`` is ``[assistant message]`` (TRL conversational);
+    ``reference``: ``completion`` is the response text, to be appended to the rendered
+    prompt by ``tokenize_reference_sft``.  Rows with an empty ``output`` raise."""
     out = []
     for row in rows:
         task = _row_task(row)
-        output = str(row.get("output") or "").strip()
-        if not output:
-            raise ValueError(f"row without output: {dict(row)!r:.200}")
-        cot = str(row.get("cot") or "").strip() or default_think(row)
-        out.append({
-            "prompt": _prompt_messages(row, system_prompt),
-            "completion": [{"role": "assistant", "content": format_response(cot, output)}],
-            "task": task,
-        })
+        response = sft_response(row, layout, cot_mode)
+        completion = [{"role": "assistant", "content": response}] if layout == "chat" else response
+        out.append({"prompt": distiller_chat(row, layout), "completion": completion, "task": task})
     return out
 
 
-def build_grpo_dataset(rows: Iterable[Mapping[str, Any]], system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
-    """MIXTURE rows → GRPO records: ``prompt`` (conversational), ``task``, ``reference``."""
+def tokenize_reference_sft(records: Sequence[Mapping[str, Any]], tokenizer) -> list[dict]:
+    """``reference``-layout records → ``input_ids`` + ``completion_mask`` (1 on the response).
+
+    The text is ``apply_chat_template(prompt, add_generation_prompt=True) + response`` with
+    no end-of-turn token, tokenised as one string (as ``sft/i_t_resume.py``); the first
+    ``len(tokenize(prompt))`` tokens are masked.  Special tokens come from the chat
+    template only (``add_special_tokens=False``), so a tokenizer that adds a BOS cannot
+    shift the mask."""
+    prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in records]
+    full = tokenizer([p + r["completion"] for p, r in zip(prompts, records)], add_special_tokens=False)["input_ids"]
+    heads = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    out = []
+    for r, ids, head in zip(records, full, heads):
+        n_prompt = min(len(head), len(ids))
+        if n_prompt >= len(ids):
+            raise ValueError(f"task {r.get('task')!r}: the SFT response tokenised to nothing")
+        out.append({"input_ids": list(ids), "completion_mask": [0] * n_prompt + [1] * (len(ids) - n_prompt),
+                    "task": r.get("task")})
+    return out
+
+
+def build_grpo_dataset(rows: Iterable[Mapping[str, Any]], layout: str = "reference") -> list[dict]:
+    """MIXTURE rows → GRPO records: ``prompt`` (conversational, ``grpo_prompt``), ``task``, ``reference``."""
     out = []
     for row in rows:
         task = _row_task(row)
-        reference = str(row.get("output") or "").strip()
+        reference = _text(row.get("output")).strip()
         if not reference:
             raise ValueError(f"row without output (the alignment reference): {dict(row)!r:.200}")
-        out.append({"prompt": _prompt_messages(row, system_prompt), "task": task, "reference": reference})
+        out.append({"prompt": grpo_prompt(row, layout), "task": task, "reference": reference})
     return out
 
 
-def _drop_long(records: list[dict], tokenizer, max_tokens: int, sft: bool) -> tuple[list[dict], int]:
-    """Keep records whose rendered chat (SFT: prompt + completion; GRPO: the prompt with
-    the generation header) is at most ``max_tokens`` tokens."""
+def _drop_long(records: list[dict], tokenizer, max_tokens: int, kind: str) -> tuple[list[dict], int]:
+    """Keep records of at most ``max_tokens`` tokens.  ``kind``: ``"tokenized"`` (``input_ids``),
+    ``"sft_chat"`` (prompt + completion rendered) or ``"grpo"`` (the prompt with the generation header)."""
     if not records:
         return [], 0
-    texts = [tokenizer.apply_chat_template(r["prompt"] + r["completion"] if sft else r["prompt"], tokenize=False,
-                                           add_generation_prompt=not sft) for r in records]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    if kind == "tokenized":
+        lengths = [len(r["input_ids"]) for r in records]
+    else:
+        texts = [tokenizer.apply_chat_template(r["prompt"] + r["completion"] if kind == "sft_chat" else r["prompt"],
+                                               tokenize=False, add_generation_prompt=kind == "grpo") for r in records]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     kept = [r for r, n in zip(records, lengths) if n <= max_tokens]
     return kept, len(records) - len(kept)
 
@@ -418,20 +535,25 @@ def run_sft(model_path: str, rows: Sequence[Mapping[str, Any]], output_dir: str 
             settings: SFTSettings | Mapping | None = None, on_log: OnLog | None = None) -> TrainResult:
     """Cold-start SFT of ``model_path`` (an HF folder or id) on MIXTURE ``rows``.
 
-    Full fine-tune with TRL's ``SFTTrainer``, loss on the assistant turn only.
+    Full fine-tune with TRL's ``SFTTrainer``, loss on the response only, in
+    ``settings.target_layout`` / ``settings.cot_mode`` (module docstring).
     Resumes from the newest checkpoint in ``output_dir`` (``settings.resume``);
     saves model + tokenizer to ``output_dir/final``."""
     s = _settings_from(SFTSettings, settings)
+    s.validate()
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _load_tokenizer(model_path, padding_side="right")
-    records = build_sft_dataset(rows)
+    records = build_sft_dataset(rows, s.target_layout, s.cot_mode)
+    if s.target_layout == "reference":
+        records = [{k: v for k, v in r.items() if k != "task"} for r in tokenize_reference_sft(records, tok)]
     dropped = 0
     if s.drop_too_long:
-        records, dropped = _drop_long(records, tok, s.max_length, sft=True)
+        records, dropped = _drop_long(records, tok, s.max_length,
+                                      "tokenized" if s.target_layout == "reference" else "sft_chat")
     if not records:
         raise ValueError(f"no SFT examples left ({dropped} longer than max_length={s.max_length} tokens)")
     args = SFTConfig(**_common_args(s, out), max_length=s.max_length, completion_only_loss=True,
@@ -481,10 +603,10 @@ def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: S
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _load_tokenizer(model_path, padding_side="left")
-    records = build_grpo_dataset(rows)
+    records = build_grpo_dataset(rows, s.prompt_layout)
     dropped = 0
     if s.drop_too_long:
-        records, dropped = _drop_long(records, tok, s.max_prompt_length, sft=False)
+        records, dropped = _drop_long(records, tok, s.max_prompt_length, "grpo")
     if not records:
         raise ValueError(f"no GRPO prompts left ({dropped} longer than max_prompt_length={s.max_prompt_length})")
     common = _common_args(s, out)
@@ -496,6 +618,7 @@ def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: S
                      vllm_max_model_length=s.max_prompt_length + s.max_completion_length) if use_vllm else {}
     args = GRPOConfig(**common, num_generations=s.num_generations, temperature=s.temperature, beta=s.beta,
                       max_completion_length=s.max_completion_length, steps_per_generation=s.steps_per_generation,
+                      epsilon=s.epsilon, epsilon_high=s.epsilon_high, delta=s.delta,
                       loss_type=s.loss_type, scale_rewards=s.scale_rewards, use_vllm=use_vllm,
                       reward_weights=[1.0] * len(reward_funcs), log_completions=False, **vllm_args, **s.extra_args)
     trainer = GRPOTrainer(model=_load_model(model_path), reward_funcs=reward_funcs, args=args,

@@ -1,4 +1,4 @@
-"""Encyclopedic paragraphs for MIXTURE (METHOD.md §3): a Wikipedia dump → clean prose paragraphs.
+"""Encyclopedic paragraphs for MIXTURE (docs/method.md, MIXTURE): a Wikipedia dump → clean prose paragraphs.
 
 Pure Python (gensim's dump reader + regexes); no Dagster.
 
