@@ -1,6 +1,12 @@
-"""Benchmark: capacity-constrained clustering, ours vs the literal reference.
+"""Benchmark: capacity-constrained clustering, ours (algorithm="fast") vs the method's (algorithm="reference").
 
     python benchmarks/cluster_bench.py --sizes 5000,20000,100000 --baseline-n 5000
+
+``reference`` is ``reference_clusters``: the method's capacity rule, scikit-learn
+MiniBatchKMeans(k, batch_size=2048, max_iter=30, n_init=1, random_state=seed)
+centres, then the exact greedy (rows by best similarity, each to its most
+similar centre with room).  The two draw their capacities by different rules,
+so their size histograms differ slightly.
 
 Data: synthetic L2-normalised embeddings (default 384-d) with latent topics:
 ``--topics`` random unit topic directions; each row = its topic direction +

@@ -13,7 +13,11 @@ import pandas as pd
 from pydantic import Field
 
 from lm_mixup_assets.lib.cluster_inputs import build_cluster_inputs
-from lm_mixup_assets.lib.clustering import ALGORITHMS, capacity_constrained_clusters, reference_clusters
+from lm_mixup_assets.lib.clustering import (
+    ALGORITHMS,
+    capacity_constrained_clusters,
+    reference_clusters,
+)
 from lm_mixup_assets.lib.models import load_tokenizer
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.metadata import preview_md, table_metadata
@@ -95,8 +99,8 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
     context.log.info(f"embedding {len(low)} low-quality rows of {source!r} with {embedder.model} on {embedder.resolved_device}")
     vectors = embedder.embed((low["prompt"] + "\n" + low["completion"]).tolist())
     embed_s = time.monotonic() - started
-    sizes = dict(min_size=config.min_size, max_size=config.max_size, mean_cap=config.mean_cap,
-                 std_cap=config.std_cap, seed=config.seed)
+    sizes = {"min_size": config.min_size, "max_size": config.max_size, "mean_cap": config.mean_cap,
+             "std_cap": config.std_cap, "seed": config.seed}
     if config.algorithm == "reference":
         result = reference_clusters(vectors, **sizes, kmeans_batch_size=config.kmeans_batch_size,
                                     kmeans_max_iter=config.kmeans_max_iter, device=embedder.resolved_device)

@@ -19,8 +19,15 @@ from pydantic import Field
 
 from lm_mixup_assets.lib import warehouse as wh
 from lm_mixup_assets.lib.plots import figure_to_markdown
-from lm_mixup_assets.lib.selection import (LONG_TAIL_RANKED, ORIGINAL_RANKS, ROW_ORDERS, compose_arm, long_tail_text,
-                                           long_tail_scores as score_long_tail, parse_arm)
+from lm_mixup_assets.lib.selection import (
+    LONG_TAIL_RANKED,
+    ORIGINAL_RANKS,
+    ROW_ORDERS,
+    compose_arm,
+    long_tail_text,
+    parse_arm,
+)
+from lm_mixup_assets.lib.selection import long_tail_scores as score_long_tail
 from lm_mixup_assets.metadata import preview_md, table_metadata
 from lm_mixup_assets.partitions import arm_partitions
 from lm_mixup_assets.pool import scope_to_partition

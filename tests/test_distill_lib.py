@@ -72,3 +72,9 @@ def test_reference_layout_responses_parse():
     """The reference SFT target pads the tags with newlines; members carry ' A:' with a space."""
     p = parse_distilled("<think>\nmerge\n</think>\n\n<answer>\nQ: Why is the sky blue?\n A: Rayleigh scattering.\n</answer>")
     assert (p.status, p.prompt, p.completion, p.well_formed) == ("ok", "Why is the sky blue?", "Rayleigh scattering.", True)
+
+
+def test_tags_in_any_case_parse_as_the_reference_inference():
+    parsed = parse_distilled("<THINK>plan</THINK>\n<Answer>Q: What is 2+2?\nA: 4</ANSWER> trailing")
+    assert parsed.status == "ok" and (parsed.prompt, parsed.completion) == ("What is 2+2?", "4")
+    assert parsed.well_formed

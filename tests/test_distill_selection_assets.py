@@ -2,6 +2,7 @@
 then a tiny random model through transformers; long-tail ranking and the training sets per arm."""
 
 import json
+import random
 import re
 
 import dagster as dg
@@ -111,6 +112,22 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm):
             assert len(rows) == size and arm_checks["training_sets_ratios"].passed and (rows["origin"] == "original").all()
     comp = query("select arm, pool, wanted, taken from training_set_composition order by arm, pool")
     assert set(comp["arm"]) == {"mixup50_ori50", "original_high", "random"}
+
+    # The paper profile's merge (data_process/merged.py): originals as the long-tail script ranks them (judge score,
+    # then rarity), distilled by rarity; original part first, then random.seed(42); random.shuffle.
+    paper_merge = {"size": 20, "original_rank": "quality_then_long_tail", "row_order": "reference", "shuffle_seed": 42}
+    assert dg.materialize(arm_assets, resources=resources, partition_key="mixup50_ori50",
+                          run_config={"ops": {"training_sets": {"config": paper_merge}}}).success
+    originals = scores[scores["set_name"] == "original_high"].sort_values(
+        ["overall_compressed", "long_tail_score", "sample_id"], ascending=[False, False, True])
+    distilled_ranked = scores[scores["set_name"] == "distilled_high"].sort_values("long_tail_score", ascending=False)
+    expected = originals["sample_id"].head(10).tolist() + distilled_ranked["sample_id"].head(min(10, len(high))).tolist()
+    random.seed(42)
+    random.shuffle(expected)
+    rows = query("select sample_id, prompt from training_sets where arm = 'mixup50_ori50' order by position")
+    assert rows["sample_id"].tolist() == expected
+    lines = [json.loads(x) for x in (home / "artifacts" / "training_sets" / "mixup50_ori50.jsonl").read_text().splitlines()]
+    assert [x["prompt"] for x in lines] == rows["prompt"].tolist()
 
     # The default distiller is the recorded GRPO checkpoint; a random tiny model's text does not parse.
     from resources import WarehouseResource

@@ -64,6 +64,8 @@ def _rows(c):
         ("capacity mean", c["ClusteringConfig"]["mean_cap"], 3.0, "data_process/cluster.py"),
         ("capacity std", c["ClusteringConfig"]["std_cap"], 1.0, "data_process/cluster.py"),
         ("clustering seed", c["ClusteringConfig"]["seed"], 42, "data_process/cluster.py"),
+        ("clustering algorithm (MiniBatchKMeans + greedy)", c["ClusteringConfig"]["algorithm"], "reference",
+         "data_process/cluster.py"),
         ("cluster input layout", c["ClusterInputsConfig"]["input_style"], "reference", "data_process/cluster2input.py"),
         # 3. MIXTURE
         ("MIXTURE writer", (c["mixture_writer"]["backend"], c["mixture_writer"]["model"]), ("openai", "gpt-4o-mini"),
@@ -108,7 +110,13 @@ def _rows(c):
         ("distill max input / new tokens", (distill["max_input_tokens"], distill["max_new_tokens"]), (2400, 2400),
          "data_process/inference.py"),
         ("long-tail k", c["LongTailConfig"]["k"], 15, "data_process/long_tail_rating.py"),
+        ("long-tail text", (c["LongTailConfig"]["prompt_prefix"], c["LongTailConfig"]["answer_prefix"]),
+         ("Instruction: ", "Answer: "), "data_process/long_tail_rating.py"),
         ("training-set size", c["TrainingSetConfig"]["size"], 10_000, "data_process/merged.py"),
+        ("original rows ranked", c["TrainingSetConfig"]["original_rank"], "quality_then_long_tail",
+         "data_process/long_tail_rating.py"),
+        ("row order and seed", (c["TrainingSetConfig"]["row_order"], c["TrainingSetConfig"]["shuffle_seed"]),
+         ("reference", 42), "data_process/merged.py"),
         # 6. downstream and benchmarks
         ("downstream base", down["base_model"], "meta-llama/Llama-3.1-8B", "DS2/model_finetune/train_eval.sh"),
         ("LoRA r / alpha / dropout", (down["lora_r"], down["lora_alpha"], down["lora_dropout"]), (64, 16, 0.1),

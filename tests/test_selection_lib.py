@@ -4,8 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lm_mixup_assets.lib.selection import (ArmRecipe, compose_arm, long_tail_scores, long_tail_text, mean_knn_cosine_distance,
-                                           normalise_unit, parse_arm)
+from lm_mixup_assets.lib.selection import (
+    ArmRecipe,
+    compose_arm,
+    long_tail_scores,
+    long_tail_text,
+    mean_knn_cosine_distance,
+    normalise_unit,
+    parse_arm,
+)
 
 
 def brute_force_mean_knn(x: np.ndarray, k: int) -> np.ndarray:
@@ -188,3 +195,17 @@ def test_paper_profile_resolves_to_the_reference_selection():
             "full_low"} <= set(arms)
     assert [parse_arm(a).counts(10_000) for a in ("mixup70_ori30", "high30_low70")] == [
         {"distilled_high": 7000, "original_high": 3000}, {"original_high": 3000, "original_low": 7000}]
+
+
+def test_long_tail_equals_the_methods_sklearn_neighbours():
+    # long_tail_rating.py: NearestNeighbors(k + 1, metric="cosine"), drop column 0 (self), mean; min-max over the set
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 12)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    dist, _ = NearestNeighbors(n_neighbors=16, metric="cosine").fit(x).kneighbors(x)
+    raw_ref = dist[:, 1:].mean(axis=1)
+    raw, score = long_tail_scores(x, k=15)
+    np.testing.assert_allclose(raw, raw_ref, atol=1e-5)
+    np.testing.assert_allclose(score, (raw_ref - raw_ref.min()) / (raw_ref.max() - raw_ref.min()), atol=1e-4)

@@ -33,6 +33,7 @@ class ParsedPair:
 
 _THINK_RE = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
 _ANSWER_END_RE = re.compile(r"</answer>", re.IGNORECASE)
+_TAG_ANY_CASE_RE = re.compile(r"</?(?:think|answer)>", re.IGNORECASE)
 
 
 def cut_after_answer(response: str) -> str:
@@ -50,7 +51,8 @@ def parse_distilled(response: str | None, require_tags: bool = True) -> ParsedPa
     """
     if response is None or not response.strip():
         return ParsedPair("parse_error", reason="empty response")
-    response = cut_after_answer(response)
+    # tags in any case, as the reference's inference matches them
+    response = _TAG_ANY_CASE_RE.sub(lambda m: m.group(0).lower(), cut_after_answer(response))
     answer = extract_answer(response, "strict")  # a merged pair needs a complete <answer> block
     if answer is None:
         why = "no <answer> block" if "<answer>" not in response else "unterminated or empty <answer> block"
