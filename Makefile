@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all ui where bench clean
+.PHONY: setup init demo test test-all ui where bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Every lm-mixup command initialises the home itself; `make init` does only that (before `dg launch` etc.).
+init: setup ## create and migrate $(LM_MIXUP_HOME) (Dagster storage); safe to run in parallel
+	$(PY) -m lm_mixup_assets.cli init
 
 demo: setup ## materialise every stage built so far (offline demo profile)
 	$(PY) -m lm_mixup_assets.cli demo

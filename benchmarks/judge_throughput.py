@@ -9,7 +9,10 @@ connection set-up and ramp-up are inside the timing. With ``concurrency`` reques
 the ideal is ``concurrency / latency`` rows per second. Printed, one per line:
 our rows/s, the ideal, the ratio; a baseline (a thread pool of ``concurrency``
 threads, each posting with its own blocking HTTP session) and our speed-up over
-it; and a second pass through a caller-side cache that must send 0 requests.
+it; a second pass through a caller-side cache that must send 0 requests; and
+the cost of committing answers to a DuckDB judge_cache as they arrive: the same
+rating through ``rate_with_cache`` at the old cadence (256 rows / 10 s) and at
+ours (one concurrency's worth / 0.5 s), fresh prompts each (``--skip-flush`` skips).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ def run_openai_judge(base_url: str, prompts: list[str], concurrency: int) -> tup
         raise SystemExit(f"{len(bad)} rows failed, e.g. {bad[0]}")
     print(f"openai_judge_backend={client.http_backend} uvloop={client.use_uvloop}")
     print(f"openai_judge_cpu_ms_per_row={cpu / len(prompts) * 1000:.2f}")
+    # Rows and HTTP requests apart (retries and parse re-asks are requests too); compare with server_requests.
+    print(f"openai_judge_rows={len(prompts)} openai_judge_http_requests={client.stats['requests_sent']}")
     return elapsed, outcomes
 
 
@@ -109,12 +114,37 @@ def run_thread_baseline(base_url: str, prompts: list[str], concurrency: int) -> 
     return elapsed
 
 
+def run_cache_cadence(base_url: str, n: int, concurrency: int, flush_every: int, flush_seconds: float, tag: str) -> None:
+    """rows/s of rate_with_cache into a fresh DuckDB file, and how many commits it made."""
+    import tempfile
+    from functools import partial
+
+    from lm_mixup_assets.lib.judging import rate_with_cache
+    from lm_mixup_assets.lib.warehouse import connect
+
+    prompts = make_prompts(n, f"cadence-{tag}")
+    client = OpenAIJudgeClient(base_url=base_url, api_key=API_KEY, model=MODEL, concurrency=concurrency, timeout_s=30.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "warehouse.duckdb"
+        t0 = time.perf_counter()
+        result = rate_with_cache(prompts, [f"{tag}-{i}" for i in range(n)], partial(connect, db), client.rate_all,
+                                 backend="openai", model=MODEL, rubric_version="bench",
+                                 flush_every=flush_every, flush_seconds=flush_seconds)
+        elapsed = time.perf_counter() - t0
+        with connect(db) as con:
+            stored = con.execute("select count(*) from judge_cache").fetchall()[0][0]
+    assert stored == n, f"{stored} of {n} answers in judge_cache"
+    print(f"cache_cadence_{tag} flush_every={flush_every} flush_seconds={flush_seconds} rows_per_s={n / elapsed:.1f} "
+          f"commits={result.cache_writes} commit_seconds={result.cache_write_seconds:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=128)
     ap.add_argument("--latency", type=float, default=0.5)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--skip-flush", action="store_true", help="skip the judge_cache commit-cadence comparison")
     args = ap.parse_args(argv)
 
     ideal = args.concurrency / args.latency
@@ -154,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
         assert all(o.status == "ok" for o in second)
         print(f"second_pass_seconds={second_elapsed:.3f}")
         print(f"second_pass_requests={srv.request_count() - before}")
+
+        # --- committing to judge_cache as answers arrive: the old cadence against ours, same server
+        if not args.skip_flush:
+            run_cache_cadence(srv.base_url, args.n, args.concurrency, 256, 10.0, "old")
+            run_cache_cadence(srv.base_url, args.n, args.concurrency, args.concurrency, 0.5, "durable")
     sys.stdout.flush()
 
 

@@ -1,7 +1,8 @@
 -- description: Rated pool rows below the quality threshold: the raw material the distiller merges. Judge failures are in neither split.
 -- group: pool
 -- partitioned_by: source
--- var: quality_threshold int 4
+-- step: quality_split
+-- var: quality_threshold int 4 | Compressed Overall (0-5) at or above which a rated row is high quality; below it, low. One value splits both pools (profile pool.quality_threshold).
 select
     source, sample_id, prompt, completion,
     rarity, complexity, informativeness, overall, overall_compressed,

@@ -1,38 +1,168 @@
 """``lm-mixup``: run the demo end to end, open the UI, or show where things are.
 
+    lm-mixup init     create and migrate the home (DAGSTER_HOME storage) and nothing else
     lm-mixup demo     materialise every stage built so far, source by source
     lm-mixup ui       the Dagster UI on 127.0.0.1 with history under LM_MIXUP_HOME
     lm-mixup where    paths and table counts
+
+Every command initialises the home first (see :func:`prepare_home`), so Dagster's
+own commands (``dg launch``, ``dagster asset materialize``) are safe to start in
+parallel once any lm-mixup command or ``make`` target has run in that home.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 DAGSTER_YAML = """\
-# Written by lm-mixup. Run history and event logs live next to this file.
+# Written by lm-mixup init. Run history and event logs live next to this file.
 telemetry:
   enabled: false
+# Needs the daemon (`dg dev` / `make ui` runs it): runs stuck in STARTING or CANCELING are
+# failed after the timeouts. The default run launcher cannot check or resume a run worker,
+# so max_resume_run_attempts must stay 0; a run whose worker was killed is marked FAILURE
+# by the code server that launched it, or by `lm-mixup init` (any lm-mixup command) when
+# its process is gone (see lm_mixup_assets/cli.py, fail_orphaned_runs).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 30
 """
+INIT_MARKER = ".lm-mixup-initialised"  # holds the Dagster version whose migrations last ran here
+RUN_STORAGE_DB = Path("history") / "runs.db"
 
 
-def prepare_home() -> Path:
-    """Create LM_MIXUP_HOME and DAGSTER_HOME (with telemetry off); export both for Dagster."""
+def repair_alembic_heads(dagster_home: Path) -> list[str]:
+    """Drop the extra rows that concurrent first runs leave in runs.db's ``alembic_version``.
+
+    Several processes creating the run storage at once each stamp a revision, and
+    alembic then refuses the home for good ("more than one head present"). The
+    tables themselves were created complete, from the current schema, so keeping
+    only the newest revision the installed Dagster knows is the state a single
+    creation leaves. Returns the revisions removed (none when the table is sane).
+    """
+    db = dagster_home / RUN_STORAGE_DB
+    if not db.exists():
+        return []
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+    from dagster._core.storage.sql import get_alembic_config
+
+    with sqlite3.connect(db) as con:
+        if not con.execute("select 1 from sqlite_master where type='table' and name='alembic_version'").fetchall():
+            return []
+        revisions = [r[0] for r in con.execute("select version_num from alembic_version").fetchall()]
+        if len(revisions) <= 1:
+            return []
+        script = ScriptDirectory.from_config(get_alembic_config(sqlite_run_storage.__file__))
+        known = [rev.revision for rev in script.walk_revisions()]  # newest first
+        keep = next((r for r in known if r in revisions), None)
+        if keep is None:
+            raise RuntimeError(f"{db}: alembic_version holds {revisions}, none of them known to Dagster; "
+                               "move this DAGSTER_HOME aside and run `lm-mixup init` for a fresh one")
+        removed = [r for r in revisions if r != keep]
+        con.execute("delete from alembic_version where version_num != ?", [keep])
+        con.execute("delete from alembic_version where rowid not in (select min(rowid) from alembic_version)")
+    return removed
+
+
+def _process_alive(pid: int, since: float) -> bool:
+    """Whether process ``pid`` exists and is the one that was running at ``since`` (not a reused pid)."""
+    try:
+        import psutil
+    except ImportError:  # psutil is a dev extra; without it a reused pid counts as alive (the safe side)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        return psutil.Process(pid).create_time() <= since + 1.0
+    except psutil.NoSuchProcess:
+        return False
+
+
+def fail_orphaned_runs(instance) -> list[str]:
+    """Mark FAILURE the runs still STARTING/STARTED whose run-worker process on this machine is gone.
+
+    A run executed in-process (``lm-mixup demo``, ``dagster asset materialize``) that
+    is killed with -9 leaves nobody to record its end; Dagster's run monitoring cannot
+    see it either with the default run launcher. Its "Executing steps in process
+    (pid: N)" event names the process; if no such process lives (or a newer one reused
+    the pid), the run is over. Homes are per machine here, so the pid is this host's.
+    """
+    import dagster as dg
+    from dagster._core.events import DagsterEventType
+
+    failed = []
+    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])):
+        run = record.dagster_run
+        pids = []
+        for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
+            data = entry.dagster_event.engine_event_data if entry.dagster_event else None
+            pid = data.metadata.get("pid") if data and data.metadata else None
+            if pid is not None:
+                pids.append((int(pid.value), entry.timestamp))
+        if not pids:
+            continue  # launched elsewhere or not started yet: the daemon's start timeout covers it
+        pid, since = pids[-1]
+        if not _process_alive(pid, since):
+            instance.report_run_failed(run, f"run worker process {pid} is gone (killed?); marked failed by lm-mixup init")
+            failed.append(run.run_id)
+    return failed
+
+
+def prepare_home(verbose: bool = False) -> Path:
+    """Create LM_MIXUP_HOME and DAGSTER_HOME and make the Dagster storage ready; export both.
+
+    Writes ``dagster.yaml`` (telemetry off, run monitoring on), creates and migrates
+    the run, event and schedule storage, repairs a home broken by concurrent first
+    runs, and fails runs whose worker was killed. Under an OS file lock, so any
+    number of processes may call it at once; the migration runs once per Dagster
+    version (a marker file records it).
+    """
     from resources.profiles import lm_mixup_home
 
     home = lm_mixup_home()
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
-    cfg = dagster_home / "dagster.yaml"
-    if not cfg.exists():
-        cfg.write_text(DAGSTER_YAML)
     os.environ["LM_MIXUP_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
+    say = print if verbose else (lambda *_: None)
+    import dagster as dg
+    from filelock import (
+        FileLock,  # a Dagster dependency; an OS lock, released if the holder dies
+    )
+
+    with FileLock(dagster_home / ".lm-mixup-init.lock"):
+        cfg = dagster_home / "dagster.yaml"
+        if not cfg.exists():
+            tmp = cfg.with_suffix(".yaml.tmp")
+            tmp.write_text(DAGSTER_YAML)
+            os.replace(tmp, cfg)  # never a half-written file for a process that does not take the lock
+            say(f"wrote {cfg}")
+        removed = repair_alembic_heads(dagster_home)
+        if removed:
+            print(f"repaired {dagster_home / RUN_STORAGE_DB}: dropped extra alembic revisions {removed}", file=sys.stderr)
+        marker = dagster_home / INIT_MARKER
+        migrated = marker.exists() and marker.read_text().strip() == dg.__version__ and (dagster_home / RUN_STORAGE_DB).exists()
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:  # creates the storage when new
+            if not migrated:
+                instance.upgrade()
+                marker.write_text(dg.__version__ + "\n")
+                say(f"storage of {dagster_home} created/migrated for Dagster {dg.__version__}")
+            for run_id in fail_orphaned_runs(instance):
+                print(f"run {run_id}: its worker process is gone; marked FAILURE", file=sys.stderr)
     return home
 
 
@@ -93,7 +223,9 @@ def show_where() -> None:
         if "training_set_composition" in tables:
             print(con.execute("select arm, pool, wanted, taken, shortfall from training_set_composition order by arm, pool").df().to_string(index=False))
         con.close()
-    print(f'query it : duckdb {db} "select * from pool_summary"')
+    # The project's own duckdb package: a separately installed duckdb CLI may be too old to open the file.
+    query = f"import duckdb; duckdb.connect('{db}', read_only=True).sql('select * from pool_summary').show()"
+    print(f'query it : {sys.executable} -c "{query}"')
     print("open UI  : make ui   (then http://127.0.0.1:3000)")
 
 
@@ -108,6 +240,7 @@ def run_ui(host: str, port: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lm-mixup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="create and migrate the home (run history storage); safe to run in parallel")
     demo = sub.add_parser("demo", help="materialise every stage built so far")
     demo.add_argument("--source", action="append", help="only this source partition (repeatable)")
     ui = sub.add_parser("ui", help="start the Dagster UI")
@@ -115,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--port", type=int, default=int(os.environ.get("LM_MIXUP_UI_PORT", "3000")))
     sub.add_parser("where", help="print paths and table counts")
     args = parser.parse_args(argv)
+    if args.command == "init":
+        home = prepare_home(verbose=True)
+        print(f"home ready: LM_MIXUP_HOME={home} DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+        return 0
     if args.command == "demo":
         return run_demo(args.source)
     if args.command == "ui":

@@ -20,9 +20,8 @@ from lm_mixup_assets.lib.clustering import (
 )
 from lm_mixup_assets.lib.models import load_tokenizer
 from lm_mixup_assets.lib.plots import figure_to_markdown
-from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
 from lm_mixup_assets.partitions import source_partitions
-from lm_mixup_assets.pool import scope_to_partition
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from resources import WarehouseResource, settings
 from resources.embedder import EmbedderResource
@@ -184,7 +183,8 @@ def cluster_inputs(context: dg.AssetExecutionContext, config: ClusterInputsConfi
 # --------------------------------------------------------------------------- checks
 
 
-@dg.asset_check(asset="low_quality_clusters", blocking=True, description="Every low-quality row is in exactly one cluster.")
+@dg.asset_check(asset="low_quality_clusters", partitions_def=source_partitions, blocking=True,
+                description="Every low-quality row of this source is in exactly one cluster.")
 def clusters_cover_low_rows(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = warehouse.query("""
         with lo as (select source, sample_id from low_quality_pool where source in (select distinct source from low_quality_clusters)),
@@ -192,19 +192,20 @@ def clusters_cover_low_rows(context: dg.AssetCheckExecutionContext, warehouse: W
         select coalesce(lo.source, c.source) source, coalesce(lo.sample_id, c.sample_id) sample_id, coalesce(c.n, 0) times_clustered
         from lo full outer join c using (source, sample_id)
         where c.n is null or c.n <> 1 or lo.sample_id is null""")
-    bad = scope_to_partition(context, bad)
+    bad = rows_of_checked_partition(context, bad)
     return dg.AssetCheckResult(passed=bad.empty, description="exact coverage" if bad.empty else f"{len(bad)} rows not clustered exactly once",
                                metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
 
 
-@dg.asset_check(asset="low_quality_clusters", description="Cluster sizes within [min_size, max_size] (default 2..5) where a source has >= min_size rows.")
+@dg.asset_check(asset="low_quality_clusters", partitions_def=source_partitions,
+                description="This source's cluster sizes within [min_size, max_size] (default 2..5) if it has >= min_size rows.")
 def cluster_sizes_in_range(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     # Bounds from the config defaults; a run with other bounds shows here as a warning, not silently.
     lo, hi = ClusteringConfig().min_size, ClusteringConfig().max_size
     sizes = warehouse.query("""
         select source, cluster_id, count(*) size, (select count(*) from low_quality_clusters x where x.source = c.source) rows
         from low_quality_clusters c group by 1, 2""")
-    sizes = scope_to_partition(context, sizes)
+    sizes = rows_of_checked_partition(context, sizes)
     bad = sizes[(sizes["rows"] >= lo) & ((sizes["size"] < lo) | (sizes["size"] > hi))]
     return dg.AssetCheckResult(
         passed=bad.empty, severity=dg.AssetCheckSeverity.WARN,
@@ -213,7 +214,8 @@ def cluster_sizes_in_range(context: dg.AssetCheckExecutionContext, warehouse: Wa
     )
 
 
-@dg.asset_check(asset="cluster_inputs", description="Member ids of cluster_inputs (all parts, in order) equal the cluster table's.")
+@dg.asset_check(asset="cluster_inputs", partitions_def=source_partitions,
+                description="This source: member ids of cluster_inputs (all parts, in order) equal the cluster table's.")
 def cluster_inputs_match_clusters(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = warehouse.query("""
         with i as (select source, cluster_id, unnest(member_ids) sample_id from cluster_inputs),
@@ -223,6 +225,6 @@ def cluster_inputs_match_clusters(context: dg.AssetCheckExecutionContext, wareho
         from ic full outer join (select * from low_quality_clusters where source in (select distinct source from cluster_inputs)) c
              using (source, cluster_id, sample_id)
         where ic.n is null or ic.n <> 1 or c.sample_id is null""")
-    bad = scope_to_partition(context, bad)
+    bad = rows_of_checked_partition(context, bad)
     return dg.AssetCheckResult(passed=bad.empty, description="member ids match" if bad.empty else f"{len(bad)} members differ",
                                metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})

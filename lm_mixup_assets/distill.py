@@ -6,7 +6,6 @@ pair with the pool's judge and cache; ``distilled_high[source]`` (SQL) keeps
 those at or above the threshold: the low-quality rows rescued.
 """
 
-import os
 import time
 
 import dagster as dg
@@ -16,11 +15,13 @@ from pydantic import Field
 from lm_mixup_assets.lib.distill import distilled_sample_id, parse_distilled
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.lib.training import SFT_TARGET_LAYOUTS, distiller_chat
-from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
 from lm_mixup_assets.partitions import source_partitions
-from lm_mixup_assets.pool import scope_to_partition
-from lm_mixup_assets.rating import rate_frame
+from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
+from lm_mixup_assets.lib.budgets import assess
+from lm_mixup_assets.rating import generator_budget, generator_usage, rate_frame
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
+from lm_mixup_assets.sql_assets import var_default
 from lm_mixup_assets.training import checkpoint_path
 from resources import JudgeResource, WarehouseResource, settings
 from resources.generator import GeneratorResource
@@ -54,6 +55,12 @@ class DistillConfig(dg.Config):
     repetition_penalty: float = Field(_defaults["repetition_penalty"], description=(
         "Greedy decoding's repetition penalty (1 = off; the reference distils with 1.05). The openai backend "
         "sends it as an extra request field, which vLLM servers read and api.openai.com rejects."))
+    max_failed_fraction: float = budget_field(
+        _defaults["max_failed_fraction"], "the distilled clusters whose generation failed (api_error: no answer)")
+    max_parse_error_fraction: float = budget_field(
+        _defaults["max_parse_error_fraction"],
+        "the distiller's answers that do not parse into a pair (parse_error; a quality outcome, not a failed call, "
+        "hence its own budget: 1.0 on the demo, whose few-step 135M distiller mostly fails to parse)")
 
 
 def _distiller(config: DistillConfig, generator: GeneratorResource, warehouse: WarehouseResource) -> str:
@@ -93,7 +100,8 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
                      f"(max_new_tokens {config.max_new_tokens}, greedy, repetition_penalty {config.repetition_penalty}, "
                      f"{config.prompt_layout} prompt)")
     started = time.monotonic()
-    outcomes, cached = generator.generate(chats, warehouse, model=distiller, progress=context.log.info,
+    usage: dict = {}
+    outcomes, cached = generator.generate(chats, warehouse, model=distiller, progress=context.log.info, usage=usage,
                                           max_new_tokens=config.max_new_tokens, temperature=0.0,
                                           repetition_penalty=config.repetition_penalty) if todo else ([], [])
     seconds = time.monotonic() - started
@@ -121,6 +129,15 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
     warehouse.replace_partition("distilled_pool", df, "source", source, column_types=DISTILLED_TYPES)
 
     counts = {s: int((df["status"] == s).sum()) for s in STATUSES}
+    usage_md, usage_line = generator_usage(generator, usage, "generator") if todo else ({}, "nothing to generate")
+    context.log.info(f"{source}: {usage_line}")
+    answered = df[df["status"].isin(["ok", "parse_error"])]
+    budgets = [
+        generator_budget(f"distilled_pool[{source}]", generator, outcomes, config.max_failed_fraction),
+        assess(f"distiller answers of distilled_pool[{source}] (parsing into a pair)", answered["status"].tolist(),
+               [f"{r}; answer: {str(x)[:120]!r}" for r, x in zip(answered["reason"], answered["response"])],
+               ["parse_error"], config.max_parse_error_fraction, generator.secrets(), "max_parse_error_fraction"),
+    ]
     generated = [o for o, hit in zip(outcomes, cached) if not hit and o.status == "ok"]
     new_tokens = sum(o.completion_tokens for o in generated)
     context.log.info(f"{source}: {counts} in {seconds:.1f}s ({len(generated)} generated, {sum(cached)} from the cache, "
@@ -128,6 +145,7 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
     if counts["parse_error"]:
         context.log.warning(f"{counts['parse_error']} responses did not parse into a pair (kept with status parse_error): "
                             f"{df.loc[df['status'] == 'parse_error', 'reason'].value_counts().head(3).to_dict()}")
+    enforce_budgets(context, budgets)  # after the write: failed rows are kept as evidence
     def text(value) -> str:  # None or NaN (pandas' missing text) -> ""
         return value if isinstance(value, str) else ""
 
@@ -147,12 +165,21 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
         "new_completion_tokens": int(new_tokens),
         "tokens_per_second": round(new_tokens / max(seconds, 1e-9), 2),
         "examples": dg.MetadataValue.md(examples or "_(nothing distilled)_"),
+        **usage_md,
+        **budget_metadata("generation", budgets[0]), **budget_metadata("parse", budgets[1]),
     })
 
 
 class RescueYieldConfig(dg.Config):
-    # For the rescue-yield figure only; distilled_high applies its own quality_threshold var (same default and env).
-    quality_threshold: int = int(os.environ.get("LM_MIXUP_VAR_QUALITY_THRESHOLD", "4"))
+    # The one acceptance threshold for distilled pairs: written to rated_distilled's quality_threshold
+    # column, which distilled_high filters on, so the rescue yield and the table cannot disagree.
+    quality_threshold: int = Field(var_default("quality_threshold", int, 4), description=(
+        "Compressed Overall (0-5) at or above which a distilled pair is accepted into distilled_high. "
+        "Stored on each rated_distilled row; distilled_high applies exactly that value. Default: the profile's "
+        "pool.quality_threshold (LM_MIXUP_VAR_QUALITY_THRESHOLD overrides)."))
+    max_failed_fraction: float = budget_field(
+        _defaults["max_failed_rating_fraction"],
+        "the parsed pairs the judge could not rate (api_error, or parse_error after the re-asks)")
 
 
 RATED_DISTILLED_CARRY = ["source", "sample_id", "cluster_id", "part", "member_ids", "distiller", "prompt", "completion"]
@@ -168,9 +195,15 @@ def rated_distilled(context: dg.AssetExecutionContext, config: RescueYieldConfig
                     warehouse: WarehouseResource) -> dg.MaterializeResult:
     source = context.partition_key
     distilled = warehouse.query("select * from distilled_pool where source = ? and status = 'ok' order by cluster_id, part", [source])
-    df, metadata = rate_frame(context, distilled, RATED_DISTILLED_CARRY, judge, warehouse, f"{source} (distilled)",
-                              rubric_version=judge.distilled_rubric_version)
-    warehouse.replace_partition("rated_distilled", df, "source", source, column_types={"member_ids": "VARCHAR[]", "cluster_id": "BIGINT", "part": "BIGINT"})
+    df, metadata, budget = rate_frame(context, distilled, RATED_DISTILLED_CARRY, judge, warehouse, f"{source} (distilled)",
+                                      rubric_version=judge.distilled_rubric_version,
+                                      max_failed_fraction=config.max_failed_fraction)
+    df["quality_threshold"] = config.quality_threshold
+    with warehouse.connect() as con:  # a warehouse from before the column existed gains it
+        con.execute("alter table if exists rated_distilled add column if not exists quality_threshold BIGINT")
+    warehouse.replace_partition("rated_distilled", df, "source", source, column_types={"member_ids": "VARCHAR[]", "cluster_id": "BIGINT", "part": "BIGINT",
+                                                                                     "quality_threshold": "BIGINT"})
+    enforce_budgets(context, [budget])  # after the write: failed rows are kept as evidence
     yield_table = rescue_yield(warehouse, source, df, config.quality_threshold)
     context.log.info(f"{source} rescue yield: " + ", ".join(f"{k} {v}" for k, v in yield_table.items()))
     return dg.MaterializeResult(metadata={
@@ -212,8 +245,8 @@ def _funnel_plot(y: dict, source: str) -> str:
 # --------------------------------------------------------------------------- checks
 
 
-@dg.asset_check(asset="distilled_pool", blocking=True,
-                description="One distilled_pool row per cluster_inputs row (same member ids); statuses known; ok rows carry a pair.")
+@dg.asset_check(asset="distilled_pool", partitions_def=source_partitions, blocking=True,
+                description="This source: one distilled_pool row per cluster_inputs row (same member ids); statuses known; ok rows carry a pair.")
 def distilled_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = warehouse.query(f"""
         with d as (select * from distilled_pool), i as (select * from cluster_inputs where source in (select distinct source from d))
@@ -226,14 +259,14 @@ def distilled_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse:
                     when d.status <> 'ok' and d.reason is null then 'failure without a reason' end problem
         from d full outer join i using (source, cluster_id, part)
         where problem is not null""")
-    bad = scope_to_partition(context, bad)
+    bad = rows_of_checked_partition(context, bad)
     return dg.AssetCheckResult(passed=bad.empty, description="every cluster input accounted for" if bad.empty
                                else f"{len(bad)} cluster inputs unaccounted for",
                                metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
 
 
-@dg.asset_check(asset="rated_distilled", blocking=True,
-                description="Every parsed distilled pair rated exactly once (ok or a failure status); ok rows have scores in range.")
+@dg.asset_check(asset="rated_distilled", partitions_def=source_partitions, blocking=True,
+                description="This source: every parsed distilled pair rated exactly once (ok or a failure status); ok rows have scores in range.")
 def rated_distilled_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = warehouse.query("""
         with d as (select source, cluster_id, part from distilled_pool where status = 'ok'
@@ -244,19 +277,21 @@ def rated_distilled_accounting(context: dg.AssetCheckExecutionContext, warehouse
         from d full outer join r using (source, cluster_id, part)
         where r.n is null or r.n <> 1 or d.source is null
            or (r.status = 'ok' and not coalesce(r.overall between 1 and 10, false))""")
-    bad = scope_to_partition(context, bad)
+    bad = rows_of_checked_partition(context, bad)
     return dg.AssetCheckResult(passed=bad.empty, description="parsed = rated" if bad.empty else f"{len(bad)} pairs not rated exactly once",
                                metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
 
 
-@dg.asset_check(asset="distilled_high", description="Every distilled-high pair's member ids are low-quality rows of its source.")
+@dg.asset_check(asset="distilled_high", partitions_def=source_partitions,
+                description="Every distilled-high pair's member ids in this source are low-quality rows of this source.")
 def distilled_high_traces_to_low_rows(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = warehouse.query("""
         with m as (select source, sample_id distilled_id, unnest(member_ids) member_id from distilled_high)
         select m.* from m left join low_quality_pool l on l.source = m.source and l.sample_id = m.member_id
         where l.sample_id is null""")
-    bad = scope_to_partition(context, bad)
-    members = warehouse.query("select coalesce(sum(len(member_ids)), 0) n from distilled_high")["n"].iat[0]
+    bad = rows_of_checked_partition(context, bad)
+    members = warehouse.query("select coalesce(sum(len(member_ids)), 0) n from distilled_high where source = ?",
+                              [context.partition_key])["n"].iat[0]
     return dg.AssetCheckResult(passed=bad.empty, description=f"{int(members)} member ids all found" if bad.empty
                                else f"{len(bad)} member ids not in low_quality_pool",
                                metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})

@@ -22,9 +22,8 @@ from lm_mixup_assets.lib.eval_tasks import (SMOKE_LABEL, benchmark_table, build_
 from lm_mixup_assets.lib.models import resolve_causal_lm
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.lib.training import vllm_available
-from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
 from lm_mixup_assets.partitions import arm_partitions
-from lm_mixup_assets.pool import scope_to_partition
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from lm_mixup_assets.training import curve_plot
 from resources import WarehouseResource, settings
@@ -264,10 +263,10 @@ def same_eval_settings(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset="benchmark_scores", description="Every score (and stderr) is within [0, 1].")
+@dg.asset_check(asset="benchmark_scores", partitions_def=arm_partitions, description="Every score (and stderr) of this arm is within [0, 1].")
 def scores_in_unit_range(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = warehouse.query("""select arm, task, metric, filter, value, stderr from benchmark_scores
                              where value is null or value < 0 or value > 1 or stderr < 0 or stderr > 1""")
-    bad = scope_to_partition(context, bad, column="arm")
+    bad = rows_of_checked_partition(context, bad, column="arm")
     return dg.AssetCheckResult(passed=bad.empty, description="all in [0, 1]" if bad.empty else f"{len(bad)} scores out of range",
                                metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})

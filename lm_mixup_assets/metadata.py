@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 import pandas as pd
+
+# Partitioned asset checks (``partitions_def`` on ``@dg.asset_check``) are a
+# "preview" in Dagster 1.13; every stage imports this module before defining its
+# checks, and we rely on the feature knowingly (docs/method.md, "Checks").
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
 
 _DTYPE_NAMES = {"int64": "BIGINT", "Int64": "BIGINT", "int32": "INTEGER", "float64": "DOUBLE", "bool": "BOOLEAN", "object": "VARCHAR"}
 
@@ -37,3 +44,19 @@ def table_metadata(df: pd.DataFrame, preview_columns: list[str] | None = None, n
         "dagster/column_schema": column_schema(df),
         "preview": preview_md(df, n=n, columns=preview_columns),
     }
+
+
+def rows_of_checked_partition(context: dg.AssetCheckExecutionContext, df: pd.DataFrame, column: str = "source") -> pd.DataFrame:
+    """The rows of ``df`` in the one partition this check evaluates (its ``column`` equals the partition key).
+
+    Checks on partitioned assets are partitioned themselves, so Dagster records
+    each result against its partition: a green run of one source (or arm) never
+    hides a red one of another, and a source being rebuilt by a parallel run
+    does not fail this one (docs/method.md, "Checks").
+    """
+    if not context.has_partition_key:
+        raise dg.Failure(f"check {context.check_specs[0].key.to_user_string()} needs a partition: it checks one "
+                         f"{column} at a time (define it with the asset's partitions_def)")
+    if column not in df.columns:
+        raise ValueError(f"check query returned no {column!r} column (got {list(df.columns)}); cannot scope it to a partition")
+    return df[df[column] == context.partition_key]

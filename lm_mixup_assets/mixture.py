@@ -31,9 +31,11 @@ from lm_mixup_assets.lib.mixture_tasks import (DISTILL_INSTRUCTIONS, MAX_CLUSTER
                                                render_writer_prompt, validate_target, write_extractive_target)
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.lib.released_mixture import load_released_mixture
-from lm_mixup_assets.lib.rubric import compress_overall
+from lm_mixup_assets.lib.rubric import SCORE_KEYS, compress_overall
 from lm_mixup_assets.lib.wiki import wiki_paragraphs_frame
+from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
 from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.rating import generator_budget, generator_usage, judge_budget, judge_usage
 from resources import JudgeResource, WarehouseResource, settings
 from resources.embedder import EmbedderResource
 from resources.generator import GeneratorResource
@@ -87,6 +89,8 @@ class TargetsConfig(dg.Config):
     tasks: list[str] = list(TASK_TYPES)
     min_quality: int = _defaults["min_quality"]  # compressed Overall a target needs to be kept (docs/method.md: 4)
     seed: int = 42
+    max_failed_fraction: float = budget_field(
+        _defaults["max_failed_fraction"], "the writer's calls (writer llm), and apart from them of the judge's calls")
 
 
 TARGET_COLUMNS = ["target_id", "paragraph_id", "task", "writer", "text", "format_errors", "status", "error",
@@ -106,10 +110,15 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
     # Other paragraphs of the same article widen the pool of MCQ distractors and TFQ swaps.
     article_text = paragraphs.groupby("title")["text"].agg(" ".join).to_dict()
     jobs = [(p, task) for p in paragraphs.itertuples() for task in config.tasks]
+    budgets, usage_md = [], {}
     if config.writer == "llm":
         chats = [[{"role": "user", "content": render_writer_prompt(task, {"title": p.title, "section": p.section, "text": p.text})}]
                  for p, task in jobs]
-        outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info)
+        writer_usage: dict = {}
+        outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info, usage=writer_usage)
+        usage_md, usage_line = generator_usage(mixture_writer, writer_usage, "writer")
+        context.log.info(f"target writer: {usage_line}")
+        budgets.append(generator_budget("mixture_targets", mixture_writer, outcomes, config.max_failed_fraction))
         texts = [o.raw_answer if o.status == "ok" else None for o in outcomes]
         errors = [o.error if o.status != "ok" else None for o in outcomes]
     else:
@@ -128,7 +137,12 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
     # The reference rates generated samples with its per-task rubric (the pool's rubric is for instruction pairs).
     rating, _ = judge.rate_pairs(to_rate["_prompt"].tolist(), to_rate["text"].tolist(), warehouse, progress=context.log.info,
                                  rubric_version=[judge.rubric_for_task(t) for t in to_rate["task"]])
-    scores = pd.DataFrame([{"status": o.status, "error": o.error, **(o.scores or {})} for o in rating.outcomes], index=to_rate.index)
+    judge_md, judge_line = judge_usage(judge, rating)
+    context.log.info(f"target judge: {judge_line}")
+    budgets.append(judge_budget("mixture_targets", judge, rating.outcomes, config.max_failed_fraction))
+    # Columns named: with nothing to rate (every writer call failed) the frame must still have them.
+    scores = pd.DataFrame([{"status": o.status, "error": o.error, **(o.scores or {})} for o in rating.outcomes],
+                          index=to_rate.index, columns=["status", "error", *SCORE_KEYS])
     df = df.join(scores)
     df["status"] = df["status"].fillna("not_rated")
     df["overall_compressed"] = df["overall"].map(lambda v: compress_overall(v) if pd.notna(v) else None)
@@ -143,6 +157,7 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
     df["error"] = df.get("error")
     out = df[TARGET_COLUMNS]
     warehouse.replace_partition("mixture_targets", out)
+    enforce_budgets(context, budgets)  # after the write: failed rows are kept, with their drop_reason
     per_task = out.groupby("task").agg(rows=("target_id", "size"), kept=("kept", "sum")).reset_index()
     context.log.info(f"targets: {int(out['kept'].sum())} kept of {len(out)} ({per_task.to_dict('records')})")
     tokens = rating.tokens
@@ -152,6 +167,8 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
         "per_task": preview_md(per_task, n=10),
         "drop_reasons": dg.MetadataValue.json(out["drop_reason"].dropna().str.slice(0, 60).value_counts().head(8).to_dict()),
         "judge_tokens": int(sum(tokens)),
+        **usage_md, **judge_md, **budget_metadata("judge", budgets[-1]),
+        **(budget_metadata("writer", budgets[0]) if len(budgets) > 1 else {}),
         "examples": dg.MetadataValue.md("\n\n".join(f"**{t.task}**\n```\n{t.text[:600]}\n```" for t in out[out["kept"]].groupby("task").head(1).itertuples())),
     })
 
@@ -167,6 +184,9 @@ class VariantsConfig(dg.Config):
         "method's robustness step after degradation. 0 = none."))
     cross_topic_neighbours: int = 3  # similar targets of other articles offered to cross_topic_merge
     seed: int = 42
+    max_failed_fraction: float = budget_field(
+        _defaults["max_failed_fraction"],
+        "the writer's degradation calls (llm_degradation), and apart from them of the judge's calls")
 
 
 VARIANT_COLUMNS = ["variant_id", "target_id", "task", "text", "operators", "origin", "status", "overall", "overall_compressed"]
@@ -196,10 +216,16 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
             rows.append({"target_id": t.target_id, "task": t.task, "text": text, "operators": ops, "origin": "noise",
                          "_prompt": _judge_prompt(t.task, t.title, t.section)})
     llm_failed = 0
+    budgets, usage_md = [], {}
     if config.llm_degradation and len(targets) and config.llm_variants_per_target > 0:
         chats = [[{"role": "user", "content": render_degrade_prompt(t.task, t.text, n=config.llm_variants_per_target)}]
                  for t in targets.itertuples()]
-        outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info)
+        writer_usage: dict = {}
+        outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info, usage=writer_usage)
+        usage_md, usage_line = generator_usage(mixture_writer, writer_usage, "writer")
+        context.log.info(f"degradation writer: {usage_line}")
+        budgets.append(generator_budget("mixture_variants (degradations)", mixture_writer, outcomes,
+                                        config.max_failed_fraction))
         for t, o in zip(targets.itertuples(), outcomes):
             if o.status != "ok":
                 llm_failed += 1
@@ -220,11 +246,15 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
     df["variant_id"] = [_stable_id(a, b) for a, b in zip(df["target_id"], df["text"])]
     rating, _ = judge.rate_pairs(df["_prompt"].tolist(), df["text"].tolist(), warehouse, progress=context.log.info,
                                  rubric_version=[judge.rubric_for_task(t) for t in df["task"]])
+    judge_md, judge_line = judge_usage(judge, rating)
+    context.log.info(f"variant judge: {judge_line}")
+    budgets.append(judge_budget("mixture_variants", judge, rating.outcomes, config.max_failed_fraction))
     df["status"] = [o.status for o in rating.outcomes]
     df["overall"] = pd.array([o.scores["overall"] if o.scores else None for o in rating.outcomes], dtype="Int64")
     df["overall_compressed"] = pd.array([compress_overall(o.scores["overall"]) if o.scores else None for o in rating.outcomes], dtype="Int64")
     out = df[VARIANT_COLUMNS]
     warehouse.replace_partition("mixture_variants", out)
+    enforce_budgets(context, budgets)  # after the write: failed rows are kept with their status
     counts = out.groupby("target_id").size()
     ops = out["operators"].str.split("+").explode().value_counts()
     context.log.info(f"{len(out)} variants for {len(targets)} targets; mean Overall {out['overall'].mean():.2f} vs targets {targets['overall'].mean():.2f}")
@@ -238,6 +268,8 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
         "variant_mean_overall": float(out["overall"].mean()) if len(out) else 0.0,
         "target_mean_overall": float(targets["overall"].mean()) if len(targets) else 0.0,
         "embedding_model": embedder.model,
+        **usage_md, **judge_md, **budget_metadata("judge", budgets[-1]),
+        **(budget_metadata("writer", budgets[0]) if len(budgets) > 1 else {}),
     })
 
 
@@ -266,6 +298,7 @@ class MixtureConfig(dg.Config):
     cot: str = Field(_defaults["cot"], description=(
         "source=built: auto = the mixture writer writes the reasoning (cot) for examples whose target it wrote "
         "(writer llm), none for extractive targets; llm = for every example; none = never."))
+    max_failed_fraction: float = budget_field(_defaults["max_failed_fraction"], "the writer's cot calls")
     test_fraction: float = 0.1
     seed: int = 42
 
@@ -312,10 +345,15 @@ def _built_examples(context: dg.AssetExecutionContext, config: MixtureConfig, wr
     # optional chain of thought); extractive targets have no writer to explain them, so auto leaves them empty.
     wants_cot = [config.cot == "llm" or (config.cot == "auto" and t.writer == "llm") for t, _ in clusters]
     asked = [i for i, w in enumerate(wants_cot) if w]
+    budgets, usage_md = [], {}
     if asked:
         chats = [[{"role": "user", "content": render_cot_prompt(clusters[i][0].task, clusters[i][1], clusters[i][0].text)}]
                  for i in asked]
-        outcomes, _ = writer.generate(chats, warehouse, progress=context.log.info)
+        writer_usage: dict = {}
+        outcomes, _ = writer.generate(chats, warehouse, progress=context.log.info, usage=writer_usage)
+        usage_md, usage_line = generator_usage(writer, writer_usage, "cot_writer")
+        context.log.info(f"cot writer: {usage_line}")
+        budgets.append(generator_budget("mixture (cot)", writer, outcomes, config.max_failed_fraction))
         for i, o in zip(asked, outcomes):
             cot, error = parse_cot(o.raw_answer) if o.status == "ok" else ("", f"writer {o.status}: {o.error}")
             rows[i]["cot"], rows[i]["cot_error"] = cot, error
@@ -326,6 +364,8 @@ def _built_examples(context: dg.AssetExecutionContext, config: MixtureConfig, wr
     return pd.DataFrame(rows, columns=MIXTURE_COLUMNS), {
         "targets_without_enough_variants": len(skipped), "cot_requested": len(asked), "cot_failed": failed,
         "cot_writer": f"{writer.backend}:{writer.model}" if asked else "",
+        **usage_md, **{k: v for b in budgets for k, v in budget_metadata("cot", b).items()},
+        "_budgets": budgets,
     }
 
 
@@ -387,6 +427,7 @@ def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, mixture_wr
         df, extra = _released_examples(context, config)
     else:
         df, extra = _built_examples(context, config, mixture_writer, warehouse)
+    budgets = extra.pop("_budgets", [])
     _replace_mixture_table(warehouse, df)
     export_dir = warehouse.artifacts_dir / "mixture"
     export_dir.mkdir(parents=True, exist_ok=True)
@@ -398,6 +439,7 @@ def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, mixture_wr
                                      "origin_file": r.origin_file,
                                      "origin_row": None if pd.isna(r.origin_row) else int(r.origin_row)},
                                     ensure_ascii=False) + "\n")
+    enforce_budgets(context, budgets)  # after the writes: examples keep an empty cot and the cot_error
     counts = df.groupby(["task", "split"]).size().unstack(fill_value=0).reset_index() if len(df) else pd.DataFrame()
     sizes = df["n_variants"].dropna().astype(int)
     import matplotlib.pyplot as plt

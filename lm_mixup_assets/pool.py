@@ -13,11 +13,12 @@ import time
 import dagster as dg
 import pandas as pd
 
+from lm_mixup_assets.budgets import budget_field, enforce_budgets
 from lm_mixup_assets.lib import warehouse as wh
 from lm_mixup_assets.lib.ingest import PRECOMPUTED_TYPES, SourceError, ingest_source
 from lm_mixup_assets.lib.manifest import ManifestError, load_manifest
 from lm_mixup_assets.lib.plots import histogram_grid
-from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
 from lm_mixup_assets.partitions import source_partitions
 from lm_mixup_assets.rating import precomputed_frame, rate_frame
 from resources import JudgeResource, WarehouseResource, settings
@@ -25,6 +26,10 @@ from resources import JudgeResource, WarehouseResource, settings
 GROUP = "pool"
 INGEST_LOG = "ingest_log"  # one row per source: input rows and where they went
 PRECOMPUTED = "precomputed_scores"  # ratings a manifest source brings along (its `precomputed:` entry)
+# The rejected rows of a source's last *failed* ingest (over max_rejected_fraction): evidence for the
+# user, outside the accounting; cleared by the next successful ingest of that source.
+FAILED_INGEST_REJECTIONS = "failed_ingest_rejections"
+FAILURE_SAMPLE_ROWS = 20  # rejected rows shown in a failed ingest's message metadata
 
 _pool_defaults = settings("pool")
 
@@ -39,6 +44,9 @@ class IngestConfig(dg.Config):
     name="ingest_pool_source",
     partitions_def=source_partitions,
     group_name=GROUP,
+    # Either asset may be selected alone (`dg launch --assets raw_pool,rated_pool`); the ingest still
+    # writes all of the source's tables in one transaction, so they never disagree.
+    can_subset=True,
     specs=[
         dg.AssetSpec(
             "raw_pool",
@@ -49,7 +57,7 @@ class IngestConfig(dg.Config):
         ),
         dg.AssetSpec(
             "rejected_rows",
-            description="Every input row that could not be ingested: source, position, reason, raw text (truncated).",
+            description="Every input row that could not be ingested: source, file, position, reason, raw text (truncated).",
             kinds={"duckdb", "pandas"},
             group_name=GROUP,
         ),
@@ -78,52 +86,103 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
         "ingested_at": pd.Timestamp.now("UTC").tz_localize(None),
     }])
     reasons = result.rejected["reason"].str.replace(r"\d+", "N", regex=True).value_counts().head(10)
-    too_many = result.input_rows == 0 or result.rejected_fraction > config.max_rejected_fraction
+    reasons_md = dg.MetadataValue.md(reasons.to_frame("rows").to_markdown() if len(reasons) else "_(none)_")
+    if result.input_rows == 0 or result.rejected_fraction > config.max_rejected_fraction:
+        _fail_ingest(context, warehouse, spec, result, config, reasons, reasons_md)
     with warehouse.connect() as con:
-        wh.replace_partition(con, "rejected_rows", result.rejected, "source", source)
-        if not too_many:
-            # One source's three tables change together, so a reader never sees half an ingest.
-            con.execute("begin transaction")
+        # One source's ingest tables change in one transaction: a reader (or a crash) never sees half an
+        # ingest, and ingest_log always describes exactly the rows in raw_pool and rejected_rows.
+        con.execute("begin transaction")
+        try:
+            for table, frame in (("raw_pool", result.rows), ("rejected_rows", result.rejected)):
+                _add_missing_columns(con, table, frame)  # e.g. `file`, added after a warehouse was first made
             wh.replace_partition(con, "raw_pool", result.rows, "source", source, in_transaction=True)
+            wh.replace_partition(con, "rejected_rows", result.rejected, "source", source, in_transaction=True)
             wh.replace_partition(con, INGEST_LOG, log_row, "source", source, in_transaction=True)
             # Always replaced, so dropping `precomputed:` from the manifest sends the source back to the judge.
             wh.replace_partition(con, PRECOMPUTED, result.precomputed, "source", source, in_transaction=True,
                                  column_types=PRECOMPUTED_TYPES)
+            if wh.table_exists(con, FAILED_INGEST_REJECTIONS):
+                con.execute(f"delete from {FAILED_INGEST_REJECTIONS} where source = ?", [source])
             con.execute("commit")
-    yield dg.MaterializeResult(
-        asset_key="rejected_rows",
-        metadata={
-            **table_metadata(result.rejected, ["position", "locator", "reason", "raw_text"]),
-            "rejected_fraction": dg.MetadataValue.float(round(result.rejected_fraction, 4)),
-            "reasons": dg.MetadataValue.md(reasons.to_frame("rows").to_markdown() if len(reasons) else "_(none)_"),
-        },
-    )
-    if result.input_rows == 0:
-        raise dg.Failure(description=f"source {source!r} ({spec.origin}) has no input rows; check the file or the manifest filter")
-    if too_many:
-        raise dg.Failure(
-            description=(
-                f"source {source!r}: {len(result.rejected)} of {result.input_rows} rows rejected "
-                f"({result.rejected_fraction:.0%} > max_rejected_fraction {config.max_rejected_fraction:.0%}). "
-                f"Top reasons: {'; '.join(f'{r} ({n})' for r, n in reasons.head(3).items())}. "
-                "See the rejected_rows table; fix the field mapping in the manifest or raise the limit. "
-                "raw_pool keeps its previous contents."
-            ),
-            metadata={"rejected": len(result.rejected), "input_rows": result.input_rows},
+        except BaseException:
+            try:
+                con.execute("rollback")
+            except Exception:  # replace_partition has already rolled back
+                pass
+            raise
+    selected = context.op_execution_context.selected_output_names
+    if selected != {"raw_pool", "rejected_rows"}:
+        context.log.info(f"{source}: only {sorted(selected)} selected; all ingest tables were written together")
+    if "rejected_rows" in selected:
+        yield dg.MaterializeResult(
+            asset_key="rejected_rows",
+            metadata={
+                **table_metadata(result.rejected, ["file", "position", "locator", "reason", "raw_text"]),
+                "rejected_fraction": dg.MetadataValue.float(round(result.rejected_fraction, 4)),
+                "reasons": reasons_md,
+            },
         )
-    yield dg.MaterializeResult(
-        asset_key="raw_pool",
+    if "raw_pool" in selected:
+        yield dg.MaterializeResult(
+            asset_key="raw_pool",
+            metadata={
+                **table_metadata(result.rows, ["sample_id", "locator", "prompt", "completion"]),
+                "input_rows": result.input_rows,
+                "duplicates_folded": result.duplicates,
+                "rejected": len(result.rejected),
+                "input_formats": dg.MetadataValue.json(result.formats),
+                "input_files": result.rows["file"].nunique() if len(result.rows) else 0,
+                "origin": spec.origin,
+                **({"precomputed_scores": len(result.precomputed), "precomputed_judge": spec.precomputed.judge_model,
+                    "precomputed_duplicate_conflicts": result.precomputed_conflicts} if spec.precomputed else {}),
+            },
+        )
+
+
+def _fail_ingest(context, warehouse: WarehouseResource, spec, result, config: IngestConfig, reasons, reasons_md):
+    """Fail without touching raw_pool, rejected_rows, ingest_log or precomputed_scores (their previous state
+    stays whole); the attempt's rejected rows go to FAILED_INGEST_REJECTIONS and the failure's metadata."""
+    source = spec.name
+    if result.input_rows == 0:
+        raise dg.Failure(description=f"source {source!r} ({spec.origin}) has no input rows; check the file or the "
+                         "manifest filter. The source's tables keep their previous contents.")
+    attempt = result.rejected.assign(attempted_at=pd.Timestamp.now("UTC").tz_localize(None))
+    warehouse.replace_partition(FAILED_INGEST_REJECTIONS, attempt, "source", source)
+    sample = result.rejected.head(FAILURE_SAMPLE_ROWS).assign(raw_text=lambda d: d["raw_text"].str.slice(0, 120))
+    raise dg.Failure(
+        description=(
+            f"source {source!r}: {len(result.rejected)} of {result.input_rows} rows rejected "
+            f"({result.rejected_fraction:.0%} > max_rejected_fraction {config.max_rejected_fraction:.0%}). "
+            f"Top reasons: {'; '.join(f'{r} ({n})' for r, n in reasons.head(3).items())}. "
+            f"Nothing was written: raw_pool, rejected_rows and ingest_log keep their previous contents. This attempt's "
+            f"rejected rows are in the {FAILED_INGEST_REJECTIONS} table (and below); fix the field mapping in the "
+            "manifest or raise the limit."
+        ),
         metadata={
-            **table_metadata(result.rows, ["sample_id", "locator", "prompt", "completion"]),
-            "input_rows": result.input_rows,
-            "duplicates_folded": result.duplicates,
-            "rejected": len(result.rejected),
-            "input_formats": dg.MetadataValue.json(result.formats),
-            "origin": spec.origin,
-            **({"precomputed_scores": len(result.precomputed), "precomputed_judge": spec.precomputed.judge_model,
-                "precomputed_duplicate_conflicts": result.precomputed_conflicts} if spec.precomputed else {}),
+            "rejected": len(result.rejected), "input_rows": result.input_rows,
+            "rejected_fraction": dg.MetadataValue.float(round(result.rejected_fraction, 4)),
+            "reasons": reasons_md,
+            "rejected_sample": dg.MetadataValue.md(sample[["file", "position", "locator", "reason", "raw_text"]]
+                                                   .to_markdown(index=False)),
         },
     )
+
+
+def _add_missing_columns(con, table: str, frame: pd.DataFrame) -> None:
+    if not wh.table_exists(con, table):
+        return
+    have = {r[0] for r in con.execute("select column_name from information_schema.columns where table_name = ?", [table]).fetchall()}
+    for column in frame.columns:
+        if column not in have:
+            kind = "BIGINT" if pd.api.types.is_integer_dtype(frame[column]) else "VARCHAR"
+            con.execute(f'alter table "{table}" add column "{column}" {kind}')
+
+
+class RatedPoolConfig(dg.Config):
+    max_failed_fraction: float = budget_field(
+        _pool_defaults["max_failed_rating_fraction"],
+        "the source's rows the judge could not rate (api_error, or parse_error after the re-asks)")
 
 
 @dg.asset(
@@ -135,7 +194,8 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
     "overall_compressed (0-5), and a status: ok, parse_error or api_error. Failures carry no scores. A source "
     "with precomputed ratings (manifest `precomputed:`) is recorded as judge_backend 'precomputed', no calls made.",
 )
-def rated_pool(context: dg.AssetExecutionContext, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def rated_pool(context: dg.AssetExecutionContext, config: RatedPoolConfig, judge: JudgeResource,
+               warehouse: WarehouseResource) -> dg.MaterializeResult:
     source = context.partition_key
     carry = ["source", "sample_id", "prompt", "completion"]
     raw = warehouse.read_partition("raw_pool", "source", source).assign(source=source)
@@ -151,9 +211,13 @@ def rated_pool(context: dg.AssetExecutionContext, judge: JudgeResource, warehous
         context.log.info(f"{source}: {len(joined)} rows carry precomputed ratings "
                          f"({', '.join(sorted(set(pre['judge_model'])))}); no judge calls")
         df, metadata = precomputed_frame(joined, carry, source)
+        budget = None
     else:
-        df, metadata = rate_frame(context, raw, carry, judge, warehouse, source)
+        df, metadata, budget = rate_frame(context, raw, carry, judge, warehouse, source,
+                                          max_failed_fraction=config.max_failed_fraction)
     warehouse.replace_partition("rated_pool", df, "source", source)
+    # Written first, failed rows included (the evidence); an exceeded budget then stops the run.
+    enforce_budgets(context, [budget] if budget else [])
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -210,31 +274,22 @@ def pool_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 
 
 def _per_source(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, sql: str) -> pd.DataFrame:
-    """Offending rows of ``sql`` (which returns a ``source`` column), for the run's partition only.
-
-    Scoping matters when runs of several sources execute at once: another
-    source may be half-way through its own run.
-    """
+    """Offending rows of ``sql`` (which returns a ``source`` column) in the checked source partition only."""
     with warehouse.connect() as con:
         bad = con.execute(sql).df()
-    return scope_to_partition(context, bad)
-
-
-def scope_to_partition(context: dg.AssetCheckExecutionContext, df: pd.DataFrame, column: str = "source") -> pd.DataFrame:
-    if context.has_partition_key and column in df.columns:
-        return df[df[column] == context.partition_key]
-    return df
+    return rows_of_checked_partition(context, bad)
 
 
 def _check_from_mismatches(bad: pd.DataFrame, ok_text: str, what: str) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=bad.empty,
-        description=ok_text if bad.empty else f"{len(bad)} source(s) fail: {what}",
+        description=ok_text if bad.empty else f"this source fails: {what} ({len(bad)} offending row(s) in mismatches)",
         metadata={"mismatches": preview_md(bad, n=10)} if not bad.empty else {},
     )
 
 
-@dg.asset_check(asset="raw_pool", blocking=True, description="Per source: input rows = ingested + rejected + duplicates folded.")
+@dg.asset_check(asset="raw_pool", partitions_def=source_partitions, blocking=True,
+                description="This source: input rows = ingested + rejected + duplicates folded.")
 def raw_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _per_source(context, warehouse, f"""
         select l.source, l.input_rows, coalesce(r.n, 0) ingested, coalesce(j.n, 0) rejected, l.duplicates,
@@ -244,16 +299,17 @@ def raw_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: Wareh
         left join (select source, count(*) n from rejected_rows group by 1) j using (source)
         where l.input_rows <> coalesce(r.n, 0) + coalesce(j.n, 0) + l.duplicates
            or l.duplicates <> coalesce(r.dups, 0)""")
-    return _check_from_mismatches(bad, "input = ingested + rejected + duplicates for every source", "rows unaccounted for")
+    return _check_from_mismatches(bad, "input = ingested + rejected + duplicates for this source", "rows unaccounted for")
 
 
-@dg.asset_check(asset="raw_pool", description="sample_id is unique within each source.")
+@dg.asset_check(asset="raw_pool", partitions_def=source_partitions, description="sample_id is unique within this source.")
 def raw_pool_unique_ids(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _per_source(context, warehouse, "select source, sample_id, count(*) n from raw_pool group by 1, 2 having count(*) > 1")
     return _check_from_mismatches(bad, "all sample_ids unique", "duplicate sample_id")
 
 
-@dg.asset_check(asset="rated_pool", blocking=True, description="Per source: raw rows = rated ok + failed (same sample_ids).")
+@dg.asset_check(asset="rated_pool", partitions_def=source_partitions, blocking=True,
+                description="This source: raw rows = rated ok + failed (same sample_ids).")
 def rated_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _per_source(context, warehouse, """
         with r as (select source, count(*) n from raw_pool group by 1),
@@ -265,7 +321,7 @@ def rated_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: War
     return _check_from_mismatches(bad, "every raw row rated exactly once (ok or a failure status)", "raw and rated rows differ")
 
 
-@dg.asset_check(asset="rated_pool", description="ok rows: four scores in 1-10 and compressed in 0-5 (precomputed "
+@dg.asset_check(asset="rated_pool", partitions_def=source_partitions, description="This source's ok rows: four scores in 1-10 and compressed in 0-5 (precomputed "
                 "ratings may lack the scores their source did not release); failed rows: no scores.")
 def rated_pool_score_ranges(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _per_source(context, warehouse, """
@@ -285,25 +341,28 @@ def rated_pool_score_ranges(context: dg.AssetCheckExecutionContext, warehouse: W
     return _check_from_mismatches(bad, "all scores in range; failures carry none", "scores out of range")
 
 
-@dg.asset_check(asset="rated_pool", description="No empty prompt or completion.")
+@dg.asset_check(asset="rated_pool", partitions_def=source_partitions, description="No empty prompt or completion in this source.")
 def rated_pool_no_empty_text(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _per_source(context, warehouse, "select source, sample_id from rated_pool where trim(coalesce(prompt, '')) = '' or trim(coalesce(completion, '')) = ''")
     return _check_from_mismatches(bad, "no empty text", "empty prompt or completion")
 
 
-@dg.asset_check(asset="low_quality_pool", additional_deps=["high_quality_pool"],
-                description="Per source: rated ok = high + low, with one threshold, each row on the right side of it.")
+@dg.asset_check(asset="low_quality_pool", additional_deps=["high_quality_pool"], partitions_def=source_partitions, blocking=True,
+                description="This source: rated ok = high + low, no row in both pools, one threshold, each row on the right side "
+                "of it. Blocking: a split that does not add up stops the clusters and the training sets.")
 def quality_split_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _per_source(context, warehouse, """
         with ok as (select source, count(*) n from rated_pool where status = 'ok' group by 1),
              hi as (select source, count(*) n, min(overall_compressed - quality_threshold) margin,
                            min(quality_threshold) t_min, max(quality_threshold) t_max from high_quality_pool group by 1),
              lo as (select source, count(*) n, max(overall_compressed - quality_threshold) margin,
-                           min(quality_threshold) t_min, max(quality_threshold) t_max from low_quality_pool group by 1)
-        select ok.source, ok.n rated_ok, coalesce(hi.n, 0) high, coalesce(lo.n, 0) low,
-               hi.t_min high_threshold, lo.t_min low_threshold
-        from ok left join hi using (source) left join lo using (source)
-        where ok.n <> coalesce(hi.n, 0) + coalesce(lo.n, 0)
+                           min(quality_threshold) t_min, max(quality_threshold) t_max from low_quality_pool group by 1),
+             dup as (select source, count(*) n from high_quality_pool h join low_quality_pool l using (source, sample_id) group by 1),
+             src as (select source from ok union select source from hi union select source from lo)
+        select src.source, coalesce(ok.n, 0) rated_ok, coalesce(hi.n, 0) high, coalesce(lo.n, 0) low,
+               coalesce(dup.n, 0) in_both, hi.t_min high_threshold, lo.t_min low_threshold
+        from src left join ok using (source) left join hi using (source) left join lo using (source) left join dup using (source)
+        where coalesce(ok.n, 0) <> coalesce(hi.n, 0) + coalesce(lo.n, 0) or coalesce(dup.n, 0) > 0
            or coalesce(hi.margin, 0) < 0 or coalesce(lo.margin, -1) >= 0
            or hi.t_min <> hi.t_max or lo.t_min <> lo.t_max or hi.t_min <> lo.t_min""")
-    return _check_from_mismatches(bad, "ok = high + low for every source, one threshold", "split does not add up")
+    return _check_from_mismatches(bad, "ok = high + low for this source, no row in both, one threshold", "split does not add up")

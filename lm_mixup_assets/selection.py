@@ -28,9 +28,8 @@ from lm_mixup_assets.lib.selection import (
     parse_arm,
 )
 from lm_mixup_assets.lib.selection import long_tail_scores as score_long_tail
-from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
 from lm_mixup_assets.partitions import arm_partitions
-from lm_mixup_assets.pool import scope_to_partition
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from resources import WarehouseResource, settings
 from resources.embedder import EmbedderResource
@@ -223,10 +222,10 @@ def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
 
 
 def _scope_arm(context: dg.AssetCheckExecutionContext, df: pd.DataFrame) -> pd.DataFrame:
-    return scope_to_partition(context, df, column="arm")
+    return rows_of_checked_partition(context, df, column="arm")
 
 
-@dg.asset_check(asset="training_sets", description="No sample twice in an arm, by id or by content.")
+@dg.asset_check(asset="training_sets", partitions_def=arm_partitions, description="No sample twice in this arm, by id or by content.")
 def training_sets_no_duplicates(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _scope_arm(context, warehouse.query("""
         select arm, sample_id, count(*) n from training_sets group by 1, 2 having count(*) > 1
@@ -236,8 +235,8 @@ def training_sets_no_duplicates(context: dg.AssetCheckExecutionContext, warehous
                                metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
 
 
-@dg.asset_check(asset="training_sets", blocking=True,
-                description="Rows per pool equal the recipe's counts; a pool too small for its share shows as a shortfall (warning).")
+@dg.asset_check(asset="training_sets", partitions_def=arm_partitions, blocking=True,
+                description="This arm: rows per pool equal the recipe's counts; a pool too small for its share shows as a shortfall (warning).")
 def training_sets_ratios(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     comp = _scope_arm(context, warehouse.query("""
         select c.*, coalesce(t.n, 0) rows_in_table from training_set_composition c
@@ -255,8 +254,8 @@ def training_sets_ratios(context: dg.AssetCheckExecutionContext, warehouse: Ware
     )
 
 
-@dg.asset_check(asset="training_sets", blocking=True,
-                description="Every row traces back to pool rows: each member id is a raw_pool row of its source.")
+@dg.asset_check(asset="training_sets", partitions_def=arm_partitions, blocking=True,
+                description="Every row of this arm traces back to pool rows: each member id is a raw_pool row of its source.")
 def training_sets_trace_to_pool(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _scope_arm(context, warehouse.query("""
         with m as (select arm, position, origin, source, unnest(member_ids) member_id from training_sets)

@@ -1,7 +1,10 @@
 """Turns every ``dbt_like_sql/*.sql`` model into a Dagster asset (one small factory).
 
-Dependencies come from ``{{ ref('...') }}``; the group, partitioning and
+Dependencies come from ``{{ ref('...') }}``; the group, partitioning, step and
 launchpad-editable vars from the file's header (see ``lib/sql_models.py``).
+Models that share a ``step`` (the quality split: ``high_quality_pool`` and
+``low_quality_pool``) become one multi-asset with one config, written in one
+transaction, so one threshold governs both tables (docs/method.md, "Quality split").
 """
 
 
@@ -9,56 +12,122 @@ import os
 from pathlib import Path
 
 import dagster as dg
-from pydantic import create_model
+from pydantic import Field, create_model
 
-from lm_mixup_assets.lib.sql_models import SqlModel, load_models, materialise_model
+from lm_mixup_assets.lib.sql_models import SqlModel, SqlStep, group_steps, load_models, materialise_step
 from lm_mixup_assets.metadata import preview_md
 from lm_mixup_assets.partitions import source_partitions
-from resources import WarehouseResource
+from resources import WarehouseResource, settings
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "dbt_like_sql"
 PARTITIONS = {"source": source_partitions}
 
+# Vars whose default is a profile setting (``PROFILES[...][section][key]``), so
+# ``LM_MIXUP_PROFILE`` and ``LM_MIXUP_<SECTION>_<KEY>`` reach the SQL too.
+PROFILE_VARS = {"quality_threshold": ("pool", "quality_threshold")}
 
-def _config_class(model: SqlModel) -> type[dg.Config]:
-    """A launchpad config with one field per declared var; env ``LM_MIXUP_VAR_<NAME>`` sets its default."""
+
+def var_default(name: str, kind: type, header_default: object) -> object:
+    """``LM_MIXUP_VAR_<NAME>`` if set, else the profile's value (``PROFILE_VARS``), else the SQL header's."""
+    env = os.environ.get(f"LM_MIXUP_VAR_{name.upper()}")
+    if env is not None:
+        return kind(env)
+    if name in PROFILE_VARS:
+        section, key = PROFILE_VARS[name]
+        return kind(settings(section)[key])
+    return header_default
+
+
+def _config_class(step: SqlStep) -> type[dg.Config]:
+    """A launchpad config with one field per var of the step (shared vars once)."""
     fields = {}
-    for name, (kind, default) in model.vars.items():
-        env = os.environ.get(f"LM_MIXUP_VAR_{name.upper()}")
-        fields[name] = (kind, kind(env) if env is not None else default)
-    return create_model(f"{model.name}_config", __base__=dg.Config, **fields)
+    for name, (kind, default) in step.vars.items():
+        description = step.var_descriptions.get(name, f"SQL var {name!r} of {', '.join(m.name for m in step.models)}.")
+        fields[name] = (kind, Field(default=var_default(name, kind, default), description=description))
+    return create_model(f"{step.name}_config", __base__=dg.Config, **fields)
+
+
+def _partitions(step: SqlStep):
+    if step.partitioned_by and step.partitioned_by not in PARTITIONS:
+        raise ValueError(f"{step.models[0].path.name}: no partitions named {step.partitioned_by!r} (known: {sorted(PARTITIONS)})")
+    return PARTITIONS.get(step.partitioned_by) if step.partitioned_by else None
+
+
+def _description(model: SqlModel, step: SqlStep) -> str:
+    text = f"{model.description}\n\nSQL model `dbt_like_sql/{model.path.name}`."
+    if len(step.models) > 1:
+        others = ", ".join(f"`{m.name}`" for m in step.models if m is not model)
+        text += f" Built with {others} in one step (`{step.name}`): one config, one transaction."
+    return text
+
+
+def _run_step(context, step: SqlStep, values: dict, warehouse: WarehouseResource) -> list[dg.MaterializeResult]:
+    partition = context.partition_key if step.partitioned_by else None
+    col = step.partitioned_by
+    with warehouse.connect() as con:
+        counts = materialise_step(con, step.models, values, partition)
+        results = []
+        for model in step.models:
+            where = f' where "{col}" = ?' if partition else ""
+            preview = con.execute(f'select * from "{model.name}"{where} limit 5', [partition] if partition else []).df()
+            results.append(dg.MaterializeResult(asset_key=model.name, metadata={
+                "dagster/row_count": counts[model.name],
+                "preview": preview_md(preview),
+                "vars": dg.MetadataValue.json(values),
+                "sql": dg.MetadataValue.md(f"```sql\n{model.render(values, partition or 'x')[0]}\n```"),
+            }))
+    context.log.info(f"{step.name}{f'[{partition}]' if partition else ''}: "
+                     + ", ".join(f"{name} {n} rows" for name, n in counts.items()) + f" (vars {values})")
+    return results
 
 
 def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
-    if model.partitioned_by and model.partitioned_by not in PARTITIONS:
-        raise ValueError(f"{model.path.name}: no partitions named {model.partitioned_by!r} (known: {sorted(PARTITIONS)})")
-    config_cls = _config_class(model)
+    """A single model as its own step (kept for callers that build one model)."""
+    return build_sql_step(SqlStep(model.name, [model]))
 
-    @dg.asset(
-        name=model.name,
-        group_name=model.group,
-        deps=model.refs,
-        partitions_def=PARTITIONS.get(model.partitioned_by) if model.partitioned_by else None,
-        kinds=set(model.kinds),
-        description=f"{model.description}\n\nSQL model `dbt_like_sql/{model.path.name}`.",
-        metadata={"sql_file": f"dbt_like_sql/{model.path.name}"},
+
+def build_sql_step(step: SqlStep) -> dg.AssetsDefinition:
+    partitions_def = _partitions(step)
+    config_cls = _config_class(step)
+
+    if len(step.models) == 1:
+        model = step.models[0]
+
+        @dg.asset(
+            name=model.name,
+            group_name=model.group,
+            deps=model.refs,
+            partitions_def=partitions_def,
+            kinds=set(model.kinds),
+            description=_description(model, step),
+            metadata={"sql_file": f"dbt_like_sql/{model.path.name}"},
+        )
+        def _sql_asset(context: dg.AssetExecutionContext, config: config_cls, warehouse: WarehouseResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
+            return _run_step(context, step, config.model_dump(), warehouse)[0]
+
+        return _sql_asset
+
+    # One step, several tables: not subsettable, because building one table
+    # alone is exactly how two thresholds would end up in one split.
+    @dg.multi_asset(
+        name=step.name,
+        group_name=step.group,
+        partitions_def=partitions_def,
+        can_subset=False,
+        description=f"Builds {', '.join(m.name for m in step.models)} in one transaction from one config.",
+        specs=[
+            dg.AssetSpec(
+                key=model.name, deps=model.refs, kinds=set(model.kinds), description=_description(model, step),
+                metadata={"sql_file": f"dbt_like_sql/{model.path.name}", "sql_step": step.name},
+            )
+            for model in step.models
+        ],
     )
-    def _sql_asset(context: dg.AssetExecutionContext, config: config_cls, warehouse: WarehouseResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
-        partition = context.partition_key if model.partitioned_by else None
-        values = config.model_dump()
-        with warehouse.connect() as con:
-            count = materialise_model(con, model, values, partition)
-            where = f' where "{model.partitioned_by}" = ?' if partition else ""
-            preview = con.execute(f'select * from "{model.name}"{where} limit 5', [partition] if partition else []).df()
-        context.log.info(f"{model.name}{f'[{partition}]' if partition else ''}: {count} rows (vars {values})")
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": count,
-            "preview": preview_md(preview),
-            "vars": dg.MetadataValue.json(values),
-            "sql": dg.MetadataValue.md(f"```sql\n{model.render(values, partition or 'x')[0]}\n```"),
-        })
+    def _sql_step(context: dg.AssetExecutionContext, config: config_cls, warehouse: WarehouseResource):  # type: ignore[valid-type]
+        yield from _run_step(context, step, config.model_dump(), warehouse)
 
-    return _sql_asset
+    return _sql_step
 
 
-sql_model_assets = [build_sql_asset(m) for m in load_models(SQL_DIR)]
+SQL_STEPS = group_steps(load_models(SQL_DIR))
+sql_model_assets = [build_sql_step(s) for s in SQL_STEPS]

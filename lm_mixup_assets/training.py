@@ -29,7 +29,9 @@ from lm_mixup_assets.lib.training import (
     run_grpo,
     run_sft,
 )
+from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
 from lm_mixup_assets.metadata import preview_md
+from lm_mixup_assets.rating import generator_budget, generator_usage, judge_budget, judge_usage
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from resources import JudgeResource, WarehouseResource, settings
 from resources.embedder import EmbedderResource
@@ -272,6 +274,9 @@ class MixtureEvalConfig(dg.Config):
     repetition_penalty: float = Field(_defaults["eval_repetition_penalty"], description=(
         "Greedy decoding's repetition penalty (1 = off). The reference's MIXTURE evaluation runs with its "
         "script default 1.3 (the README's command does not override it)."))
+    max_failed_fraction: float = budget_field(
+        _defaults["eval_max_failed_fraction"],
+        "each model's generations, and apart from them of the judge's calls on its parsed answers")
 
 
 @dg.asset(group_name=GROUP, deps=["grpo_checkpoint"], **_GPU,
@@ -284,18 +289,26 @@ def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, g
     chats = [distiller_chat(r, config.prompt_layout) for r in rows]
     models = {"base": checkpoint_path(warehouse, "base_policy"), "sft": checkpoint_path(warehouse, "sft_checkpoint"),
               "grpo": checkpoint_path(warehouse, "grpo_checkpoint")}
-    records, summary = [], []
+    records, summary, budgets, usage_md = [], [], [], {}
     for label, path in models.items():
         # Checkpoints are local folders: evaluate them in-process whatever the generator's serving backend.
         local = generator.model_copy(update={"backend": "transformers"}) if generator.backend == "openai" else generator
+        gen_usage: dict = {}
         outs, _ = local.generate(chats, warehouse, model=path, max_new_tokens=config.max_new_tokens, temperature=0.0,
-                                 repetition_penalty=config.repetition_penalty)
+                                 repetition_penalty=config.repetition_penalty, usage=gen_usage)
+        gen_md, gen_line = generator_usage(local, gen_usage, f"{label}_generator")
+        context.log.info(f"{label}: {gen_line}")
+        budgets.append(generator_budget(f"mixture_eval ({label} model)", local, outs, config.max_failed_fraction))
         responses = [o.raw_answer or "" for o in outs]
         breakdown = combined_reward(responses, [r["task"] for r in rows], [r["output"] for r in rows], libraries, embedder.embed,
                                     rules=_defaults["reward_rules"], band=_defaults["reward_quality_band"])
         answers = [extract_answer(x, "strict") for x in responses]  # judge complete answer blocks only
         parsed = [(r, a) for r, a in zip(rows, answers) if a]
         rating, _ = judge.rate_pairs([r["instruction"] for r, _ in parsed], [a for _, a in parsed], warehouse)
+        judge_md, judge_line = judge_usage(judge, rating, prefix=f"{label}_judge")
+        context.log.info(f"{label} judge: {judge_line}")
+        budgets.append(judge_budget(f"mixture_eval ({label} answers)", judge, rating.outcomes, config.max_failed_fraction))
+        usage_md.update({**gen_md, **judge_md})
         judged = [o.scores["overall"] for o in rating.outcomes if o.status == "ok"]
         for r, resp, b in zip(rows, responses, breakdown):
             records.append({"model": label, "task": r["task"], "response": resp, "total": b.total, "quality": b.quality,
@@ -310,6 +323,7 @@ def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, g
     table = pd.DataFrame(summary)
     warehouse.replace_partition("mixture_eval", table)
     warehouse.replace_partition("mixture_eval_responses", pd.DataFrame(records))
+    enforce_budgets(context, budgets)  # after the writes: a judge_overall over too few answers must not pass
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 2.8))
@@ -324,4 +338,7 @@ def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, g
         "dagster/row_count": len(table), "results": preview_md(table.round(3), n=5),
         "plot": dg.MetadataValue.md(figure_to_markdown(fig, "mixture eval")),
         **{f"{r['model']}_total_reward": round(r["total_reward"], 4) for r in summary},
+        **usage_md,
+        **{k: v for b, (label, kind) in zip(budgets, [(m, k) for m in models for k in ("generator", "judge")])
+           for k, v in budget_metadata(f"{label}_{kind}", b).items()},
     })

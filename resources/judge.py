@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import dagster as dg
@@ -27,7 +28,9 @@ class JudgeResource(dg.ConfigurableResource):
 
     ``openai`` talks to any OpenAI-compatible ``base_url`` (OpenAI, a vLLM or
     llama.cpp server, Ollama) with bounded concurrency, timeouts and retries;
-    the key comes from ``OPENAI_API_KEY`` only. ``heuristic`` is deterministic
+    the key is read at run time from the environment variable named by
+    ``api_key_env`` (``OPENAI_API_KEY``): a secret is never a config value, so
+    it is never in a launchpad, in run history, logs, metadata or the warehouse. ``heuristic`` is deterministic
     and offline (see ``lib/heuristic_judge.py``); it ignores the rubric's text,
     but the rubric version is still part of its cache key.
     """
@@ -35,7 +38,11 @@ class JudgeResource(dg.ConfigurableResource):
     backend: str = "heuristic"
     model: str = "heuristic-v1"
     base_url: str = ""
-    api_key: str = ""
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="NAME of the environment variable that holds the openai backend's API key (read at run time, "
+        "never stored; any value, e.g. EMPTY, for a local server). The key itself is never a config field.",
+    )
     rubric_version: str = Field(
         default=RUBRIC_VERSION,
         description="Rubric for rating the pool (rated_pool) and any call that names none: 'ds2' (DS2's prompt, "
@@ -69,8 +76,9 @@ class JudgeResource(dg.ConfigurableResource):
         if self.backend == "openai":
             if not self.base_url:
                 raise dg.Failure("judge backend 'openai' needs base_url (LM_MIXUP_JUDGE_BASE_URL), e.g. http://127.0.0.1:8000/v1")
-            if not self.api_key:
-                raise dg.Failure("judge backend 'openai' needs OPENAI_API_KEY in the environment (any value, e.g. EMPTY, for a local server)")
+            if not self.api_key():
+                raise dg.Failure(f"judge backend 'openai' needs {self.api_key_env} set in the environment of the run "
+                                 "(any value, e.g. EMPTY, for a local server); keys are never config values")
         if self.target_rubric_version != "per_task":
             versions = (self.rubric_version, self.distilled_rubric_version, self.target_rubric_version)
         else:
@@ -80,6 +88,14 @@ class JudgeResource(dg.ConfigurableResource):
                 get_rubric(version)
             except ValueError as exc:
                 raise dg.Failure(str(exc)) from None
+
+    def api_key(self) -> str:
+        """The openai backend's key, from the environment at call time ("" when unset)."""
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+    def secrets(self) -> list[str]:
+        """Values to redact from any text this judge's errors reach (its key, when set)."""
+        return [k for k in (self.api_key(),) if k]
 
     def rubric_for_task(self, task: str) -> str:
         """The rubric version for a generated sample of ``task`` (qa, mcq, tfq, cs, paragraph)."""
@@ -135,7 +151,7 @@ class JudgeResource(dg.ConfigurableResource):
 
             client = OpenAIJudgeClient(
                 base_url=self.base_url,
-                api_key=self.api_key,
+                api_key=self.api_key(),
                 model=self.model,
                 concurrency=self.concurrency,
                 timeout_s=self.timeout_s,
@@ -150,6 +166,7 @@ class JudgeResource(dg.ConfigurableResource):
         result = rate_with_cache(
             requests, keys, warehouse.connect, rate_missing,
             backend=self.backend, model=self.model, rubric_version=versions, progress=progress,
+            flush_every=self.concurrency,  # durable within one concurrency's worth of answers (or 0.5 s)
         )
         if stats_source is not None:
             result.stats = dict(stats_source.stats)

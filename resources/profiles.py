@@ -3,8 +3,10 @@
 Every default can be overridden by an environment variable named
 ``LM_MIXUP_<SECTION>_<FIELD>`` (e.g. ``LM_MIXUP_JUDGE_MODEL=gpt-4.1-mini``,
 ``LM_MIXUP_JUDGE_CONCURRENCY=64``) or, per run, in the launchpad's resource
-config. Secrets are never defaults: the judge's API key is read from
-``OPENAI_API_KEY`` through ``dg.EnvVar`` only.
+config. Secrets are never config: the openai backends read their key at run
+time from the environment variable their ``api_key_env`` names (``OPENAI_API_KEY``).
+Failure budgets (``max_*_fraction``): an asset that calls a judge or a generator
+fails when more than that share of its calls fails (docs/method.md, "Failure budgets").
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
-        "pool": {"manifest": "demo", "max_row_chars": 200_000, "max_rejected_fraction": 0.5, "quality_threshold": 4},
+        "pool": {"manifest": "demo", "max_row_chars": 200_000, "max_rejected_fraction": 0.5, "quality_threshold": 4,
+                 "max_failed_rating_fraction": 0.05},
         "judge": {
             "backend": "heuristic",
             "model": "heuristic-v1",
@@ -42,7 +45,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "mixture": {"dump_path": "", "max_paragraphs": 60, "writer": "extractive", "llm_degradation": False,
                     "min_quality": 2, "variants_per_target": 6, "llm_variants_per_target": 3,
                     "llm_noisy_copies": 1, "max_variants": 6, "cot": "auto", "source": "built",
-                    "released_path": "", "released_part": "data_sft"},
+                    "released_path": "", "released_part": "data_sft", "max_failed_fraction": 0.05},
         # The MIXTURE writer/degrader; the demo never calls it (extractive writer, no LLM degradation).
         "mixture_writer": {"backend": "transformers", "model": "smollm2", "base_url": "", "max_new_tokens": 256,
                            "batch_size": 8, "device": "auto", "concurrency": 16},
@@ -56,12 +59,15 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                      "reward_weight_overrides": "{}", "reward_rules": "reference", "reward_quality_band": "reference",
                      "logging_steps": 1, "grpo_generations": 2, "grpo_completion_length": 48, "grpo_batch": 2,
                      "grpo_grad_accum": 1, "grpo_steps_per_generation": 1, "grpo_max_steps": 2,
-                     "eval_examples": 4, "eval_max_new_tokens": 64},
+                     "eval_examples": 4, "eval_max_new_tokens": 64, "eval_max_failed_fraction": 0.05},
         # Distil a dozen clusters per source on CPU; the rest are recorded as skipped, not dropped.
         # A 135M distiller after a few steps mostly drops the <answer> tags: accept untagged Q/A pairs.
         # prompt_layout follows training's sft_target_layout: a distiller is prompted as it was trained.
+        # Budgets: api_error is a failed call (5%); an answer that does not parse into a pair is a quality
+        # outcome with its own budget, 1.0 on the demo (a few-step 135M distiller mostly fails to parse).
         "distill": {"distiller": "", "max_clusters": 12, "max_new_tokens": 192, "require_answer_tags": False,
-                    "prompt_layout": "chat", "repetition_penalty": 1.05},
+                    "prompt_layout": "chat", "repetition_penalty": 1.05, "max_failed_fraction": 0.05,
+                    "max_parse_error_fraction": 1.0, "max_failed_rating_fraction": 0.05},
         # The demo keeps its earlier selection (plain prompt/completion text, long-tail rank, rows part by part).
         "selection": {"arms": "mixup50_ori50,mixup70_ori30,mixup30_ori70,original_high,random,full_low",
                       "size": 100, "k": 15, "seed": 0, "long_tail_prompt_prefix": "", "long_tail_answer_prefix": "",
@@ -73,7 +79,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                        "chat_template": "none", "overlong_rows": "drop", "task_subsets": "ds2", "generation": "ds2"},
     },
     "paper": {
-        "pool": {"manifest": "paper", "max_row_chars": 200_000, "max_rejected_fraction": 0.5, "quality_threshold": 4},
+        "pool": {"manifest": "paper", "max_row_chars": 200_000, "max_rejected_fraction": 0.5, "quality_threshold": 4,
+                 "max_failed_rating_fraction": 0.05},
         "judge": {
             "backend": "openai",
             "model": "gpt-4o-mini",
@@ -98,7 +105,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "mixture": {"dump_path": "enwiki-latest-pages-articles.xml.bz2", "max_paragraphs": 0, "writer": "llm",
                     "llm_degradation": True, "min_quality": 4, "variants_per_target": 20,
                     "llm_variants_per_target": 5, "llm_noisy_copies": 1, "max_variants": 20, "cot": "auto",
-                    "source": "built", "released_path": "hf:dokiik/MIXTURE", "released_part": "data_sft"},
+                    "source": "built", "released_path": "hf:dokiik/MIXTURE", "released_part": "data_sft",
+                    "max_failed_fraction": 0.05},
         # MIXTURE targets, degradations and cot are written by GPT-4o-mini in the paper (key: OPENAI_API_KEY).
         "mixture_writer": {"backend": "openai", "model": "gpt-4o-mini", "base_url": "https://api.openai.com/v1",
                            "max_new_tokens": 2048, "batch_size": 64, "device": "auto", "concurrency": 128},
@@ -109,9 +117,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                      "reward_weight_overrides": "{}", "reward_rules": "reference", "reward_quality_band": "reference",
                      "sft_max_steps": -1, "logging_steps": 10, "grpo_generations": 4, "grpo_completion_length": 2400,
                      "grpo_batch": 8, "grpo_grad_accum": 8, "grpo_steps_per_generation": 64, "grpo_max_steps": -1,
-                     "eval_examples": 0, "eval_max_new_tokens": 2400},
+                     "eval_examples": 0, "eval_max_new_tokens": 2400, "eval_max_failed_fraction": 0.05},
+        # A trained 1.5B distiller whose answers mostly fail to parse is broken: stop at half (the reference drops them silently).
         "distill": {"distiller": "", "max_clusters": 0, "max_new_tokens": 2400, "require_answer_tags": True,
-                    "prompt_layout": "reference", "repetition_penalty": 1.05},
+                    "prompt_layout": "reference", "repetition_penalty": 1.05, "max_failed_fraction": 0.05,
+                    "max_parse_error_fraction": 0.5, "max_failed_rating_fraction": 0.05},
         # data_process/long_tail_rating.py and merged.py (docs/method.md, "Selection"); high/low, random and
         # full_low arms have no code in the reference.
         "selection": {"arms": "mixup50_ori50,mixup70_ori30,mixup30_ori70,high70_low30,high50_low50,high30_low70,"

@@ -45,3 +45,10 @@ EXPECTED_REJECTIONS = {
 EXPECTED_INPUT_ROWS = 15
 EXPECTED_INGESTED = 4
 EXPECTED_DUPLICATES = 2
+
+
+def write_good_jsonl(path, n=2):
+    """``n`` distinct, valid prompt/completion rows."""
+    path.write_bytes(b"".join(json.dumps({"prompt": f"Question {i}?", "completion": f"Answer {i}."}).encode() + b"\n"
+                              for i in range(1, n + 1)))
+    return path

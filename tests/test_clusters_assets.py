@@ -56,8 +56,7 @@ def test_chatterbot_clusters_materialise_and_checks_pass(resources, query):
 
 def test_a_source_with_no_low_rows_gives_empty_tables(resources, query):
     # humaneval has 4 low rows under the heuristic; raise the bar to 0 to empty the low split
-    config = {"ops": {"high_quality_pool": {"config": {"quality_threshold": 0}},
-                      "low_quality_pool": {"config": {"quality_threshold": 0}}}}
+    config = {"ops": {"quality_split": {"config": {"quality_threshold": 0}}}}  # one config splits both pools
     result = materialize_source("humaneval", resources, assets=source_assets_and_checks(), run_config=config)
     assert result.success
     assert query("select count(*) n from low_quality_clusters where source = 'humaneval'")["n"][0] == 0

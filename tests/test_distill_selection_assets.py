@@ -36,7 +36,8 @@ def partitioned(groups, partitions):
     return [a for a in assets_of_groups(*groups, checks=False) if a.partitions_def is partitions]
 
 
-def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm):
+def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")  # the openai generator reads it at run time
     from lm_mixup_assets.partitions import arm_partitions, source_partitions
 
     assert materialize_source("chatterbot", resources, assets=[*partitioned(("pool", "clusters"), source_partitions),
@@ -45,13 +46,14 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm):
     failing = inputs["input_text"].iat[1].split("\n")[0]  # the first line of the second cluster: its requests fail
     garbage = inputs["input_text"].iat[3].split("\n")[0]  # the fourth cluster gets an answer without tags
     distill_assets = [*partitioned(("distill",), source_partitions), *definitions.defs.asset_checks]
-    config = {"ops": {"distilled_pool": {"config": {"max_clusters": 10}},
-                      "distilled_high": {"config": {"quality_threshold": 0}}}}
+    # 1 failed cluster of 10 is over the default 5% failure budget: allowed here to check the accounting.
+    config = {"ops": {"distilled_pool": {"config": {"max_clusters": 10, "max_failed_fraction": 0.2}},
+                      "rated_distilled": {"config": {"quality_threshold": 0}}}}  # distilled_high applies the same value
 
     with OpenAICompatServer(answer_fn=stand_in_distiller(garbage), mode="thread",
                             faults={failing: [{"status": 500, "sticky": True}]}) as server:
         res = {**resources, "generator": GeneratorResource(backend="openai", model="distiller-test", base_url=server.base_url,
-                                                           api_key="k", concurrency=4, max_retries=1)}
+                                                           concurrency=4, max_retries=1)}
         result = dg.materialize(distill_assets, resources=res, partition_key="chatterbot", run_config=config)
         assert result.success
         first_requests = server.request_count()
@@ -79,6 +81,7 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm):
     assert sorted(rated["sample_id"]) == sorted(ok["sample_id"]) and (rated["status"] == "ok").all()
     high = query("select * from distilled_high where source = 'chatterbot'")
     assert len(high) == len(rated)  # threshold 0 keeps every rated pair
+    assert set(rated["quality_threshold"]) == {0} and set(high["quality_threshold"]) == {0}
     md = result.asset_materializations_for_node("rated_distilled")[0].metadata
     assert "accepted" in md["rescue_yield"].value and md["rescue_funnel"].value.startswith("![")
 

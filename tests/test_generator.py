@@ -6,6 +6,12 @@ from resources import WarehouseResource
 from resources.generator import GeneratorResource
 from tests.openai_server import OpenAICompatServer
 
+@pytest.fixture(autouse=True)
+def api_key_in_environment(monkeypatch):
+    """The openai backend reads its key from the environment at run time; it is never a config value."""
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+
+
 CHATS = [[{"role": "user", "content": "Name a primary colour."}],
          [{"role": "user", "content": "What is the capital of France? Answer in one word, please."}]]
 
@@ -26,7 +32,7 @@ def test_transformers_backend_generates_and_pays_once(home, tiny_causal_lm):
 def test_openai_backend_against_a_local_server(home):
     warehouse = WarehouseResource(home=str(home))
     with OpenAICompatServer(faults={1: [{"status": 500}]}) as server:
-        gen = GeneratorResource(backend="openai", model="gen-test", base_url=server.base_url, api_key="k", concurrency=2)
+        gen = GeneratorResource(backend="openai", model="gen-test", base_url=server.base_url, concurrency=2)
         out, hits = gen.generate(CHATS, warehouse)
         assert [o.status for o in out] == ["ok", "ok"] and all(o.raw_answer for o in out)
         sent = server.request_count()
@@ -51,7 +57,7 @@ def test_openai_backend_failures_are_statuses_and_retried_next_time(home):
     warehouse = WarehouseResource(home=str(home))
     faults = {"primary colour": [{"status": 503, "sticky": True}], "capital of France": [{"content": ""}]}
     with OpenAICompatServer(faults=faults) as server:
-        gen = GeneratorResource(backend="openai", model="gen-test", base_url=server.base_url, api_key="k",
+        gen = GeneratorResource(backend="openai", model="gen-test", base_url=server.base_url,
                                 max_retries=1, timeout_s=5)
         out, _ = gen.generate(CHATS, warehouse)
         assert out[0].status == "api_error" and "503" in out[0].error and not out[0].raw_answer
@@ -74,7 +80,7 @@ def test_llm_writer_builds_mixture_targets_through_the_generator(resources, quer
 
     with OpenAICompatServer(answer_fn=answer, mode="thread") as server:
         res = dict(resources)
-        res["mixture_writer"] = GeneratorResource(backend="openai", model="writer", base_url=server.base_url, api_key="k")
+        res["mixture_writer"] = GeneratorResource(backend="openai", model="writer", base_url=server.base_url)
         assets = [a for a in definitions.defs.assets if a.node_def.name in ("wiki_paragraphs", "mixture_targets")]
         config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 5}},
                           "mixture_targets": {"config": {"writer": "llm", "tasks": ["qa", "mcq"]}}}}
@@ -146,7 +152,7 @@ def test_openai_backend_sends_repetition_penalty_only_when_set(home):
     try:
         warehouse = WarehouseResource(home=str(home))
         gen = GeneratorResource(backend="openai", model="m", base_url=f"http://127.0.0.1:{server.server_port}/v1",
-                                api_key="k", concurrency=1, max_retries=0)
+                                concurrency=1, max_retries=0)
         out, _ = gen.generate(CHATS[:1], warehouse)
         assert out[0].raw_answer == "Red." and "repetition_penalty" not in bodies[-1]
         out, _ = gen.generate(CHATS[:1], warehouse, repetition_penalty=1.05)

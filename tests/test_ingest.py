@@ -9,7 +9,7 @@ from lm_mixup_assets.lib.ingest import SourceError, ingest_source, make_sample_i
 from lm_mixup_assets.lib.manifest import ManifestError, SourceSpec, load_manifest
 
 from tests.bad_input import (EXPECTED_DUPLICATES, EXPECTED_INGESTED, EXPECTED_INPUT_ROWS, EXPECTED_REJECTIONS,
-                        write_bad_jsonl)
+                             write_bad_jsonl, write_good_jsonl)
 
 
 def spec(path, **kw):
@@ -121,3 +121,81 @@ def test_demo_sources_ingest():
     assert he.rows["completion"].str.contains("return").mean() > 0.9
     cc = ingest_source(m.source("chitchat"))
     assert cc.input_rows == 1500  # capped by the manifest's limit
+
+
+# --------------------------------------------------------------------------- through Dagster: one transaction
+
+
+def _ingest_run(tmp_path, resources, data, selection=None):
+    """Materialise the ingest step (and raw_pool's checks) for partition chatterbot from ``data``."""
+    import dagster as dg
+
+    import definitions
+
+    m = tmp_path / "m.yaml"
+    m.write_text(f"sources:\n  chatterbot:\n    path: {data}\n")
+    config = {"ops": {"ingest_pool_source": {"config": {"manifest": str(m)}}}}
+    ingest = [a for a in definitions.defs.assets if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("raw_pool") in a.keys]
+    checks = [c for c in definitions.defs.asset_checks if {k.asset_key for k in c.check_keys} == {dg.AssetKey("raw_pool")}]
+    return dg.materialize([*ingest, *checks], resources=resources, partition_key="chatterbot", run_config=config,
+                          raise_on_error=False, selection=selection)
+
+
+def _ingest_state(query):
+    log = query("select input_rows, ingested, rejected, duplicates from ingest_log where source = 'chatterbot'")
+    raw = query("select count(*) n from raw_pool where source = 'chatterbot'")["n"][0]
+    rejected = query("select count(*) n from rejected_rows where source = 'chatterbot'")["n"][0]
+    return tuple(log.iloc[0]), raw, rejected
+
+
+def test_a_failed_reingest_leaves_the_previous_state_whole(tmp_path, resources, query):
+    good = write_good_jsonl(tmp_path / "good.jsonl", n=2)
+    assert _ingest_run(tmp_path, resources, good).success
+    before = _ingest_state(query)
+    assert before == ((2, 2, 0, 0), 2, 0)
+
+    bad = write_bad_jsonl(tmp_path / "bad.jsonl")  # 9 of 15 rejected > the default 50%
+    result = _ingest_run(tmp_path, resources, bad)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error
+    assert "9 of 15 rows rejected" in str(failure) and "Nothing was written" in str(failure)
+    # nothing of the failed attempt reached the accounted tables: log and tables still agree, 2 = 2 + 0 + 0
+    assert _ingest_state(query) == before
+    # the attempt's rejected rows are kept as evidence, outside the accounting
+    evidence = query("select position, reason from failed_ingest_rejections where source = 'chatterbot' order by position")
+    assert list(evidence["position"]) == sorted(EXPECTED_REJECTIONS)
+
+    # a good re-ingest replaces everything at once and clears the evidence
+    assert _ingest_run(tmp_path, resources, write_good_jsonl(tmp_path / "good3.jsonl", n=3)).success
+    assert _ingest_state(query) == ((3, 3, 0, 0), 3, 0)
+    assert query("select count(*) n from failed_ingest_rejections")["n"][0] == 0
+
+
+def test_a_source_error_on_reingest_changes_nothing(tmp_path, resources, query):
+    assert _ingest_run(tmp_path, resources, write_good_jsonl(tmp_path / "good.jsonl", n=2)).success
+    lfs = tmp_path / "lfs.jsonl"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 99\n")
+    result = _ingest_run(tmp_path, resources, lfs)
+    assert not result.success
+    assert "Git LFS pointer" in str(next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error)
+    assert _ingest_state(query) == ((2, 2, 0, 0), 2, 0)
+
+
+def test_ingest_tables_from_before_the_file_column_gain_it(tmp_path, resources, home, query):
+    import duckdb
+
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    con.execute("create table raw_pool (source varchar, sample_id varchar, position bigint, locator varchar, prompt varchar,"
+                " completion varchar, input_format varchar, duplicate_count bigint)")
+    con.execute("insert into raw_pool values ('other', 'x', 1, 'line 1', 'p', 'c', 'prompt_completion', 0)")
+    con.close()
+    assert _ingest_run(tmp_path, resources, write_good_jsonl(tmp_path / "good.jsonl", n=2)).success
+    got = query("select source, coalesce(file, '(none)') file from raw_pool order by source, position")
+    assert got.values.tolist() == [["chatterbot", str(tmp_path / "good.jsonl")]] * 2 + [["other", "(none)"]]
+
+
+def test_raw_pool_can_be_materialised_without_rejected_rows(tmp_path, resources, query):
+    result = _ingest_run(tmp_path, resources, write_good_jsonl(tmp_path / "good.jsonl", n=2), selection=["raw_pool"])
+    assert result.success
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["raw_pool"]
+    assert _ingest_state(query) == ((2, 2, 0, 0), 2, 0)  # written together all the same

@@ -78,9 +78,10 @@ def test_paper_cluster_sizes_span_2_to_20(resources, query):
     assert (mix["source"] == "built").all() and (mix["cot"] == "").all()  # extractive targets: cot auto writes none
 
 
-def test_llm_writer_degrades_and_writes_cot_through_mixture_writer(resources, query):
+def test_llm_writer_degrades_and_writes_cot_through_mixture_writer(resources, query, monkeypatch):
     """Targets, degradations and cot come from the mixture_writer resource (not the distilling generator);
     a failed cot stays visible in cot_error and the warning check."""
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")  # the openai writer reads it at run time
     import re
 
     from resources.generator import GeneratorResource
@@ -101,8 +102,8 @@ def test_llm_writer_degrades_and_writes_cot_through_mixture_writer(resources, qu
     paragraphs = None
     with OpenAICompatServer(answer_fn=answer, mode="thread") as server:
         res = dict(resources)
-        res["mixture_writer"] = GeneratorResource(backend="openai", model="writer", base_url=server.base_url, api_key="k")
-        res["generator"] = GeneratorResource(backend="openai", model="never-called", base_url="http://127.0.0.1:9", api_key="k")
+        res["mixture_writer"] = GeneratorResource(backend="openai", model="writer", base_url=server.base_url)
+        res["generator"] = GeneratorResource(backend="openai", model="never-called", base_url="http://127.0.0.1:9")
         wiki = [a for a in definitions.defs.assets if a.node_def.name == "wiki_paragraphs"]
         assert dg.materialize(wiki, resources=res, run_config={"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 4}}}}).success
         paragraphs = query("select title from wiki_paragraphs order by paragraph_id")

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def graph_snapshot() -> dict:
     graph = definitions.defs.resolve_asset_graph()
+    specs = {s.key: s for c in definitions.defs.asset_checks for s in c.check_specs}
     out = {}
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         node = graph.get(key)
@@ -26,7 +27,9 @@ def graph_snapshot() -> dict:
             "group": node.group_name,
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
             "partitions": node.partitions_def.get_partition_keys() if node.partitions_def else None,
-            "checks": sorted(c.name for c in node.check_keys),
+            # A check's flags show in review too: blocking, and partitioned like its asset (one result per partition).
+            "checks": {c.name: {"blocking": specs[c].blocking, "partitioned": specs[c].partitions_def is not None}
+                       for c in sorted(node.check_keys, key=lambda c: c.name)},
         }
     return out
 

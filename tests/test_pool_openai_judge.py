@@ -13,6 +13,12 @@ from tests.openai_server import OpenAICompatServer, expected_scores
 API_KEY = "sk-test-secret-do-not-leak-12345"
 
 
+@pytest.fixture(autouse=True)
+def api_key_in_environment(monkeypatch):
+    """The openai judge reads its key from the environment at run time; it is never a config value."""
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+
+
 def pool_assets():
     return [*[a for a in definitions.defs.assets if a.partitions_def is not None
               and set(a.group_names_by_key.values()) == {"pool"}], *definitions.defs.asset_checks]
@@ -21,7 +27,7 @@ def pool_assets():
 def openai_resources(home, server, **judge):
     return {
         "warehouse": WarehouseResource(home=str(home)),
-        "judge": JudgeResource(backend="openai", model="judge-test", base_url=server.base_url, api_key=API_KEY,
+        "judge": JudgeResource(backend="openai", model="judge-test", base_url=server.base_url,
                                concurrency=8, timeout_s=1.5, max_retries=3, max_parse_retries=1, **judge),
     }
 
@@ -49,7 +55,9 @@ def test_transient_faults_end_ok_and_a_second_run_sends_zero_requests(home, quer
             assert {k: getattr(row, k) for k in ("rarity", "complexity", "informativeness", "overall")} == \
                 expected_scores(render_judge_prompt(row.prompt, row.completion))
         md = result.asset_materializations_for_node("rated_pool")[0].metadata
-        assert md["judge_requests"].value == 164 and md["judge_prompt_tokens"].value > 0
+        assert md["judge_rows_sent"].value == 164 and md["judge_prompt_tokens"].value > 0
+        # rows and HTTP requests apart: every retry and re-ask is a request the server saw
+        assert md["judge_http_requests"].value == first > 164
         stats = md["client_stats"].value
         assert stats["rate_limited"] >= 1 and stats["server_errors"] >= 1 and stats["timeouts"] >= 1 and stats["parse_retries"] >= 1
 
@@ -57,7 +65,8 @@ def test_transient_faults_end_ok_and_a_second_run_sends_zero_requests(home, quer
         assert again.success
         assert server.request_count() == first  # zero new requests: all answered from the cache
         md2 = again.asset_materializations_for_node("rated_pool")[0].metadata
-        assert md2["judge_requests"].value == 0 and md2["cache_hits"].value == 164
+        assert md2["judge_rows_sent"].value == 0 and md2["judge_http_requests"].value == 0
+        assert md2["cache_hits"].value == 164
 
 
 def test_persistent_failures_are_recorded_never_scored_and_retried_next_run(home, query):
@@ -97,7 +106,7 @@ def test_persistent_failures_are_recorded_never_scored_and_retried_next_run(home
 
 def test_missing_api_key_is_a_clear_error(home, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    judge = JudgeResource(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key="")
+    judge = JudgeResource(backend="openai", model="m", base_url="http://127.0.0.1:9/v1")
     resources = {"warehouse": WarehouseResource(home=str(home)), "judge": judge}
     result = materialize_source("humaneval", resources, assets=pool_assets(), raise_on_error=False)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

@@ -134,7 +134,7 @@ def test_rated_pool_records_a_precomputed_judge_with_accounting_checks_green(tmp
     assert set(rated["judge_model"]) == {"gpt-4o-mini (test release)"} and set(rated["rubric_version"]) == {"ds2"}
     assert (rated["prompt_tokens"] == 0).all() and rated["complexity"].isna().all()
     md = result.asset_materializations_for_node("rated_pool")[0].metadata
-    assert md["judge_requests"].value == 0 and md["rated_ok"].value == 2
+    assert md["judge_rows_sent"].value == 0 and md["rated_ok"].value == 2
     assert query("select count(*) n from high_quality_pool where source = 'chatterbot'")["n"][0] == 1
     assert query("select count(*) n from low_quality_pool where source = 'chatterbot'")["n"][0] == 1
     assert query("select count(*) n from information_schema.tables where table_name = 'judge_cache'")["n"][0] == 0

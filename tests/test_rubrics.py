@@ -116,11 +116,12 @@ def test_unknown_rubric_names_the_known_ones():
         get_rubric("ds3")
 
 
-def test_openai_judge_sends_each_rubrics_messages_and_parses_ds2_answers(home):
+def test_openai_judge_sends_each_rubrics_messages_and_parses_ds2_answers(home, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test")  # read at run time; never a config value
     warehouse = WarehouseResource(home=str(home))
     prompts, completions = ["What is 2+2?", "Name a colour."], ["2+2 equals 4.", "Blue."]
     with OpenAICompatServer(answer_fn=ds2_answer) as server:
-        judge = JudgeResource(backend="openai", model="judge-test", base_url=server.base_url, api_key="test",
+        judge = JudgeResource(backend="openai", model="judge-test", base_url=server.base_url,
                               rubric_version="ds2", concurrency=2, max_parse_retries=0)
         rating, keys = judge.rate_pairs(prompts, completions, warehouse)
         assert [o.status for o in rating.outcomes] == ["ok", "ok"]
@@ -139,7 +140,7 @@ def test_openai_judge_sends_each_rubrics_messages_and_parses_ds2_answers(home):
     assert cached.to_dict("records") == [{"rubric_version": "ds2", "n": 2}, {"rubric_version": "per_task_qa_pair", "n": 1}]
 
 
-def test_profiles_pick_the_reference_rubrics_on_paper_and_ours_on_demo():
+def test_profiles_pick_the_reference_rubrics_on_paper_and_ours_on_demo(monkeypatch):
     from resources.profiles import settings
 
     paper, demo = settings("judge", "paper"), settings("judge", "demo")
@@ -147,7 +148,8 @@ def test_profiles_pick_the_reference_rubrics_on_paper_and_ours_on_demo():
         ("ds2", "per_task_qa_pair", "per_task")
     assert (demo["rubric_version"], demo["distilled_rubric_version"], demo["target_rubric_version"]) == \
         ("pool_quality_v1",) * 3
-    judge = JudgeResource(**{**paper, "api_key": "test"})
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    judge = JudgeResource(**paper)
     judge.validate()
     assert [judge.rubric_for_task(t) for t in ("qa", "paragraph")] == ["per_task_qa", "per_task_para"]
     assert JudgeResource(**demo).rubric_for_task("mcq") == "pool_quality_v1"

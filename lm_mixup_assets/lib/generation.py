@@ -17,6 +17,12 @@ from typing import Callable
 
 import pandas as pd
 
+from .judging import (
+    DEFAULT_FLUSH_ROWS,
+    DEFAULT_FLUSH_SECONDS,
+    CacheWriter,
+    concurrency_of,
+)
 from .rubric import JudgeOutcome
 
 CACHE_TABLE = "generation_cache"
@@ -169,10 +175,16 @@ def generate_with_cache(
     backend: str,
     model: str,
     params: GenerationParams,
-    flush_every: int = 64,
+    flush_every: int | None = None,
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     progress: Callable[[str], None] | None = None,
+    progress_seconds: float = 10.0,
 ) -> tuple[list[JudgeOutcome], list[bool]]:
-    """Answer from ``generation_cache`` where possible; generate the rest, persisting as results arrive."""
+    """Answer from ``generation_cache`` where possible; generate the rest, committing results as they arrive.
+
+    Commits go through :class:`~.judging.CacheWriter` (``flush_every`` results, None = the
+    client's concurrency or 16, or ``flush_seconds``), so a killed run keeps what it generated.
+    """
     with connect() as con:
         con.execute(CACHE_DDL)
         con.register("_keys", pd.DataFrame({"cache_key": list(dict.fromkeys(keys)) or [""]}))
@@ -184,32 +196,35 @@ def generate_with_cache(
     chat_by_key = dict(zip(keys, chats))
     if progress:
         progress(f"{len(keys) - len(todo)} of {len(keys)} generations from the cache; generating {len(todo)} with {backend}:{model}")
-    pending: list[tuple[str, JudgeOutcome]] = []
     done = 0
-    started = time.monotonic()
+    started = last_progress = time.monotonic()
+    params_json = json.dumps(asdict(params))
 
-    def flush() -> None:
-        rows = [{"cache_key": k, "backend": backend, "model": model, "params": json.dumps(asdict(params)),
+    def store(batch: list[tuple[str, JudgeOutcome]]) -> None:
+        rows = [{"cache_key": k, "backend": backend, "model": model, "params": params_json,
                  "text": o.raw_answer, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
-                 "created_at": pd.Timestamp.now("UTC").tz_localize(None)} for k, o in pending if o.status == "ok"]
-        pending.clear()
-        if rows:
-            with connect() as con:
-                con.execute(CACHE_DDL)
-                con.register("_new", pd.DataFrame(rows))
-                con.execute(f"insert or replace into {CACHE_TABLE} by name select * from _new")
-                con.unregister("_new")
+                 "created_at": pd.Timestamp.now("UTC").tz_localize(None)} for k, o in batch]
+        with connect() as con:  # the lookup above created the table
+            con.register("_new", pd.DataFrame(rows))
+            con.execute(f"insert or replace into {CACHE_TABLE} by name select * from _new")
+            con.unregister("_new")
 
     def on_result(i: int, outcome: JudgeOutcome) -> None:
-        nonlocal done
+        nonlocal done, last_progress
         done += 1
-        pending.append((todo[i], outcome))
-        if len(pending) >= flush_every:
-            flush()
-            if progress:
-                progress(f"generated {done}/{len(todo)} ({done / max(1e-9, time.monotonic() - started):.2f}/s)")
+        if outcome.status == "ok":
+            writer.add((todo[i], outcome))
+        if progress and time.monotonic() - last_progress > progress_seconds:
+            last_progress = time.monotonic()
+            progress(f"generated {done}/{len(todo)} ({done / max(1e-9, last_progress - started):.2f}/s)")
 
-    fresh = generate_missing([chat_by_key[k] for k in todo], on_result) if todo else []
-    flush()
+    fresh: list[JudgeOutcome] = []
+    if todo:
+        writer = CacheWriter(store, max_rows=flush_every or concurrency_of(generate_missing) or DEFAULT_FLUSH_ROWS,
+                             max_delay_s=flush_seconds, name="generation-cache-writer")
+        try:
+            fresh = generate_missing([chat_by_key[k] for k in todo], on_result)
+        finally:
+            writer.close()  # also when generation failed: what was paid for is kept
     by_key = {**cached, **dict(zip(todo, fresh))}
     return [by_key[k] for k in keys], [k in cached for k in keys]

@@ -2,12 +2,16 @@
 
 Row-level problems (malformed JSON, missing or empty fields, wrong types,
 invalid UTF-8, NUL bytes, an over-long row, a missing or out-of-range
-precomputed score) become rejected rows with the position and the reason. Source-level problems (missing file, unreadable
-dataset) raise :class:`SourceError`, whose message says what to do.
+precomputed score) become rejected rows with the file, position and reason.
+Source-level problems (missing file, a Git LFS pointer instead of the data, a
+glob that matches nothing, a ``fields:`` mapping or filter naming a column no
+record has, unreadable dataset) raise :class:`SourceError`, whose message says
+what to do.
 """
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import importlib.util
@@ -16,16 +20,22 @@ import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
+import duckdb
 import pandas as pd
 
-from .manifest import PrecomputedSpec, SourceSpec
+from .manifest import DEFAULT_INPUT_JOIN, GLOB_CHARS, PrecomputedSpec, SourceSpec, join_instruction_and_input
 from .rubric import JudgeParseError, check_score
 
 RAW_TEXT_LIMIT = 500  # characters of the offending input kept in rejected_rows
-RAW_POOL_COLUMNS = ["source", "sample_id", "position", "locator", "prompt", "completion", "input_format", "duplicate_count"]
-REJECTED_COLUMNS = ["source", "position", "locator", "reason", "raw_text"]
+# ``file`` names the input file (or dataset) a row came from; ``position`` counts within that file.
+RAW_POOL_COLUMNS = ["source", "sample_id", "file", "position", "locator", "prompt", "completion", "input_format",
+                    "duplicate_count"]
+REJECTED_COLUMNS = ["source", "file", "position", "locator", "reason", "raw_text"]
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+FILTER_BATCH_ROWS = 5_000  # records evaluated per DuckDB query of a filter expression
+COLUMNS_LISTED = 30  # column names shown in an error about a mapping or filter
 # Ratings a manifest source brings along (its `precomputed:` entry), one row per raw_pool row.
 PRECOMPUTED_COLUMNS = ["source", "sample_id", "rarity", "complexity", "informativeness", "overall",
                        "overall_compressed", "judge_model", "rubric_version"]
@@ -44,11 +54,13 @@ class RowError(ValueError):
 
 @dataclass
 class RawRecord:
-    position: int  # 1-based ordinal of the record in the source (= line number for JSONL)
-    locator: str  # where a person finds it: "line 12", "row 7", "ai.yml conversation 3"
+    position: int  # 1-based ordinal of the record in its file (= line number for JSONL)
+    locator: str  # where a person finds it: "line 12", "row 7", "ai.yml conversation 3", "part-2.jsonl line 4"
     record: Any = None
     error: str | None = None  # set when the record could not even be decoded
     raw_text: str = ""
+    file: str = ""  # the input file (path), dataset (hf:...) or builtin it came from
+    ordinal: int = 0  # 1-based count over all of the source's files, before filters: aligns a scores_file
 
 
 @dataclass
@@ -96,12 +108,14 @@ def _check_text(name: str, value: Any) -> str:
     return text
 
 
-def record_to_pair(record: Any, fields: dict[str, str] | None = None) -> tuple[str, str, str]:
+def record_to_pair(record: Any, fields: dict[str, str] | None = None,
+                   input_join: str = DEFAULT_INPUT_JOIN) -> tuple[str, str, str]:
     """Return (prompt, completion, input_format) for one decoded record, or raise RowError.
 
     Accepted layouts: prompt/completion, instruction/input/output (Alpaca) and
     messages (chat: the last assistant turn is the completion, the turns before
-    it the prompt). ``fields`` renames our keys to the file's columns.
+    it the prompt). ``fields`` renames our keys to the file's columns;
+    ``input_join`` joins an Alpaca instruction and non-empty input (separator or template).
     """
     if not isinstance(record, dict):
         raise RowError(f"record is a {type(record).__name__}, expected an object")
@@ -122,7 +136,7 @@ def record_to_pair(record: Any, fields: dict[str, str] | None = None) -> tuple[s
         if extra is not None and not isinstance(extra, str):
             raise RowError(f"input has type {type(extra).__name__}, expected a string")
         extra = normalise_text(extra) if extra else ""
-        prompt = f"{instruction}\n\n{extra}" if extra else instruction
+        prompt = join_instruction_and_input(instruction, extra, input_join)
         return prompt, _check_text("output", get("output")), "instruction"
     if has("prompt") or has("completion"):
         return _check_text("prompt", get("prompt")), _check_text("completion", get("completion")), "prompt_completion"
@@ -160,40 +174,213 @@ def _messages_to_pair(messages: Any) -> tuple[str, str]:
 
 
 def iter_records(spec: SourceSpec) -> Iterator[RawRecord]:
-    """Yield the source's records in order; raise SourceError if it cannot be opened."""
+    """Yield the source's records in order (after its filter and limit); raise SourceError if it cannot be read."""
     if spec.builtin:
-        records = _BUILTIN_READERS[spec.builtin]()
+        records = _tag(_BUILTIN_READERS[spec.builtin](), f"builtin:{spec.builtin}")
     elif spec.path:
-        records = _read_file(spec)
+        records = _read_files(spec)
     else:
-        records = _read_hf(spec)
+        records = _tag(_read_hf(spec), f"hf:{spec.hf}")
+    if spec.filter_expression is not None:
+        records = _filter_by_expression(records, spec)
+    elif spec.filter_column is not None:
+        records = _filter_by_value(records, spec)
     count = 0
     for rec in records:
-        if spec.filter_column is not None and rec.error is None:
-            if not isinstance(rec.record, dict) or rec.record.get(spec.filter_column) != spec.filter_value:
-                continue  # outside this source's slice of a shared file: not an input row of it
         yield rec
         count += 1
         if spec.limit and count >= spec.limit:
             return
 
 
-def _read_file(spec: SourceSpec) -> Iterator[RawRecord]:
-    path = Path(spec.path)
-    if not path.exists():
-        raise SourceError(f"source {spec.name!r}: file not found: {path}. Fix `path:` in the pool manifest.")
-    if path.is_dir():
-        raise SourceError(f"source {spec.name!r}: {path} is a folder; point `path:` at a file")
+def _tag(records: Iterable[RawRecord], file: str) -> Iterator[RawRecord]:
+    for ordinal, rec in enumerate(records, start=1):
+        rec.file, rec.ordinal = file, ordinal
+        yield rec
+
+
+def resolve_files(spec: SourceSpec) -> list[Path]:
+    """The concrete files of a ``path`` source: list order, each glob's matches sorted; or SourceError."""
+    files: list[Path] = []
+    for pattern in spec.paths:
+        if GLOB_CHARS & set(pattern):
+            matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise SourceError(f"source {spec.name!r}: the glob {pattern} matches no files. Fix `path:` in the pool manifest.")
+            files.extend(matches)
+            continue
+        path = Path(pattern)
+        if not path.exists():
+            raise SourceError(f"source {spec.name!r}: file not found: {path}. Fix `path:` in the pool manifest.")
+        if path.is_dir():
+            raise SourceError(f"source {spec.name!r}: {path} is a folder; point `path:` at a file or a glob such as {path}/*.parquet")
+        files.append(path)
+    seen: set[Path] = set()
+    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    return unique
+
+
+def _read_files(spec: SourceSpec) -> Iterator[RawRecord]:
+    files = resolve_files(spec)  # before the first record, so a bad path fails the source at once
+    for path in files:
+        check_not_lfs_pointer(path, f"source {spec.name!r}")
+
+    def records() -> Iterator[RawRecord]:
+        ordinal = 0
+        for path in files:
+            for rec in _read_file(spec, path):
+                ordinal += 1
+                rec.file, rec.ordinal = str(path), ordinal
+                if len(files) > 1:  # with one file the locator stays "line 12"; with several it names the file
+                    rec.locator = f"{path.name} {rec.locator}"
+                yield rec
+
+    return records()
+
+
+def check_not_lfs_pointer(path: Path, what: str) -> None:
+    """A Git LFS pointer (a few lines of text standing in for the data) is a source error, not bad rows."""
     opener = gzip.open if path.suffix == ".gz" else open
-    if spec.format == "jsonl":
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(len(LFS_POINTER_PREFIX) + 3)
+    except (OSError, EOFError):
+        return  # not readable as gzip etc.: the format reader reports it
+    if head.lstrip(b"\xef\xbb\xbf").startswith(LFS_POINTER_PREFIX):
+        size = next((line.split()[-1] for line in path.read_text(errors="replace").splitlines()
+                     if line.startswith("size ")), "unknown")
+        raise SourceError(
+            f"{what}: {path} is a Git LFS pointer file, not the data (the real file has {size} bytes). "
+            "Fetch the real file: in the repository it came from run `git lfs install && git lfs pull "
+            f"--include \"{path.name}\"`, or download it from the hosting site (the file's raw/download link, e.g. "
+            "`huggingface-cli download` for a Hugging Face repository), then point the manifest at it."
+        )
+
+
+def _read_file(spec: SourceSpec, path: Path) -> Iterator[RawRecord]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    fmt = spec.format or _format_of(path)
+    if fmt == "jsonl":
         return _read_jsonl(path, opener)
-    if spec.format == "json":
+    if fmt == "json":
         return _read_json(path, opener)
-    if spec.format == "csv":
+    if fmt == "csv":
         return _read_csv(path, opener)
-    if spec.format == "parquet":
+    if fmt == "parquet":
         return _read_parquet(path)
-    raise SourceError(f"source {spec.name!r}: unsupported format {spec.format!r}")
+    raise SourceError(f"source {spec.name!r}: unsupported format {fmt!r} of {path}; set `format:` in the manifest")
+
+
+def _format_of(path: Path) -> str | None:
+    from .manifest import _format_from_suffix
+
+    return _format_from_suffix(path)
+
+
+def _filter_by_value(records: Iterable[RawRecord], spec: SourceSpec) -> Iterator[RawRecord]:
+    accepted = spec.filter_value if isinstance(spec.filter_value, (list, tuple)) else (spec.filter_value,)
+    columns: set[str] = set()
+    decoded = kept = 0
+    for rec in records:
+        if rec.error is None:
+            if not isinstance(rec.record, dict):
+                continue  # outside any slice: a shared file's rows are objects
+            decoded += 1
+            if len(columns) < 1000:
+                columns.update(map(str, rec.record))
+            if rec.record.get(spec.filter_column) not in accepted:
+                continue  # outside this source's slice of a shared file: not an input row of it
+            kept += 1
+        yield rec
+    if decoded and not kept and spec.filter_column not in columns:
+        raise SourceError(f"source {spec.name!r}: `filter.column` {spec.filter_column!r} is not a column of any record; "
+                          f"the records have: {_list_columns(columns)}. Fix `filter:` in the pool manifest.")
+
+
+def _filter_by_expression(records: Iterable[RawRecord], spec: SourceSpec) -> Iterator[RawRecord]:
+    """Keep records for which DuckDB evaluates the expression to true (NULL counts as false).
+
+    The expression runs in a private in-memory database with external access
+    off, over a table built from the decoded records only.
+    """
+    con = duckdb.connect(":memory:", config={"enable_external_access": False})
+    try:
+        batch: list[RawRecord] = []
+        for rec in records:
+            batch.append(rec)
+            if len(batch) >= FILTER_BATCH_ROWS:
+                yield from _evaluate_batch(con, batch, spec)
+                batch = []
+        if batch:
+            yield from _evaluate_batch(con, batch, spec)
+    finally:
+        con.close()
+
+
+def _evaluate_batch(con: duckdb.DuckDBPyConnection, batch: list[RawRecord], spec: SourceSpec) -> Iterator[RawRecord]:
+    import pyarrow as pa
+
+    objects = [r for r in batch if r.error is None and isinstance(r.record, dict)]
+    keep: dict[int, bool | str] = {}  # id(record) -> verdict, or the reason the expression failed on it
+    if objects:
+        try:
+            table = pa.Table.from_pylist([r.record for r in objects])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            table = None  # a column with mixed types: evaluate row by row, so only the odd row fails
+        if table is not None:
+            for rec, verdict in zip(objects, _run_expression(con, table, spec, objects)):
+                keep[id(rec)] = verdict
+        else:
+            for rec in objects:
+                try:
+                    one = pa.Table.from_pylist([rec.record])
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                    keep[id(rec)] = f"filter expression cannot read this record's columns: {exc}"
+                    continue
+                keep[id(rec)] = _run_expression(con, one, spec, [rec], per_row=True)[0]
+    for rec in batch:
+        if rec.error is not None:
+            yield rec  # undecodable: it may belong to the slice, so it is an input row (rejected later)
+            continue
+        if not isinstance(rec.record, dict):
+            continue
+        verdict = keep[id(rec)]
+        if isinstance(verdict, str):
+            rec.error = verdict
+            yield rec
+        elif verdict:
+            yield rec
+
+
+def _run_expression(con, table, spec: SourceSpec, objects: list[RawRecord], per_row: bool = False) -> list:
+    """One verdict per record: True/False, or (per_row) the reason the expression failed on it."""
+    con.register("records", table)
+    try:
+        rows = con.execute(f"select coalesce(({spec.filter_expression})::boolean, false) from records").fetchall()
+        return [bool(r[0]) for r in rows]
+    except duckdb.PermissionException as exc:
+        raise SourceError(f"source {spec.name!r}: `filter.expression` may only use the records' columns, not read files "
+                          f"or the network ({str(exc).splitlines()[0]}). Fix `filter:` in the pool manifest.") from None
+    except duckdb.BinderException as exc:
+        if per_row:  # this record lacks a column that others have: like SQL NULL, not in the slice
+            return [False]
+        raise SourceError(f"source {spec.name!r}: `filter.expression` does not fit the records ({str(exc).splitlines()[0]}); "
+                          f"the records have: {_list_columns(table.column_names)}. Fix `filter:` in the pool manifest.") from None
+    except duckdb.Error as exc:
+        if per_row:
+            return [f"filter expression failed on this record: {str(exc).splitlines()[0]}"]
+    finally:
+        con.unregister("records")
+    # The batch failed (e.g. a cast that fails on one row): find which rows, keep the rest.
+    import pyarrow as pa
+
+    return [_run_expression(con, pa.Table.from_pylist([rec.record]), spec, [rec], per_row=True)[0] for rec in objects]
+
+
+def _list_columns(columns: Iterable[str]) -> str:
+    names = sorted(set(map(str, columns)))
+    shown = ", ".join(names[:COLUMNS_LISTED])
+    return (shown + f", … ({len(names)} in all)" if len(names) > COLUMNS_LISTED else shown) or "none"
 
 
 def _decode(raw: bytes) -> str:
@@ -347,10 +534,11 @@ def _empty_precomputed() -> pd.DataFrame:
 
 
 def load_scores_file(spec: PrecomputedSpec, source: str) -> list:
-    """The entries of a ``scores_file`` (entry N belongs to the record at position N), or SourceError."""
+    """The entries of a ``scores_file`` (entry N belongs to record N of the source, see RawRecord.ordinal), or SourceError."""
     path = Path(spec.scores_file)
     if not path.exists():
         raise SourceError(f"source {source!r}: precomputed scores_file not found: {path}. Fix `scores_file.path` in the manifest.")
+    check_not_lfs_pointer(path, f"source {source!r}: precomputed scores_file")
     try:
         if path.suffix.lower() == ".pt":
             import torch
@@ -419,6 +607,15 @@ def precomputed_scores(spec: PrecomputedSpec, record: Any, position: int, file_s
 # --------------------------------------------------------------------------- ingest
 
 
+def check_fields_match(spec: SourceSpec, columns: set[str]) -> None:
+    """A ``fields:`` entry naming a column that no record has is a manifest mistake, not bad rows."""
+    missing = {ours: theirs for ours, theirs in spec.fields.items() if theirs not in columns}
+    if missing:
+        pairs = ", ".join(f"{ours} -> {theirs!r}" for ours, theirs in missing.items())
+        raise SourceError(f"source {spec.name!r}: the `fields:` mapping {pairs} matches no column of any record; "
+                          f"the records have: {_list_columns(columns)}. Fix `fields:` in the pool manifest.")
+
+
 def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResult:
     """Read, validate, normalise and de-duplicate one source. Pure: no database."""
     rows: list[dict] = []
@@ -429,17 +626,21 @@ def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResul
     pre = spec.precomputed
     file_scores = load_scores_file(pre, spec.name) if pre is not None and pre.scores_file else None
     scores_by_id: dict[str, dict] = {}
+    columns_seen: set[str] = set()  # for a `fields:` mapping that matches nothing
     for rec in iter_records(spec):
         input_rows += 1
 
         def reject(reason: str) -> None:
-            rejected.append({"source": spec.name, "position": rec.position, "locator": rec.locator, "reason": reason, "raw_text": rec.raw_text[:RAW_TEXT_LIMIT]})
+            rejected.append({"source": spec.name, "file": rec.file, "position": rec.position, "locator": rec.locator,
+                             "reason": reason, "raw_text": rec.raw_text[:RAW_TEXT_LIMIT]})
 
         if rec.error:
             reject(rec.error)
             continue
+        if spec.fields and isinstance(rec.record, dict) and len(columns_seen) < 1000:
+            columns_seen.update(map(str, rec.record))
         try:
-            prompt, completion, fmt = record_to_pair(rec.record, spec.fields)
+            prompt, completion, fmt = record_to_pair(rec.record, spec.fields, spec.input_join)
         except RowError as exc:
             reject(str(exc))
             continue
@@ -450,7 +651,7 @@ def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResul
         scores = None
         if pre is not None:
             try:
-                scores = precomputed_scores(pre, rec.record, rec.position, file_scores)
+                scores = precomputed_scores(pre, rec.record, rec.ordinal or rec.position, file_scores)
             except RowError as exc:
                 reject(str(exc))
                 continue
@@ -464,8 +665,10 @@ def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResul
             scores_by_id[sample_id] = scores
         by_id[sample_id] = len(rows)
         formats[fmt] = formats.get(fmt, 0) + 1
-        rows.append({"source": spec.name, "sample_id": sample_id, "position": rec.position, "locator": rec.locator,
+        rows.append({"source": spec.name, "sample_id": sample_id, "file": rec.file, "position": rec.position, "locator": rec.locator,
                      "prompt": prompt, "completion": completion, "input_format": fmt, "duplicate_count": 0})
+    if spec.fields and columns_seen:
+        check_fields_match(spec, columns_seen)
     rows_df = pd.DataFrame(rows, columns=RAW_POOL_COLUMNS).astype({"position": "int64", "duplicate_count": "int64"})
     rejected_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).astype({"position": "int64"})
     precomputed = _empty_precomputed()

@@ -45,7 +45,6 @@ import asyncio
 import email.utils
 import importlib.util
 import random
-import re
 import sys
 import threading
 import time
@@ -53,7 +52,14 @@ from typing import Any, Callable
 
 import openai
 
-from lm_mixup_assets.lib.rubric import SYSTEM_PROMPT, JudgeOutcome, JudgeParseError, JudgeRequest, parse_judge_answer
+from lm_mixup_assets.lib.budgets import redact
+from lm_mixup_assets.lib.rubric import (
+    SYSTEM_PROMPT,
+    JudgeOutcome,
+    JudgeParseError,
+    JudgeRequest,
+    parse_judge_answer,
+)
 
 __all__ = ["OpenAIJudgeClient"]
 
@@ -79,9 +85,6 @@ _HINTS = {
     413: "the prompt is too large for this endpoint",
     422: "the server rejected the request parameters",
 }
-
-# Looks like an OpenAI-style key, also when an error message echoes part of one.
-_KEYISH = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}")
 
 # The HTTP library this openai version is built on (httpx for openai 1.x,
 # httpx2 for later ones), found through one of the SDK's own objects.
@@ -416,9 +419,7 @@ class OpenAIJudgeClient:
         return random.uniform(0.0, cap)
 
     def _redact(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return _KEYISH.sub("sk-***", text)
+        return redact(text, [self._api_key])
 
 
 def _require_text(content: str | None) -> None:
