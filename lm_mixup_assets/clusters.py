@@ -20,13 +20,21 @@ from lm_mixup_assets.lib.clustering import (
 )
 from lm_mixup_assets.lib.models import load_tokenizer
 from lm_mixup_assets.lib.plots import figure_to_markdown
-from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
+from lm_mixup_assets.metadata import (
+    code_version,
+    preview_md,
+    rows_of_checked_partition,
+    table_data_version,
+    table_metadata,
+)
 from lm_mixup_assets.partitions import source_partitions
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from resources import WarehouseResource, settings
 from resources.embedder import EmbedderResource
 
 GROUP = "clusters"
+# Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
+CODE_VERSION = code_version("1")
 _defaults = settings("clusters")
 
 CLUSTER_INPUT_TYPES = {"member_ids": "VARCHAR[]", "cluster_id": "BIGINT", "part": "BIGINT", "n_parts": "BIGINT",
@@ -76,6 +84,7 @@ def _size_and_similarity_plots(sizes: np.ndarray, cosines: np.ndarray, source: s
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     partitions_def=source_partitions,
     group_name=GROUP,
     deps=["low_quality_pool"],
@@ -122,7 +131,7 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
     context.log.info(f"{source}: {len(df)} rows -> {len(result.sizes)} clusters (embed {embed_s:.1f}s, cluster {cluster_s:.2f}s)")
     preview = df.merge(low, on="sample_id").sort_values(["cluster_id", "sample_id"])
     first = preview[preview["cluster_id"].isin(sorted(set(labels))[:3])] if len(labels) else preview
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "low_quality_clusters", "source", source), metadata={
         **table_metadata(df, ["sample_id", "cluster_id", "cluster_size", "member_cosine"]),
         "clusters": len(result.sizes),
         "algorithm": config.algorithm,
@@ -138,9 +147,10 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     partitions_def=source_partitions,
     group_name=GROUP,
-    deps=["low_quality_clusters"],
+    deps=["low_quality_clusters", "low_quality_pool"],
     kinds={"duckdb", "pandas"},
     description="One row per cluster (or per part of an over-long cluster, split in member order, never "
     "truncated): the merged input (members as 'Q: ...' / 'A: ...' in the configured input_style, blank-line "
@@ -169,7 +179,7 @@ def cluster_inputs(context: dg.AssetExecutionContext, config: ClusterInputsConfi
         context.log.warning(f"{over} inputs are longer than {config.max_input_tokens} tokens even alone; kept and flagged over_max_tokens")
     examples = "\n\n---\n\n".join(f"**cluster {r.cluster_id}** ({r.n_members} members, {r.input_tokens} tokens)\n\n```\n{r.input_text[:1200]}\n```"
                                   for r in df.head(3).itertuples())
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "cluster_inputs", "source", source), metadata={
         **table_metadata(df, ["cluster_id", "part", "n_members", "input_tokens", "input_text"]),
         "inputs_split_from_long_clusters": split,
         "over_max_tokens": over,

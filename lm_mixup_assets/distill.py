@@ -15,7 +15,13 @@ from pydantic import Field
 from lm_mixup_assets.lib.distill import distilled_sample_id, parse_distilled
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.lib.training import SFT_TARGET_LAYOUTS, distiller_chat
-from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
+from lm_mixup_assets.metadata import (
+    code_version,
+    preview_md,
+    rows_of_checked_partition,
+    table_data_version,
+    table_metadata,
+)
 from lm_mixup_assets.partitions import source_partitions
 from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
 from lm_mixup_assets.lib.budgets import assess
@@ -27,6 +33,8 @@ from resources import JudgeResource, WarehouseResource, settings
 from resources.generator import GeneratorResource
 
 GROUP = "distill"
+# Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
+CODE_VERSION = code_version("1")
 _defaults = settings("distill")
 
 DISTILLED_COLUMNS = [
@@ -73,6 +81,7 @@ def _distiller(config: DistillConfig, generator: GeneratorResource, warehouse: W
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     partitions_def=source_partitions, group_name=GROUP, deps=["cluster_inputs", "grpo_checkpoint"],
     pool=GPU_POOL, op_tags=gpu_op_tags(), kinds={"pytorch", "duckdb"},
     description="The distiller's merge of every low-quality cluster: one row per cluster_inputs row with the response, "
@@ -152,7 +161,7 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
     examples = "\n\n---\n\n".join(
         f"**cluster {r.cluster_id}** → `{r.status}`{f' ({text(r.reason)})' if text(r.reason) else ''}\n\n```\n{text(r.response)[:800]}\n```"
         for r in df[df["status"] != "skipped"].head(3).itertuples())
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "distilled_pool", "source", source), metadata={
         **table_metadata(df, ["cluster_id", "n_members", "status", "prompt", "completion"]),
         **{f"status_{s}": n for s, n in counts.items()},
         "parse_rate": round(counts["ok"] / max(1, counts["ok"] + counts["parse_error"]), 4),
@@ -186,7 +195,8 @@ RATED_DISTILLED_CARRY = ["source", "sample_id", "cluster_id", "part", "member_id
 
 
 @dg.asset(
-    partitions_def=source_partitions, group_name=GROUP, deps=["distilled_pool"], kinds={"duckdb", "pandas"},
+    code_version=CODE_VERSION,
+    partitions_def=source_partitions, group_name=GROUP, deps=["distilled_pool", "cluster_inputs", "low_quality_pool"], kinds={"duckdb", "pandas"},
     description="The pool's judge (same cache) on every distilled pair that parsed, under the judge's "
     "distilled_rubric_version (paper: the reference's QA re-rating rubric): four scores, compressed Overall "
     "and a status. Per-source rescue yield in metadata.",
@@ -206,7 +216,7 @@ def rated_distilled(context: dg.AssetExecutionContext, config: RescueYieldConfig
     enforce_budgets(context, [budget])  # after the write: failed rows are kept as evidence
     yield_table = rescue_yield(warehouse, source, df, config.quality_threshold)
     context.log.info(f"{source} rescue yield: " + ", ".join(f"{k} {v}" for k, v in yield_table.items()))
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "rated_distilled", "source", source), metadata={
         **metadata,
         "rescue_yield": dg.MetadataValue.md(pd.DataFrame([yield_table]).to_markdown(index=False)),
         "rescue_funnel": dg.MetadataValue.md(_funnel_plot(yield_table, source)),
@@ -282,7 +292,7 @@ def rated_distilled_accounting(context: dg.AssetCheckExecutionContext, warehouse
                                metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
 
 
-@dg.asset_check(asset="distilled_high", partitions_def=source_partitions,
+@dg.asset_check(asset="distilled_high", additional_deps=["low_quality_pool"], partitions_def=source_partitions,
                 description="Every distilled-high pair's member ids in this source are low-quality rows of this source.")
 def distilled_high_traces_to_low_rows(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = warehouse.query("""

@@ -22,13 +22,22 @@ from lm_mixup_assets.lib.eval_tasks import (SMOKE_LABEL, benchmark_table, build_
 from lm_mixup_assets.lib.models import resolve_causal_lm
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.lib.training import vllm_available
-from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
+from lm_mixup_assets.metadata import (
+    checkpoint_data_version,
+    code_version,
+    preview_md,
+    rows_of_checked_partition,
+    table_data_version,
+    table_metadata,
+)
 from lm_mixup_assets.partitions import arm_partitions
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from lm_mixup_assets.training import curve_plot
 from resources import WarehouseResource, settings
 
 GROUP = "evaluation"
+# Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
+CODE_VERSION = code_version("1")
 _defaults = settings("evaluation")
 _GPU = {"pool": GPU_POOL, "op_tags": gpu_op_tags(), "kinds": {"pytorch"}}
 _CHAT_TEMPLATE_HELP = ("Text format of training AND evaluation (one value, both sides): 'none' = plain prompt + ' ' + "
@@ -58,6 +67,7 @@ class DownstreamConfig(dg.Config):
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     partitions_def=arm_partitions, group_name=GROUP, deps=["training_sets"], **_GPU,
     description="The downstream model of one arm: TRL SFT with a LoRA adapter (peft) on the arm's training set. "
     "Paper: Llama-3.1-8B, r 64, alpha 16, dropout 0.1, lr 1e-4, 5 epochs, max length 2048, warmup 0.03. "
@@ -92,7 +102,7 @@ def downstream_models(context: dg.AssetExecutionContext, config: DownstreamConfi
                   "steps": result.steps, "wall_seconds": round(result.wall_seconds, 1), "data_version": version,
                   "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
                   "loss_curve": dg.MetadataValue.md(curve_plot({"train loss": result.loss_history}, f"LoRA SFT loss, {arm}", "loss"))},
-        data_version=dg.DataVersion(version),
+        data_version=checkpoint_data_version(result.checkpoint),
     )
 
 
@@ -156,6 +166,7 @@ def _scores_metadata(df: pd.DataFrame, info: dict) -> dict:
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     partitions_def=arm_partitions, group_name=GROUP, deps=["downstream_models"], **_GPU,
     description="lm-eval scores of one arm's downstream model, per task and metric, with stderr, lm-eval and task "
     "versions, seed and limit. Demo: offline smoke tasks built from the lm-eval package (smoke-level numbers); "
@@ -175,23 +186,24 @@ def benchmark_scores(context: dg.AssetExecutionContext, config: EvalSettings, wa
             f"downstream_models[{arm}])"))
     df, info = _run_eval(context, config, model["merged_path"].iat[0], warehouse, arm)
     warehouse.replace_partition("benchmark_scores", df, "arm", arm)
-    return dg.MaterializeResult(metadata=_scores_metadata(df, info))
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "benchmark_scores", "arm", arm), metadata=_scores_metadata(df, info))
 
 
 class BaseModelConfig(EvalSettings):
     base_model: str = _defaults["base_model"]
 
 
-@dg.asset(group_name=GROUP, **_GPU,
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, **_GPU,
           description="The untuned downstream base model scored with the same lm-eval protocol as every arm.")
 def base_model_scores(context: dg.AssetExecutionContext, config: BaseModelConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     path = resolve_causal_lm(config.base_model, str(warehouse.artifacts_dir))
     df, info = _run_eval(context, EvalSettings(**config.model_dump(exclude={"base_model"})), path, warehouse, "base")
     warehouse.replace_partition("base_model_scores", df)
-    return dg.MaterializeResult(metadata=_scores_metadata(df, info))
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "base_model_scores"), metadata=_scores_metadata(df, info))
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     group_name=GROUP, deps=["benchmark_scores", "base_model_scores"], kinds={"duckdb", "pandas"},
     description="Arms x tasks (headline metric per task) with the average, the base model row and the delta to the "
     "full_low and random arms; a bar plot and a markdown summary of the protocol.",
@@ -233,7 +245,7 @@ def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     ax.set_ylim(0, 1)
     ax.legend(fontsize=6, ncol=2)
     ax.set_title("benchmark scores per arm" + (" (smoke-level)" if smoke else ""), fontsize=9)
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "benchmark_report"), metadata={
         "dagster/row_count": len(table),
         "report": dg.MetadataValue.md(summary),
         "plot": dg.MetadataValue.md(figure_to_markdown(fig, "benchmark scores")),

@@ -1,4 +1,4 @@
-"""Metadata helpers shared by the stages: previews, schemas, row counts."""
+"""Metadata helpers shared by the stages: previews, schemas, row counts, code and data versions."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import warnings
 
 import dagster as dg
 import pandas as pd
+
+from lm_mixup_assets.lib.versions import checkpoint_version, table_version
 
 # Partitioned asset checks (``partitions_def`` on ``@dg.asset_check``) are a
 # "preview" in Dagster 1.13; every stage imports this module before defining its
@@ -60,3 +62,37 @@ def rows_of_checked_partition(context: dg.AssetCheckExecutionContext, df: pd.Dat
     if column not in df.columns:
         raise ValueError(f"check query returned no {column!r} column (got {list(df.columns)}); cannot scope it to a partition")
     return df[df[column] == context.partition_key]
+
+
+# --------------------------------------------------------------------------- versions
+
+def code_version(version: str) -> str:
+    """The ``code_version`` of a stage's assets (each stage module holds one ``CODE_VERSION``).
+
+    Rule: bump the module's ``CODE_VERSION`` ("1" -> "2") in the change that
+    alters what its assets write for the same inputs (a new column, another
+    formula, a fixed bug), not for refactors, logging or metadata. Dagster then
+    marks the stage's assets, and so everything downstream, unsynced in the UI
+    until they are re-materialised (docs/architecture.md, "Staleness").
+    """
+    if not version or not str(version).strip():
+        raise ValueError("a code_version must be a non-empty string, e.g. '1'")
+    return str(version)
+
+
+def table_data_version(warehouse, table: str, partition_column: str | None = None,
+                       partition_value: str | None = None, ignore: frozenset[str] | set[str] = frozenset()) -> dg.DataVersion:
+    """The data version of the rows an asset wrote to ``table`` (its partition, if given): see ``lib/versions.py``."""
+    with warehouse.connect() as con:
+        return dg.DataVersion(table_version(con, table, partition_column, partition_value, ignore))
+
+
+def table_data_version_in(con, table: str, partition_column: str | None = None,
+                          partition_value: str | None = None) -> dg.DataVersion:
+    """:func:`table_data_version` on a connection the caller already holds (e.g. inside its write)."""
+    return dg.DataVersion(table_version(con, table, partition_column, partition_value))
+
+
+def checkpoint_data_version(path) -> dg.DataVersion:
+    """A checkpoint's or model folder's data version: its file fingerprint (``lib/versions.py``)."""
+    return dg.DataVersion(checkpoint_version(path))

@@ -34,13 +34,15 @@ from lm_mixup_assets.lib.released_mixture import load_released_mixture
 from lm_mixup_assets.lib.rubric import SCORE_KEYS, compress_overall
 from lm_mixup_assets.lib.wiki import wiki_paragraphs_frame
 from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
-from lm_mixup_assets.metadata import preview_md, table_metadata
+from lm_mixup_assets.metadata import code_version, preview_md, table_data_version, table_metadata
 from lm_mixup_assets.rating import generator_budget, generator_usage, judge_budget, judge_usage
 from resources import JudgeResource, WarehouseResource, settings
 from resources.embedder import EmbedderResource
 from resources.generator import GeneratorResource
 
 GROUP = "mixture"
+# Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
+CODE_VERSION = code_version("1")
 _defaults = settings("mixture")
 
 
@@ -61,7 +63,7 @@ class WikiConfig(dg.Config):
     seed: int = 42
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb", "pandas"},
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, kinds={"duckdb", "pandas"},
           description="Encyclopedic paragraphs with article title and section: markup stripped, length-filtered, "
           "deduplicated. Demo: gensim's packaged enwiki sample (CC BY-SA, Wikipedia); paper: a local dump path.")
 def wiki_paragraphs(context: dg.AssetExecutionContext, config: WikiConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -76,7 +78,7 @@ def wiki_paragraphs(context: dg.AssetExecutionContext, config: WikiConfig, wareh
         df = df.sample(n=config.max_paragraphs, random_state=config.seed).sort_values(["title", "position"])
     warehouse.replace_partition("wiki_paragraphs", df.reset_index(drop=True))
     context.log.info(f"{total} paragraphs parsed from {df['title'].nunique()} articles in {time.monotonic() - started:.1f}s; kept {len(df)}")
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "wiki_paragraphs"), metadata={
         **table_metadata(df, ["title", "section", "text"]),
         "paragraphs_parsed": total, "articles": int(df["title"].nunique()),
         "mean_chars": float(df["n_chars"].mean()) if len(df) else 0.0,
@@ -97,7 +99,7 @@ TARGET_COLUMNS = ["target_id", "paragraph_id", "task", "writer", "text", "format
                   "rarity", "complexity", "informativeness", "overall", "overall_compressed", "kept", "drop_reason"]
 
 
-@dg.asset(group_name=GROUP, deps=["wiki_paragraphs"], kinds={"duckdb", "pandas"},
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["wiki_paragraphs"], kinds={"duckdb", "pandas"},
           description="One high-quality sample per paragraph and task type (QA, MCQ, TFQ, CS, paragraph), checked "
           "against its format, rated by the judge and kept at compressed Overall >= min_quality. Every "
           "paragraph x task has a row; dropped ones say why.")
@@ -161,7 +163,7 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
     per_task = out.groupby("task").agg(rows=("target_id", "size"), kept=("kept", "sum")).reset_index()
     context.log.info(f"targets: {int(out['kept'].sum())} kept of {len(out)} ({per_task.to_dict('records')})")
     tokens = rating.tokens
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "mixture_targets"), metadata={
         **table_metadata(out[out["kept"]], ["task", "overall", "text"]),
         "rows_total": len(out), "kept": int(out["kept"].sum()),
         "per_task": preview_md(per_task, n=10),
@@ -193,7 +195,7 @@ VARIANT_COLUMNS = ["variant_id", "target_id", "task", "text", "operators", "orig
 ROBUSTNESS_OPERATORS = ("typos", "cross_topic_merge")
 
 
-@dg.asset(group_name=GROUP, deps=["mixture_targets"], kinds={"duckdb", "pandas"},
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["mixture_targets", "wiki_paragraphs"], kinds={"duckdb", "pandas"},
           description="Several low-quality variants of every kept target: seeded noise operators (dropped facts and "
           "sentences, truncation, redundancy, shuffled or split fragments, typos, cross-topic merges of "
           "semantically similar samples) and, with llm_degradation, rewrites by the mixture writer with less "
@@ -258,7 +260,7 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
     counts = out.groupby("target_id").size()
     ops = out["operators"].str.split("+").explode().value_counts()
     context.log.info(f"{len(out)} variants for {len(targets)} targets; mean Overall {out['overall'].mean():.2f} vs targets {targets['overall'].mean():.2f}")
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "mixture_variants"), metadata={
         **table_metadata(out, ["task", "operators", "overall", "text"]),
         "targets": len(targets),
         "variants_per_target": dg.MetadataValue.json(counts.value_counts().sort_index().to_dict()),
@@ -409,7 +411,7 @@ def _replace_mixture_table(warehouse: WarehouseResource, df: pd.DataFrame) -> No
     warehouse.replace_partition("mixture", df, column_types=MIXTURE_COLUMN_TYPES)
 
 
-@dg.asset(group_name=GROUP, deps=["mixture_variants"], kinds={"duckdb", "pandas"},
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["mixture_variants", "mixture_targets"], kinds={"duckdb", "pandas"},
           description="The MIXTURE set: each example maps a cluster of 2-20 low-quality variants (the distiller's input, "
           "after the task instruction) to its high-quality target, with task type, cot (written by the mixture writer "
           "for LLM-written targets), source paragraph and a train/test split by paragraph. source=released reads the "
@@ -447,7 +449,7 @@ def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, mixture_wr
     fig, ax = plt.subplots(figsize=(4, 2.4))
     ax.hist(sizes, bins=np.arange(1.5, max(config.max_variants, int(sizes.max()) if len(sizes) else 2) + 1.5), color="#4f6bed")
     ax.set_title("variants per example" + (" (counted from input)" if config.source == "released" else ""), fontsize=9)
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "mixture"), metadata={
         **table_metadata(df, ["task", "split", "n_variants", "input", "output"], n=3),
         "source": config.source,
         "per_task_and_split": preview_md(counts, n=10),
@@ -466,7 +468,7 @@ class RatingLibraryConfig(dg.Config):
     smoothing: float = 1e-2
 
 
-@dg.asset(group_name=GROUP, deps=["mixture_variants"], kinds={"pytorch", "duckdb"},
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["mixture_variants", "mixture_targets"], kinds={"pytorch", "duckdb"},
           description="Per task type, the kNN-Bayes rater of docs/method.md: embeddings of rated targets and variants, their "
           "compressed-score classes, the class transition matrix T and the prior p, saved as .npz under "
           "artifacts/rating_library/ for the GRPO quality reward.")
@@ -491,7 +493,7 @@ def rating_library(context: dg.AssetExecutionContext, config: RatingLibraryConfi
         context.log.info(f"rating library {task}: {len(group)} samples, classes {dict(counts)}")
     df = pd.DataFrame(rows)
     warehouse.replace_partition("rating_library", df)
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "rating_library"), metadata={
         "dagster/row_count": len(df), "libraries": preview_md(df[["task", "n_samples", "class_counts", "prior"]] if len(df) else df, n=10),
         "embedding_model": embedder.model, "path": dg.MetadataValue.path(str(out_dir)),
     })

@@ -18,12 +18,21 @@ from lm_mixup_assets.lib import warehouse as wh
 from lm_mixup_assets.lib.ingest import PRECOMPUTED_TYPES, SourceError, ingest_source
 from lm_mixup_assets.lib.manifest import ManifestError, load_manifest
 from lm_mixup_assets.lib.plots import histogram_grid
-from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
+from lm_mixup_assets.metadata import (
+    code_version,
+    preview_md,
+    rows_of_checked_partition,
+    table_data_version,
+    table_data_version_in,
+    table_metadata,
+)
 from lm_mixup_assets.partitions import source_partitions
 from lm_mixup_assets.rating import precomputed_frame, rate_frame
 from resources import JudgeResource, WarehouseResource, settings
 
 GROUP = "pool"
+# Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
+CODE_VERSION = code_version("1")
 INGEST_LOG = "ingest_log"  # one row per source: input rows and where they went
 PRECOMPUTED = "precomputed_scores"  # ratings a manifest source brings along (its `precomputed:` entry)
 # The rejected rows of a source's last *failed* ingest (over max_rejected_fraction): evidence for the
@@ -54,12 +63,14 @@ class IngestConfig(dg.Config):
             "(hash of source + normalised content) and how many exact duplicates were folded into it.",
             kinds={"duckdb", "pandas"},
             group_name=GROUP,
+            code_version=CODE_VERSION,
         ),
         dg.AssetSpec(
             "rejected_rows",
             description="Every input row that could not be ingested: source, file, position, reason, raw text (truncated).",
             kinds={"duckdb", "pandas"},
             group_name=GROUP,
+            code_version=CODE_VERSION,
         ),
     ],
 )
@@ -111,12 +122,14 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
             except Exception:  # replace_partition has already rolled back
                 pass
             raise
+        versions = {t: table_data_version_in(con, t, "source", source) for t in ("raw_pool", "rejected_rows")}
     selected = context.op_execution_context.selected_output_names
     if selected != {"raw_pool", "rejected_rows"}:
         context.log.info(f"{source}: only {sorted(selected)} selected; all ingest tables were written together")
     if "rejected_rows" in selected:
         yield dg.MaterializeResult(
             asset_key="rejected_rows",
+            data_version=versions["rejected_rows"],
             metadata={
                 **table_metadata(result.rejected, ["file", "position", "locator", "reason", "raw_text"]),
                 "rejected_fraction": dg.MetadataValue.float(round(result.rejected_fraction, 4)),
@@ -126,6 +139,7 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
     if "raw_pool" in selected:
         yield dg.MaterializeResult(
             asset_key="raw_pool",
+            data_version=versions["raw_pool"],
             metadata={
                 **table_metadata(result.rows, ["sample_id", "locator", "prompt", "completion"]),
                 "input_rows": result.input_rows,
@@ -186,6 +200,7 @@ class RatedPoolConfig(dg.Config):
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     partitions_def=source_partitions,
     group_name=GROUP,
     deps=["raw_pool"],
@@ -218,10 +233,11 @@ def rated_pool(context: dg.AssetExecutionContext, config: RatedPoolConfig, judge
     warehouse.replace_partition("rated_pool", df, "source", source)
     # Written first, failed rows included (the evidence); an exceeded budget then stops the run.
     enforce_budgets(context, [budget] if budget else [])
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "rated_pool", "source", source), metadata=metadata)
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     group_name=GROUP,
     deps=["raw_pool", "rejected_rows", "rated_pool", "high_quality_pool", "low_quality_pool"],
     kinds={"duckdb", "pandas"},
@@ -258,7 +274,7 @@ def pool_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         {s: g["overall"].astype(float).tolist() for s, g in scores.groupby("source")},
         bins=[x + 0.5 for x in range(0, 11)], title="Judge Overall score per source", xlabel="Overall (1-10)",
     )
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "pool_summary"), metadata={
         "dagster/row_count": len(summary),
         "summary": preview_md(summary, n=len(summary) or 1, max_chars=40),
         "score_histograms": dg.MetadataValue.md(hist),
@@ -288,7 +304,7 @@ def _check_from_mismatches(bad: pd.DataFrame, ok_text: str, what: str) -> dg.Ass
     )
 
 
-@dg.asset_check(asset="raw_pool", partitions_def=source_partitions, blocking=True,
+@dg.asset_check(asset="raw_pool", additional_deps=["rejected_rows"], partitions_def=source_partitions, blocking=True,
                 description="This source: input rows = ingested + rejected + duplicates folded.")
 def raw_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _per_source(context, warehouse, f"""

@@ -28,13 +28,21 @@ from lm_mixup_assets.lib.selection import (
     parse_arm,
 )
 from lm_mixup_assets.lib.selection import long_tail_scores as score_long_tail
-from lm_mixup_assets.metadata import preview_md, rows_of_checked_partition, table_metadata
+from lm_mixup_assets.metadata import (
+    code_version,
+    preview_md,
+    rows_of_checked_partition,
+    table_data_version,
+    table_metadata,
+)
 from lm_mixup_assets.partitions import arm_partitions
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from resources import WarehouseResource, settings
 from resources.embedder import EmbedderResource
 
 GROUP = "selection"
+# Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
+CODE_VERSION = code_version("1")
 _defaults = settings("selection")
 
 LONG_TAIL_COLUMNS = ["set_name", "source", "sample_id", "member_ids", "prompt", "completion", "overall_compressed",
@@ -63,6 +71,7 @@ def _table_or_empty(warehouse: WarehouseResource, table: str, sql: str, columns:
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     group_name=GROUP, deps=["high_quality_pool", "distilled_high"], pool=GPU_POOL, op_tags=gpu_op_tags(),
     kinds={"pytorch", "duckdb"},
     description="Long-tail score of every original high-quality row and every distilled high row: mean cosine distance "
@@ -109,7 +118,7 @@ def long_tail_scores(context: dg.AssetExecutionContext, config: LongTailConfig, 
     ax.legend(fontsize=7)
     ax.set_title("long-tail distribution", fontsize=9)
     rarest = df.sort_values("long_tail_score", ascending=False).groupby("set_name").head(3)
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "long_tail_scores"), metadata={
         **table_metadata(df, ["set_name", "source", "long_tail_score", "prompt"]),
         "sets": dg.MetadataValue.md(pd.DataFrame(stats).to_markdown(index=False)),
         "rarest": preview_md(rarest, n=6, columns=["set_name", "source", "long_tail_score", "prompt"]),
@@ -164,6 +173,7 @@ def _export_jsonl(rows: pd.DataFrame, path: Path) -> None:
 
 
 @dg.asset(
+    code_version=CODE_VERSION,
     partitions_def=arm_partitions, group_name=GROUP, deps=["long_tail_scores", "rated_pool", "low_quality_pool"],
     kinds={"duckdb", "pandas"},
     description="One training set per recipe: mixupA_oriB (distilled/original high by long-tail rank), original_high, "
@@ -205,7 +215,7 @@ def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
         mix.plot.barh(stacked=True, ax=ax, color={"original": "#4f6bed", "distilled": "#e8833a"})
     ax.set_title(f"{arm}: rows by source and origin", fontsize=9)
     ax.tick_params(labelsize=7)
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "training_sets", "arm", arm), metadata={
         **table_metadata(rows, ["position", "origin", "source", "long_tail_score", "prompt"]),
         "composition": dg.MetadataValue.md(composition.to_markdown(index=False)),
         "shortfall": dg.MetadataValue.json(composed.shortfall),
@@ -254,7 +264,7 @@ def training_sets_ratios(context: dg.AssetCheckExecutionContext, warehouse: Ware
     )
 
 
-@dg.asset_check(asset="training_sets", partitions_def=arm_partitions, blocking=True,
+@dg.asset_check(asset="training_sets", additional_deps=["raw_pool"], partitions_def=arm_partitions, blocking=True,
                 description="Every row of this arm traces back to pool rows: each member id is a raw_pool row of its source.")
 def training_sets_trace_to_pool(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     bad = _scope_arm(context, warehouse.query("""

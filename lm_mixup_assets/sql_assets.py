@@ -5,9 +5,13 @@ launchpad-editable vars from the file's header (see ``lib/sql_models.py``).
 Models that share a ``step`` (the quality split: ``high_quality_pool`` and
 ``low_quality_pool``) become one multi-asset with one config, written in one
 transaction, so one threshold governs both tables (docs/method.md, "Quality split").
+Each model's ``code_version`` follows its SQL file's text, so editing a model
+marks it and its downstream unsynced; each materialisation reports the content
+hash of the partition it wrote as its data version.
 """
 
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,12 +19,15 @@ import dagster as dg
 from pydantic import Field, create_model
 
 from lm_mixup_assets.lib.sql_models import SqlModel, SqlStep, group_steps, load_models, materialise_step
-from lm_mixup_assets.metadata import preview_md
+from lm_mixup_assets.metadata import code_version, preview_md, table_data_version_in
 from lm_mixup_assets.partitions import source_partitions
 from resources import WarehouseResource, settings
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "dbt_like_sql"
 PARTITIONS = {"source": source_partitions}
+# Bump when the runner (how a step renders and writes its models) changes what the tables hold;
+# a model's own SQL is versioned by its file's text (``model_code_version``).
+CODE_VERSION = "1"
 
 # Vars whose default is a profile setting (``PROFILES[...][section][key]``), so
 # ``LM_MIXUP_PROFILE`` and ``LM_MIXUP_<SECTION>_<KEY>`` reach the SQL too.
@@ -36,6 +43,12 @@ def var_default(name: str, kind: type, header_default: object) -> object:
         section, key = PROFILE_VARS[name]
         return kind(settings(section)[key])
     return header_default
+
+
+def model_code_version(model: SqlModel) -> str:
+    """The runner's version plus a hash of the model's SQL file: an edited model is a new version."""
+    digest = hashlib.sha256(model.path.read_bytes()).hexdigest()[:10]
+    return code_version(f"{CODE_VERSION}-{digest}")
 
 
 def _config_class(step: SqlStep) -> type[dg.Config]:
@@ -70,7 +83,8 @@ def _run_step(context, step: SqlStep, values: dict, warehouse: WarehouseResource
         for model in step.models:
             where = f' where "{col}" = ?' if partition else ""
             preview = con.execute(f'select * from "{model.name}"{where} limit 5', [partition] if partition else []).df()
-            results.append(dg.MaterializeResult(asset_key=model.name, metadata={
+            version = table_data_version_in(con, model.name, col, partition)
+            results.append(dg.MaterializeResult(asset_key=model.name, data_version=version, metadata={
                 "dagster/row_count": counts[model.name],
                 "preview": preview_md(preview),
                 "vars": dg.MetadataValue.json(values),
@@ -97,6 +111,7 @@ def build_sql_step(step: SqlStep) -> dg.AssetsDefinition:
             name=model.name,
             group_name=model.group,
             deps=model.refs,
+            code_version=model_code_version(model),
             partitions_def=partitions_def,
             kinds=set(model.kinds),
             description=_description(model, step),
@@ -117,7 +132,8 @@ def build_sql_step(step: SqlStep) -> dg.AssetsDefinition:
         description=f"Builds {', '.join(m.name for m in step.models)} in one transaction from one config.",
         specs=[
             dg.AssetSpec(
-                key=model.name, deps=model.refs, kinds=set(model.kinds), description=_description(model, step),
+                key=model.name, deps=model.refs, code_version=model_code_version(model), kinds=set(model.kinds),
+                description=_description(model, step),
                 metadata={"sql_file": f"dbt_like_sql/{model.path.name}", "sql_step": step.name},
             )
             for model in step.models

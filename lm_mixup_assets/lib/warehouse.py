@@ -8,11 +8,15 @@ instead of failing (dagster issues #18746, #16248).
 
 from __future__ import annotations
 
+import json
 import random
+import re
+import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import pandas as pd
@@ -78,7 +82,7 @@ def replace_partition(
         if not table_exists(con, table):
             con.execute(f'create table "{table}" as select * from _incoming limit 0')
             # An all-empty / all-None column has DuckDB type NULL; widen it so later rows fit.
-            for name, kind in con.execute(f'select column_name, data_type from information_schema.columns where table_name = ?', [table]).fetchall():
+            for name, kind in con.execute('select column_name, data_type from information_schema.columns where table_name = ?', [table]).fetchall():
                 wanted = (column_types or {}).get(name) or ("VARCHAR" if kind.strip('"') == "NULL" else None)
                 if wanted:
                     con.execute(f'alter table "{table}" alter column "{name}" type {wanted}')
@@ -105,3 +109,159 @@ def read_partition(
     if partition_column is None:
         return con.execute(f'select * from "{table}"').df()
     return con.execute(f'select * from "{table}" where "{partition_column}" = ?', [partition_value]).df()
+
+
+# --- Lineage: which tables a statement reads -------------------------------------------------
+# The asset graph is only trustworthy if every table an asset reads is a declared upstream
+# (docs/method.md, "Lineage"). The warehouse resource records the tables each statement reads,
+# and tests/test_lineage.py compares them with the declared graph.
+
+_WRITE_PREFIX = re.compile(
+    r"""^\s*(?:insert\s+(?:or\s+\w+\s+)?into\s+(?:"[^"]+"|\S+)(?:\s+by\s+(?:name|position))?"""
+    r"""|create\s+(?:or\s+replace\s+)?(?:temp(?:orary)?\s+)?table\s+(?:if\s+not\s+exists\s+)?(?:"[^"]+"|\S+)\s+as)\s+""",
+    re.IGNORECASE | re.DOTALL,
+)
+_QUERY_START = re.compile(r"^\s*(?:\(|select\b|with\b|from\b|values\b)", re.IGNORECASE)
+_SYSTEM_SCHEMAS = {"information_schema", "pg_catalog"}
+_parser = threading.local()
+
+
+def _serialized_select(sql: str) -> dict | None:
+    """DuckDB's own parse tree of a SELECT (parse only: no catalog, so unknown tables are fine)."""
+    con = getattr(_parser, "con", None)
+    if con is None:
+        con = _parser.con = duckdb.connect()
+    tree = json.loads(con.execute("select json_serialize_sql(?)", [sql]).fetchone()[0])
+    return None if tree.get("error") else tree
+
+
+def _walk(node, tables: set[str], ctes: set[str]) -> None:
+    if isinstance(node, dict):
+        is_table = node.get("type") == "BASE_TABLE" and "table_name" in node
+        if is_table and node.get("schema_name", "") not in _SYSTEM_SCHEMAS:
+            tables.add(node["table_name"])
+        cte_map = node.get("cte_map")
+        if isinstance(cte_map, dict):
+            ctes.update(entry["key"] for entry in cte_map.get("map", []))
+        for value in node.values():
+            _walk(value, tables, ctes)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, tables, ctes)
+
+
+def tables_read(sql: str) -> set[str]:
+    """Names of the tables (or registered frames) ``sql`` reads; CTE names and system catalogs excluded.
+
+    SELECTs are parsed by DuckDB; ``insert into t ... select`` and ``create table t as select``
+    contribute the tables of their query part. Statements that read nothing (DDL, transaction
+    control, ``delete``/``alter`` on the asset's own table) give an empty set.
+    """
+    tables: set[str] = set()
+    for statement in duckdb.extract_statements(sql):
+        text = statement.query
+        prefix = _WRITE_PREFIX.match(text)
+        if prefix:
+            text = text[prefix.end():]
+        elif not _QUERY_START.match(text):
+            continue
+        tree = _serialized_select(text)
+        if tree is None:
+            continue
+        found: set[str] = set()
+        ctes: set[str] = set()
+        _walk(tree, found, ctes)
+        tables |= found - ctes
+    return tables
+
+
+@dataclass(frozen=True)
+class TableRead:
+    """One statement's read of one table, by the asset(s) or check(s) of the running step."""
+
+    reader: frozenset[str]  # asset keys ("a/b") and check keys ("asset:check") of the step
+    table: str
+
+
+@dataclass
+class ReadRecorder:
+    """Collects TableReads while active (see ``recording_reads``); thread-safe."""
+
+    reads: list[TableRead] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, reader: frozenset[str], sql: str, registered: frozenset[str] = frozenset()) -> None:
+        found = tables_read(sql) - registered
+        with self._lock:
+            self.reads.extend(TableRead(reader, table) for table in sorted(found))
+
+    def by_reader(self) -> dict[frozenset[str], set[str]]:
+        grouped: dict[frozenset[str], set[str]] = {}
+        with self._lock:
+            for read in self.reads:
+                grouped.setdefault(read.reader, set()).add(read.table)
+        return grouped
+
+
+_active_recorders: list[ReadRecorder] = []
+
+
+def active_recorders() -> list[ReadRecorder]:
+    return list(_active_recorders)
+
+
+@contextmanager
+def recording_reads(recorder: ReadRecorder | None = None) -> Iterator[ReadRecorder]:
+    """Record, in this process, every table read through a recording connection until exit."""
+    recorder = recorder or ReadRecorder()
+    _active_recorders.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _active_recorders.remove(recorder)
+
+
+class RecordingConnection:
+    """A DuckDB connection that reports each statement's reads to the active recorders first.
+
+    ``reader`` is called per statement and names the running step (``None``: outside a step,
+    nothing recorded). Everything else is the wrapped connection's.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, reader: Callable[[], frozenset[str] | None]):
+        self._con = con
+        self._reader = reader
+        self._registered: set[str] = set()  # in-memory frames (``_incoming``...), not warehouse tables
+
+    def _note(self, sql) -> None:
+        if not _active_recorders or not isinstance(sql, str):
+            return
+        reader = self._reader()
+        if reader:
+            for recorder in active_recorders():
+                recorder.record(reader, sql, frozenset(self._registered))
+
+    def register(self, view_name, python_object):
+        self._registered.add(view_name)
+        return self._con.register(view_name, python_object)
+
+    def unregister(self, view_name):
+        self._registered.discard(view_name)
+        return self._con.unregister(view_name)
+
+    def execute(self, query, parameters=None):
+        self._note(query)
+        return self._con.execute(query, parameters)
+
+    def executemany(self, query, parameters=None):
+        self._note(query)
+        return self._con.executemany(query, parameters)
+
+    def sql(self, query, *args, **kwargs):
+        self._note(query)
+        return self._con.sql(query, *args, **kwargs)
+
+    query = sql
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
