@@ -7,6 +7,7 @@ later command in that home then fails ("more than one head present").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -100,7 +101,9 @@ dg.materialize([waits_forever], instance=dg.DagsterInstance.get())
 """
 
 
-def test_init_fails_a_run_whose_worker_was_killed(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def a_started_run(tmp_path, monkeypatch):
+    """A fresh home and a child process whose run is STARTED (it sleeps); yields (instance, child)."""
     monkeypatch.setenv("LM_MIXUP_HOME", str(tmp_path))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     cli.prepare_home()
@@ -113,37 +116,28 @@ def test_init_fails_a_run_whose_worker_was_killed(tmp_path, monkeypatch):
                 assert child.poll() is None and time.monotonic() < deadline, "the run never started"
                 time.sleep(0.1)
             time.sleep(0.5)  # its "Executing steps in process (pid: N)" event is written
-            child.send_signal(signal.SIGKILL)
-            child.wait(timeout=10)
-            [record] = instance.get_run_records()
-            assert record.dagster_run.status == dg.DagsterRunStatus.STARTED  # nobody recorded the end
-
-            cli.prepare_home()
-            [record] = instance.get_run_records()
-            assert record.dagster_run.status == dg.DagsterRunStatus.FAILURE
-            cli.prepare_home()  # idempotent: nothing left to fail
+            yield instance, child
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
 
 
+def test_init_fails_a_run_whose_worker_was_killed(tmp_path, monkeypatch):
+    with a_started_run(tmp_path, monkeypatch) as (instance, child):
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        [record] = instance.get_run_records()
+        assert record.dagster_run.status == dg.DagsterRunStatus.STARTED  # nobody recorded the end
+
+        cli.prepare_home()
+        [record] = instance.get_run_records()
+        assert record.dagster_run.status == dg.DagsterRunStatus.FAILURE
+        cli.prepare_home()  # idempotent: nothing left to fail
+
+
 def test_a_live_run_is_left_alone(tmp_path, monkeypatch):
-    monkeypatch.setenv("LM_MIXUP_HOME", str(tmp_path))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    cli.prepare_home()
-    child = subprocess.Popen([sys.executable, "-c", SLOW_RUN], cwd=REPO, env=home_env(tmp_path),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
-            deadline = time.monotonic() + 60
-            while not instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-                assert child.poll() is None and time.monotonic() < deadline, "the run never started"
-                time.sleep(0.1)
-            time.sleep(0.5)
-            cli.prepare_home()
-            [record] = instance.get_run_records()
-            assert record.dagster_run.status == dg.DagsterRunStatus.STARTED
-    finally:
-        child.kill()
-        child.wait()
+    with a_started_run(tmp_path, monkeypatch) as (instance, _child):
+        cli.prepare_home()
+        [record] = instance.get_run_records()
+        assert record.dagster_run.status == dg.DagsterRunStatus.STARTED
