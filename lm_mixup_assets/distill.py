@@ -12,6 +12,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
+from lm_mixup_assets.checkpoints import checkpoint_path
+from lm_mixup_assets.lib.budgets import assess
 from lm_mixup_assets.lib.distill import distilled_sample_id, parse_distilled
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.lib.training import SFT_TARGET_LAYOUTS, distiller_chat
@@ -23,12 +26,9 @@ from lm_mixup_assets.metadata import (
     table_metadata,
 )
 from lm_mixup_assets.partitions import source_partitions
-from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
-from lm_mixup_assets.lib.budgets import assess
 from lm_mixup_assets.rating import generator_budget, generator_usage, rate_frame
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from lm_mixup_assets.sql_assets import var_default
-from lm_mixup_assets.training import checkpoint_path
 from resources import JudgeResource, WarehouseResource, settings
 from resources.generator import GeneratorResource
 

@@ -16,11 +16,23 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from lm_mixup_assets.lib.downstream import CHAT_TEMPLATE_MODES, OVERLONG_MODES, LoraSFTSettings, run_lora_sft
-from lm_mixup_assets.lib.eval_tasks import (SMOKE_LABEL, benchmark_table, build_smoke_tasks, evaluate_model,
-                                            headline_metrics, paper_benchmarks, smoke_benchmarks)
+from lm_mixup_assets.lib.downstream import (
+    CHAT_TEMPLATE_MODES,
+    OVERLONG_MODES,
+    LoraSFTSettings,
+    run_lora_sft,
+)
+from lm_mixup_assets.lib.eval_tasks import (
+    SMOKE_LABEL,
+    benchmark_table,
+    build_smoke_tasks,
+    evaluate_model,
+    headline_metrics,
+    paper_benchmarks,
+    smoke_benchmarks,
+)
 from lm_mixup_assets.lib.models import resolve_causal_lm
-from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.plots import curve_plot, figure_to_markdown
 from lm_mixup_assets.lib.training import vllm_available
 from lm_mixup_assets.metadata import (
     checkpoint_data_version,
@@ -32,7 +44,6 @@ from lm_mixup_assets.metadata import (
 )
 from lm_mixup_assets.partitions import arm_partitions
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
-from lm_mixup_assets.training import curve_plot
 from resources import WarehouseResource, settings
 
 GROUP = "evaluation"

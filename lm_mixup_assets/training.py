@@ -15,10 +15,17 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from lm_mixup_assets.lib.models import resolve_causal_lm
-from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
+from lm_mixup_assets.checkpoints import checkpoint_path, record_checkpoint
 from lm_mixup_assets.lib.mixture_tasks import TASK_TYPES
-from lm_mixup_assets.lib.rewards import combined_reward, extract_answer, load_libraries, resolve_weights
+from lm_mixup_assets.lib.models import resolve_causal_lm
+from lm_mixup_assets.lib.plots import curve_plot, figure_to_markdown
+from lm_mixup_assets.lib.rewards import (
+    combined_reward,
+    extract_answer,
+    load_libraries,
+    resolve_weights,
+)
 from lm_mixup_assets.lib.training import (
     GRPO_PROMPT_LAYOUTS,
     SFT_COT_MODES,
@@ -29,9 +36,18 @@ from lm_mixup_assets.lib.training import (
     run_grpo,
     run_sft,
 )
-from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
-from lm_mixup_assets.metadata import checkpoint_data_version, code_version, preview_md, table_data_version
-from lm_mixup_assets.rating import generator_budget, generator_usage, judge_budget, judge_usage
+from lm_mixup_assets.metadata import (
+    checkpoint_data_version,
+    code_version,
+    preview_md,
+    table_data_version,
+)
+from lm_mixup_assets.rating import (
+    generator_budget,
+    generator_usage,
+    judge_budget,
+    judge_usage,
+)
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
 from resources import JudgeResource, WarehouseResource, settings
 from resources.embedder import EmbedderResource
@@ -42,22 +58,6 @@ GROUP = "training"
 CODE_VERSION = code_version("1")
 _defaults = settings("training")
 _GPU = {"pool": GPU_POOL, "op_tags": gpu_op_tags(), "kinds": {"pytorch"}}
-
-
-def curve_plot(series: dict[str, list], title: str, ylabel: str) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 2.6))
-    for name, points in series.items():
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", ms=2, label=name)
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_title(title, fontsize=9)
-    if len(series) > 1:
-        ax.legend(fontsize=7)
-    return figure_to_markdown(fig, title)
 
 
 def _mixture_rows(warehouse: WarehouseResource, split: str, limit: int = 0) -> list[dict]:
@@ -130,21 +130,6 @@ class SftConfig(dg.Config):
     seed: int = 42
 
 
-def checkpoint_path(warehouse: WarehouseResource, asset: str) -> str:
-    rows = warehouse.query("select path from training_checkpoints where asset = ?", [asset])
-    if rows.empty:
-        raise dg.Failure(description=f"{asset} has no checkpoint yet: materialise it first")
-    return rows["path"].iat[0]
-
-
-def _record_checkpoint(warehouse: WarehouseResource, asset: str, path: str, data_version: str, result) -> None:
-    """One row per training asset: where its latest checkpoint is (the GPU pod writes files, this writes the row)."""
-    row = pd.DataFrame([{"asset": asset, "path": path, "data_version": data_version, "steps": result.steps,
-                         "wall_seconds": round(result.wall_seconds, 2), "device": result.device,
-                         "created_at": pd.Timestamp.now("UTC").tz_localize(None)}])
-    warehouse.replace_partition("training_checkpoints", row, "asset", asset)
-
-
 @dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["base_policy", "mixture"], **_GPU,
           description="Cold-start SFT (TRL SFTTrainer) of the base policy on the MIXTURE train split: system prompt "
           "demanding <think>…</think><answer>…</answer>, user turn = instruction + variants, loss on the response "
@@ -157,7 +142,7 @@ def sft_checkpoint(context: dg.AssetExecutionContext, config: SftConfig, warehou
     result = run_sft(base, rows, out_dir, SFTSettings(**config.model_dump()),
                      on_log=lambda step, logs: context.log.info(f"sft step {step}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()})}"))
     version = _data_version(rows)
-    _record_checkpoint(warehouse, "sft_checkpoint", result.checkpoint, version, result)
+    record_checkpoint(warehouse, "sft_checkpoint", result.checkpoint, version, result)
     return dg.MaterializeResult(
         metadata={"checkpoint": dg.MetadataValue.path(result.checkpoint), "steps": result.steps,
                   "tokens_seen": result.tokens_seen or 0, "wall_seconds": round(result.wall_seconds, 1),
@@ -255,7 +240,7 @@ def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embed
                       on_log=lambda step, logs: context.log.info(f"grpo step {step}: " + ", ".join(
                           f"{k}={v:.3f}" for k, v in logs.items() if isinstance(v, float) and ("reward" in k or k == "loss"))))
     version = _data_version(rows)
-    _record_checkpoint(warehouse, "grpo_checkpoint", result.checkpoint, version, result)
+    record_checkpoint(warehouse, "grpo_checkpoint", result.checkpoint, version, result)
     last = {name: float(points[-1][1]) for name, points in result.reward_history.items() if points}
     return dg.MaterializeResult(
         metadata={"checkpoint": dg.MetadataValue.path(result.checkpoint), "steps": result.steps,

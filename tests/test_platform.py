@@ -109,3 +109,25 @@ def test_parallel_source_runs_share_the_warehouse_without_lock_failures(home, qu
     counts = query("select source, count(*) n from rated_pool group by 1 order by 1")
     assert counts["source"].tolist() == ["chatterbot", "chitchat", "humaneval"]
     assert query("select count(*) n from judge_cache")["n"][0] == counts["n"].sum()
+
+
+def test_no_stage_module_imports_another():
+    """Stages share code through lib/ and small shared modules, never through each other."""
+    import ast
+    from pathlib import Path
+
+    stages = {"pool", "clusters", "mixture", "training", "distill", "selection", "evaluation"}
+    root = Path(__file__).resolve().parents[1] / "lm_mixup_assets"
+    crossings = []
+    for stage in sorted(stages):
+        tree = ast.parse((root / f"{stage}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {node.module.removeprefix("lm_mixup_assets.")} | (
+                    {a.name for a in node.names} if node.module == "lm_mixup_assets" else set())
+            elif isinstance(node, ast.Import):
+                names = {a.name.removeprefix("lm_mixup_assets.") for a in node.names}
+            else:
+                continue
+            crossings += [f"{stage} imports {n}" for n in names & (stages - {stage})]
+    assert crossings == []

@@ -29,3 +29,18 @@ def histogram_grid(series_by_label: dict[str, list[float]], bins: list[float], t
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
     return figure_to_markdown(fig, title)
+
+
+def curve_plot(series: dict[str, list], title: str, ylabel: str) -> str:
+    """Lines of (step, value) points per series (loss, reward curves), as Markdown."""
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", ms=2, label=name)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    return figure_to_markdown(fig, title)
