@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from lm_mixup_assets.lib.clustering import (  # noqa: E402
     capacity_constrained_clusters,
     mean_cosine_to_cluster_mean,
-    reference_clusters,
 )
+from lm_mixup_assets.lib.reference_clustering import reference_clusters  # noqa: E402
 
 
 def make_data(n: int, d: int, topics: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

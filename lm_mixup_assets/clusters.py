@@ -13,13 +13,10 @@ import pandas as pd
 from pydantic import Field
 
 from lm_mixup_assets.lib.cluster_inputs import build_cluster_inputs
-from lm_mixup_assets.lib.clustering import (
-    ALGORITHMS,
-    capacity_constrained_clusters,
-    reference_clusters,
-)
+from lm_mixup_assets.lib.clustering import ALGORITHMS, capacity_constrained_clusters
 from lm_mixup_assets.lib.models import load_tokenizer
 from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.reference_clustering import reference_clusters
 from lm_mixup_assets.metadata import (
     code_version,
     preview_md,

@@ -10,6 +10,8 @@ from lm_mixup_assets.lib.clustering import (
     capacity_constrained_clusters,
     draw_capacities,
     mean_cosine_to_cluster_mean,
+)
+from lm_mixup_assets.lib.reference_clustering import (
     reference_clusters,
     sequential_capacity_assign,
 )
