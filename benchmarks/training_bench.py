@@ -40,7 +40,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from lm_mixup_assets.lib.knn_bayes import build_library  # noqa: E402
-from lm_mixup_assets.lib.mixture_tasks import distill_user_turn, make_variants, write_extractive_target  # noqa: E402
+from lm_mixup_assets.lib.mixture_noise import make_variants  # noqa: E402
+from lm_mixup_assets.lib.mixture_tasks import distill_user_turn, write_extractive_target  # noqa: E402
 from lm_mixup_assets.lib.rewards import make_trl_reward_funcs, packaged_embed_fn  # noqa: E402
 from lm_mixup_assets.lib.training import (  # noqa: E402
     GRPO_PROMPT_LAYOUTS,

@@ -24,18 +24,42 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
 from lm_mixup_assets.lib.knn_bayes import build_library
-from lm_mixup_assets.lib.mixture_tasks import (DISTILL_INSTRUCTIONS, MAX_CLUSTER_VARIANTS, TASK_NAMES, TASK_TYPES,
-                                               distill_user_turn, draw_cluster_size, make_variants, parse_cot,
-                                               parse_degraded_variants, render_cot_prompt, render_degrade_prompt,
-                                               render_writer_prompt, validate_target, write_extractive_target)
+from lm_mixup_assets.lib.mixture_llm import (
+    MAX_CLUSTER_VARIANTS,
+    draw_cluster_size,
+    parse_cot,
+    parse_degraded_variants,
+    render_cot_prompt,
+    render_degrade_prompt,
+    render_writer_prompt,
+)
+from lm_mixup_assets.lib.mixture_noise import make_variants
+from lm_mixup_assets.lib.mixture_tasks import (
+    DISTILL_INSTRUCTIONS,
+    TASK_NAMES,
+    TASK_TYPES,
+    distill_user_turn,
+    validate_target,
+    write_extractive_target,
+)
 from lm_mixup_assets.lib.plots import figure_to_markdown
 from lm_mixup_assets.lib.released_mixture import load_released_mixture
 from lm_mixup_assets.lib.rubric import SCORE_KEYS, compress_overall
 from lm_mixup_assets.lib.wiki import wiki_paragraphs_frame
-from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
-from lm_mixup_assets.metadata import code_version, preview_md, table_data_version, table_metadata
-from lm_mixup_assets.rating import generator_budget, generator_usage, judge_budget, judge_usage
+from lm_mixup_assets.metadata import (
+    code_version,
+    preview_md,
+    table_data_version,
+    table_metadata,
+)
+from lm_mixup_assets.rating import (
+    generator_budget,
+    generator_usage,
+    judge_budget,
+    judge_usage,
+)
 from resources import JudgeResource, WarehouseResource, settings
 from resources.embedder import EmbedderResource
 from resources.generator import GeneratorResource

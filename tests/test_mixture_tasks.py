@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from lm_mixup_assets.lib import mixture_llm as L
+from lm_mixup_assets.lib import mixture_noise as N
 from lm_mixup_assets.lib import mixture_tasks as M
 
 PARA = {
@@ -177,14 +179,14 @@ OTHER = ("Algeria is the largest country in Africa. Its capital is Algiers, on t
          "Most of the country lies within the Sahara.")
 
 
-@pytest.mark.parametrize("name", list(M.NOISE_OPERATORS) + ["cross_topic_merge"])
+@pytest.mark.parametrize("name", list(N.NOISE_OPERATORS) + ["cross_topic_merge"])
 def test_noise_operator_changes_text_and_is_seeded(name):
     text = PARA["text"]
 
     def run(seed):
         if name == "cross_topic_merge":
-            return M.cross_topic_merge(text, OTHER, np.random.default_rng(seed))
-        return M.NOISE_OPERATORS[name](text, np.random.default_rng(seed))
+            return N.cross_topic_merge(text, OTHER, np.random.default_rng(seed))
+        return N.NOISE_OPERATORS[name](text, np.random.default_rng(seed))
 
     a, b = run(1), run(1)
     assert a == b
@@ -195,53 +197,53 @@ def test_noise_operator_changes_text_and_is_seeded(name):
 def test_operator_specifics():
     text = PARA["text"]
     n_sents = len(M.split_sentences(text))
-    assert 1 <= len(M.split_sentences(M.drop_sentences(text, 0))) < n_sents
-    assert len(M.truncate(text, 0)) < len(text) and text.startswith(M.truncate(text, 0))
-    assert len(M.redundant_restatement(text, 0)) > len(text)
-    assert sorted(M.split_sentences(M.shuffle_fragments(text, 0))) == sorted(M.split_sentences(text))
-    frag = M.split_fragment(text, 0)
+    assert 1 <= len(M.split_sentences(N.drop_sentences(text, 0))) < n_sents
+    assert len(N.truncate(text, 0)) < len(text) and text.startswith(N.truncate(text, 0))
+    assert len(N.redundant_restatement(text, 0)) > len(text)
+    assert sorted(M.split_sentences(N.shuffle_fragments(text, 0))) == sorted(M.split_sentences(text))
+    frag = N.split_fragment(text, 0)
     assert frag in text and not text.startswith(frag)
-    dropped = M.drop_facts("The war began in 1775 and ended in 1783 in Paris, with 25,000 dead.", 3)
+    dropped = N.drop_facts("The war began in 1775 and ended in 1783 in Paris, with 25,000 dead.", 3)
     assert dropped != "The war began in 1775 and ended in 1783 in Paris, with 25,000 dead."
-    merged = M.cross_topic_merge(text, OTHER, 0)
+    merged = N.cross_topic_merge(text, OTHER, 0)
     assert any(s in merged for s in M.split_sentences(OTHER))
-    assert M.typos("a b c to be.", 0) == "a b c to be."  # nothing of 4+ letters to misspell
-    assert M.drop_sentences("One sentence only.", 0) == "One sentence only."
+    assert N.typos("a b c to be.", 0) == "a b c to be."  # nothing of 4+ letters to misspell
+    assert N.drop_sentences("One sentence only.", 0) == "One sentence only."
 
 
 @pytest.mark.parametrize("task", M.TASK_TYPES)
 def test_make_variants_distinct(task):
     target = M.write_extractive_target(task, PARA, 0)
     other = M.write_extractive_target(task, LEAD, 0)
-    variants = M.make_variants(target, task, np.random.default_rng(5), n=6, others=[other])
+    variants = N.make_variants(target, task, np.random.default_rng(5), n=6, others=[other])
     assert len(variants) == 6
     texts = [v for v, _ in variants]
     assert len(set(texts)) == 6 and target not in texts
-    ops = set(M.NOISE_OPERATORS) | {"cross_topic_merge", "drop_option", "drop_answer"}
+    ops = set(N.NOISE_OPERATORS) | {"cross_topic_merge", "drop_option", "drop_answer"}
     for _, names in variants:
         assert names and set(names.split("+")) <= ops
         assert 1 <= len(names.split("+")) <= 3
-    assert variants == M.make_variants(target, task, np.random.default_rng(5), n=6, others=[other])
-    assert variants != M.make_variants(target, task, np.random.default_rng(6), n=6, others=[other])
+    assert variants == N.make_variants(target, task, np.random.default_rng(5), n=6, others=[other])
+    assert variants != N.make_variants(target, task, np.random.default_rng(6), n=6, others=[other])
 
 
 def test_make_variants_keeps_scaffolding():
     target = M.write_extractive_target("qa", PARA, 0)
-    for v, ops in M.make_variants(target, "qa", 1, n=8):
+    for v, ops in N.make_variants(target, "qa", 1, n=8):
         assert v.startswith(target.splitlines()[0] + "\nA:"), ops
 
 
 def test_prompts_render():
-    p = M.render_writer_prompt("mcq", PARA)
+    p = L.render_writer_prompt("mcq", PARA)
     assert "Anarchism" in p and "History" in p and M.FORMAT_SPECS["mcq"] in p and "ONE" in p
-    d = M.render_degrade_prompt("qa", "Q: a?\nA: b.", n=3)
-    assert "3 different low-quality" in d and M.VARIANT_SEPARATOR in d
-    assert M.parse_degraded_variants("Q: a?\nA:\n###\nQ: a\nA: b\n###\n\n###\nQ: a?\nA: b.", "Q: a?\nA: b.") == [
+    d = L.render_degrade_prompt("qa", "Q: a?\nA: b.", n=3)
+    assert "3 different low-quality" in d and L.VARIANT_SEPARATOR in d
+    assert L.parse_degraded_variants("Q: a?\nA:\n###\nQ: a\nA: b\n###\n\n###\nQ: a?\nA: b.", "Q: a?\nA: b.") == [
         "Q: a?\nA:", "Q: a\nA: b"]
     user = M.distill_user_turn("cs", ["C: x\nS: y", "C: x\nS: z"])
     assert user.startswith(M.DISTILL_INSTRUCTIONS["cs"]) and user.endswith("C: x\nS: y\n\nC: x\nS: z")
     with pytest.raises(ValueError):
-        M.render_writer_prompt("essay", PARA)
+        L.render_writer_prompt("essay", PARA)
 
 
 @pytest.mark.parametrize("profile,expected_range", [("paper", (2, 20)), ("demo", (2, 6))])
@@ -252,7 +254,7 @@ def test_cluster_sizes_are_uniform_over_the_profile_range(profile, expected_rang
     lo, hi = 2, settings["max_variants"]
     assert (lo, hi) == expected_range
     rng = np.random.default_rng(0)
-    sizes = np.array([M.draw_cluster_size(rng, settings["variants_per_target"], lo, hi) for _ in range(4000)])
+    sizes = np.array([L.draw_cluster_size(rng, settings["variants_per_target"], lo, hi) for _ in range(4000)])
     assert sizes.min() == lo and sizes.max() == hi
     counts = np.bincount(sizes, minlength=hi + 1)[lo:]
     assert len(counts) == hi - lo + 1 and (counts > 0).all()
@@ -263,31 +265,31 @@ def test_cluster_sizes_are_uniform_over_the_profile_range(profile, expected_rang
 
 def test_cluster_size_is_capped_by_the_pool_and_validated():
     rng = np.random.default_rng(1)
-    assert {M.draw_cluster_size(rng, 4, 2, 20) for _ in range(200)} == {2, 3, 4}
-    assert M.draw_cluster_size(rng, 1, 2, 20) == 0  # too few variants: no example
-    assert M.draw_cluster_size(rng, 2, 2, 20) == 2
+    assert {L.draw_cluster_size(rng, 4, 2, 20) for _ in range(200)} == {2, 3, 4}
+    assert L.draw_cluster_size(rng, 1, 2, 20) == 0  # too few variants: no example
+    assert L.draw_cluster_size(rng, 2, 2, 20) == 2
     with pytest.raises(ValueError, match="max_variants <= 20"):
-        M.draw_cluster_size(rng, 30, 2, 21)
+        L.draw_cluster_size(rng, 30, 2, 21)
     with pytest.raises(ValueError):
-        M.draw_cluster_size(rng, 30, 1, 5)
+        L.draw_cluster_size(rng, 30, 1, 5)
 
 
 def test_cot_prompt_and_parsing():
-    prompt = M.render_cot_prompt("qa", ["Q: a?\nA: b", "Q: a\nA: b, c"], "Q: a?\nA: b and c.")
+    prompt = L.render_cot_prompt("qa", ["Q: a?\nA: b", "Q: a\nA: b, c"], "Q: a?\nA: b and c.")
     assert "2 weak versions of one question-answer pair" in prompt
     assert "[1] Q: a?\nA: b\n\n[2] Q: a\nA: b, c" in prompt and '"""\nQ: a?\nA: b and c.\n"""' in prompt
-    assert M.parse_cot("  I keep b and add c.  ") == ("I keep b and add c.", None)
-    assert M.parse_cot("<think>\nI keep b.\n</think>\n<answer>Q: a?\nA: b</answer>") == ("I keep b.", None)
-    assert M.parse_cot("") == ("", "the writer returned no reasoning")
-    assert M.parse_cot("<answer>Q: a?</answer>")[1] == "the reasoning contains <think>/<answer> tags"
+    assert L.parse_cot("  I keep b and add c.  ") == ("I keep b and add c.", None)
+    assert L.parse_cot("<think>\nI keep b.\n</think>\n<answer>Q: a?\nA: b</answer>") == ("I keep b.", None)
+    assert L.parse_cot("") == ("", "the writer returned no reasoning")
+    assert L.parse_cot("<answer>Q: a?</answer>")[1] == "the reasoning contains <think>/<answer> tags"
 
 
 def test_make_variants_can_be_restricted_to_surface_noise():
     target = M.write_extractive_target("paragraph", PARA, 0)
     other = LEAD["text"]
-    out = M.make_variants(target, "paragraph", 3, n=6, others=[other], operators=("typos", "cross_topic_merge"))
+    out = N.make_variants(target, "paragraph", 3, n=6, others=[other], operators=("typos", "cross_topic_merge"))
     assert len(out) == 6
     assert {op for _, ops in out for op in ops.split("+")} <= {"typos", "cross_topic_merge"}
-    assert M.make_variants(target, "paragraph", 3, n=2, operators=("cross_topic_merge",)) == []  # no other topic offered
+    assert N.make_variants(target, "paragraph", 3, n=2, operators=("cross_topic_merge",)) == []  # no other topic offered
     with pytest.raises(ValueError, match="unknown noise operators"):
-        M.make_variants(target, "paragraph", 3, operators=("shout",))
+        N.make_variants(target, "paragraph", 3, operators=("shout",))
