@@ -77,7 +77,7 @@ def bench_generation(n_inputs: int, max_new_tokens: int, distiller: str | None) 
     from lm_mixup_assets.lib.prompts import POOL_MERGE_INSTRUCTION, merge_members
     from lm_mixup_assets.lib.rewards import SYSTEM_PROMPT
     from lm_mixup_assets.lib.training import user_turn
-    from resources import WarehouseResource, settings
+    from resources import WarehouseResource, resource_values
     from resources.generator import GeneratorResource
 
     spec: SourceSpec = load_manifest("demo").sources["chatterbot"]
@@ -86,7 +86,7 @@ def bench_generation(n_inputs: int, max_new_tokens: int, distiller: str | None) 
     chats = [[{"role": "system", "content": SYSTEM_PROMPT},
               {"role": "user", "content": user_turn({"instruction": POOL_MERGE_INSTRUCTION, "input": merge_members(pairs[i:i + 3])})}]
              for i in range(0, 3 * n_inputs, 3)]
-    gen = GeneratorResource(**settings("generator"))
+    gen = GeneratorResource(**resource_values("generator", GeneratorResource))
     with tempfile.TemporaryDirectory() as home:
         warehouse = WarehouseResource(home=home)
         model = distiller or gen.model

@@ -167,7 +167,7 @@ def bench_model(name: str, model: str, rows: list[dict], reward_funcs, args, wor
         grpo_dir = os.path.join(work, f"grpo-{name}-{backend}")
         shutil.rmtree(grpo_dir, ignore_errors=True)
         settings = GRPOSettings(max_steps=args.steps, num_generations=4, per_device_train_batch_size=4,
-                                gradient_accumulation_steps=1, steps_per_generation=None,
+                                gradient_accumulation_steps=1, steps_per_generation=0,
                                 max_completion_length=args.completion_length, max_prompt_length=1024,
                                 save_steps=10_000, use_vllm=use_vllm, prompt_layout=args.grpo_layout, resume=False)
         with RolloutTimer() as timer:

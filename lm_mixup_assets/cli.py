@@ -4,6 +4,7 @@
     lm-mixup demo     materialise every stage built so far, source by source
     lm-mixup ui       the Dagster UI on 127.0.0.1 with history under LM_MIXUP_HOME
     lm-mixup where    paths and table counts
+    lm-mixup config   every step's settings for the active profile, and where each value comes from
 
 Every command initialises the home first (see :func:`prepare_home`), so Dagster's
 own commands (``dg launch``, ``dagster asset materialize``) are safe to start in
@@ -229,6 +230,40 @@ def show_where() -> None:
     print("open UI  : make ui   (then http://127.0.0.1:3000)")
 
 
+def show_config(profile: str | None, show_all: bool) -> int:
+    """Resolve every step's settings now (profile preset, then environment) and print them: a bad
+    value fails here, before any run, naming the field and the variable it came from."""
+    if profile:
+        os.environ["LM_MIXUP_PROFILE"] = profile
+    import definitions  # noqa: F401  (loads every stage module, so every settings model is registered)
+    from lm_mixup_assets.config import STAGE_SETTINGS, resolved_settings
+    from lm_mixup_assets.lib.settings.base import SettingsError
+    from resources.profiles import RESOURCE_SECTIONS, active_profile
+
+    print(f"profile {active_profile()}; precedence: default < profile < LM_MIXUP_<PRESET>_<FIELD> < launchpad")
+    failed = False
+    for preset, model in sorted(STAGE_SETTINGS.items()):
+        if not model.model_fields:
+            continue
+        try:
+            settings, sources = resolved_settings(model)
+        except SettingsError as exc:
+            print(f"\n[{preset}] INVALID: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        rows = [(k, v, sources[k]) for k, v in settings.values().items() if show_all or sources[k] != "default"]
+        print(f"\n[{preset}] {model.__name__}" + ("" if rows else "  (all defaults)"))
+        for k, v, src in rows:
+            print(f"  {k:<30} {v!r:<40} {src}")
+    for key, resource in definitions.defs.resources.items():
+        if key in RESOURCE_SECTIONS:
+            print(f"\n[{key}] {type(resource).__name__} (resource)")
+            for k, v in resource.__dict__.items():
+                if not k.startswith("_") and isinstance(v, (str, int, float, bool)):
+                    print(f"  {k:<30} {v!r}")
+    return 1 if failed else 0
+
+
 def run_ui(host: str, port: int) -> int:
     prepare_home()
     dg_bin = Path(sys.executable).with_name("dg")  # the venv's, even when it is not on PATH
@@ -247,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--host", default=os.environ.get("LM_MIXUP_UI_HOST", "127.0.0.1"))
     ui.add_argument("--port", type=int, default=int(os.environ.get("LM_MIXUP_UI_PORT", "3000")))
     sub.add_parser("where", help="print paths and table counts")
+    config = sub.add_parser("config", help="print every step's resolved settings and where each value comes from")
+    config.add_argument("--profile", help="resolve for this profile instead of LM_MIXUP_PROFILE")
+    config.add_argument("--all", action="store_true", help="also list the fields at their default")
     args = parser.parse_args(argv)
     if args.command == "init":
         home = prepare_home(verbose=True)
@@ -256,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args.source)
     if args.command == "ui":
         return run_ui(args.host, args.port)
+    if args.command == "config":
+        return show_config(args.profile, args.all)
     show_where()
     return 0
 

@@ -10,74 +10,39 @@ import time
 import dagster as dg
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
+from lm_mixup_assets.checks import no_offenders, partition_rows
+from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib.cluster_inputs import build_cluster_inputs
-from lm_mixup_assets.lib.clustering import ALGORITHMS, capacity_constrained_clusters
+from lm_mixup_assets.lib.clustering import capacity_constrained_clusters
 from lm_mixup_assets.lib.models import load_tokenizer
-from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.plots import sizes_and_similarities
 from lm_mixup_assets.lib.reference_clustering import reference_clusters
+from lm_mixup_assets.lib.settings.clusters import ClusterInputsSettings, ClusteringSettings
 from lm_mixup_assets.metadata import (
     code_version,
     preview_md,
-    rows_of_checked_partition,
     table_data_version,
     table_metadata,
 )
 from lm_mixup_assets.partitions import source_partitions
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
-from resources import WarehouseResource, settings
+from resources import WarehouseResource
 from resources.embedder import EmbedderResource
 
 GROUP = "clusters"
 # Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
 CODE_VERSION = code_version("1")
-_defaults = settings("clusters")
 
 CLUSTER_INPUT_TYPES = {"member_ids": "VARCHAR[]", "cluster_id": "BIGINT", "part": "BIGINT", "n_parts": "BIGINT",
                       "n_members": "BIGINT", "input_tokens": "BIGINT", "over_max_tokens": "BOOLEAN"}
 CLUSTER_COLUMNS = ["source", "sample_id", "cluster_id", "cluster_size", "member_cosine", "cluster_mean_cosine", "embedding_model"]
 
 
-class ClusteringConfig(dg.Config):
-    min_size: int = 2
-    max_size: int = 5
-    mean_cap: float = 3.0
-    std_cap: float = 1.0
-    seed: int = 42
-    algorithm: str = Field(
-        default=_defaults["algorithm"],
-        description="'reference' = the method's code step for step (its capacity rule, scikit-learn MiniBatchKMeans "
-        "centres, rows by best similarity each to its most similar centre with room; CPU-bound, minutes to hours per "
-        "source at paper scale), 'fast' = our spherical k-means with the same capacities-and-greedy idea, seconds at "
-        "100k rows (docs/method.md, 'Clustering').")
-    kmeans_batch_size: int = Field(default=2048, description="MiniBatchKMeans batch_size (algorithm='reference').")
-    kmeans_max_iter: int = Field(default=30, description="MiniBatchKMeans max_iter, in epochs (algorithm='reference').")
+ClusteringConfig = launchpad_config(ClusteringSettings)
 
 
-class ClusterInputsConfig(dg.Config):
-    max_input_tokens: int = 2400
-    policy_tokenizer: str = _defaults["policy_tokenizer"]
-    input_style: str = Field(
-        default=_defaults["input_style"],
-        description="Merge instruction and member layout (docs/method.md, 'Distillation'): 'reference' = the method's "
-        "code (its instruction; members as 'Q: ...\\n A: ...', note the space), 'ours' = our instruction, which names "
-        "the Q:/A: answer layout, and members as 'Q: ...\\nA: ...'. Members are blank-line separated in both.")
-
-
-def _size_and_similarity_plots(sizes: np.ndarray, cosines: np.ndarray, source: str) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(7.5, 2.6))
-    if len(sizes):
-        values, counts = np.unique(sizes, return_counts=True)
-        a.bar(values, counts, color="#4f6bed")
-    a.set_title("cluster size", fontsize=9)
-    a.set_xlabel("members", fontsize=8)
-    b.hist(cosines, bins=30, range=(min(0.0, float(cosines.min())) if len(cosines) else 0.0, 1.0), color="#2aa876")
-    b.set_title("member-to-centre cosine", fontsize=9)
-    fig.suptitle(f"low-quality clusters, {source}", fontsize=10)
-    return figure_to_markdown(fig, f"clusters {source}")
+ClusterInputsConfig = launchpad_config(ClusterInputsSettings)
 
 
 @dg.asset(
@@ -94,11 +59,8 @@ def _size_and_similarity_plots(sizes: np.ndarray, cosines: np.ndarray, source: s
 )
 def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringConfig, embedder: EmbedderResource,
                          warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     source = context.partition_key
-    if not 1 <= config.min_size <= config.max_size:
-        raise dg.Failure(description=f"need 1 <= min_size <= max_size (got {config.min_size}, {config.max_size})")
-    if config.algorithm not in ALGORITHMS:
-        raise dg.Failure(description=f"clustering algorithm {config.algorithm!r}: choose one of {ALGORITHMS}")
     low = warehouse.query("select sample_id, prompt, completion from low_quality_pool where source = ? order by sample_id", [source])
     started = time.monotonic()
     context.log.info(f"embedding {len(low)} low-quality rows of {source!r} with {embedder.model} on {embedder.resolved_device}")
@@ -134,7 +96,8 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
         "algorithm": config.algorithm,
         "mean_member_cosine": float(result.member_cosine.mean()) if len(labels) else 0.0,
         "size_histogram": dg.MetadataValue.json({int(s): int((result.sizes == s).sum()) for s in np.unique(result.sizes)}),
-        "plots": dg.MetadataValue.md(_size_and_similarity_plots(result.sizes, result.member_cosine, source)),
+        "plots": dg.MetadataValue.md(sizes_and_similarities(result.sizes, result.member_cosine,
+                                                             f"low-quality clusters, {source}", f"clusters {source}")),
         "preview_clusters": preview_md(first, n=15, columns=["cluster_id", "member_cosine", "prompt", "completion"]),
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "_(none)_"),
         "embedding_model": embedder.model,
@@ -155,6 +118,7 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
     "and the input's token count with the policy tokenizer.",
 )
 def cluster_inputs(context: dg.AssetExecutionContext, config: ClusterInputsConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     source = context.partition_key
     members = warehouse.query("""
         select c.source, c.cluster_id, c.sample_id, l.prompt, l.completion
@@ -193,15 +157,12 @@ def cluster_inputs(context: dg.AssetExecutionContext, config: ClusterInputsConfi
 @dg.asset_check(asset="low_quality_clusters", partitions_def=source_partitions, blocking=True,
                 description="Every low-quality row of this source is in exactly one cluster.")
 def clusters_cover_low_rows(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = warehouse.query("""
+    return no_offenders(context, warehouse, """
         with lo as (select source, sample_id from low_quality_pool where source in (select distinct source from low_quality_clusters)),
              c as (select source, sample_id, count(*) n from low_quality_clusters group by 1, 2)
         select coalesce(lo.source, c.source) source, coalesce(lo.sample_id, c.sample_id) sample_id, coalesce(c.n, 0) times_clustered
         from lo full outer join c using (source, sample_id)
-        where c.n is null or c.n <> 1 or lo.sample_id is null""")
-    bad = rows_of_checked_partition(context, bad)
-    return dg.AssetCheckResult(passed=bad.empty, description="exact coverage" if bad.empty else f"{len(bad)} rows not clustered exactly once",
-                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+        where c.n is null or c.n <> 1 or lo.sample_id is null""", "exact coverage", "{n} rows not clustered exactly once")
 
 
 @dg.asset_check(asset="low_quality_clusters", partitions_def=source_partitions,
@@ -209,10 +170,9 @@ def clusters_cover_low_rows(context: dg.AssetCheckExecutionContext, warehouse: W
 def cluster_sizes_in_range(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     # Bounds from the config defaults; a run with other bounds shows here as a warning, not silently.
     lo, hi = ClusteringConfig().min_size, ClusteringConfig().max_size
-    sizes = warehouse.query("""
+    sizes = partition_rows(context, warehouse, """
         select source, cluster_id, count(*) size, (select count(*) from low_quality_clusters x where x.source = c.source) rows
         from low_quality_clusters c group by 1, 2""")
-    sizes = rows_of_checked_partition(context, sizes)
     bad = sizes[(sizes["rows"] >= lo) & ((sizes["size"] < lo) | (sizes["size"] > hi))]
     return dg.AssetCheckResult(
         passed=bad.empty, severity=dg.AssetCheckSeverity.WARN,
@@ -224,14 +184,11 @@ def cluster_sizes_in_range(context: dg.AssetCheckExecutionContext, warehouse: Wa
 @dg.asset_check(asset="cluster_inputs", partitions_def=source_partitions,
                 description="This source: member ids of cluster_inputs (all parts, in order) equal the cluster table's.")
 def cluster_inputs_match_clusters(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = warehouse.query("""
+    return no_offenders(context, warehouse, """
         with i as (select source, cluster_id, unnest(member_ids) sample_id from cluster_inputs),
              ic as (select source, cluster_id, sample_id, count(*) n from i group by 1, 2, 3)
         select coalesce(ic.source, c.source) source, coalesce(ic.cluster_id, c.cluster_id) cluster_id,
                coalesce(ic.sample_id, c.sample_id) sample_id
         from ic full outer join (select * from low_quality_clusters where source in (select distinct source from cluster_inputs)) c
              using (source, cluster_id, sample_id)
-        where ic.n is null or ic.n <> 1 or c.sample_id is null""")
-    bad = rows_of_checked_partition(context, bad)
-    return dg.AssetCheckResult(passed=bad.empty, description="member ids match" if bad.empty else f"{len(bad)} members differ",
-                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+        where ic.n is null or ic.n <> 1 or c.sample_id is null""", "member ids match", "{n} members differ")

@@ -10,32 +10,31 @@ import time
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
-from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
-from lm_mixup_assets.checkpoints import checkpoint_path
+from lm_mixup_assets.budgets import budget_metadata, enforce_budgets
+from lm_mixup_assets.checks import no_offenders, offenders_result, partition_rows
+from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib.budgets import assess
+from lm_mixup_assets.lib.checkpoints import ModelCheckpoint
 from lm_mixup_assets.lib.distill import distilled_sample_id, parse_distilled
-from lm_mixup_assets.lib.plots import figure_to_markdown
-from lm_mixup_assets.lib.training import SFT_TARGET_LAYOUTS, distiller_chat
+from lm_mixup_assets.lib.plots import labelled_bars
+from lm_mixup_assets.lib.settings.distill import DistillSettings, RescueYieldSettings
+from lm_mixup_assets.lib.training import distiller_chat
 from lm_mixup_assets.metadata import (
     code_version,
-    preview_md,
-    rows_of_checked_partition,
     table_data_version,
     table_metadata,
 )
 from lm_mixup_assets.partitions import source_partitions
 from lm_mixup_assets.rating import generator_budget, generator_usage, rate_frame
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
-from lm_mixup_assets.sql_assets import var_default
-from resources import JudgeResource, WarehouseResource, settings
+from resources import JudgeResource, WarehouseResource
+from resources.checkpoint_store import ALLOW_MISSING, require_checkpoint
 from resources.generator import GeneratorResource
 
 GROUP = "distill"
 # Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
 CODE_VERSION = code_version("1")
-_defaults = settings("distill")
 
 DISTILLED_COLUMNS = [
     "source", "cluster_id", "part", "member_ids", "n_members", "input_tokens", "distiller", "status", "reason",
@@ -46,43 +45,23 @@ DISTILLED_TYPES = {"member_ids": "VARCHAR[]", "cluster_id": "BIGINT", "part": "B
 STATUSES = ("ok", "parse_error", "api_error", "skipped")
 
 
-class DistillConfig(dg.Config):
-    distiller: str = _defaults["distiller"]  # "" = the grpo_checkpoint; else a checkpoint path, HF id or served model name
-    max_clusters: int = _defaults["max_clusters"]  # 0 = every cluster; the rest are recorded as skipped
-    max_new_tokens: int = _defaults["max_new_tokens"]
-    max_input_tokens: int = Field(2400, description=(
-        "Inputs (the merged members' text) over this many tokens are skipped with the reason, never truncated; "
-        "cluster_inputs already splits over-long clusters into parts that fit. The reference cuts the whole "
-        "rendered prompt at 2400 tokens instead (docs/method.md, 'Distillation')."))
-    # False also accepts an untagged response that starts with a Q/A pair (never counted as well formed).
-    require_answer_tags: bool = _defaults["require_answer_tags"]
-    prompt_layout: str = Field(_defaults["prompt_layout"], description=(
-        f"One of {SFT_TARGET_LAYOUTS}: the system prompt and instruction/input join the distiller is asked with. "
-        "'reference' = the reference's mix-up system prompt and a newline join (data_process/inference.py); "
-        "'chat' = ours. Keep it equal to the distiller's SFT target_layout: a model answers the prompt it was trained on."))
-    repetition_penalty: float = Field(_defaults["repetition_penalty"], description=(
-        "Greedy decoding's repetition penalty (1 = off; the reference distils with 1.05). The openai backend "
-        "sends it as an extra request field, which vLLM servers read and api.openai.com rejects."))
-    max_failed_fraction: float = budget_field(
-        _defaults["max_failed_fraction"], "the distilled clusters whose generation failed (api_error: no answer)")
-    max_parse_error_fraction: float = budget_field(
-        _defaults["max_parse_error_fraction"],
-        "the distiller's answers that do not parse into a pair (parse_error; a quality outcome, not a failed call, "
-        "hence its own budget: 1.0 on the demo, whose few-step 135M distiller mostly fails to parse)")
+DistillConfig = launchpad_config(DistillSettings)
 
 
-def _distiller(config: DistillConfig, generator: GeneratorResource, warehouse: WarehouseResource) -> str:
+def _distiller(config: DistillSettings, generator: GeneratorResource, grpo: ModelCheckpoint | None) -> str:
     if config.distiller:
         return config.distiller
     if generator.backend == "openai":
         # A served model has a name, not a path: serve the GRPO checkpoint and name it in the config.
         return generator.model
-    return checkpoint_path(warehouse, "grpo_checkpoint")
+    return require_checkpoint(grpo, "grpo_checkpoint").path
 
 
 @dg.asset(
     code_version=CODE_VERSION,
-    partitions_def=source_partitions, group_name=GROUP, deps=["cluster_inputs", "grpo_checkpoint"],
+    partitions_def=source_partitions, group_name=GROUP, deps=["cluster_inputs"],
+    # Optional: a configured or served distiller needs no grpo_checkpoint; _distiller checks it when used.
+    ins={"grpo_checkpoint": dg.AssetIn(metadata={ALLOW_MISSING: True})},
     pool=GPU_POOL, op_tags=gpu_op_tags(), kinds={"pytorch", "duckdb"},
     description="The distiller's merge of every low-quality cluster: one row per cluster_inputs row with the response, "
     "the parsed prompt/completion (status ok), or parse_error / api_error / skipped with the reason. "
@@ -90,10 +69,11 @@ def _distiller(config: DistillConfig, generator: GeneratorResource, warehouse: W
     "the text after the first </answer> is ignored, as the reference's inference does. Carries the cluster's member sample_ids.",
 )
 def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, generator: GeneratorResource,
-                   warehouse: WarehouseResource) -> dg.MaterializeResult:
+                   warehouse: WarehouseResource, grpo_checkpoint: ModelCheckpoint | None) -> dg.MaterializeResult:
+    config = config.resolve(context)
     source = context.partition_key
     inputs = warehouse.query("select * from cluster_inputs where source = ? order by cluster_id, part", [source])
-    distiller = _distiller(config, generator, warehouse)
+    distiller = _distiller(config, generator, grpo_checkpoint)
     reasons: list[str | None] = []
     for i, row in enumerate(inputs.itertuples()):
         if row.over_max_tokens or row.input_tokens > config.max_input_tokens:
@@ -179,16 +159,7 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
     })
 
 
-class RescueYieldConfig(dg.Config):
-    # The one acceptance threshold for distilled pairs: written to rated_distilled's quality_threshold
-    # column, which distilled_high filters on, so the rescue yield and the table cannot disagree.
-    quality_threshold: int = Field(var_default("quality_threshold", int, 4), description=(
-        "Compressed Overall (0-5) at or above which a distilled pair is accepted into distilled_high. "
-        "Stored on each rated_distilled row; distilled_high applies exactly that value. Default: the profile's "
-        "pool.quality_threshold (LM_MIXUP_VAR_QUALITY_THRESHOLD overrides)."))
-    max_failed_fraction: float = budget_field(
-        _defaults["max_failed_rating_fraction"],
-        "the parsed pairs the judge could not rate (api_error, or parse_error after the re-asks)")
+RescueYieldConfig = launchpad_config(RescueYieldSettings)
 
 
 RATED_DISTILLED_CARRY = ["source", "sample_id", "cluster_id", "part", "member_ids", "distiller", "prompt", "completion"]
@@ -203,6 +174,7 @@ RATED_DISTILLED_CARRY = ["source", "sample_id", "cluster_id", "part", "member_id
 )
 def rated_distilled(context: dg.AssetExecutionContext, config: RescueYieldConfig, judge: JudgeResource,
                     warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     source = context.partition_key
     distilled = warehouse.query("select * from distilled_pool where source = ? and status = 'ok' order by cluster_id, part", [source])
     df, metadata, budget = rate_frame(context, distilled, RATED_DISTILLED_CARRY, judge, warehouse, f"{source} (distilled)",
@@ -219,7 +191,9 @@ def rated_distilled(context: dg.AssetExecutionContext, config: RescueYieldConfig
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "rated_distilled", "source", source), metadata={
         **metadata,
         "rescue_yield": dg.MetadataValue.md(pd.DataFrame([yield_table]).to_markdown(index=False)),
-        "rescue_funnel": dg.MetadataValue.md(_funnel_plot(yield_table, source)),
+        "rescue_funnel": dg.MetadataValue.md(labelled_bars(
+            {s: yield_table[s] for s in ("low_rows", "cluster_inputs", "distilled", "parsed", "accepted")},
+            f"rescue yield, {source}", f"rescue yield {source}")),
         "low_rows_rescued_fraction": round(yield_table["low_rows_covered_by_accepted"] / max(1, yield_table["low_rows"]), 4),
     })
 
@@ -239,26 +213,13 @@ def rescue_yield(warehouse: WarehouseResource, source: str, rated: pd.DataFrame,
             "low_rows_covered_by_accepted": covered, "threshold": threshold}
 
 
-def _funnel_plot(y: dict, source: str) -> str:
-    import matplotlib.pyplot as plt
-
-    stages = ["low_rows", "cluster_inputs", "distilled", "parsed", "accepted"]
-    fig, ax = plt.subplots(figsize=(5.5, 2.6))
-    ax.bar(stages, [y[s] for s in stages], color="#4f6bed")
-    for x, s in enumerate(stages):
-        ax.text(x, y[s], str(y[s]), ha="center", va="bottom", fontsize=7)
-    ax.tick_params(labelsize=7)
-    ax.set_title(f"rescue yield, {source}", fontsize=9)
-    return figure_to_markdown(fig, f"rescue yield {source}")
-
-
 # --------------------------------------------------------------------------- checks
 
 
 @dg.asset_check(asset="distilled_pool", partitions_def=source_partitions, blocking=True,
                 description="This source: one distilled_pool row per cluster_inputs row (same member ids); statuses known; ok rows carry a pair.")
 def distilled_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = warehouse.query(f"""
+    return no_offenders(context, warehouse, f"""
         with d as (select * from distilled_pool), i as (select * from cluster_inputs where source in (select distinct source from d))
         select coalesce(d.source, i.source) source, coalesce(d.cluster_id, i.cluster_id) cluster_id,
                coalesce(d.part, i.part) part, d.status,
@@ -268,17 +229,13 @@ def distilled_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse:
                     when d.status = 'ok' and (d.prompt is null or d.completion is null or d.sample_id is null) then 'ok without a pair'
                     when d.status <> 'ok' and d.reason is null then 'failure without a reason' end problem
         from d full outer join i using (source, cluster_id, part)
-        where problem is not null""")
-    bad = rows_of_checked_partition(context, bad)
-    return dg.AssetCheckResult(passed=bad.empty, description="every cluster input accounted for" if bad.empty
-                               else f"{len(bad)} cluster inputs unaccounted for",
-                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+        where problem is not null""", "every cluster input accounted for", "{n} cluster inputs unaccounted for")
 
 
 @dg.asset_check(asset="rated_distilled", partitions_def=source_partitions, blocking=True,
                 description="This source: every parsed distilled pair rated exactly once (ok or a failure status); ok rows have scores in range.")
 def rated_distilled_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = warehouse.query("""
+    return no_offenders(context, warehouse, """
         with d as (select source, cluster_id, part from distilled_pool where status = 'ok'
                    and source in (select distinct source from rated_distilled)),
              r as (select source, cluster_id, part, count(*) n, any_value(status) status, any_value(overall) overall
@@ -286,22 +243,17 @@ def rated_distilled_accounting(context: dg.AssetCheckExecutionContext, warehouse
         select coalesce(d.source, r.source) source, coalesce(d.cluster_id, r.cluster_id) cluster_id, r.n, r.status, r.overall
         from d full outer join r using (source, cluster_id, part)
         where r.n is null or r.n <> 1 or d.source is null
-           or (r.status = 'ok' and not coalesce(r.overall between 1 and 10, false))""")
-    bad = rows_of_checked_partition(context, bad)
-    return dg.AssetCheckResult(passed=bad.empty, description="parsed = rated" if bad.empty else f"{len(bad)} pairs not rated exactly once",
-                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+           or (r.status = 'ok' and not coalesce(r.overall between 1 and 10, false))""",
+                        "parsed = rated", "{n} pairs not rated exactly once")
 
 
 @dg.asset_check(asset="distilled_high", additional_deps=["low_quality_pool"], partitions_def=source_partitions,
                 description="Every distilled-high pair's member ids in this source are low-quality rows of this source.")
 def distilled_high_traces_to_low_rows(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = warehouse.query("""
+    bad = partition_rows(context, warehouse, """
         with m as (select source, sample_id distilled_id, unnest(member_ids) member_id from distilled_high)
         select m.* from m left join low_quality_pool l on l.source = m.source and l.sample_id = m.member_id
         where l.sample_id is null""")
-    bad = rows_of_checked_partition(context, bad)
     members = warehouse.query("select coalesce(sum(len(member_ids)), 0) n from distilled_high where source = ?",
                               [context.partition_key])["n"].iat[0]
-    return dg.AssetCheckResult(passed=bad.empty, description=f"{int(members)} member ids all found" if bad.empty
-                               else f"{len(bad)} member ids not in low_quality_pool",
-                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+    return offenders_result(bad, f"{int(members)} member ids all found", "{n} member ids not in low_quality_pool")

@@ -3,7 +3,7 @@
 ``downstream_models[arm]`` (LoRA SFT) -> ``benchmark_scores[arm]`` (lm-eval), with
 ``base_model_scores`` for the untuned model and ``benchmark_report`` over all arms.
 Every arm and the base model are scored with one evaluation setting (the
-``EvalSettings`` defaults of the profile), which a check verifies. Training and evaluation share
+``LmEvalSettings``, lib/settings/evaluation.py), which a check verifies. Training and evaluation share
 one text format (``chat_template``): ``benchmark_scores`` refuses to score a model with a format
 other than the one it was trained in.
 """
@@ -12,16 +12,12 @@ import hashlib
 import json
 
 import dagster as dg
-import numpy as np
 import pandas as pd
-from pydantic import Field
 
-from lm_mixup_assets.lib.downstream import (
-    CHAT_TEMPLATE_MODES,
-    OVERLONG_MODES,
-    LoraSFTSettings,
-    run_lora_sft,
-)
+from lm_mixup_assets.checks import no_offenders
+from lm_mixup_assets.config import launchpad_config
+from lm_mixup_assets.lib.checkpoints import ModelCheckpoint
+from lm_mixup_assets.lib.downstream import run_lora_sft
 from lm_mixup_assets.lib.eval_tasks import (
     SMOKE_LABEL,
     benchmark_table,
@@ -32,59 +28,39 @@ from lm_mixup_assets.lib.eval_tasks import (
     smoke_benchmarks,
 )
 from lm_mixup_assets.lib.models import resolve_causal_lm
-from lm_mixup_assets.lib.plots import curve_plot, figure_to_markdown
+from lm_mixup_assets.lib.plots import curve_plot, grouped_bars
+from lm_mixup_assets.lib.settings.evaluation import LmEvalSettings, LoraSFTSettings
 from lm_mixup_assets.lib.training import vllm_available
 from lm_mixup_assets.metadata import (
-    checkpoint_data_version,
     code_version,
     preview_md,
-    rows_of_checked_partition,
     table_data_version,
     table_metadata,
 )
 from lm_mixup_assets.partitions import arm_partitions
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
-from resources import WarehouseResource, settings
+from resources import WarehouseResource
+from resources.checkpoint_store import CHECKPOINT_IO_MANAGER
 
 GROUP = "evaluation"
 # Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
 CODE_VERSION = code_version("1")
-_defaults = settings("evaluation")
 _GPU = {"pool": GPU_POOL, "op_tags": gpu_op_tags(), "kinds": {"pytorch"}}
-_CHAT_TEMPLATE_HELP = ("Text format of training AND evaluation (one value, both sides): 'none' = plain prompt + ' ' + "
-                       "completion + eos, plain prompts in lm-eval (DS2, paper); 'apply' = the tokenizer's chat template "
-                       "in both (an error if the tokenizer has none). " + "|".join(CHAT_TEMPLATE_MODES))
 
-
-class DownstreamConfig(dg.Config):
-    base_model: str = _defaults["base_model"]  # "smollm2" (packaged) or any HF id / path
-    learning_rate: float = 1e-4
-    num_train_epochs: float = 5.0
-    max_length: int = _defaults["max_length"]
-    warmup_ratio: float = 0.03
-    per_device_train_batch_size: int = _defaults["batch_size"]
-    gradient_accumulation_steps: int = _defaults["grad_accum"]
-    max_steps: int = _defaults["max_steps"]  # -1 = full epochs
-    lora_r: int = 64
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    max_grad_norm: float = Field(0.0, description="Gradient-norm clip; 0 = none (DS2 finetune.py: --clip_grad_norm -1).")
-    chat_template: str = Field(_defaults["chat_template"], description=_CHAT_TEMPLATE_HELP)
-    overlong_rows: str = Field(_defaults["overlong_rows"], description=(
-        "Rows longer than max_length tokens: 'truncate' (DS2: cut to max_length, drop a row with no completion token "
-        "left) or 'drop'. " + "|".join(OVERLONG_MODES)))
-    logging_steps: int = 1
-    seed: int = 42
+DownstreamConfig = launchpad_config(LoraSFTSettings)
 
 
 @dg.asset(
     code_version=CODE_VERSION,
     partitions_def=arm_partitions, group_name=GROUP, deps=["training_sets"], **_GPU,
+    io_manager_key=CHECKPOINT_IO_MANAGER,  # the merged model reaches benchmark_scores[arm] as a ModelCheckpoint
     description="The downstream model of one arm: TRL SFT with a LoRA adapter (peft) on the arm's training set. "
     "Paper: Llama-3.1-8B, r 64, alpha 16, dropout 0.1, lr 1e-4, 5 epochs, max length 2048, warmup 0.03. "
     "Adapter and merged model saved as HF folders under artifacts/downstream/<arm>/<data version>/.",
 )
-def downstream_models(context: dg.AssetExecutionContext, config: DownstreamConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def downstream_models(context: dg.AssetExecutionContext, config: DownstreamConfig,
+                      warehouse: WarehouseResource) -> dg.Output[ModelCheckpoint]:
+    config = config.resolve(context)
     arm = context.partition_key
     rows = warehouse.query("select prompt, completion from training_sets where arm = ? order by position", [arm])
     if rows.empty:
@@ -94,9 +70,8 @@ def downstream_models(context: dg.AssetExecutionContext, config: DownstreamConfi
                                          rows.values.tolist()]).encode()).hexdigest()[:12]
     base = resolve_causal_lm(config.base_model, str(warehouse.artifacts_dir))
     out_dir = warehouse.artifacts_dir / "downstream" / arm / version  # a new training set never resumes an old run
-    settings_dict = {k: v for k, v in config.model_dump().items() if k != "base_model"}
     context.log.info(f"{arm}: LoRA SFT of {config.base_model} on {len(rows)} rows -> {out_dir}")
-    result = run_lora_sft(base, rows.to_dict("records"), out_dir, LoraSFTSettings(**settings_dict),
+    result = run_lora_sft(base, rows.to_dict("records"), out_dir, config,
                           on_log=lambda step, logs: context.log.info(f"{arm} step {step}: loss={logs.get('loss', float('nan')):.4f}")
                           if "loss" in logs else None)
     record = pd.DataFrame([{"arm": arm, "base_model": config.base_model, "merged_path": result.checkpoint,
@@ -105,37 +80,30 @@ def downstream_models(context: dg.AssetExecutionContext, config: DownstreamConfi
                             "dropped_too_long": result.n_dropped_too_long, "steps": result.steps,
                             "wall_seconds": round(result.wall_seconds, 2), "device": result.device,
                             "created_at": pd.Timestamp.now("UTC").tz_localize(None)}])
-    warehouse.replace_partition("downstream_models", record, "arm", arm)
-    return dg.MaterializeResult(
+    warehouse.replace_partition("downstream_models", record, "arm", arm)  # a record for users; nothing reads it
+    # The format travels with the model: benchmark_scores refuses to evaluate in another one.
+    value = ModelCheckpoint.of_folder(result.checkpoint, "downstream_models", steps=result.steps,
+                                      wall_seconds=round(result.wall_seconds, 2), device=result.device,
+                                      data_version=version,
+                                      training_settings={"base_model": config.base_model,
+                                                         "chat_template": config.chat_template,
+                                                         "overlong_rows": config.overlong_rows})
+    return dg.Output(
+        value,
         metadata={"merged_model": dg.MetadataValue.path(result.checkpoint), "adapter": dg.MetadataValue.path(str(out_dir / "adapter")),
                   "base_model": config.base_model, "chat_template": config.chat_template,
                   "rows": len(rows), "dropped_too_long": result.n_dropped_too_long,
                   "steps": result.steps, "wall_seconds": round(result.wall_seconds, 1), "data_version": version,
                   "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
                   "loss_curve": dg.MetadataValue.md(curve_plot({"train loss": result.loss_history}, f"LoRA SFT loss, {arm}", "loss"))},
-        data_version=checkpoint_data_version(result.checkpoint),
+        data_version=dg.DataVersion(value.fingerprint),
     )
 
 
-class EvalSettings(dg.Config):
-    """One evaluation protocol for every arm and the base model (the check ``same_eval_settings`` holds them to it)."""
-
-    tasks: str = _defaults["tasks"]  # "smoke" (offline, built from the lm-eval package) or "paper"
-    limit: int = _defaults["limit"]  # items per task; 0 = all
-    batch_size: int = _defaults["eval_batch_size"]
-    backend: str = _defaults["backend"]  # "hf" or "vllm" (GPU)
-    seed: int = 1234
-    chat_template: str = Field(_defaults["chat_template"], description=_CHAT_TEMPLATE_HELP + (
-        " Must equal the downstream model's training setting (benchmark_scores fails otherwise)."))
-    task_subsets: str = Field(_defaults["task_subsets"], description=(
-        "Paper task set only: 'ds2' = DS2's per-task limits (GSM8K 200, BBH 40 per subtask, TyDiQA 100 per language, "
-        "random with seed 42; MMLU and TruthfulQA whole) or 'all' = every item."))
-    generation: str = Field(_defaults["generation"], description=(
-        "Paper task set only: 'ds2' = DS2's decoding (GSM8K greedy 512 tokens stop at newline; BBH sampled at "
-        "temperature 0.8, 512 tokens; TyDiQA greedy 50 tokens) or 'task' = lm-eval's task defaults."))
+LmEvalConfig = launchpad_config(LmEvalSettings)
 
 
-def _run_eval(context, cfg: EvalSettings, model_path: str, warehouse: WarehouseResource, arm: str) -> tuple[pd.DataFrame, dict]:
+def _run_eval(context, cfg: LmEvalSettings, model_path: str, warehouse: WarehouseResource, arm: str) -> tuple[pd.DataFrame, dict]:
     if cfg.tasks == "smoke":
         built = build_smoke_tasks(warehouse.artifacts_dir / "eval_tasks")
         for name, reasons in built.skipped.items():
@@ -178,37 +146,33 @@ def _scores_metadata(df: pd.DataFrame, info: dict) -> dict:
 
 @dg.asset(
     code_version=CODE_VERSION,
-    partitions_def=arm_partitions, group_name=GROUP, deps=["downstream_models"], **_GPU,
+    partitions_def=arm_partitions, group_name=GROUP, **_GPU,
     description="lm-eval scores of one arm's downstream model, per task and metric, with stderr, lm-eval and task "
     "versions, seed and limit. Demo: offline smoke tasks built from the lm-eval package (smoke-level numbers); "
     "paper, as DS2's run_eval.sh: MMLU 0-shot (all), GSM8K 8-shot CoT (200), BBH 3-shot CoT (40 per subtask), "
     "TruthfulQA MC2 (all), TyDiQA 1-shot (9 languages, 100 each); the model's training text format.",
 )
-def benchmark_scores(context: dg.AssetExecutionContext, config: EvalSettings, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def benchmark_scores(context: dg.AssetExecutionContext, config: LmEvalConfig, warehouse: WarehouseResource,
+                     downstream_models: ModelCheckpoint) -> dg.MaterializeResult:
+    config = config.resolve(context)
     arm = context.partition_key
-    model = warehouse.query("select * from downstream_models where arm = ?", [arm])
-    if model.empty:
-        raise dg.Failure(description=f"no downstream model for {arm!r}: materialise downstream_models[{arm}] first")
-    trained = model["chat_template"].iat[0] if "chat_template" in model.columns else None
+    trained = downstream_models.training_settings.get("chat_template")
     if trained != config.chat_template:
         raise dg.Failure(description=(
             f"{arm}: the downstream model was trained with chat_template={trained!r} but evaluation asks for "
             f"chat_template={config.chat_template!r}; train and evaluate in one format (set both, or rematerialise "
             f"downstream_models[{arm}])"))
-    df, info = _run_eval(context, config, model["merged_path"].iat[0], warehouse, arm)
+    df, info = _run_eval(context, config, downstream_models.path, warehouse, arm)
     warehouse.replace_partition("benchmark_scores", df, "arm", arm)
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "benchmark_scores", "arm", arm), metadata=_scores_metadata(df, info))
 
 
-class BaseModelConfig(EvalSettings):
-    base_model: str = _defaults["base_model"]
-
-
 @dg.asset(code_version=CODE_VERSION, group_name=GROUP, **_GPU,
           description="The untuned downstream base model scored with the same lm-eval protocol as every arm.")
-def base_model_scores(context: dg.AssetExecutionContext, config: BaseModelConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def base_model_scores(context: dg.AssetExecutionContext, config: LmEvalConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     path = resolve_causal_lm(config.base_model, str(warehouse.artifacts_dir))
-    df, info = _run_eval(context, EvalSettings(**config.model_dump(exclude={"base_model"})), path, warehouse, "base")
+    df, info = _run_eval(context, config, path, warehouse, "base")
     warehouse.replace_partition("base_model_scores", df)
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "base_model_scores"), metadata=_scores_metadata(df, info))
 
@@ -245,21 +209,13 @@ def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     ])
     context.log.info(f"benchmark report over {len(table)} rows (arms + base), tasks {tasks}")
 
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3))
-    width = 0.8 / max(1, len(table))
-    for i, r in enumerate(table.itertuples(index=False)):
-        values = [getattr(r, t) for t in tasks] + [r.average]
-        ax.bar(np.arange(len(tasks) + 1) + i * width, values, width, label=r.arm)
-    ax.set_xticks(np.arange(len(tasks) + 1) + 0.4 - width / 2, [*tasks, "average"], fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=6, ncol=2)
-    ax.set_title("benchmark scores per arm" + (" (smoke-level)" if smoke else ""), fontsize=9)
+    plot = grouped_bars({r.arm: [getattr(r, t) for t in tasks] + [r.average] for r in table.itertuples(index=False)},
+                        [*tasks, "average"], "benchmark scores per arm" + (" (smoke-level)" if smoke else ""),
+                        "benchmark scores", ylim=(0, 1), figsize=(7, 3), legend_columns=2, legend_fontsize=6)
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "benchmark_report"), metadata={
         "dagster/row_count": len(table),
         "report": dg.MetadataValue.md(summary),
-        "plot": dg.MetadataValue.md(figure_to_markdown(fig, "benchmark scores")),
+        "plot": dg.MetadataValue.md(plot),
         "smoke_level": bool(smoke),
         **{f"average/{r.arm}": round(float(r.average), 4) for r in table.itertuples()},
     })
@@ -288,8 +244,6 @@ def same_eval_settings(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset="benchmark_scores", partitions_def=arm_partitions, description="Every score (and stderr) of this arm is within [0, 1].")
 def scores_in_unit_range(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = warehouse.query("""select arm, task, metric, filter, value, stderr from benchmark_scores
-                             where value is null or value < 0 or value > 1 or stderr < 0 or stderr > 1""")
-    bad = rows_of_checked_partition(context, bad, column="arm")
-    return dg.AssetCheckResult(passed=bad.empty, description="all in [0, 1]" if bad.empty else f"{len(bad)} scores out of range",
-                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+    return no_offenders(context, warehouse, """select arm, task, metric, filter, value, stderr from benchmark_scores
+                             where value is null or value < 0 or value > 1 or stderr < 0 or stderr > 1""",
+                        "all in [0, 1]", "{n} scores out of range", column="arm")

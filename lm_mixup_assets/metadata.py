@@ -7,7 +7,7 @@ import warnings
 import dagster as dg
 import pandas as pd
 
-from lm_mixup_assets.lib.versions import checkpoint_version, table_version
+from lm_mixup_assets.lib.versions import table_version
 
 # Partitioned asset checks (``partitions_def`` on ``@dg.asset_check``) are a
 # "preview" in Dagster 1.13; every stage imports this module before defining its
@@ -93,6 +93,3 @@ def table_data_version_in(con, table: str, partition_column: str | None = None,
     return dg.DataVersion(table_version(con, table, partition_column, partition_value))
 
 
-def checkpoint_data_version(path) -> dg.DataVersion:
-    """A checkpoint's or model folder's data version: its file fingerprint (``lib/versions.py``)."""
-    return dg.DataVersion(checkpoint_version(path))

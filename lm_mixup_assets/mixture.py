@@ -22,9 +22,9 @@ import time
 import dagster as dg
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
-from lm_mixup_assets.budgets import budget_field, budget_metadata, enforce_budgets
+from lm_mixup_assets.budgets import budget_metadata, enforce_budgets
+from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib.knn_bayes import build_library
 from lm_mixup_assets.lib.mixture_llm import (
     MAX_CLUSTER_VARIANTS,
@@ -44,9 +44,16 @@ from lm_mixup_assets.lib.mixture_tasks import (
     validate_target,
     write_extractive_target,
 )
-from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.plots import histogram
 from lm_mixup_assets.lib.released_mixture import load_released_mixture
 from lm_mixup_assets.lib.rubric import SCORE_KEYS, compress_overall
+from lm_mixup_assets.lib.settings.mixture import (
+    MixtureSettings,
+    RatingLibrarySettings,
+    TargetsSettings,
+    VariantsSettings,
+    WikiSettings,
+)
 from lm_mixup_assets.lib.wiki import wiki_paragraphs_frame
 from lm_mixup_assets.metadata import (
     code_version,
@@ -60,14 +67,13 @@ from lm_mixup_assets.rating import (
     judge_budget,
     judge_usage,
 )
-from resources import JudgeResource, WarehouseResource, settings
+from resources import JudgeResource, WarehouseResource
 from resources.embedder import EmbedderResource
 from resources.generator import GeneratorResource
 
 GROUP = "mixture"
 # Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
 CODE_VERSION = code_version("1")
-_defaults = settings("mixture")
 
 
 def _stable_id(*parts: str) -> str:
@@ -79,18 +85,14 @@ def _judge_prompt(task: str, title: str, section: str) -> str:
     return f"Write a {TASK_NAMES[task]} based on {where}."
 
 
-class WikiConfig(dg.Config):
-    dump_path: str = _defaults["dump_path"]  # "" = gensim's packaged enwiki sample
-    max_paragraphs: int = _defaults["max_paragraphs"]  # 0 = all
-    min_chars: int = 200
-    max_chars: int = 2000
-    seed: int = 42
+WikiConfig = launchpad_config(WikiSettings)
 
 
 @dg.asset(code_version=CODE_VERSION, group_name=GROUP, kinds={"duckdb", "pandas"},
           description="Encyclopedic paragraphs with article title and section: markup stripped, length-filtered, "
           "deduplicated. Demo: gensim's packaged enwiki sample (CC BY-SA, Wikipedia); paper: a local dump path.")
 def wiki_paragraphs(context: dg.AssetExecutionContext, config: WikiConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     started = time.monotonic()
     try:
         df = wiki_paragraphs_frame(config.dump_path or None, min_chars=config.min_chars, max_chars=config.max_chars)
@@ -110,13 +112,7 @@ def wiki_paragraphs(context: dg.AssetExecutionContext, config: WikiConfig, wareh
     })
 
 
-class TargetsConfig(dg.Config):
-    writer: str = _defaults["writer"]  # extractive | llm
-    tasks: list[str] = list(TASK_TYPES)
-    min_quality: int = _defaults["min_quality"]  # compressed Overall a target needs to be kept (docs/method.md: 4)
-    seed: int = 42
-    max_failed_fraction: float = budget_field(
-        _defaults["max_failed_fraction"], "the writer's calls (writer llm), and apart from them of the judge's calls")
+TargetsConfig = launchpad_config(TargetsSettings)
 
 
 TARGET_COLUMNS = ["target_id", "paragraph_id", "task", "writer", "text", "format_errors", "status", "error",
@@ -129,9 +125,7 @@ TARGET_COLUMNS = ["target_id", "paragraph_id", "task", "writer", "text", "format
           "paragraph x task has a row; dropped ones say why.")
 def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, judge: JudgeResource,
                     mixture_writer: GeneratorResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    unknown = set(config.tasks) - set(TASK_TYPES)
-    if unknown or config.writer not in ("extractive", "llm"):
-        raise dg.Failure(description=f"tasks must be from {TASK_TYPES} (got {sorted(unknown)}) and writer extractive|llm (got {config.writer!r})")
+    config = config.resolve(context)
     paragraphs = warehouse.query("select * from wiki_paragraphs order by paragraph_id")
     # Other paragraphs of the same article widen the pool of MCQ distractors and TFQ swaps.
     article_text = paragraphs.groupby("title")["text"].agg(" ".join).to_dict()
@@ -199,20 +193,7 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
     })
 
 
-class VariantsConfig(dg.Config):
-    variants_per_target: int = Field(_defaults["variants_per_target"], description=(
-        "Noise-operator variants per kept target (paper 20, so a cluster can reach 20 variants; demo 6)."))
-    llm_degradation: bool = _defaults["llm_degradation"]  # ask the mixture writer for degraded rewrites too
-    llm_variants_per_target: int = Field(_defaults["llm_variants_per_target"], description=(
-        "Degraded versions the mixture writer is asked for per target, in one call (llm_degradation only)."))
-    llm_noisy_copies: int = Field(_defaults["llm_noisy_copies"], description=(
-        "Per LLM-degraded variant, copies with surface noise on top (typos, cross-topic sentences): the "
-        "method's robustness step after degradation. 0 = none."))
-    cross_topic_neighbours: int = 3  # similar targets of other articles offered to cross_topic_merge
-    seed: int = 42
-    max_failed_fraction: float = budget_field(
-        _defaults["max_failed_fraction"],
-        "the writer's degradation calls (llm_degradation), and apart from them of the judge's calls")
+VariantsConfig = launchpad_config(VariantsSettings)
 
 
 VARIANT_COLUMNS = ["variant_id", "target_id", "task", "text", "operators", "origin", "status", "overall", "overall_compressed"]
@@ -226,6 +207,7 @@ ROBUSTNESS_OPERATORS = ("typos", "cross_topic_merge")
           "information, each also given surface noise (typos, cross-topic sentences). Each is rated.")
 def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, embedder: EmbedderResource,
                      mixture_writer: GeneratorResource, judge: JudgeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     targets = warehouse.query("""select t.*, p.title, p.section from mixture_targets t join wiki_paragraphs p using (paragraph_id)
                                  where kept order by target_id""")
     rng = np.random.default_rng(config.seed)
@@ -299,34 +281,9 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
     })
 
 
-MIXTURE_SOURCES = ("built", "released")
-COT_MODES = ("auto", "llm", "none")
 
 
-class MixtureConfig(dg.Config):
-    source: str = Field(_defaults["source"], description=(
-        "built: clusters of our mixture_variants mapped to their targets; released: the authors' MIXTURE read "
-        "from released_path (the upstream mixture tables are then not read and need not exist)."))
-    released_path: str = Field(_defaults["released_path"], description=(
-        "source=released: a local folder in the dokiik/MIXTURE layout (data_sft/, data_grpo/) or "
-        "hf:dokiik/MIXTURE[@revision] (downloaded once through huggingface_hub; needs network the first time)."))
-    released_part: str = Field(_defaults["released_part"], description=(
-        "source=released: data_sft (instruction, input, output, cot; one file per task and split, what the "
-        "reference's SFT reads) or data_grpo (input, output, task_type; what its GRPO reads)."))
-    released_max_rejected_fraction: float = Field(0.01, description=(
-        "source=released: fail when more than this share of released rows is unusable (empty output or input, "
-        "unknown task type); the rejected rows are listed in the metadata either way."))
-    tasks: list[str] = Field(list(TASK_TYPES), description="Task types to keep (both sources).")
-    min_variants: int = 2
-    max_variants: int = Field(_defaults["max_variants"], description=(
-        "Most variants in one example; cluster sizes are uniform over min_variants..min(max_variants, the "
-        "target's variants). The method's range is 2-20 (paper 20; demo 6 to fit its 768-token training length)."))
-    cot: str = Field(_defaults["cot"], description=(
-        "source=built: auto = the mixture writer writes the reasoning (cot) for examples whose target it wrote "
-        "(writer llm), none for extractive targets; llm = for every example; none = never."))
-    max_failed_fraction: float = budget_field(_defaults["max_failed_fraction"], "the writer's cot calls")
-    test_fraction: float = 0.1
-    seed: int = 42
+MixtureConfig = launchpad_config(MixtureSettings)
 
 
 MIXTURE_COLUMNS = ["example_id", "task", "paragraph_id", "target_id", "instruction", "input", "output", "cot",
@@ -443,12 +400,7 @@ def _replace_mixture_table(warehouse: WarehouseResource, df: pd.DataFrame) -> No
           "read the upstream tables. Also exported as JSONL under artifacts/mixture/.")
 def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, mixture_writer: GeneratorResource,
             warehouse: WarehouseResource) -> dg.MaterializeResult:
-    if not 2 <= config.min_variants <= config.max_variants <= MAX_CLUSTER_VARIANTS:
-        raise dg.Failure(description=f"need 2 <= min_variants <= max_variants <= {MAX_CLUSTER_VARIANTS} "
-                         f"(got {config.min_variants}, {config.max_variants})")
-    if config.source not in MIXTURE_SOURCES or config.cot not in COT_MODES or set(config.tasks) - set(TASK_TYPES):
-        raise dg.Failure(description=f"source must be one of {MIXTURE_SOURCES} (got {config.source!r}), cot one of "
-                         f"{COT_MODES} (got {config.cot!r}), tasks from {TASK_TYPES} (got {config.tasks})")
+    config = config.resolve(context)
     if config.source == "released":
         df, extra = _released_examples(context, config)
     else:
@@ -468,11 +420,9 @@ def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, mixture_wr
     enforce_budgets(context, budgets)  # after the writes: examples keep an empty cot and the cot_error
     counts = df.groupby(["task", "split"]).size().unstack(fill_value=0).reset_index() if len(df) else pd.DataFrame()
     sizes = df["n_variants"].dropna().astype(int)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 2.4))
-    ax.hist(sizes, bins=np.arange(1.5, max(config.max_variants, int(sizes.max()) if len(sizes) else 2) + 1.5), color="#4f6bed")
-    ax.set_title("variants per example" + (" (counted from input)" if config.source == "released" else ""), fontsize=9)
+    variant_histogram = histogram(
+        sizes, np.arange(1.5, max(config.max_variants, int(sizes.max()) if len(sizes) else 2) + 1.5),
+        "variants per example" + (" (counted from input)" if config.source == "released" else ""), "variants per example")
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "mixture"), metadata={
         **table_metadata(df, ["task", "split", "n_variants", "input", "output"], n=3),
         "source": config.source,
@@ -481,15 +431,13 @@ def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, mixture_wr
         "variants_per_example": dg.MetadataValue.json({int(k): int(v) for k, v in sizes.value_counts().sort_index().items()}),
         "mean_variants": float(sizes.mean()) if len(sizes) else 0.0,
         "with_cot": int((df["cot"].fillna("") != "").sum()),
-        "variant_histogram": dg.MetadataValue.md(figure_to_markdown(fig, "variants per example")),
+        "variant_histogram": dg.MetadataValue.md(variant_histogram),
         "export": dg.MetadataValue.path(str(export_dir)),
         **extra,
     })
 
 
-class RatingLibraryConfig(dg.Config):
-    k_t: int = 3
-    smoothing: float = 1e-2
+RatingLibraryConfig = launchpad_config(RatingLibrarySettings)
 
 
 @dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["mixture_variants", "mixture_targets"], kinds={"pytorch", "duckdb"},
@@ -498,6 +446,7 @@ class RatingLibraryConfig(dg.Config):
           "artifacts/rating_library/ for the GRPO quality reward.")
 def rating_library(context: dg.AssetExecutionContext, config: RatingLibraryConfig, embedder: EmbedderResource,
                    warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     samples = warehouse.query("""
         select task, text, overall_compressed cls from mixture_targets where status = 'ok'
         union all select task, text, overall_compressed from mixture_variants where status = 'ok'""")

@@ -13,22 +13,24 @@ import time
 import dagster as dg
 import pandas as pd
 
-from lm_mixup_assets.budgets import budget_field, enforce_budgets
+from lm_mixup_assets.budgets import enforce_budgets
+from lm_mixup_assets.checks import no_offenders
+from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib import warehouse as wh
 from lm_mixup_assets.lib.ingest import PRECOMPUTED_TYPES, SourceError, ingest_source
 from lm_mixup_assets.lib.manifest import ManifestError, load_manifest
 from lm_mixup_assets.lib.plots import histogram_grid
+from lm_mixup_assets.lib.settings.pool import IngestSettings, RatedPoolSettings
 from lm_mixup_assets.metadata import (
     code_version,
     preview_md,
-    rows_of_checked_partition,
     table_data_version,
     table_data_version_in,
     table_metadata,
 )
 from lm_mixup_assets.partitions import source_partitions
 from lm_mixup_assets.rating import precomputed_frame, rate_frame
-from resources import JudgeResource, WarehouseResource, settings
+from resources import JudgeResource, WarehouseResource
 
 GROUP = "pool"
 # Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
@@ -40,13 +42,7 @@ PRECOMPUTED = "precomputed_scores"  # ratings a manifest source brings along (it
 FAILED_INGEST_REJECTIONS = "failed_ingest_rejections"
 FAILURE_SAMPLE_ROWS = 20  # rejected rows shown in a failed ingest's message metadata
 
-_pool_defaults = settings("pool")
-
-
-class IngestConfig(dg.Config):
-    manifest: str = _pool_defaults["manifest"]
-    max_row_chars: int = _pool_defaults["max_row_chars"]
-    max_rejected_fraction: float = _pool_defaults["max_rejected_fraction"]
+IngestConfig = launchpad_config(IngestSettings)
 
 
 @dg.multi_asset(
@@ -75,6 +71,7 @@ class IngestConfig(dg.Config):
     ],
 )
 def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: WarehouseResource):
+    config = config.resolve(context)
     source = context.partition_key
     try:
         spec = load_manifest(config.manifest).source(source)
@@ -154,7 +151,7 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
         )
 
 
-def _fail_ingest(context, warehouse: WarehouseResource, spec, result, config: IngestConfig, reasons, reasons_md):
+def _fail_ingest(context, warehouse: WarehouseResource, spec, result, config: IngestSettings, reasons, reasons_md):
     """Fail without touching raw_pool, rejected_rows, ingest_log or precomputed_scores (their previous state
     stays whole); the attempt's rejected rows go to FAILED_INGEST_REJECTIONS and the failure's metadata."""
     source = spec.name
@@ -193,10 +190,7 @@ def _add_missing_columns(con, table: str, frame: pd.DataFrame) -> None:
             con.execute(f'alter table "{table}" add column "{column}" {kind}')
 
 
-class RatedPoolConfig(dg.Config):
-    max_failed_fraction: float = budget_field(
-        _pool_defaults["max_failed_rating_fraction"],
-        "the source's rows the judge could not rate (api_error, or parse_error after the re-asks)")
+RatedPoolConfig = launchpad_config(RatedPoolSettings)
 
 
 @dg.asset(
@@ -211,6 +205,7 @@ class RatedPoolConfig(dg.Config):
 )
 def rated_pool(context: dg.AssetExecutionContext, config: RatedPoolConfig, judge: JudgeResource,
                warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     source = context.partition_key
     carry = ["source", "sample_id", "prompt", "completion"]
     raw = warehouse.read_partition("raw_pool", "source", source).assign(source=source)
@@ -289,58 +284,50 @@ def pool_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 # --------------------------------------------------------------------------- checks
 
 
-def _per_source(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, sql: str) -> pd.DataFrame:
-    """Offending rows of ``sql`` (which returns a ``source`` column) in the checked source partition only."""
-    with warehouse.connect() as con:
-        bad = con.execute(sql).df()
-    return rows_of_checked_partition(context, bad)
-
-
-def _check_from_mismatches(bad: pd.DataFrame, ok_text: str, what: str) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        passed=bad.empty,
-        description=ok_text if bad.empty else f"this source fails: {what} ({len(bad)} offending row(s) in mismatches)",
-        metadata={"mismatches": preview_md(bad, n=10)} if not bad.empty else {},
-    )
+def _mismatches(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, sql: str, ok_text: str,
+                what: str) -> dg.AssetCheckResult:
+    """Offending rows of ``sql`` (which returns a ``source`` column) in the checked source, shown as ``mismatches``."""
+    return no_offenders(context, warehouse, sql, ok_text, f"this source fails: {what} ({{n}} offending row(s) in mismatches)",
+                        metadata_key="mismatches")
 
 
 @dg.asset_check(asset="raw_pool", additional_deps=["rejected_rows"], partitions_def=source_partitions, blocking=True,
                 description="This source: input rows = ingested + rejected + duplicates folded.")
 def raw_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(context, warehouse, f"""
+    return _mismatches(context, warehouse, f"""
         select l.source, l.input_rows, coalesce(r.n, 0) ingested, coalesce(j.n, 0) rejected, l.duplicates,
                coalesce(r.dups, 0) duplicates_in_table
         from {INGEST_LOG} l
         left join (select source, count(*) n, sum(duplicate_count) dups from raw_pool group by 1) r using (source)
         left join (select source, count(*) n from rejected_rows group by 1) j using (source)
         where l.input_rows <> coalesce(r.n, 0) + coalesce(j.n, 0) + l.duplicates
-           or l.duplicates <> coalesce(r.dups, 0)""")
-    return _check_from_mismatches(bad, "input = ingested + rejected + duplicates for this source", "rows unaccounted for")
+           or l.duplicates <> coalesce(r.dups, 0)""",
+                       "input = ingested + rejected + duplicates for this source", "rows unaccounted for")
 
 
 @dg.asset_check(asset="raw_pool", partitions_def=source_partitions, description="sample_id is unique within this source.")
 def raw_pool_unique_ids(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(context, warehouse, "select source, sample_id, count(*) n from raw_pool group by 1, 2 having count(*) > 1")
-    return _check_from_mismatches(bad, "all sample_ids unique", "duplicate sample_id")
+    return _mismatches(context, warehouse, "select source, sample_id, count(*) n from raw_pool group by 1, 2 having count(*) > 1",
+                       "all sample_ids unique", "duplicate sample_id")
 
 
 @dg.asset_check(asset="rated_pool", partitions_def=source_partitions, blocking=True,
                 description="This source: raw rows = rated ok + failed (same sample_ids).")
 def rated_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(context, warehouse, """
+    return _mismatches(context, warehouse, """
         with r as (select source, count(*) n from raw_pool group by 1),
              p as (select source, count(*) n from rated_pool group by 1),
              j as (select source, count(*) n from raw_pool join rated_pool using (source, sample_id) group by 1)
         select p.source, coalesce(r.n, 0) raw_rows, p.n rated_rows, coalesce(j.n, 0) matched
         from p left join r using (source) left join j using (source)
-        where coalesce(r.n, 0) <> p.n or coalesce(j.n, 0) <> p.n""")
-    return _check_from_mismatches(bad, "every raw row rated exactly once (ok or a failure status)", "raw and rated rows differ")
+        where coalesce(r.n, 0) <> p.n or coalesce(j.n, 0) <> p.n""",
+                       "every raw row rated exactly once (ok or a failure status)", "raw and rated rows differ")
 
 
 @dg.asset_check(asset="rated_pool", partitions_def=source_partitions, description="This source's ok rows: four scores in 1-10 and compressed in 0-5 (precomputed "
                 "ratings may lack the scores their source did not release); failed rows: no scores.")
 def rated_pool_score_ranges(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(context, warehouse, """
+    return _mismatches(context, warehouse, """
         select source, sample_id, status, judge_backend, rarity, complexity, informativeness, overall, overall_compressed
         from rated_pool
         where (status = 'ok' and not (coalesce(rarity between 1 and 10, true) and coalesce(complexity between 1 and 10, true)
@@ -353,21 +340,21 @@ def rated_pool_score_ranges(context: dg.AssetCheckExecutionContext, warehouse: W
                and (rarity is null or complexity is null or informativeness is null or overall is null))
            or (status = 'ok' and overall_compressed is null)
            or (status <> 'ok' and coalesce(rarity, complexity, informativeness, overall, overall_compressed) is not null)
-           or status not in ('ok', 'parse_error', 'api_error')""")
-    return _check_from_mismatches(bad, "all scores in range; failures carry none", "scores out of range")
+           or status not in ('ok', 'parse_error', 'api_error')""",
+                       "all scores in range; failures carry none", "scores out of range")
 
 
 @dg.asset_check(asset="rated_pool", partitions_def=source_partitions, description="No empty prompt or completion in this source.")
 def rated_pool_no_empty_text(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(context, warehouse, "select source, sample_id from rated_pool where trim(coalesce(prompt, '')) = '' or trim(coalesce(completion, '')) = ''")
-    return _check_from_mismatches(bad, "no empty text", "empty prompt or completion")
+    return _mismatches(context, warehouse, "select source, sample_id from rated_pool where trim(coalesce(prompt, '')) = '' or trim(coalesce(completion, '')) = ''",
+                       "no empty text", "empty prompt or completion")
 
 
 @dg.asset_check(asset="low_quality_pool", additional_deps=["high_quality_pool"], partitions_def=source_partitions, blocking=True,
                 description="This source: rated ok = high + low, no row in both pools, one threshold, each row on the right side "
                 "of it. Blocking: a split that does not add up stops the clusters and the training sets.")
 def quality_split_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _per_source(context, warehouse, """
+    return _mismatches(context, warehouse, """
         with ok as (select source, count(*) n from rated_pool where status = 'ok' group by 1),
              hi as (select source, count(*) n, min(overall_compressed - quality_threshold) margin,
                            min(quality_threshold) t_min, max(quality_threshold) t_max from high_quality_pool group by 1),
@@ -380,5 +367,5 @@ def quality_split_accounting(context: dg.AssetCheckExecutionContext, warehouse: 
         from src left join ok using (source) left join hi using (source) left join lo using (source) left join dup using (source)
         where coalesce(ok.n, 0) <> coalesce(hi.n, 0) + coalesce(lo.n, 0) or coalesce(dup.n, 0) > 0
            or coalesce(hi.margin, 0) < 0 or coalesce(lo.margin, -1) >= 0
-           or hi.t_min <> hi.t_max or lo.t_min <> lo.t_max or hi.t_min <> lo.t_min""")
-    return _check_from_mismatches(bad, "ok = high + low for this source, no row in both, one threshold", "split does not add up")
+           or hi.t_min <> hi.t_max or lo.t_min <> lo.t_max or hi.t_min <> lo.t_min""",
+                       "ok = high + low for this source, no row in both, one threshold", "split does not add up")

@@ -35,7 +35,9 @@ def gpu_op_tags(gpus: int = 1, memory: str = "32Gi", cpu: str = "8") -> dict:
 
 def k8s_executor_config() -> dict:
     """Config for ``k8s_job_executor`` from the environment (no cluster needed to build it)."""
-    root = os.environ.get("LM_MIXUP_HOME", "/data/lm_mixup")
+    # The pods' home: where the data volume is mounted inside them (LM_MIXUP_HOME has one default, .lm_mixup,
+    # for processes on this machine; a pod's home is a mount path, named apart).
+    root = os.environ.get("LM_MIXUP_K8S_HOME", "/data/lm_mixup")
     return {
         "job_image": os.environ.get("LM_MIXUP_IMAGE", "lm-mixup:latest"),
         "job_namespace": os.environ.get("LM_MIXUP_K8S_NAMESPACE", "lm-mixup"),

@@ -15,14 +15,12 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
+from lm_mixup_assets.checks import no_offenders, partition_rows
 from lm_mixup_assets.lib import warehouse as wh
-from lm_mixup_assets.lib.plots import figure_to_markdown
+from lm_mixup_assets.lib.plots import BLUE, ORANGE, overlaid_histograms, stacked_barh
 from lm_mixup_assets.lib.selection import (
     LONG_TAIL_RANKED,
-    ORIGINAL_RANKS,
-    ROW_ORDERS,
     compose_arm,
     long_tail_text,
     parse_arm,
@@ -31,19 +29,19 @@ from lm_mixup_assets.lib.selection import long_tail_scores as score_long_tail
 from lm_mixup_assets.metadata import (
     code_version,
     preview_md,
-    rows_of_checked_partition,
     table_data_version,
     table_metadata,
 )
 from lm_mixup_assets.partitions import arm_partitions
 from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
-from resources import WarehouseResource, settings
+from lm_mixup_assets.config import launchpad_config
+from lm_mixup_assets.lib.settings.selection import LongTailSettings, TrainingSetSettings
+from resources import WarehouseResource
 from resources.embedder import EmbedderResource
 
 GROUP = "selection"
 # Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
 CODE_VERSION = code_version("1")
-_defaults = settings("selection")
 
 LONG_TAIL_COLUMNS = ["set_name", "source", "sample_id", "member_ids", "prompt", "completion", "overall_compressed",
                      "mean_knn_distance", "long_tail_score", "k", "embedding_model"]
@@ -52,15 +50,7 @@ TRAINING_SET_COLUMNS = ["arm", "position", "pool", "origin", "source", "sample_i
 LIST_TYPES = {"member_ids": "VARCHAR[]"}
 
 
-class LongTailConfig(dg.Config):
-    k: int = _defaults["k"]
-    prompt_prefix: str = Field(
-        default=_defaults["long_tail_prompt_prefix"],
-        description="Put before the prompt in the text embedded for the long-tail score, "
-        "'{prompt_prefix}{prompt}\\n{answer_prefix}{completion}' (stripped); the method's code uses 'Instruction: '.")
-    answer_prefix: str = Field(
-        default=_defaults["long_tail_answer_prefix"],
-        description="Put before the completion in the long-tail text; the method's code uses 'Answer: '.")
+LongTailConfig = launchpad_config(LongTailSettings)
 
 
 def _table_or_empty(warehouse: WarehouseResource, table: str, sql: str, columns: list[str]) -> pd.DataFrame:
@@ -79,6 +69,7 @@ def _table_or_empty(warehouse: WarehouseResource, table: str, sql: str, columns:
 )
 def long_tail_scores(context: dg.AssetExecutionContext, config: LongTailConfig, embedder: EmbedderResource,
                      warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     columns = ["source", "sample_id", "member_ids", "prompt", "completion", "overall_compressed"]
     sets = {
         "original_high": _table_or_empty(warehouse, "high_quality_pool", """
@@ -109,43 +100,20 @@ def long_tail_scores(context: dg.AssetExecutionContext, config: LongTailConfig, 
     df = pd.concat(frames, ignore_index=True)[LONG_TAIL_COLUMNS]
     warehouse.replace_partition("long_tail_scores", df, column_types=LIST_TYPES)
 
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 2.6))
-    for name, g in df.groupby("set_name"):
-        ax.hist(g["mean_knn_distance"], bins=30, alpha=0.6, label=f"{name} ({len(g)})")
-    ax.set_xlabel("mean cosine distance to k nearest neighbours", fontsize=8)
-    ax.legend(fontsize=7)
-    ax.set_title("long-tail distribution", fontsize=9)
+    distances = overlaid_histograms({name: g["mean_knn_distance"].tolist() for name, g in df.groupby("set_name")}, 30,
+                                    "long-tail distribution", "mean cosine distance to k nearest neighbours",
+                                    "long-tail distances")
     rarest = df.sort_values("long_tail_score", ascending=False).groupby("set_name").head(3)
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "long_tail_scores"), metadata={
         **table_metadata(df, ["set_name", "source", "long_tail_score", "prompt"]),
         "sets": dg.MetadataValue.md(pd.DataFrame(stats).to_markdown(index=False)),
         "rarest": preview_md(rarest, n=6, columns=["set_name", "source", "long_tail_score", "prompt"]),
-        "distance_histogram": dg.MetadataValue.md(figure_to_markdown(fig, "long-tail distances")),
+        "distance_histogram": dg.MetadataValue.md(distances),
         "embedding_model": embedder.model,
     })
 
 
-class TrainingSetConfig(dg.Config):
-    size: int = _defaults["size"]  # rows per arm (paper 10,000: ~3% of a 300k pool)
-    seed: int = _defaults["seed"]  # for the uniform draws (random, full_low, the low part of highA_lowB)
-    original_rank: str = Field(
-        default=_defaults["original_rank"],
-        description="How original high rows are ranked: 'long_tail' (rarest first) or 'quality_then_long_tail' "
-        "(judge score first, rarest first within a score: the order the method's long-tail script writes, whose "
-        "head is the original part of a training set). Distilled rows always go by long-tail score.")
-    row_order: str = Field(
-        default=_defaults["row_order"],
-        description="Order of an arm's rows (position, JSONL): 'by_part' = each part in rank order, recipe order; "
-        "'reference' = original part then distilled part, shuffled as the method's merge script does "
-        "(Python random seeded with shuffle_seed).")
-    shuffle_seed: int = Field(default=_defaults["shuffle_seed"],
-                              description="Seed of the row_order='reference' shuffle (the merge script's --seed, 42).")
-    drop_duplicate_content: bool = Field(
-        default=_defaults["drop_duplicate_content"],
-        description="Skip a row whose (normalised) prompt and completion are already in the arm and take the next "
-        "one; the method's merge keeps duplicates.")
+TrainingSetConfig = launchpad_config(TrainingSetSettings)
 
 
 def _candidates(warehouse: WarehouseResource) -> dict[str, pd.DataFrame]:
@@ -181,11 +149,9 @@ def _export_jsonl(rows: pd.DataFrame, path: Path) -> None:
     "source and member ids; exported as JSONL (prompt, completion) under artifacts/training_sets/.",
 )
 def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    config = config.resolve(context)
     arm = context.partition_key
     recipe = parse_arm(arm)
-    if config.original_rank not in ORIGINAL_RANKS or config.row_order not in ROW_ORDERS:
-        raise dg.Failure(description=f"original_rank {config.original_rank!r} / row_order {config.row_order!r}: "
-                         f"choose from {ORIGINAL_RANKS} / {ROW_ORDERS}")
     composed = compose_arm(recipe, _candidates(warehouse), config.size, seed=config.seed,
                            original_rank=config.original_rank, row_order=config.row_order,
                            shuffle_seed=config.shuffle_seed, drop_duplicate_content=config.drop_duplicate_content)
@@ -207,20 +173,15 @@ def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
                             f"(available {composed.available}); the ratio is not filled from other pools")
     context.log.info(f"{arm}: {len(rows)} rows {composed.taken} -> {path}")
 
-    import matplotlib.pyplot as plt
-
     mix = rows.groupby(["source", "origin"]).size().unstack(fill_value=0) if len(rows) else pd.DataFrame()
-    fig, ax = plt.subplots(figsize=(5, 2.6))
-    if len(mix):
-        mix.plot.barh(stacked=True, ax=ax, color={"original": "#4f6bed", "distilled": "#e8833a"})
-    ax.set_title(f"{arm}: rows by source and origin", fontsize=9)
-    ax.tick_params(labelsize=7)
+    origin_mix = stacked_barh(mix, {"original": BLUE, "distilled": ORANGE}, f"{arm}: rows by source and origin",
+                              f"origin mix {arm}")
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "training_sets", "arm", arm), metadata={
         **table_metadata(rows, ["position", "origin", "source", "long_tail_score", "prompt"]),
         "composition": dg.MetadataValue.md(composition.to_markdown(index=False)),
         "shortfall": dg.MetadataValue.json(composed.shortfall),
         "fraction_of_pool": round(len(rows) / max(1, pool_rows), 4),
-        "origin_mix": dg.MetadataValue.md(figure_to_markdown(fig, f"origin mix {arm}")),
+        "origin_mix": dg.MetadataValue.md(origin_mix),
         "jsonl": dg.MetadataValue.path(str(path)),
         "size": config.size,
         "original_rank": config.original_rank,
@@ -231,26 +192,21 @@ def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
 # --------------------------------------------------------------------------- checks
 
 
-def _scope_arm(context: dg.AssetCheckExecutionContext, df: pd.DataFrame) -> pd.DataFrame:
-    return rows_of_checked_partition(context, df, column="arm")
-
-
 @dg.asset_check(asset="training_sets", partitions_def=arm_partitions, description="No sample twice in this arm, by id or by content.")
 def training_sets_no_duplicates(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _scope_arm(context, warehouse.query("""
+    return no_offenders(context, warehouse, """
         select arm, sample_id, count(*) n from training_sets group by 1, 2 having count(*) > 1
         union all
-        select arm, any_value(sample_id), count(*) from training_sets group by arm, trim(prompt), trim(completion) having count(*) > 1"""))
-    return dg.AssetCheckResult(passed=bad.empty, description="no duplicates" if bad.empty else f"{len(bad)} duplicated rows",
-                               metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+        select arm, any_value(sample_id), count(*) from training_sets group by arm, trim(prompt), trim(completion) having count(*) > 1""",
+                        "no duplicates", "{n} duplicated rows", column="arm")
 
 
 @dg.asset_check(asset="training_sets", partitions_def=arm_partitions, blocking=True,
                 description="This arm: rows per pool equal the recipe's counts; a pool too small for its share shows as a shortfall (warning).")
 def training_sets_ratios(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    comp = _scope_arm(context, warehouse.query("""
+    comp = partition_rows(context, warehouse, """
         select c.*, coalesce(t.n, 0) rows_in_table from training_set_composition c
-        left join (select arm, pool, count(*) n from training_sets group by 1, 2) t using (arm, pool)"""))
+        left join (select arm, pool, count(*) n from training_sets group by 1, 2) t using (arm, pool)""", column="arm")
     wrong = comp[(comp["rows_in_table"] != comp["taken"]) | (comp["taken"] + comp["shortfall"] != comp["wanted"])]
     if len(wrong):
         return dg.AssetCheckResult(passed=False, description=f"{len(wrong)} pool counts disagree with the composition",
@@ -267,11 +223,10 @@ def training_sets_ratios(context: dg.AssetCheckExecutionContext, warehouse: Ware
 @dg.asset_check(asset="training_sets", additional_deps=["raw_pool"], partitions_def=arm_partitions, blocking=True,
                 description="Every row of this arm traces back to pool rows: each member id is a raw_pool row of its source.")
 def training_sets_trace_to_pool(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    bad = _scope_arm(context, warehouse.query("""
+    return no_offenders(context, warehouse, """
         with m as (select arm, position, origin, source, unnest(member_ids) member_id from training_sets)
         select m.* from m left join raw_pool r on r.source = m.source and r.sample_id = m.member_id
         where r.sample_id is null
         union all
-        select arm, position, origin, source, null from training_sets where member_ids is null or len(member_ids) = 0"""))
-    return dg.AssetCheckResult(passed=bad.empty, description="every member id found in raw_pool" if bad.empty
-                               else f"{len(bad)} member ids not found", metadata={"offenders": preview_md(bad, 10)} if len(bad) else {})
+        select arm, position, origin, source, null from training_sets where member_ids is null or len(member_ids) = 0""",
+                        "every member id found in raw_pool", "{n} member ids not found", column="arm")

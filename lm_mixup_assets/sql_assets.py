@@ -12,16 +12,17 @@ hash of the partition it wrote as its data version.
 
 
 import hashlib
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field, create_model
 
+from lm_mixup_assets.config import launchpad_config
+from lm_mixup_assets.lib.settings.base import StageSettings
 from lm_mixup_assets.lib.sql_models import SqlModel, SqlStep, group_steps, load_models, materialise_step
 from lm_mixup_assets.metadata import code_version, preview_md, table_data_version_in
 from lm_mixup_assets.partitions import source_partitions
-from resources import WarehouseResource, settings
+from resources import WarehouseResource
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "dbt_like_sql"
 PARTITIONS = {"source": source_partitions}
@@ -29,35 +30,23 @@ PARTITIONS = {"source": source_partitions}
 # a model's own SQL is versioned by its file's text (``model_code_version``).
 CODE_VERSION = "1"
 
-# Vars whose default is a profile setting (``PROFILES[...][section][key]``), so
-# ``LM_MIXUP_PROFILE`` and ``LM_MIXUP_<SECTION>_<KEY>`` reach the SQL too.
-PROFILE_VARS = {"quality_threshold": ("pool", "quality_threshold")}
-
-
-def var_default(name: str, kind: type, header_default: object) -> object:
-    """``LM_MIXUP_VAR_<NAME>`` if set, else the profile's value (``PROFILE_VARS``), else the SQL header's."""
-    env = os.environ.get(f"LM_MIXUP_VAR_{name.upper()}")
-    if env is not None:
-        return kind(env)
-    if name in PROFILE_VARS:
-        section, key = PROFILE_VARS[name]
-        return kind(settings(section)[key])
-    return header_default
-
-
 def model_code_version(model: SqlModel) -> str:
     """The runner's version plus a hash of the model's SQL file: an edited model is a new version."""
     digest = hashlib.sha256(model.path.read_bytes()).hexdigest()[:10]
     return code_version(f"{CODE_VERSION}-{digest}")
 
 
-def _config_class(step: SqlStep) -> type[dg.Config]:
-    """A launchpad config with one field per var of the step (shared vars once)."""
+def step_settings(step: SqlStep) -> type[StageSettings]:
+    """The step's settings model: one field per var of its SQL headers (shared vars once), its
+    default and description from the header; preset and env prefix = the step's name
+    (``LM_MIXUP_QUALITY_SPLIT_QUALITY_THRESHOLD``)."""
     fields = {}
     for name, (kind, default) in step.vars.items():
         description = step.var_descriptions.get(name, f"SQL var {name!r} of {', '.join(m.name for m in step.models)}.")
-        fields[name] = (kind, Field(default=var_default(name, kind, default), description=description))
-    return create_model(f"{step.name}_config", __base__=dg.Config, **fields)
+        fields[name] = (kind, Field(default=default, description=description))
+    model = create_model(f"{step.name.title().replace('_', '')}Settings", __base__=StageSettings, **fields)
+    model.preset = step.name
+    return model
 
 
 def _partitions(step: SqlStep):
@@ -102,7 +91,7 @@ def build_sql_asset(model: SqlModel) -> dg.AssetsDefinition:
 
 def build_sql_step(step: SqlStep) -> dg.AssetsDefinition:
     partitions_def = _partitions(step)
-    config_cls = _config_class(step)
+    config_cls = launchpad_config(step_settings(step))
 
     if len(step.models) == 1:
         model = step.models[0]
@@ -118,7 +107,7 @@ def build_sql_step(step: SqlStep) -> dg.AssetsDefinition:
             metadata={"sql_file": f"dbt_like_sql/{model.path.name}"},
         )
         def _sql_asset(context: dg.AssetExecutionContext, config: config_cls, warehouse: WarehouseResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
-            return _run_step(context, step, config.model_dump(), warehouse)[0]
+            return _run_step(context, step, config.resolve(context).values(), warehouse)[0]
 
         return _sql_asset
 
@@ -140,7 +129,7 @@ def build_sql_step(step: SqlStep) -> dg.AssetsDefinition:
         ],
     )
     def _sql_step(context: dg.AssetExecutionContext, config: config_cls, warehouse: WarehouseResource):  # type: ignore[valid-type]
-        yield from _run_step(context, step, config.model_dump(), warehouse)
+        yield from _run_step(context, step, config.resolve(context).values(), warehouse)
 
     return _sql_step
 

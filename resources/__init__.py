@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from lm_mixup_assets.lib.settings.base import env_overrides
+
 from .judge import JudgeResource
-from .profiles import active_profile, lm_mixup_home, settings
+from .profiles import PROFILES, active_profile, lm_mixup_home
 from .warehouse import WarehouseResource
 
-__all__ = ["JudgeResource", "WarehouseResource", "build_resources", "active_profile", "settings", "lm_mixup_home"]
+__all__ = ["JudgeResource", "WarehouseResource", "build_resources", "resource_values", "active_profile", "lm_mixup_home"]
+
+
+def resource_values(section: str, resource_cls: type, profile: str | None = None) -> dict:
+    """One resource section's values: the profile's preset, then ``LM_MIXUP_<SECTION>_<FIELD>`` (pydantic-settings)."""
+    profile = profile or active_profile()
+    return {**PROFILES[profile][section], **env_overrides(resource_cls, f"LM_MIXUP_{section.upper()}_",
+                                                          skip=frozenset({"api_key_env"}))}
 
 
 def build_resources(profile: str | None = None, home: str | None = None) -> dict:
@@ -16,17 +25,19 @@ def build_resources(profile: str | None = None, home: str | None = None) -> dict
     in the launchpad) reads its key from the environment variable named by ``api_key_env``
     (``OPENAI_API_KEY``) when it runs, so a key never reaches config or run history.
     """
-    profile = profile or active_profile()
-    warehouse = WarehouseResource(home=str(home or lm_mixup_home()))
-    resources = {
-        "warehouse": warehouse,
-        "judge": JudgeResource(**settings("judge", profile)),
-    }
+    from .checkpoint_store import CHECKPOINT_IO_MANAGER, CheckpointIOManager
     from .embedder import EmbedderResource
     from .generator import GeneratorResource
 
-    resources["embedder"] = EmbedderResource(**settings("embedder", profile))
-    resources["generator"] = GeneratorResource(**settings("generator", profile))
-    # MIXTURE has its own writer (GPT-4o-mini in the paper), apart from the policy that distils.
-    resources["mixture_writer"] = GeneratorResource(**settings("mixture_writer", profile))
-    return resources
+    profile = profile or active_profile()
+    warehouse = WarehouseResource(home=str(home or lm_mixup_home()))
+    return {
+        "warehouse": warehouse,
+        "judge": JudgeResource(**resource_values("judge", JudgeResource, profile)),
+        "embedder": EmbedderResource(**resource_values("embedder", EmbedderResource, profile)),
+        "generator": GeneratorResource(**resource_values("generator", GeneratorResource, profile)),
+        # MIXTURE has its own writer (GPT-4o-mini in the paper), apart from the policy that distils.
+        "mixture_writer": GeneratorResource(**resource_values("mixture_writer", GeneratorResource, profile)),
+        # Checkpoint and model values (lib/checkpoints.py) as JSON next to the folders they name.
+        CHECKPOINT_IO_MANAGER: CheckpointIOManager(home=warehouse.home),
+    }

@@ -10,7 +10,9 @@ import dagster as dg
 from pydantic import Field
 
 from lm_mixup_assets.lib.generation import (
+    GenerationOutcome,
     GenerationParams,
+    OpenAIGenerator,
     TransformersGenerator,
     VllmGenerator,
     generate_with_cache,
@@ -19,7 +21,6 @@ from lm_mixup_assets.lib.generation import (
 )
 from lm_mixup_assets.lib.judging import estimate_cost_usd
 from lm_mixup_assets.lib.models import resolve_causal_lm
-from lm_mixup_assets.lib.rubric import JudgeOutcome
 
 from .warehouse import WarehouseResource
 
@@ -30,47 +31,31 @@ USAGE_KEYS = ("rows", "cache_hits", "generated", "http_requests", "retries", "ba
 _ENGINES: dict[tuple, object] = {}  # one loaded model per process and configuration
 
 
-def _openai_client(extra_body: dict, **kwargs):
-    """The OpenAI-compatible client, plus request fields outside the OpenAI schema.
-
-    ``repetition_penalty`` is not an OpenAI parameter: vLLM's server (and servers built on
-    it) read it from the request body, while api.openai.com rejects it (HTTP 400, recorded
-    as api_error per row), so it is only sent when it differs from 1.0.  Imported here:
-    the openai package loads only when this backend is used."""
-    from lm_mixup_assets.lib.openai_judge import OpenAIJudgeClient
-
-    class _WithExtras(OpenAIJudgeClient):
-        async def _attempt(self, client, body: dict):
-            return await super()._attempt(client, {**body, **extra_body})
-
-    return (_WithExtras if extra_body else OpenAIJudgeClient)(**kwargs)
-
-
 class GeneratorResource(dg.ConfigurableResource):
     """``transformers`` (batched, CPU or GPU), ``vllm`` (GPU; the ``gpu`` extra) or ``openai``
     (any OpenAI-compatible URL; key read at run time from the environment variable named by
     ``api_key_env``, never a config value). Greedy by default. Results are cached in the
     warehouse by (backend, model, sampling parameters, chat)."""
 
-    backend: str = "transformers"
-    model: str = "smollm2"
-    base_url: str = ""
+    backend: str = Field("transformers", description="'transformers' (in process, any device), 'vllm' (in process, GPU) or 'openai' (an OpenAI-compatible server, e.g. vLLM serve).")
+    model: str = Field("smollm2", min_length=1, description="'smollm2' (packaged, offline), an HF id or folder, or (openai backend) the served model name.")
+    base_url: str = Field("", description="OpenAI-compatible endpoint (openai backend); empty = the client's default.")
     api_key_env: str = Field(
         default="OPENAI_API_KEY",
         description="NAME of the environment variable that holds the openai backend's API key (read at run time, "
         "never stored; any value, e.g. EMPTY, for a local server). The key itself is never a config field.",
     )
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    repetition_penalty: float = 1.0  # 1 = off; the openai backend sends it as an extra body field (vLLM servers)
-    batch_size: int = 8
-    device: str = "auto"
-    concurrency: int = 16
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    tensor_parallel_size: int = 1
+    max_new_tokens: int = Field(256, ge=1, description="Longest generation in tokens (an asset may ask for fewer).")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (temperature > 0).")
+    seed: int = Field(0, description="Sampling seed.")
+    repetition_penalty: float = Field(1.0, gt=0, description="1 = off; the openai backend sends it as an extra body field (vLLM servers read it).")
+    batch_size: int = Field(8, ge=1, description="Prompts per batch (transformers / vllm backends).")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' (transformers backend).")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once (openai backend).")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds before one request times out (then retried).")
+    max_retries: int = Field(5, ge=0, description="Retries after 429/5xx/timeouts, with backoff; then the row is api_error.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM engine spans (vllm backend).")
 
     def params(self, **overrides) -> GenerationParams:
         base = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
@@ -96,7 +81,7 @@ class GeneratorResource(dg.ConfigurableResource):
 
     def generate(self, chats: list[list[dict]], warehouse: WarehouseResource, model: str | None = None,
                  progress: Callable[[str], None] | None = None, usage: dict | None = None,
-                 **param_overrides) -> tuple[list[JudgeOutcome], list[bool]]:
+                 **param_overrides) -> tuple[list[GenerationOutcome], list[bool]]:
         """One outcome per chat (text in ``raw_answer``) and whether it came from the cache.
 
         ``usage``, when given, is filled with what this call cost (see :data:`USAGE_KEYS`): ``rows``,
@@ -120,15 +105,12 @@ class GeneratorResource(dg.ConfigurableResource):
             if not self.api_key():
                 raise dg.Failure(f"generator backend 'openai' needs {self.api_key_env} set in the environment of the "
                                  "run (any value, e.g. EMPTY, for a local server); keys are never config values")
-            extra = {"repetition_penalty": params.repetition_penalty} if params.repetition_penalty != 1.0 else {}
-            client = _openai_client(extra, base_url=self.base_url, api_key=self.api_key(), model=model,
-                                    concurrency=self.concurrency, timeout_s=self.timeout_s,
-                                    max_retries=self.max_retries, temperature=params.temperature,
-                                    max_tokens=params.max_new_tokens)
+            client = OpenAIGenerator(base_url=self.base_url, api_key=self.api_key(), model=model,
+                                     concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries)
 
             def missing(todo, on_result):
                 counters["generated"] += len(todo)
-                return client.complete_all(todo, on_result)
+                return client.generate(todo, params, on_result)
         else:
             engine = self._engine(resolved, label)
 

@@ -35,9 +35,9 @@ class JudgeResource(dg.ConfigurableResource):
     but the rubric version is still part of its cache key.
     """
 
-    backend: str = "heuristic"
-    model: str = "heuristic-v1"
-    base_url: str = ""
+    backend: str = Field("heuristic", description="'heuristic' (offline, length-biased: its Overall tracks answer length) or 'openai' (any OpenAI-compatible chat endpoint).")
+    model: str = Field("heuristic-v1", min_length=1, description="The judge model (openai backend: the served model name, e.g. gpt-4o-mini); keys the cache.")
+    base_url: str = Field("", description="OpenAI-compatible endpoint (openai backend); empty = the client's default (api.openai.com).")
     api_key_env: str = Field(
         default="OPENAI_API_KEY",
         description="NAME of the environment variable that holds the openai backend's API key (read at run time, "
@@ -64,11 +64,11 @@ class JudgeResource(dg.ConfigurableResource):
         description="Sampling temperature of the openai backend. The reference sets none (the API default, 1.0); "
         "0 makes re-asks of one prompt agree. A non-zero value is part of the judge cache key.",
     )
-    concurrency: int = 16
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    max_parse_retries: int = 2
-    max_tokens: int = 128
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once (openai backend).")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds before one request times out (then retried).")
+    max_retries: int = Field(5, ge=0, description="Retries of a request after 429/5xx/timeouts, with backoff; then the row is api_error.")
+    max_parse_retries: int = Field(2, ge=0, description="Re-asks when an answer has no parsable scores; then the row is parse_error.")
+    max_tokens: int = Field(128, ge=1, description="Longest judge answer in tokens.")
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+from pydantic import Field
 import pandas as pd
 
 from lm_mixup_assets.lib import warehouse as wh
@@ -33,8 +34,8 @@ def check_key_name(key: dg.AssetCheckKey) -> str:
 class WarehouseResource(dg.ConfigurableResource):
     """Where every table lives. ``home`` holds ``warehouse.duckdb`` and ``artifacts/``."""
 
-    home: str
-    lock_timeout_s: float = 300.0
+    home: str = Field(description="Root of everything the platform writes (LM_MIXUP_HOME): warehouse.duckdb, artifacts/, dagster/.")
+    lock_timeout_s: float = Field(300.0, gt=0, description="Seconds a writer waits for the DuckDB file lock before failing.")
 
     @property
     def database_path(self) -> Path:

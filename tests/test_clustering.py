@@ -297,7 +297,8 @@ def test_reference_clusters_are_minibatch_kmeans_then_the_greedy():
 
 
 def test_profiles_pick_the_clustering_algorithm():
-    from resources.profiles import settings
+    from lm_mixup_assets.config import resolved_settings
+    from lm_mixup_assets.lib.settings.clusters import ClusteringSettings
 
-    assert settings("clusters", "paper")["algorithm"] == "reference"
-    assert settings("clusters", "demo")["algorithm"] == "fast"
+    assert resolved_settings(ClusteringSettings, "paper")[0].algorithm == "reference"
+    assert resolved_settings(ClusteringSettings, "demo")[0].algorithm == "fast"

@@ -6,7 +6,6 @@ import random
 import re
 
 import dagster as dg
-import pandas as pd
 
 import definitions
 from resources.generator import GeneratorResource
@@ -45,7 +44,11 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm, monkey
     inputs = query("select cluster_id, part, member_ids, input_text from cluster_inputs where source = 'chatterbot' order by cluster_id, part")
     failing = inputs["input_text"].iat[1].split("\n")[0]  # the first line of the second cluster: its requests fail
     garbage = inputs["input_text"].iat[3].split("\n")[0]  # the fourth cluster gets an answer without tags
-    distill_assets = [*partitioned(("distill",), source_partitions), *definitions.defs.asset_checks]
+    # distilled_pool's grpo_checkpoint input: a source here (its IO manager loads it), not retrained.
+    grpo = next(a for a in definitions.defs.assets if dg.AssetKey("grpo_checkpoint") in a.keys).to_source_asset()
+    distill = partitioned(("distill",), source_partitions)
+    distill_assets = [*distill, grpo, *definitions.defs.asset_checks]
+    distill_only = dg.AssetSelection.assets(*distill)
     # 1 failed cluster of 10 is over the default 5% failure budget: allowed here to check the accounting.
     config = {"ops": {"distilled_pool": {"config": {"max_clusters": 10, "max_failed_fraction": 0.2}},
                       "rated_distilled": {"config": {"quality_threshold": 0}}}}  # distilled_high applies the same value
@@ -54,11 +57,13 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm, monkey
                             faults={failing: [{"status": 500, "sticky": True}]}) as server:
         res = {**resources, "generator": GeneratorResource(backend="openai", model="distiller-test", base_url=server.base_url,
                                                            concurrency=4, max_retries=1)}
-        result = dg.materialize(distill_assets, resources=res, partition_key="chatterbot", run_config=config)
+        result = dg.materialize(distill_assets, selection=distill_only, resources=res, partition_key="chatterbot",
+                                run_config=config)
         assert result.success
         first_requests = server.request_count()
         # A re-run pays nothing twice: only the failed cluster is asked again (1 try + 1 retry).
-        assert dg.materialize(distill_assets, resources=res, partition_key="chatterbot", run_config=config).success
+        assert dg.materialize(distill_assets, selection=distill_only, resources=res, partition_key="chatterbot",
+                              run_config=config).success
         assert server.request_count() - first_requests == 2
 
     checks = checks_by_name(result)
@@ -132,14 +137,21 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm, monkey
     lines = [json.loads(x) for x in (home / "artifacts" / "training_sets" / "mixup50_ori50.jsonl").read_text().splitlines()]
     assert [x["prompt"] for x in lines] == rows["prompt"].tolist()
 
-    # The default distiller is the recorded GRPO checkpoint; a random tiny model's text does not parse.
-    from resources import WarehouseResource
+    # The default distiller is grpo_checkpoint's value. Without one the step says what to materialise; given one
+    # (a tiny random model, handed to the IO manager as a grpo_checkpoint run would) it distils with it.
+    from lm_mixup_assets.lib.checkpoints import ModelCheckpoint
+    from resources.checkpoint_store import CHECKPOINT_IO_MANAGER
 
-    WarehouseResource(home=str(home)).replace_partition("training_checkpoints", pd.DataFrame([{
-        "asset": "grpo_checkpoint", "path": tiny_causal_lm, "data_version": "tiny", "steps": 0, "wall_seconds": 0.0,
-        "device": "cpu", "created_at": pd.Timestamp.now()}]), "asset", "grpo_checkpoint")
-    local = dg.materialize(distill_assets, resources=resources, partition_key="chatterbot",
-                           run_config={"ops": {"distilled_pool": {"config": {"max_clusters": 3, "max_new_tokens": 8}}}})
+    local_config = {"ops": {"distilled_pool": {"config": {"max_clusters": 3, "max_new_tokens": 8}}}}
+    missing = dg.materialize(distill_assets, selection=distill_only, resources=resources, partition_key="chatterbot",
+                             run_config=local_config, raise_on_error=False)
+    assert not missing.success
+    assert "grpo_checkpoint has no stored value yet: materialise grpo_checkpoint first" in str(
+        [e.step_failure_data.error for e in missing.all_events if e.is_step_failure])
+    resources[CHECKPOINT_IO_MANAGER].handle_output(dg.build_output_context(asset_key=dg.AssetKey("grpo_checkpoint")),
+                                                   ModelCheckpoint.of_folder(tiny_causal_lm, "grpo_checkpoint"))
+    local = dg.materialize(distill_assets, selection=distill_only, resources=resources, partition_key="chatterbot",
+                           run_config=local_config)
     assert local.success and checks_by_name(local)["distilled_pool_accounting"].passed
     distilled = query("select status, distiller from distilled_pool where source = 'chatterbot'")
     assert (distilled["distiller"] == tiny_causal_lm).all()

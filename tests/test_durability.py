@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_mixup_assets.lib.judging import CacheWriter
+from lm_mixup_assets.lib.cache import CacheWriter
 from tests.openai_server import OpenAICompatServer, default_answer, prompt_hash
 
 REPO = Path(__file__).resolve().parents[1]

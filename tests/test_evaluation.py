@@ -74,9 +74,15 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     assert result.success and checks_by_name(result)["scores_in_unit_range"].passed
     model = query("select * from downstream_models")
     assert model["rows"].tolist() == [6] and model["steps"].tolist() == [2]
+    # benchmark_scores got the merged model as downstream_models[random]'s value, with its training format.
+    value = result.output_for_node("downstream_models")
+    assert value.path == model["merged_path"].iat[0] and value.steps == 2
+    assert value.training_settings["chat_template"] == "none" and value.data_version == model["data_version"].iat[0]
+    assert (home / "artifacts" / "asset_values" / "downstream_models" / "random.json").is_file()
     assert model["chat_template"].tolist() == ["none"] and (query("select * from benchmark_scores")["chat_template"] == "none").all()
     # Scoring in another format than the model was trained in is refused, not run.
-    mismatch = dg.materialize([a for a in per_arm if a.key.path[-1] == "benchmark_scores"], resources=resources,
+    # The stored downstream_models[random] value is loaded, not retrained: only benchmark_scores is selected.
+    mismatch = dg.materialize(per_arm, selection=["benchmark_scores"], resources=resources,
                               partition_key="random", raise_on_error=False,
                               run_config={"ops": {"benchmark_scores": {"config": {**eval_cfg, "chat_template": "apply"}}}})
     assert not mismatch.success
@@ -95,3 +101,14 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     assert (scores["label"] == SMOKE_LABEL).all()
     md = report.asset_materializations_for_node("benchmark_report")[0].metadata
     assert "smoke-level" in md["report"].value and md["plot"].value.startswith("![")
+    # A model folder deleted since training is named, not evaluated; an arm never trained says what to run.
+    import shutil
+
+    shutil.rmtree(value.path)
+    for arm, expected in (("random", "no longer exists (deleted or moved?): rematerialise downstream_models[random]"),
+                          ("full_low", "materialise downstream_models[full_low] first")):
+        gone = dg.materialize(per_arm, selection=["benchmark_scores"], resources=resources,
+                              partition_key=arm, raise_on_error=False,
+                              run_config={"ops": {"benchmark_scores": {"config": eval_cfg}}})
+        assert not gone.success
+        assert expected in str([e.step_failure_data.error for e in gone.all_events if e.is_step_failure])

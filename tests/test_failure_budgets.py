@@ -198,22 +198,20 @@ def test_generator_usage_counts_rows_and_http_requests_apart(home):
 
 
 def test_profiles_state_every_budget():
+    from lm_mixup_assets.config import resolved_settings
     from lm_mixup_assets.distill import DistillConfig, RescueYieldConfig
     from lm_mixup_assets.mixture import MixtureConfig, TargetsConfig, VariantsConfig
     from lm_mixup_assets.pool import RatedPoolConfig
     from lm_mixup_assets.training import MixtureEvalConfig
-    from resources.profiles import settings
 
+    configs = (RatedPoolConfig, TargetsConfig, VariantsConfig, MixtureConfig, DistillConfig, RescueYieldConfig,
+               MixtureEvalConfig)
     for profile in ("demo", "paper"):
-        assert settings("pool", profile)["max_failed_rating_fraction"] == 0.05
-        assert settings("mixture", profile)["max_failed_fraction"] == 0.05
-        assert settings("training", profile)["eval_max_failed_fraction"] == 0.05
-        distill = settings("distill", profile)
-        assert distill["max_failed_fraction"] == distill["max_failed_rating_fraction"] == 0.05
+        for config in configs:
+            assert resolved_settings(config.settings_model, profile)[0].max_failed_fraction == 0.05
     # an unparsed distiller answer is a quality outcome: all accepted on the demo's 135M model, half on the paper's
-    assert settings("distill", "demo")["max_parse_error_fraction"] == 1.0
-    assert settings("distill", "paper")["max_parse_error_fraction"] == 0.5
-    for config in (RatedPoolConfig, TargetsConfig, VariantsConfig, MixtureConfig, DistillConfig, RescueYieldConfig,
-                   MixtureEvalConfig):
-        field = config.model_fields["max_failed_fraction"]
-        assert field.default == 0.05 and "Failure budget" in field.description
+    assert resolved_settings(DistillConfig.settings_model, "demo")[0].max_parse_error_fraction == 1.0
+    assert resolved_settings(DistillConfig.settings_model, "paper")[0].max_parse_error_fraction == 0.5
+    for config in configs:  # the launchpad shows each budget with its description, the default and the profiles'
+        description = config.model_fields["max_failed_fraction"].description
+        assert "Failure budget" in description and "Default 0.05" in description

@@ -27,15 +27,6 @@ OWNED_SIDE_TABLES = {
     "training_set_composition": {"training_sets"},  # selection.py: the recipe's counts per arm and pool
 }
 
-# Registries read across stages: issue 14 item 2 turns them into asset values (declared inputs).
-# Until then the debt is listed here, reader -> registry table; remove an entry when it is fixed.
-KNOWN_REGISTRY_READS = {
-    "sft_checkpoint": {"training_checkpoints"},  # base_policy's path (issue 14 item 2)
-    "grpo_checkpoint": {"training_checkpoints"},  # sft_checkpoint's path (issue 14 item 2)
-    "distilled_pool": {"training_checkpoints"},  # the GRPO/SFT checkpoint path (issue 14 item 2)
-    "mixture_eval": {"training_checkpoints"},  # the checkpoints to evaluate (issue 14 item 2)
-}
-
 
 def declared_tables() -> dict[str, set[str]]:
     """For each asset key and check key (as recorded): the tables it may read."""
@@ -70,7 +61,7 @@ def undeclared_reads(recorder: ReadRecorder) -> dict[str, set[str]]:
         ok = set(CACHE_TABLES)
         for key in known:
             asset = key.split(":")[0]
-            ok |= allowed[key] | KNOWN_REGISTRY_READS.get(asset, set())
+            ok |= allowed[key]
             ok |= {table for table, owners in OWNED_SIDE_TABLES.items() if asset in owners}
         stray = tables - ok
         if stray:
@@ -122,12 +113,5 @@ def test_session_reads_are_declared_edges(lineage_reads):
     seen = {key for reader in lineage_reads.by_reader() for key in reader if key in allowed}
     if not seen:
         pytest.skip("no stage test ran in this session: run with the stage tests, e.g. the whole fast suite")
-    read_by_asset: dict[str, set[str]] = {}
-    for reader, tables in lineage_reads.by_reader().items():
-        for key in reader:
-            read_by_asset.setdefault(key, set()).update(tables)
-    stale = {asset: tables - read_by_asset[asset] for asset, tables in KNOWN_REGISTRY_READS.items()
-             if asset in read_by_asset and tables - read_by_asset[asset]}
-    assert stale == {}, f"these registry reads are gone: remove them from KNOWN_REGISTRY_READS: {stale}"
     stray = undeclared_reads(lineage_reads)
     assert stray == {}, f"declare these upstreams (deps=...) or list the table as a cache: {stray}"

@@ -57,13 +57,14 @@ def test_mixture_group_on_a_small_slice(resources, query, home):
 
 def test_paper_cluster_sizes_span_2_to_20(resources, query):
     """The paper profile's variant settings (a pool of 20 noise variants, clusters up to 20) on a small slice."""
-    from resources.profiles import PROFILES
+    from lm_mixup_assets.config import resolved_settings
+    from lm_mixup_assets.lib.settings.mixture import MixtureSettings, VariantsSettings
 
-    paper = PROFILES["paper"]["mixture"]
-    assert (paper["variants_per_target"], paper["max_variants"]) == (20, 20)
+    variants, mix = resolved_settings(VariantsSettings, "paper")[0], resolved_settings(MixtureSettings, "paper")[0]
+    assert (variants.variants_per_target, mix.max_variants) == (20, 20)
     config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 5}},
-                      "mixture_variants": {"config": {"variants_per_target": paper["variants_per_target"]}},
-                      "mixture": {"config": {"max_variants": paper["max_variants"]}}}}
+                      "mixture_variants": {"config": {"variants_per_target": variants.variants_per_target}},
+                      "mixture": {"config": {"max_variants": mix.max_variants}}}}
     # rating_library (embedding every variant) is left out: its path is the first test's
     built = [a for a in mixture_assets_and_checks() if getattr(a, "node_def", None) is None or a.node_def.name != "rating_library"]
     result = dg.materialize(built, resources=resources, run_config=config,

@@ -248,13 +248,14 @@ def test_prompts_render():
 
 @pytest.mark.parametrize("profile,expected_range", [("paper", (2, 20)), ("demo", (2, 6))])
 def test_cluster_sizes_are_uniform_over_the_profile_range(profile, expected_range):
-    from resources.profiles import PROFILES
+    from lm_mixup_assets.config import resolved_settings
+    from lm_mixup_assets.lib.settings.mixture import MixtureSettings, VariantsSettings
 
-    settings = PROFILES[profile]["mixture"]
-    lo, hi = 2, settings["max_variants"]
+    lo, hi = 2, resolved_settings(MixtureSettings, profile)[0].max_variants
     assert (lo, hi) == expected_range
+    per_target = resolved_settings(VariantsSettings, profile)[0].variants_per_target
     rng = np.random.default_rng(0)
-    sizes = np.array([L.draw_cluster_size(rng, settings["variants_per_target"], lo, hi) for _ in range(4000)])
+    sizes = np.array([L.draw_cluster_size(rng, per_target, lo, hi) for _ in range(4000)])
     assert sizes.min() == lo and sizes.max() == hi
     counts = np.bincount(sizes, minlength=hi + 1)[lo:]
     assert len(counts) == hi - lo + 1 and (counts > 0).all()

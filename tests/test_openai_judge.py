@@ -19,7 +19,7 @@ except ImportError:  # pytest run without the repository root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.openai_server import OpenAICompatServer, expected_scores
 
-from lm_mixup_assets.lib import openai_judge
+from lm_mixup_assets.lib import chat_transport
 from lm_mixup_assets.lib.openai_judge import OpenAIJudgeClient
 from lm_mixup_assets.lib.rubric import SYSTEM_PROMPT
 
@@ -329,7 +329,7 @@ def test_thread_mode_server_with_custom_answer():
 
 
 def test_retry_after_header_parsing():
-    ra = openai_judge._retry_after
+    ra = chat_transport._retry_after
     assert ra({"retry-after": "2"}) == 2.0
     assert ra({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert ra({}) is None

@@ -1,47 +1,48 @@
 """The paper profile resolves every setting of docs/method.md to the reference's value.
 
 Each row: (what, resolved value, reference value, reference file in yuu250/LM-mixup).
-The asset configs read their defaults from the profile when their module is imported,
-so they are dumped in a fresh interpreter with ``LM_MIXUP_PROFILE=paper``.
+Settings resolve when a run starts, not at import, so the paper profile is resolved here in
+process, with every ``LM_MIXUP_*`` variable of the test environment removed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from lm_mixup_assets.config import resolved_settings
+from lm_mixup_assets.lib.settings import clusters, distill, evaluation, mixture, selection, training
+from lm_mixup_assets.sql_assets import SQL_STEPS, step_settings
+from resources import build_resources
+
 ROOT = Path(__file__).resolve().parents[1]
 
-_DUMP = r"""
-import importlib, inspect, json
-import dagster as dg
-from resources import build_resources, settings
-out = {}
-for module in ("pool", "clusters", "mixture", "training", "distill", "selection", "evaluation"):
-    m = importlib.import_module(f"lm_mixup_assets.{module}")
-    for name, cls in vars(m).items():
-        if inspect.isclass(cls) and issubclass(cls, dg.Config) and cls.__module__ == m.__name__:
-            out[name] = cls().model_dump()
-for key, resource in build_resources().items():
-    if key != "warehouse":
-        out[key] = {k: v for k, v in resource.__dict__.items() if isinstance(v, (str, int, float, bool))}
-out["threshold"] = settings("pool")["quality_threshold"]
-print(json.dumps(out))
-"""
+MODELS = {
+    "ClusteringConfig": clusters.ClusteringSettings, "ClusterInputsConfig": clusters.ClusterInputsSettings,
+    "MixtureConfig": mixture.MixtureSettings, "TargetsConfig": mixture.TargetsSettings,
+    "RatingLibraryConfig": mixture.RatingLibrarySettings, "BasePolicyConfig": training.BasePolicySettings,
+    "SftConfig": training.SFTSettings, "GrpoConfig": training.GRPOSettings, "DistillConfig": distill.DistillSettings,
+    "LongTailConfig": selection.LongTailSettings, "TrainingSetConfig": selection.TrainingSetSettings,
+    "DownstreamConfig": evaluation.LoraSFTSettings, "EvalSettings": evaluation.LmEvalSettings,
+}
 
 
 @pytest.fixture(scope="module")
 def paper():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LM_MIXUP_")}
-    env.update(LM_MIXUP_PROFILE="paper", OPENAI_API_KEY="sk-test-not-a-key")
-    done = subprocess.run([sys.executable, "-c", _DUMP], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("LM_MIXUP_")}
+    try:
+        out = {name: resolved_settings(model, "paper")[0].values() for name, model in MODELS.items()}
+        for key, resource in build_resources("paper").items():
+            if key != "warehouse":
+                out[key] = {k: v for k, v in resource.__dict__.items() if isinstance(v, (str, int, float, bool))}
+        split = next(s for s in SQL_STEPS if s.name == "quality_split")
+        out["threshold"] = resolved_settings(step_settings(split), "paper")[0].quality_threshold
+    finally:
+        os.environ.update(saved)
+    return out
 
 
 def _rows(c):
@@ -163,7 +164,8 @@ def test_reward_weights_from_config_and_overrides():
     import dagster as dg
 
     from lm_mixup_assets.lib.rewards import resolve_weights
-    from lm_mixup_assets.training import GrpoConfig, reward_weights
+    from lm_mixup_assets.lib.settings.training import GRPOSettings as GrpoConfig
+    from lm_mixup_assets.training import reward_weights
 
     weights = reward_weights(GrpoConfig(reward_weight_overrides="{}"))
     for task in ("qa", "mcq", "tfq", "cs", "paragraph"):

@@ -74,7 +74,7 @@ def test_executor_is_chosen_by_environment(monkeypatch):
     assert select_executor("in_process").name == "in_process"
     assert select_executor("multiprocess").name == "multiprocess"
     monkeypatch.setenv("LM_MIXUP_IMAGE", "registry.example/lm-mixup:1.0")
-    monkeypatch.setenv("LM_MIXUP_HOME", "/mnt/lm-mixup")
+    monkeypatch.setenv("LM_MIXUP_K8S_HOME", "/mnt/lm-mixup")  # the pods' mount path, passed as their LM_MIXUP_HOME
     k8s = select_executor("k8s")  # builds the cluster configuration; needs no cluster
     assert k8s.name == "k8s"
     cfg = k8s_executor_config()

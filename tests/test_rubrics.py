@@ -141,9 +141,9 @@ def test_openai_judge_sends_each_rubrics_messages_and_parses_ds2_answers(home, m
 
 
 def test_profiles_pick_the_reference_rubrics_on_paper_and_ours_on_demo(monkeypatch):
-    from resources.profiles import settings
+    from resources.profiles import PROFILES
 
-    paper, demo = settings("judge", "paper"), settings("judge", "demo")
+    paper, demo = PROFILES["paper"]["judge"], PROFILES["demo"]["judge"]
     assert (paper["rubric_version"], paper["distilled_rubric_version"], paper["target_rubric_version"]) == \
         ("ds2", "per_task_qa_pair", "per_task")
     assert (demo["rubric_version"], demo["distilled_rubric_version"], demo["target_rubric_version"]) == \

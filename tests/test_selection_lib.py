@@ -184,13 +184,14 @@ def test_duplicates_are_kept_when_asked():
 
 
 def test_paper_profile_resolves_to_the_reference_selection():
-    from resources.profiles import settings
+    from lm_mixup_assets.config import resolved_settings
+    from lm_mixup_assets.lib.settings.selection import LongTailSettings, TrainingSetSettings
 
-    paper = settings("selection", "paper")
-    assert (paper["k"], paper["size"], paper["shuffle_seed"]) == (15, 10_000, 42)
-    assert (paper["long_tail_prompt_prefix"], paper["long_tail_answer_prefix"]) == ("Instruction: ", "Answer: ")
-    assert (paper["original_rank"], paper["row_order"]) == ("quality_then_long_tail", "reference")
-    arms = paper["arms"].split(",")
+    paper, long_tail = resolved_settings(TrainingSetSettings, "paper")[0], resolved_settings(LongTailSettings, "paper")[0]
+    assert (long_tail.k, paper.size, paper.shuffle_seed) == (15, 10_000, 42)
+    assert (long_tail.prompt_prefix, long_tail.answer_prefix) == ("Instruction: ", "Answer: ")
+    assert (paper.original_rank, paper.row_order) == ("quality_then_long_tail", "reference")
+    arms = paper.arm_list()
     assert {"mixup70_ori30", "mixup50_ori50", "mixup30_ori70", "high70_low30", "high50_low50", "high30_low70",
             "full_low"} <= set(arms)
     assert [parse_arm(a).counts(10_000) for a in ("mixup70_ori30", "high30_low70")] == [

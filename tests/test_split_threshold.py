@@ -6,7 +6,9 @@ import pytest
 
 import definitions
 from lm_mixup_assets.lib.sql_models import SqlModelError, group_steps, materialise_step, parse_model
-from lm_mixup_assets.sql_assets import var_default
+from lm_mixup_assets.config import resolved_settings
+from lm_mixup_assets.lib.settings.base import SettingsError
+from lm_mixup_assets.sql_assets import SQL_STEPS, step_settings
 from tests.helpers import checks_by_name, materialize_source, pool_assets_and_checks
 
 
@@ -78,15 +80,20 @@ def test_a_split_with_a_row_in_both_pools_fails_the_blocking_check_and_stops_clu
     assert both == 1
 
 
-def test_the_default_threshold_is_the_profiles(monkeypatch):
-    monkeypatch.delenv("LM_MIXUP_VAR_QUALITY_THRESHOLD", raising=False)
-    monkeypatch.delenv("LM_MIXUP_POOL_QUALITY_THRESHOLD", raising=False)
-    assert var_default("quality_threshold", int, 99) == 4  # pool.quality_threshold in both profiles
-    monkeypatch.setenv("LM_MIXUP_POOL_QUALITY_THRESHOLD", "3")
-    assert var_default("quality_threshold", int, 99) == 3
-    monkeypatch.setenv("LM_MIXUP_VAR_QUALITY_THRESHOLD", "2")
-    assert var_default("quality_threshold", int, 99) == 2
-    assert var_default("some_other_var", int, 7) == 7
+def test_the_threshold_resolves_from_header_profile_env_and_launchpad(monkeypatch):
+    split = next(s for s in SQL_STEPS if s.name == "quality_split")
+    model = step_settings(split)
+    monkeypatch.delenv("LM_MIXUP_QUALITY_SPLIT_QUALITY_THRESHOLD", raising=False)
+    for profile in ("demo", "paper"):  # the SQL header's 4 in both profiles
+        assert resolved_settings(model, profile)[0].quality_threshold == 4
+    monkeypatch.setenv("LM_MIXUP_QUALITY_SPLIT_QUALITY_THRESHOLD", "3")
+    settings, sources = resolved_settings(model, "demo")
+    assert settings.quality_threshold == 3 and sources["quality_threshold"] == "LM_MIXUP_QUALITY_SPLIT_QUALITY_THRESHOLD"
+    settings, sources = resolved_settings(model, "demo", explicit={"quality_threshold": 2})
+    assert settings.quality_threshold == 2 and sources["quality_threshold"] == "launchpad"
+    monkeypatch.setenv("LM_MIXUP_QUALITY_SPLIT_QUALITY_THRESHOLD", "four")
+    with pytest.raises(SettingsError, match="QUALITY_THRESHOLD.*valid integer"):
+        resolved_settings(model, "demo")
 
 
 def _model(tmp_path, name, header, body="select 1 as source, {{ var('t') }} as t"):

@@ -218,7 +218,7 @@ def test_grpo_settings_validate():
         GRPOSettings(prompt_layout="jinja").validate()
     with pytest.raises(ValueError, match="multiple of num_generations"):
         GRPOSettings(per_device_train_batch_size=3, gradient_accumulation_steps=1).validate()
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(ValueError, match="lr\n.*Extra inputs are not permitted"):  # a typo is an error, not ignored
         run_grpo("x", ROWS, [], "/nonexistent", settings={"lr": 1.0})
 
 
@@ -275,7 +275,7 @@ def test_grpo_two_steps(sft_two_steps, tmp_path):
     sft, _ = sft_two_steps
     funcs = make_trl_reward_funcs(_libraries(), fake_embed)
     settings = GRPOSettings(num_generations=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-                            steps_per_generation=None, max_completion_length=12, max_steps=2, save_steps=1,
+                            steps_per_generation=0, max_completion_length=12, max_steps=2, save_steps=1,
                             learning_rate=1e-4)
     logs = []
     result = run_grpo(sft.checkpoint, ROWS, funcs, tmp_path / "grpo", settings, on_log=lambda s, d: logs.append(d))

@@ -3,6 +3,7 @@
 import dagster as dg
 
 import definitions
+from lm_mixup_assets.lib.checkpoints import ModelCheckpoint
 from tests.helpers import checks_by_name  # noqa: F401
 
 
@@ -10,7 +11,7 @@ def group(name):
     return [a for a in definitions.defs.assets if set(a.group_names_by_key.values()) == {name}]
 
 
-def test_training_group_materialises_with_a_tiny_model(resources, query, tiny_causal_lm):
+def test_training_group_materialises_with_a_tiny_model(resources, query, home, tiny_causal_lm):
     mixture_config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 10}},
                               "mixture_variants": {"config": {"variants_per_target": 3}},
                               "mixture": {"config": {"max_variants": 3, "test_fraction": 0.3}}}}
@@ -27,8 +28,19 @@ def test_training_group_materialises_with_a_tiny_model(resources, query, tiny_ca
     assert sft["steps"].value == 2 and sft["loss_curve"].value.startswith("![")
     grpo = result.asset_materializations_for_node("grpo_checkpoint")[0].metadata
     assert set(grpo["final_rewards"].value) >= {"reward_quality", "reward_alignment", "reward_format"}
-    ckpts = query("select asset, path from training_checkpoints order by asset")
-    assert ckpts["asset"].tolist() == ["base_policy", "grpo_checkpoint", "sft_checkpoint"]
+    # Each checkpoint is its asset's value: stored by the IO manager, handed on as the next asset's input.
+    values = {name: result.output_for_node(name) for name in ("base_policy", "sft_checkpoint", "grpo_checkpoint")}
+    assert values["grpo_checkpoint"].started_from == values["sft_checkpoint"]
+    assert values["sft_checkpoint"].started_from == values["base_policy"]
+    assert values["base_policy"].path == tiny_causal_lm and values["base_policy"].steps == 0
+    assert (values["sft_checkpoint"].steps, values["grpo_checkpoint"].steps) == (2, 1)
+    for name, value in values.items():
+        materialization = result.asset_materializations_for_node(name)[0]
+        assert value.asset == name and value.folder_exists()
+        assert materialization.tags["dagster/data_version"] == value.fingerprint
+        stored = home / "artifacts" / "asset_values" / name / "__unpartitioned__.json"
+        assert ModelCheckpoint.from_json(stored.read_text()) == value
+    assert values["sft_checkpoint"].data_version == values["grpo_checkpoint"].data_version == sft["data_version"].value
     evals = query("select * from mixture_eval order by model")
     assert evals["model"].tolist() == ["base", "grpo", "sft"]
     assert evals["format_compliance"].between(0, 1).all() and (evals["examples"] == 2).all()
@@ -40,20 +52,26 @@ def test_training_group_materialises_with_a_tiny_model(resources, query, tiny_ca
 
     from lm_mixup_assets.lib.training import latest_checkpoint
 
-    grpo_dir = os.path.dirname(ckpts.loc[ckpts["asset"] == "grpo_checkpoint", "path"].iat[0])
+    grpo_dir = os.path.dirname(values["grpo_checkpoint"].path)
     args = torch.load(os.path.join(latest_checkpoint(grpo_dir), "training_args.bin"), weights_only=False)
     assert (args.weight_decay, args.epsilon, args.epsilon_high, args.delta) == (0.01, 0.2, 0.3, 3.0)
 
 
 def test_paper_profile_resolves_the_reference_formats():
-    from resources.profiles import PROFILES
+    from lm_mixup_assets.config import resolved_settings
+    from lm_mixup_assets.lib.settings import clusters, distill, training
 
-    training, distill, clusters = (PROFILES["paper"][k] for k in ("training", "distill", "clusters"))
-    assert (training["sft_target_layout"], training["sft_cot_mode"], training["grpo_prompt_layout"]) == \
-        ("reference", "omit_empty", "reference")
-    assert training["sft_grad_accum"] == 1 and training["eval_repetition_penalty"] == 1.3
-    assert (distill["prompt_layout"], distill["repetition_penalty"], distill["max_new_tokens"]) == ("reference", 1.05, 2400)
-    assert clusters["input_style"] == "reference"
-    # each profile distils with the layout its distiller is trained in
-    for profile in PROFILES.values():
-        assert profile["distill"]["prompt_layout"] == profile["training"]["sft_target_layout"]
+    def paper(model):
+        return resolved_settings(model, "paper")[0]
+
+    sft, grpo, evaluation = paper(training.SFTSettings), paper(training.GRPOSettings), paper(training.MixtureEvalSettings)
+    assert (sft.target_layout, sft.cot_mode, grpo.prompt_layout) == ("reference", "omit_empty", "reference")
+    assert sft.gradient_accumulation_steps == 1 and evaluation.repetition_penalty == 1.3
+    distiller = paper(distill.DistillSettings)
+    assert (distiller.prompt_layout, distiller.repetition_penalty, distiller.max_new_tokens) == ("reference", 1.05, 2400)
+    assert paper(clusters.ClusterInputsSettings).input_style == "reference"
+    # each profile distils, and evaluates, with the layout its distiller is trained in
+    for profile in ("demo", "paper"):
+        layout = resolved_settings(training.SFTSettings, profile)[0].target_layout
+        assert resolved_settings(distill.DistillSettings, profile)[0].prompt_layout == layout
+        assert resolved_settings(training.MixtureEvalSettings, profile)[0].prompt_layout == layout

@@ -105,7 +105,7 @@ GENERATOR_FAILED = ("api_error", "parse_error")  # the openai generator re-asks 
 
 
 def outcome_details(outcomes: Sequence) -> list[str | None]:
-    """Per outcome (``rubric.JudgeOutcome``), what a failure sample shows: the error and, for an
+    """Per outcome (``rubric.JudgeOutcome`` or ``generation.GenerationOutcome``), what a failure sample shows: the error and, for an
     answer that did not parse, its first characters."""
     details = []
     for o in outcomes:
@@ -121,6 +121,6 @@ def outcome_details(outcomes: Sequence) -> list[str | None]:
 
 def assess_outcomes(what: str, outcomes: Sequence, max_fraction: float, secrets: Iterable[str | None] = (),
                     failed_statuses: Iterable[str] = JUDGE_FAILED, setting: str = "max_failed_fraction") -> BudgetReport:
-    """:func:`assess` over call outcomes (``rubric.JudgeOutcome``, judge or generator)."""
+    """:func:`assess` over call outcomes (``JudgeOutcome`` or ``GenerationOutcome``)."""
     return assess(what, [o.status for o in outcomes], outcome_details(outcomes), failed_statuses, max_fraction,
                   secrets, setting)

@@ -222,14 +222,23 @@ def _feasible_k(n: int, lo: int, hi: int, k: int) -> int:
 # --------------------------------------------------------------------------- #
 # Small numeric helpers
 # --------------------------------------------------------------------------- #
-def _normalise_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
-    x = np.asarray(x, dtype=np.float32)
-    if not np.all(np.isfinite(x)):
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    zero = norms[:, 0] <= 1e-12
-    norms[zero] = 1.0
-    return np.ascontiguousarray(x / norms, dtype=np.float32), int(zero.sum())
+def _normalise_rows(x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, int]:
+    # In row chunks, so the only N x d allocation is the result (a float64 or
+    # non-finite input never gets a whole-array temporary); per-row norms, so
+    # the values are those of the one-shot computation.
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype=np.float32)
+    n_zero = 0
+    for a in range(0, x.shape[0], chunk):
+        xc = np.asarray(x[a: a + chunk], dtype=np.float32)
+        if not np.all(np.isfinite(xc)):
+            xc = np.nan_to_num(xc, nan=0.0, posinf=0.0, neginf=0.0)
+        norms = np.linalg.norm(xc, axis=1, keepdims=True)
+        zero = norms[:, 0] <= 1e-12
+        norms[zero] = 1.0
+        np.divide(xc, norms, out=out[a: a + chunk])
+        n_zero += int(zero.sum())
+    return out, n_zero
 
 
 def _normalise_t(t: torch.Tensor) -> torch.Tensor:
@@ -341,6 +350,87 @@ def _segment_sums(x: torch.Tensor, labels, k: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- #
 # Partitioning into leaves
 # --------------------------------------------------------------------------- #
+def _nearest(x: torch.Tensor, centres: torch.Tensor, chunk: int = 16384) -> np.ndarray:
+    """Index of each row's most similar centre, in row chunks (no N x c matrix)."""
+    out = np.empty(x.shape[0], dtype=np.int64)
+    for a in range(0, x.shape[0], chunk):
+        out[a: a + chunk] = _to_np((x[a: a + chunk] @ centres.T).argmax(dim=1))
+    return out
+
+
+def _unit_means(x: torch.Tensor, labels: np.ndarray, k: int, old: torch.Tensor) -> torch.Tensor:
+    """Normalised per-label means; labels whose members cancel out (or that
+    have none) keep their old centre.  In place on the k x d sums."""
+    sums = _segment_sums(x, labels, k)
+    nrm = sums.norm(dim=1, keepdim=True)
+    keep = (nrm[:, 0] <= 1e-6).nonzero().flatten()
+    sums.div_(nrm.clamp_min_(1e-12))
+    sums[keep] = old[keep]
+    return sums
+
+
+def _by_label(labels: np.ndarray, k: int) -> list[np.ndarray]:
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k))])
+    return [order[bounds[j]: bounds[j + 1]] for j in range(k)]
+
+
+def _frequent(cand: np.ndarray, cap: int, first: int) -> np.ndarray:
+    """``first``, then the values of ``cand`` by decreasing count (ties by
+    value), at most ``cap`` in all."""
+    vals, counts = np.unique(cand, return_counts=True)
+    vals = vals[np.argsort(-counts, kind="stable")]
+    return np.concatenate([[first], vals[vals != first][: cap - 1]]).astype(np.int64)
+
+
+def _coarse_partition(
+    x: torch.Tensor,
+    leaf_size: int,
+    gen: np.random.Generator,
+    iters: int,
+    sample: int | None,
+    n_cand: int = 8,
+    n_union: int = 48,
+    chunk: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat coarse split of all rows into ~N/leaf_size leaves (IVF-style).
+
+    Spherical k-means trained on a seeded sample (at least 64 rows per leaf);
+    one chunked pass gives every row its ``n_cand`` nearest centroids; then
+    Lloyd iterations on all rows, in which the rows of a leaf compare only to
+    the ``n_union`` centroids most often among their candidates (one small
+    matmul per leaf, ~N x n_union x d per iteration instead of N x L x d).
+    The full-data iterations matter: boundaries from the sample alone cut many
+    more topics (on the benchmark data 19% of rows off their topic's leaf vs
+    12%), and neighbourhoods taken from centroid-to-centroid similarity miss
+    the leaves that actually share a topic.
+
+    Returns (leaf label of each row, (N, n_cand) candidate leaves)."""
+    n = x.shape[0]
+    L = max(2, int(round(n / leaf_size)))
+    n_train = min(n, max(int(sample), 64 * L)) if sample else n
+    sub = torch.as_tensor(np.sort(gen.choice(n, size=n_train, replace=False))) if n_train < n else None
+    cent, _ = _spherical_kmeans(x if sub is None else x[sub], L, gen, iters, init="kmeans++")
+    del sub
+    L = cent.shape[0]
+    t = min(n_cand, L)
+    cand = np.empty((n, t), dtype=np.int64)
+    for a in range(0, n, chunk):
+        cand[a: a + chunk] = _to_np(torch.topk(x[a: a + chunk] @ cent.T, t, dim=1).indices)
+    lab = cand[:, 0].copy()
+    for _ in range(iters):
+        cent = _unit_means(x, lab, L, cent)
+        new = lab.copy()
+        for j, rows in enumerate(_by_label(lab, L)):
+            if len(rows):
+                u = _frequent(cand[rows], n_union, j)  # own leaf first: ties stay
+                new[rows] = u[_to_np((x[torch.as_tensor(rows)] @ cent[torch.as_tensor(u)].T).argmax(dim=1))]
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    return lab, cand
+
+
 def _partition(
     x: torch.Tensor,
     rows: np.ndarray,
@@ -357,7 +447,10 @@ def _partition(
         out.append(rows)
         return
     c = int(min(max(2, round(n / leaf_size)), 512))
-    _, lab = _spherical_kmeans(x[torch.as_tensor(rows)], c, gen, iters, init="kmeans++")
+    # the whole input needs no copy (1.5 GB at 1M x 384)
+    xr = x if depth == 0 and n == x.shape[0] else x[torch.as_tensor(rows)]
+    _, lab = _spherical_kmeans(xr, c, gen, iters, init="kmeans++")
+    del xr
     lab = _to_np(lab)
     order = np.argsort(lab, kind="stable")
     counts = np.bincount(lab, minlength=c)
@@ -396,36 +489,107 @@ def _allocate(n_leaf: np.ndarray, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Candidate lookup and capacity-constrained assignment
 # --------------------------------------------------------------------------- #
+def _group_by_leaf(probe: np.ndarray, n_leaves: int) -> list[np.ndarray]:
+    """Slots (row position * P + probe position) of a (rows, P) probe table,
+    grouped by the probed leaf."""
+    flat = probe.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=n_leaves))])
+    return [order[bounds[li]: bounds[li + 1]] for li in range(n_leaves)]
+
+
+def _probe_search(
+    x: torch.Tensor,
+    rows: np.ndarray | None,
+    seg_slot: list[np.ndarray],
+    P: int,
+    by_leaf: list[np.ndarray],
+    centres: torch.Tensor,
+    m: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(len(rows), m) best centres (-1 = none) and similarities, by decreasing
+    similarity, among the centres ``by_leaf`` of each row's P probed leaves
+    (``seg_slot``: ``_group_by_leaf`` of the probe table; rows None = all of x).
+    One matmul + topk per leaf; the P per-probe lists are merged by one topk."""
+    n = x.shape[0] if rows is None else len(rows)
+    buf_i = np.full((n * P, m), -1, dtype=np.int32)  # int32: half the memory of the N x P x m buffer
+    buf_s = np.full((n * P, m), -np.inf, dtype=np.float32)
+    for cidx, slot in zip(by_leaf, seg_slot):
+        if len(cidx) == 0 or len(slot) == 0:
+            continue
+        r = slot // P if rows is None else rows[slot // P]
+        mm = min(m, len(cidx))
+        s = x[torch.as_tensor(r)] @ centres[torch.as_tensor(cidx)].T
+        if mm == 1:
+            v, i = s.max(dim=1, keepdim=True)
+        else:
+            v, i = torch.topk(s, mm, dim=1)
+        buf_i[slot, :mm] = cidx[_to_np(i)]
+        buf_s[slot, :mm] = _to_np(v)
+        del s
+    buf_i = buf_i.reshape(n, P * m)
+    buf_s = buf_s.reshape(n, P * m)
+    if P == 1:
+        return buf_i.astype(np.int64), buf_s
+    # topk, not a full argsort of the P*m columns: the merge was the costliest numpy step
+    v, sel = torch.topk(torch.from_numpy(buf_s), m, dim=1)
+    return np.take_along_axis(buf_i, _to_np(sel), 1).astype(np.int64), _to_np(v)
+
+
 class _Probes:
     """Per-row probe lists: each row looks at the centres attached to its
     ``n_probe`` nearest leaves (by cosine to the leaf centroids).  The
     (row, probe position) pairs are grouped by leaf once, so a candidate
     lookup is one matmul + topk per leaf."""
 
-    def __init__(self, x: torch.Tensor, leaves: list[np.ndarray], n_probe: int, chunk: int = 16384):
+    def __init__(self, x: torch.Tensor, leaves: list[np.ndarray], n_probe: int,
+                 coarse: tuple[np.ndarray, np.ndarray, int] | None = None, chunk: int = 16384):
         n = x.shape[0]
         self.n = n
         self.L = len(leaves)
         self.leaf_cent = torch.stack([_normalise_t(x[torch.as_tensor(r)].sum(0, keepdim=True))[0] for r in leaves])
-        own = np.empty(n, dtype=np.int64)
-        for li, rows in enumerate(leaves):
-            own[rows] = li
         self.P = P = min(n_probe, self.L)
+        if coarse is not None:
+            # (candidate coarse leaves per row, coarse parent of each leaf, n_union):
+            # a leaf's rows probe among the leaves of their most frequent
+            # candidates (one small matmul per leaf instead of N x L)
+            cand, parent, n_union = coarse
+            children = _by_label(parent, int(parent.max()) + 1)
+            probe = np.empty((n, P), dtype=np.int64)
+            for li, rows in enumerate(leaves):
+                near = np.concatenate([children[c] for c in _frequent(cand[rows], n_union, parent[li])])
+                ids = np.concatenate([[li], near[near != li]])
+                s = x[torch.as_tensor(rows)] @ self.leaf_cent[torch.as_tensor(ids)].T
+                s[:, 0] = float("inf")  # own leaf first
+                pp = min(P, len(ids))
+                probe[rows, :pp] = ids[_to_np(torch.topk(s, pp, dim=1).indices)]
+                if pp < P:  # fewer leaves nearby than probes: repeat the own leaf (found once, see below)
+                    probe[rows, pp:] = li
+        else:
+            own = np.empty(n, dtype=np.int64)
+            for li, rows in enumerate(leaves):
+                own[rows] = li
+            probe = self.nearest_leaves(x, None, P, own, chunk)
+        self.seg_slot = _group_by_leaf(probe, self.L)
+        self.by_leaf: list[np.ndarray] = []
+
+    def nearest_leaves(self, x: torch.Tensor, rows: np.ndarray | None, P: int, own: np.ndarray | None = None,
+                       chunk: int = 16384) -> np.ndarray:
+        """(rows, P) nearest leaves of each row (own leaf first where given)."""
+        n = x.shape[0] if rows is None else len(rows)
         probe = np.empty((n, P), dtype=np.int64)
         for a in range(0, n, chunk):
-            s = x[a: a + chunk] @ self.leaf_cent.T
-            s[torch.arange(s.shape[0]), torch.as_tensor(own[a: a + chunk])] = float("inf")  # own leaf first
+            xa = x[a: a + chunk] if rows is None else x[torch.as_tensor(rows[a: a + chunk])]
+            s = xa @ self.leaf_cent.T
+            if own is not None:
+                s[torch.arange(s.shape[0]), torch.as_tensor(own[a: a + chunk])] = float("inf")
             probe[a: a + chunk] = _to_np(torch.topk(s, P, dim=1).indices)
-        flat = probe.ravel()
-        order = np.argsort(flat, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=self.L))])
-        self.seg_slot = [order[bounds[li]: bounds[li + 1]] for li in range(self.L)]  # row * P + pos
-        self.seg_rows = [sl // P for sl in self.seg_slot]
+        return probe
 
-    def attach(self, centres: torch.Tensor) -> list[np.ndarray]:
+    def attach(self, centres: torch.Tensor, chunk: int = 65536) -> list[np.ndarray]:
         """Centres of each leaf: a centre belongs to the leaf whose centroid it
         is most similar to."""
-        cl = _to_np(torch.argmax(centres @ self.leaf_cent.T, dim=1))
+        cl = _nearest(centres, self.leaf_cent, chunk)
         order = np.argsort(cl, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(cl, minlength=self.L))])
         return [order[bounds[li]: bounds[li + 1]] for li in range(self.L)]
@@ -433,31 +597,18 @@ class _Probes:
     def topm(self, x: torch.Tensor, centres: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray]:
         """(N, m) candidate centres (-1 = none) and similarities, by decreasing
         similarity, among the centres of each row's probed leaves."""
-        n, P = self.n, self.P
         m = max(1, min(m, centres.shape[0]))
-        by_leaf = self.attach(centres)
-        buf_i = np.full((n * P, m), -1, dtype=np.int64)
-        buf_s = np.full((n * P, m), -np.inf, dtype=np.float32)
-        for li in range(self.L):
-            cidx = by_leaf[li]
-            rows = self.seg_rows[li]
-            if len(cidx) == 0 or len(rows) == 0:
-                continue
-            mm = min(m, len(cidx))
-            s = x[torch.as_tensor(rows)] @ centres[torch.as_tensor(cidx)].T
-            if mm == 1:
-                v, i = s.max(dim=1, keepdim=True)
-            else:
-                v, i = torch.topk(s, mm, dim=1)
-            slot = self.seg_slot[li]
-            buf_i[slot, :mm] = cidx[_to_np(i)]
-            buf_s[slot, :mm] = _to_np(v)
-        buf_i = buf_i.reshape(n, P * m)
-        buf_s = buf_s.reshape(n, P * m)
-        if P == 1:
-            return buf_i, buf_s
-        sel = np.argsort(-buf_s, axis=1, kind="stable")[:, :m]
-        return np.take_along_axis(buf_i, sel, 1), np.take_along_axis(buf_s, sel, 1)
+        self.by_leaf = self.attach(centres)
+        return _probe_search(x, None, self.seg_slot, self.P, self.by_leaf, centres, m)
+
+    def open_candidates(self, x: torch.Tensor, centres: torch.Tensor, room: np.ndarray, rows: np.ndarray,
+                        n_probe: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates for ``rows`` among the centres that still have room, in
+        their ``n_probe`` nearest leaves (centres as attached by the last topm)."""
+        P = min(n_probe, self.L)
+        seg = _group_by_leaf(self.nearest_leaves(x, rows, P), self.L)
+        open_by_leaf = [c[room[c] > 0] for c in self.by_leaf]
+        return _probe_search(x, rows, seg, P, open_by_leaf, centres, max(1, m))
 
 
 def _assign_rounds(
@@ -513,14 +664,29 @@ def _fill_leftovers(
     m: int,
     chunk: int = 4096,
     max_passes: int = 32,
+    local=None,
 ) -> tuple[int, bool]:
     """Place rows left unassigned (their candidates all filled up) into the
     most similar centres that still have room, with the same rounds against
     the centres that are still open.  If that stalls (massive similarity
     ties, e.g. thousands of identical rows), the rest is matched to the free
-    slots in one shot (rows sorted by their best open centre).  Returns
-    (passes used, whether the one-shot slot fill was needed)."""
+    slots in one shot (rows sorted by their best open centre).  ``local``
+    (rows, room) -> (candidates, similarities), if given, is tried first.
+    Returns (global passes used, whether the one-shot slot fill was needed)."""
     passes = 0
+    if local is not None:
+        # nearby open centres first (cost ~ rows x centres of a few leaves, not
+        # rows x all open centres, which grows with N^2); the global search
+        # below only sees the rows these rounds could not place
+        for _ in range(4):
+            left = np.flatnonzero(labels < 0)
+            if len(left) == 0:
+                return passes, False
+            cand, cand_sim = local(left, room)
+            order = np.argsort(-cand_sim[:, 0], kind="stable")
+            _assign_rounds(left[order], cand[order], cand_sim[order], room, labels)
+            if int((labels[left] < 0).sum()) > 0.5 * len(left):
+                break
     while True:
         left = np.flatnonzero(labels < 0)
         if len(left) == 0:
@@ -618,17 +784,20 @@ def _repair_small(
     return remap[labels]
 
 
-def _finish(x: np.ndarray, labels: np.ndarray, notes: list[str]) -> ClusterResult:
+def _finish(x: np.ndarray, labels: np.ndarray, notes: list[str], chunk: int = 65536) -> ClusterResult:
     labels = np.asarray(labels, dtype=np.int64)
     k = int(labels.max()) + 1 if len(labels) else 0
     sizes = np.bincount(labels, minlength=k).astype(np.int64)
-    sums = _segment_sums(torch.from_numpy(x), labels, k).numpy().astype(np.float64)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    centres = (sums / np.maximum(norms, 1e-12)).astype(np.float32)
-    if len(labels):
-        member_cos = np.einsum("ij,ij->i", x, centres[labels]).astype(np.float32)
-    else:
-        member_cos = np.zeros(0, dtype=np.float32)
+    centres = _segment_sums(torch.from_numpy(x), labels, k).numpy()
+    # normalised in float64, in place and in chunks: no k x d float64 copies
+    # (1 GB each at 1M rows); per-row arithmetic, so the values are unchanged
+    for a in range(0, k, chunk):
+        s64 = centres[a: a + chunk].astype(np.float64)
+        norms = np.linalg.norm(s64, axis=1, keepdims=True)
+        centres[a: a + chunk] = s64 / np.maximum(norms, 1e-12)
+    member_cos = np.empty(len(labels), dtype=np.float32)
+    for a in range(0, len(labels), chunk):  # no N x d gather of the members' centres
+        member_cos[a: a + chunk] = np.einsum("ij,ij->i", x[a: a + chunk], centres[labels[a: a + chunk]])
     return ClusterResult(labels=labels, sizes=sizes, centres=centres, member_cosine=member_cos, notes=notes)
 
 
@@ -684,6 +853,9 @@ def capacity_constrained_clusters(
     n_candidates: int = 16,
     refine_iters: int = 1,
     init: str = "kmeans++",
+    partition: str = "flat",
+    partition_sample: int | None = 32768,
+    fill_probes: int = 16,
 ) -> ClusterResult:
     """Capacity-constrained clustering (see module docstring).
 
@@ -694,11 +866,23 @@ def capacity_constrained_clusters(
 
     Tuning knobs (keyword-only): ``leaf_size`` (rows per leaf of the
     partition; default: one leaf, i.e. exact flat search, up to N = 8192,
-    else max(1024, sqrt(3N))), ``leaf_iters`` (spherical k-means iterations per leaf),
+    else max(1024, sqrt(N)): constant up to ~1M rows, so the per-row work
+    does not grow with N), ``leaf_iters`` (spherical k-means iterations per
+    leaf and of the partition),
     ``global_iters`` (Lloyd iterations across leaves, via the probes),
     ``n_probe`` (leaves searched per row), ``n_candidates`` (candidate centres
     per row for the greedy rounds), ``refine_iters`` (re-estimate centres from
-    members and re-assign), ``init`` ("kmeans++" or "random").
+    members and re-assign), ``init`` ("kmeans++" or "random"),
+    ``partition`` ("flat": one coarse k-means split into N/leaf_size leaves,
+    see ``_coarse_partition``, oversized leaves split again; "tree": recursive
+    k-means splits of at most 512 parts on all rows, probes against every
+    leaf), ``partition_sample`` (rows the flat split's k-means is trained on,
+    at least 64 per leaf; None = all rows), ``fill_probes`` (leaves searched
+    for open centres by rows whose candidates all filled up, before the search
+    over all open centres; 0 = that search only).  The path used before the
+    flat split (N^1.5 time; 1M rows did not finish in 9 min) is
+    ``partition="tree", fill_probes=0``; ``benchmarks/cluster_bench.py``
+    compares the two.
     """
     notes: list[str] = []
     xn = _prepare(embeddings, min_size, max_size, notes)
@@ -713,17 +897,25 @@ def capacity_constrained_clusters(
     x = torch.from_numpy(xn)
 
     def member_means(labels: np.ndarray, old: torch.Tensor) -> torch.Tensor:
-        sums = _segment_sums(x, labels, k)
-        nrm = sums.norm(dim=1, keepdim=True)
-        return torch.where(nrm > 1e-6, sums / nrm.clamp_min(1e-12), old)
+        return _unit_means(x, labels, k, old)
 
     with torch.no_grad():
-        # 1) partition the rows into leaves (recursive spherical k-means)
+        # 1) partition the rows into leaves
+        if partition not in ("flat", "tree"):
+            raise ValueError(f"partition {partition!r}: choose 'flat' or 'tree'")
         if leaf_size is None:
             # flat (one leaf, exact search) while the Gram-based k-means++ fits
-            leaf_size = n if n <= 8192 else int(max(1024, round(math.sqrt(3.0 * n))))
+            grow = math.sqrt(3.0 * n) if partition == "tree" else math.sqrt(n)
+            leaf_size = n if n <= 8192 else int(max(1024, round(grow)))
         leaves: list[np.ndarray] = []
-        _partition(x, np.arange(n), leaf_size, gen, leaf_iters, leaves)
+        if partition == "tree" or n <= 2 * leaf_size:
+            _partition(x, np.arange(n), leaf_size, gen, leaf_iters, leaves)
+        else:
+            coarse = _coarse_partition(x, leaf_size, gen, leaf_iters, partition_sample)
+            for rows in _by_label(coarse, int(coarse.max()) + 1):
+                if len(rows):  # oversized leaves are split again
+                    _partition(x, rows, leaf_size, gen, leaf_iters, leaves, depth=1)
+            del coarse
         leaves = [np.sort(r) for r in leaves if len(r)]
         alloc = _allocate(np.array([len(r) for r in leaves]), k)
 
@@ -735,7 +927,7 @@ def capacity_constrained_clusters(
                 cent_list.append(c)
         centres = torch.cat(cent_list)
         assert centres.shape[0] == k
-        probes = _Probes(x, leaves, n_probe) if len(leaves) > 1 else None
+        probes = _Probes(x, leaves, n_probe, 16 if partition == "flat" else 0) if len(leaves) > 1 else None
 
         def candidates(m: int) -> tuple[np.ndarray, np.ndarray]:
             if probes is not None:
@@ -769,7 +961,11 @@ def capacity_constrained_clusters(
             room = caps.copy()
             _assign_rounds(order, cand[order], cand_sim[order], room, new)
             n_left = int((new < 0).sum())
-            _, slot_filled = _fill_leftovers(x, centres, room, new, n_candidates)
+            local = None
+            if probes is not None and fill_probes > 0:
+                def local(rows, room, c=centres):
+                    return probes.open_candidates(x, c, room, rows, fill_probes, 2 * n_candidates)
+            _, slot_filled = _fill_leftovers(x, centres, room, new, n_candidates, local=local)
             if labels is not None and np.array_equal(new, labels):
                 break
             labels = new

@@ -25,47 +25,19 @@ loads). A plain function: a Kubernetes step or ``accelerate launch`` can run it 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .training import (OnLog, TrainResult, _common_args, _history, _load_model, _log_callback, _quiet, _settings_from,
                        latest_checkpoint)
 
-CHAT_TEMPLATE_MODES = ("none", "apply")
-OVERLONG_MODES = ("truncate", "drop")
-# DS2 finetune.py's LoRA targets: every attention and MLP projection of a Llama block.
-DS2_TARGET_MODULES = ["q_proj", "o_proj", "v_proj", "k_proj", "gate_proj", "up_proj", "down_proj"]
+from .settings.evaluation import DS2_TARGET_MODULES, ChatTemplate, LoraSFTSettings, OverlongRows
 
-
-@dataclass
-class LoraSFTSettings:
-    learning_rate: float = 1e-4
-    num_train_epochs: float = 5.0
-    max_length: int = 2048
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    lr_scheduler_type: str = "linear"
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 32  # 4 x 32 = the paper's effective batch of 128 on one device
-    max_grad_norm: float = 0.0  # 0 = no clipping (DS2 runs with --clip_grad_norm -1)
-    max_steps: int = -1
-    seed: int = 42
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    lora_r: int = 64
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    target_modules: str | list[str] = field(default_factory=lambda: list(DS2_TARGET_MODULES))
-    chat_template: str = "none"  # "none" | "apply": see the module docstring; evaluation must use the same
-    overlong_rows: str = "truncate"  # "truncate" (DS2) | "drop"
-    bf16: bool | None = None
-    gradient_checkpointing: bool | None = None
-    use_cpu: bool | None = None
-    resume: bool = True
-    disable_tqdm: bool = True
-    extra_args: dict = field(default_factory=dict)
+CHAT_TEMPLATE_MODES = tuple(m.value for m in ChatTemplate)
+OVERLONG_MODES = tuple(m.value for m in OverlongRows)
+__all__ = ["DS2_TARGET_MODULES", "LoraSFTSettings", "CHAT_TEMPLATE_MODES", "OVERLONG_MODES", "run_lora_sft",
+           "build_training_records", "encode_pair", "join_prompt_completion", "check_chat_template_mode",
+           "require_chat_template", "load_downstream_tokenizer"]
 
 
 def check_chat_template_mode(mode: str) -> str:
@@ -166,7 +138,7 @@ def run_lora_sft(model_path: str, pairs: Sequence[Mapping[str, Any]], output_dir
         raise ValueError(f"no training rows left ({dropped} dropped: longer than max_length={s.max_length} tokens "
                          f"with overlong_rows={s.overlong_rows!r}, or no completion token left)")
     peft_config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                             target_modules=s.target_modules, task_type="CAUSAL_LM")
+                             target_modules=("all-linear" if s.target_modules == ["all-linear"] else s.target_modules), task_type="CAUSAL_LM")
     # Rows arrive tokenised with their labels, so TRL neither re-renders nor re-masks them.
     args = SFTConfig(**_common_args(s, out), max_length=s.max_length, max_grad_norm=s.max_grad_norm, packing=False,
                      include_num_input_tokens_seen="non_padding", **s.extra_args)

@@ -235,11 +235,20 @@ def build_smoke_tasks(folder: str | Path, lm_eval_root: Path | None = None) -> B
 # --------------------------------------------------------------------------- running lm-eval
 
 
-def smoke_benchmarks(limit: int | None = None) -> tuple[Benchmark, ...]:
-    """The demo's smoke tasks as benchmarks: 0-shot, the first ``limit`` items each (None: all)."""
+def smoke_benchmarks(limit: int | None = None, uncapped: Sequence[str] = ()) -> tuple[Benchmark, ...]:
+    """The demo's smoke tasks as benchmarks: 0-shot, the first ``limit`` items each (None: all).
+
+    ``uncapped``: tasks scored on every item whatever ``limit`` says. ``smoke_mmlu`` has 273
+    items (all MMLU CoT dev items lm-eval ships): enough to resolve differences between arms
+    that the 8-item cap cannot. Pass the cap here, not as ``evaluate_model(limit=...)``,
+    which caps every benchmark."""
+    unknown = set(uncapped) - set(SMOKE_TASKS)
+    if unknown:
+        raise ValueError(f"uncapped={sorted(unknown)}: not smoke tasks (choose from {SMOKE_TASKS})")
     headline = {"smoke_mmlu": ("acc", "none"), "smoke_bbh": ("exact_match", "strip"),
                 "smoke_gsm8k": ("exact_match", "last-number")}
-    return tuple(Benchmark(t, (t,), 0, t, headline[t], limit_per_task=limit, subset="first") for t in SMOKE_TASKS)
+    return tuple(Benchmark(t, (t,), 0, t, headline[t], limit_per_task=None if t in uncapped else limit, subset="first")
+                 for t in SMOKE_TASKS)
 
 
 def paper_benchmarks(task_subsets: str = "ds2", generation: str = "ds2") -> tuple[Benchmark, ...]:
@@ -297,6 +306,19 @@ class EvalRun:
     seconds: float
     config: dict
     items: dict[str, list[int] | None] = field(default_factory=dict)  # leaf task -> item positions scored (None: all)
+    # per_item=True: one row per (task, metric, filter, item): task, metric, filter, doc_id, sample_id, value
+    item_scores: list[dict] = field(default_factory=list)
+
+
+def _task_manager(include_path: str | Path | None, names: Sequence[str]):
+    """lm-eval's task index; only ``include_path`` when it holds every task named."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path:
+        own = TaskManager(include_path=str(include_path), include_defaults=False)
+        if set(names) <= set(own.all_tasks):
+            return own  # indexing lm-eval's thousands of built-in task files takes seconds per call
+    return TaskManager(include_path=str(include_path) if include_path else None)
 
 
 def _leaf_sizes(manager, names: Sequence[str]) -> dict[str, int]:
@@ -316,7 +338,8 @@ def _cap(benchmark: Benchmark, limit: int | None) -> tuple[int | None, str]:
 
 def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Benchmark]",
                    include_path: str | Path | None = None, limit: int | None = None, batch_size: int = 8,
-                   seed: int = 1234, device: str = "auto", backend: str = "hf", chat_template: str = "none") -> EvalRun:
+                   seed: int = 1234, device: str = "auto", backend: str = "hf", chat_template: str = "none",
+                   per_item: bool = False) -> EvalRun:
     """``lm_eval.simple_evaluate`` on a local HF folder.
 
     ``tasks``: benchmarks (shots, per-task limits and subsets, DS2 generation settings), or a
@@ -324,7 +347,9 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
     leaf task (first N). ``chat_template``: ``none`` scores plain prompts, ``apply`` renders them
     with the tokenizer's chat template (few-shot as turns); it must be what the model was trained
     with (lm_mixup_assets.lib.downstream). ``backend``: ``hf`` (transformers, CPU or GPU) or
-    ``vllm`` (GPU, the ``gpu`` extra).
+    ``vllm`` (GPU, the ``gpu`` extra). ``per_item``: also return every item's score
+    (``EvalRun.item_scores``, from lm-eval's logged samples) for confidence intervals and paired
+    comparisons (``bootstrap_mean_ci``, ``paired_bootstrap_diff``, ``item_score_intervals``).
     """
     import json as _json
     import math
@@ -333,7 +358,6 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
 
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
-    from lm_eval.tasks import TaskManager
 
     from .downstream import check_chat_template_mode, require_chat_template
     from .models import pick_device
@@ -350,11 +374,12 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
     model_args = {"pretrained": model_path, "dtype": dtype}
     if backend == "hf":
         model_args["device"] = device
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    manager = _task_manager(include_path, [t for b in benchmarks for t in b.tasks])
     started = time.perf_counter()
     scores: list[dict] = []
     versions: dict[str, str] = {}
     items: dict[str, list[int] | None] = {}
+    item_scores: list[dict] = []
     applied_template: list = []
     # One call per (shots, generation settings): simple_evaluate takes one of each for all its tasks.
     calls: dict[tuple, list[Benchmark]] = {}
@@ -375,10 +400,12 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
                                       batch_size=batch_size, samples=samples or None, task_manager=manager,
                                       gen_kwargs=group[0].gen_kwargs, apply_chat_template=apply,
                                       fewshot_as_multiturn=apply, random_seed=seed, numpy_random_seed=seed,
-                                      torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False,
+                                      torch_random_seed=seed, fewshot_random_seed=seed, log_samples=per_item,
                                       bootstrap_iters=1000, evaluation_tracker=tracker)
         applied_template.append(tracker.general_config_tracker.chat_template)
         versions.update({k: str(v) for k, v in out.get("versions", {}).items()})
+        if per_item:
+            item_scores += _item_rows(out.get("samples") or {}, names)
         for b in group:
             k, subset = caps[b.name]
             common = {"num_fewshot": shots, "benchmark": b.name, "task_limit": k or 0,
@@ -414,7 +441,22 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
                    config={"backend": backend, "dtype": dtype, "device": device, "limit": limit, "seed": seed,
                            "batch_size": batch_size, "chat_template": chat_template,
                            "lm_eval_chat_template": applied_template[0] if applied_template else None},
-                   items=items)
+                   items=items, item_scores=item_scores)
+
+
+def _item_rows(samples: Mapping[str, list[dict]], tasks: Sequence[str]) -> list[dict]:
+    """Per-item scores out of lm-eval's logged samples: the numeric metric values of each (item, filter)."""
+    rows = []
+    for task in tasks:
+        for s in samples.get(task, []):
+            doc = s.get("doc") or {}
+            for metric in s.get("metrics", []):
+                value = s.get(metric)
+                # Some metrics log a tuple per item (e.g. perplexities, corpus-level F1): not a per-item score.
+                if isinstance(value, (bool, int, float)):
+                    rows.append({"task": task, "metric": metric, "filter": s.get("filter", "none"),
+                                 "doc_id": int(s["doc_id"]), "sample_id": doc.get("sample_id"), "value": float(value)})
+    return rows
 
 
 # --------------------------------------------------------------------------- the report
@@ -454,3 +496,150 @@ def benchmark_table(scores: "pd.DataFrame", baselines: Sequence[str] = ("full_lo
         if base in table.index:
             table[f"delta_vs_{base}"] = table["average"] - table.loc[base, "average"]
     return table.reset_index()
+
+
+# --------------------------------------------------------------------------- confidence intervals
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """A mean over items with a percentile-bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """``mean(a - b)`` over the same items, with a paired-bootstrap confidence interval."""
+
+    mean_diff: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the interval lies wholly on one side of 0: the two are told apart at this confidence."""
+        return self.low > 0 or self.high < 0
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+def _as_scores(values, what: str):
+    import numpy as np
+
+    x = np.asarray(list(values), dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"{what}: need a non-empty list of per-item scores")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what}: {int((~np.isfinite(x)).sum())} of {x.size} scores are not finite")
+    return x
+
+
+def _bootstrap_interval(x, n_resamples: int, confidence: float, seed: int) -> tuple[float, float]:
+    import numpy as np
+
+    if n_resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"n_resamples={n_resamples} (>= 1), confidence={confidence} (between 0 and 1)")
+    rng = np.random.default_rng(seed)
+    n = x.size
+    means = np.empty(n_resamples)
+    # Draw in chunks to bound memory; the stream is row-major, so chunking gives the same resamples.
+    step = max(1, 4_000_000 // n)
+    for start in range(0, n_resamples, step):
+        k = min(step, n_resamples - start)
+        means[start:start + k] = x[rng.integers(0, n, size=(k, n))].mean(axis=1)
+    alpha = 1 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def bootstrap_mean_ci(values: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> MeanCI:
+    """The mean of per-item scores with a percentile-bootstrap interval (``n_resamples`` resamples of the
+    items with replacement, ``numpy.random.default_rng(seed)``: the same inputs give the same interval)."""
+    x = _as_scores(values, "bootstrap_mean_ci")
+    low, high = _bootstrap_interval(x, n_resamples, confidence, seed)
+    return MeanCI(float(x.mean()), low, high, int(x.size), confidence)
+
+
+def paired_bootstrap_diff(a: "Sequence[float] | Mapping", b: "Sequence[float] | Mapping", n_resamples: int = 2000,
+                          confidence: float = 0.95, seed: int = 0) -> PairedDiff:
+    """``a - b`` for two models scored on the same items: the mean difference and a paired-bootstrap interval
+    (items resampled together, so item difficulty cancels). ``a`` and ``b`` are aligned lists, or
+    ``item -> score`` mappings with the same keys."""
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
+            raise ValueError("paired_bootstrap_diff: give two lists or two item -> score mappings, not one of each")
+        if set(a) != set(b):
+            raise ValueError(f"paired_bootstrap_diff: the two are not scored on the same items "
+                             f"({len(set(a) - set(b))} only in a, {len(set(b) - set(a))} only in b)")
+        keys = sorted(a)
+        a, b = [a[k] for k in keys], [b[k] for k in keys]
+    x, y = _as_scores(a, "paired_bootstrap_diff a"), _as_scores(b, "paired_bootstrap_diff b")
+    if x.size != y.size:
+        raise ValueError(f"paired_bootstrap_diff: {x.size} scores in a, {y.size} in b; pairs need the same items")
+    d = x - y
+    low, high = _bootstrap_interval(d, n_resamples, confidence, seed)
+    return PairedDiff(float(d.mean()), low, high, int(d.size), confidence)
+
+
+_ITEM_KEYS = ["task", "metric", "filter"]
+
+
+def item_score_intervals(items: "pd.DataFrame", n_resamples: int = 2000, confidence: float = 0.95,
+                         seed: int = 0) -> "pd.DataFrame":
+    """One row per (arm, task, metric, filter): n, mean, ci_low, ci_high, ci_width.
+
+    ``items``: ``EvalRun.item_scores`` rows with an ``arm`` column (arm, task, metric, filter, doc_id, value)."""
+    import pandas as pd
+
+    rows = []
+    for (arm, task, metric, filt), g in items.groupby(["arm", *_ITEM_KEYS], sort=True):
+        ci = bootstrap_mean_ci(g["value"], n_resamples, confidence, seed)
+        rows.append({"arm": arm, "task": task, "metric": metric, "filter": filt, "n": ci.n, "mean": ci.mean,
+                     "ci_low": ci.low, "ci_high": ci.high, "ci_width": ci.width})
+    return pd.DataFrame(rows, columns=["arm", *_ITEM_KEYS, "n", "mean", "ci_low", "ci_high", "ci_width"])
+
+
+def paired_comparisons(items: "pd.DataFrame", baselines: Sequence[str] = ("full_low", "random"),
+                       n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> "pd.DataFrame":
+    """Every arm against each baseline arm present, per (task, metric, filter), paired on ``doc_id``:
+    arm, baseline, task, metric, filter, n, mean_diff (arm - baseline), diff_low, diff_high, excludes_zero.
+
+    Both arms must have scored the same items of a task (the same task files and limits)."""
+    import pandas as pd
+
+    columns = ["arm", "baseline", *_ITEM_KEYS, "n", "mean_diff", "diff_low", "diff_high", "excludes_zero"]
+    rows = []
+    by_arm = {arm: g for arm, g in items.groupby("arm", sort=True)}
+    for base in [b for b in baselines if b in by_arm]:
+        base_scores = {k: dict(zip(g["doc_id"], g["value"])) for k, g in by_arm[base].groupby(_ITEM_KEYS)}
+        for arm, frame in by_arm.items():
+            if arm == base:
+                continue
+            for key, g in frame.groupby(_ITEM_KEYS, sort=True):
+                if key not in base_scores:
+                    continue  # the baseline did not run this task / metric
+                if g["doc_id"].duplicated().any():
+                    raise ValueError(f"arm {arm!r}, {key}: an item is scored twice; pairs need one score per item")
+                try:
+                    diff = paired_bootstrap_diff(dict(zip(g["doc_id"], g["value"])), base_scores[key], n_resamples,
+                                                 confidence, seed)
+                except ValueError as exc:
+                    raise ValueError(f"arm {arm!r} vs {base!r}, {key}: {exc}") from exc
+                rows.append({"arm": arm, "baseline": base, **dict(zip(_ITEM_KEYS, key)), "n": diff.n,
+                             "mean_diff": diff.mean_diff, "diff_low": diff.low, "diff_high": diff.high,
+                             "excludes_zero": diff.excludes_zero})
+    return pd.DataFrame(rows, columns=columns)

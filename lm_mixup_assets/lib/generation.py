@@ -1,9 +1,9 @@
 """Text generation behind one call, three backends: transformers (CPU/GPU), vLLM (GPU), OpenAI-compatible HTTP.
 
 Every backend takes a list of chats (lists of {role, content}) and returns one
-:class:`~.rubric.JudgeOutcome`-shaped result per chat (``raw_answer`` = the text,
-``status`` ok or api_error), so callers handle all three alike. Caching lives
-in :func:`generate_with_cache`: a generation that succeeded is never paid twice.
+:class:`GenerationOutcome` per chat (``raw_answer`` = the text, ``status`` ok or
+a failure), so callers handle all three alike. Caching lives in
+:func:`generate_with_cache`: a generation that succeeded is never paid twice.
 """
 
 from __future__ import annotations
@@ -13,24 +13,34 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import pandas as pd
+from .cache import DEFAULT_FLUSH_SECONDS, CacheTable, answer_with_cache
 
-from .judging import (
-    DEFAULT_FLUSH_ROWS,
-    DEFAULT_FLUSH_SECONDS,
-    CacheWriter,
-    concurrency_of,
-)
-from .rubric import JudgeOutcome
-
-CACHE_TABLE = "generation_cache"
-CACHE_DDL = f"""
-create table if not exists {CACHE_TABLE} (
+CACHE_DDL = """
+create table if not exists generation_cache (
     cache_key varchar primary key, backend varchar, model varchar, params varchar,
     text varchar, prompt_tokens bigint, completion_tokens bigint, created_at timestamp
 )"""
+
+
+@dataclass
+class GenerationOutcome:
+    """One generated text. ``raw_answer`` is the text (set when ``status == 'ok'``)."""
+
+    status: str  # ok | api_error | parse_error (openai: still empty after its re-asks)
+    raw_answer: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    latency_s: float = 0.0
+
+
+OnResult = Callable[[int, GenerationOutcome], None]
+
+GENERATION_CACHE = CacheTable("generation_cache", CACHE_DDL, lambda r: GenerationOutcome(
+    status="ok", raw_answer=r.text, prompt_tokens=int(r.prompt_tokens), completion_tokens=int(r.completion_tokens)))
 
 
 @dataclass(frozen=True)
@@ -98,14 +108,14 @@ class TransformersGenerator:
         self.batch_size = batch_size
 
     def generate(self, chats: list[list[dict]], params: GenerationParams,
-                 on_result: Callable[[int, JudgeOutcome], None] | None = None) -> list[JudgeOutcome]:
+                 on_result: OnResult | None = None) -> list[GenerationOutcome]:
         import torch
 
-        out: list[JudgeOutcome] = []
+        out: list[GenerationOutcome] = []
         # Sort by length so each batch pads little; results go back in input order.
         texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        results: dict[int, JudgeOutcome] = {}
+        results: dict[int, GenerationOutcome] = {}
         torch.manual_seed(params.seed)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
@@ -122,7 +132,7 @@ class TransformersGenerator:
             new = generated[:, enc["input_ids"].shape[1]:]
             for row, i in enumerate(idx):
                 n_new = int((new[row] != self.tokenizer.pad_token_id).sum())
-                o = JudgeOutcome(status="ok", raw_answer=self.tokenizer.decode(new[row], skip_special_tokens=True).strip(),
+                o = GenerationOutcome(status="ok", raw_answer=self.tokenizer.decode(new[row], skip_special_tokens=True).strip(),
                                  prompt_tokens=int(enc["attention_mask"][row].sum()), completion_tokens=n_new,
                                  attempts=1, latency_s=time.perf_counter() - started)
                 results[i] = o
@@ -148,7 +158,7 @@ class VllmGenerator:
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
 
     def generate(self, chats: list[list[dict]], params: GenerationParams,
-                 on_result: Callable[[int, JudgeOutcome], None] | None = None) -> list[JudgeOutcome]:
+                 on_result: OnResult | None = None) -> list[GenerationOutcome]:
         from vllm import SamplingParams
 
         sampling = SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
@@ -156,12 +166,60 @@ class VllmGenerator:
         outs = self.llm.chat(chats, sampling, use_tqdm=False)
         results = []
         for i, o in enumerate(outs):
-            r = JudgeOutcome(status="ok", raw_answer=o.outputs[0].text.strip(), prompt_tokens=len(o.prompt_token_ids),
+            r = GenerationOutcome(status="ok", raw_answer=o.outputs[0].text.strip(), prompt_tokens=len(o.prompt_token_ids),
                              completion_tokens=len(o.outputs[0].token_ids), attempts=1)
             results.append(r)
             if on_result:
                 on_result(i, r)
         return results
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible HTTP
+
+
+def _require_text(content: str | None) -> str:
+    """What the openai generator accepts: any non-empty answer (an empty one is asked again)."""
+    from .chat_transport import AnswerRejected
+
+    if not content or not content.strip():
+        raise AnswerRejected("empty completion")
+    return content
+
+
+class OpenAIGenerator:
+    """Free-text chat completions through :class:`~.chat_transport.ChatTransport`.
+
+    Sends ``temperature`` and ``max_tokens`` from the :class:`GenerationParams`;
+    ``repetition_penalty`` is not an OpenAI parameter: vLLM's server (and servers
+    built on it) read it from the request body, while api.openai.com rejects it
+    (HTTP 400, recorded as api_error per row), so it is only sent when it differs
+    from 1.0. An empty answer is re-asked up to ``max_parse_retries`` times.
+    ``options``: those of :class:`~.chat_transport.ChatClient`.
+    """
+
+    def __init__(self, base_url: str, api_key: str, model: str, **options: Any):
+        from .chat_transport import ChatClient  # here: the openai package loads only when this backend is used
+
+        self.client = ChatClient(base_url, api_key, model, **options)
+
+    # Read by the cache (commit batch size) and by the resource (usage counters).
+    concurrency = property(lambda self: self.client.concurrency)
+    stats = property(lambda self: self.client.stats)
+
+    def generate(self, chats: list[list[dict]], params: GenerationParams,
+                 on_result: OnResult | None = None) -> list[GenerationOutcome]:
+        fields: dict[str, Any] = {"temperature": params.temperature, "max_tokens": params.max_new_tokens}
+        if params.repetition_penalty != 1.0:
+            fields["repetition_penalty"] = params.repetition_penalty
+
+        transport = self.client.transport
+
+        async def one(session: Any, chat: list[dict]) -> GenerationOutcome:
+            r = await transport.ask(session, list(chat), fields, _require_text, self.client.max_parse_retries)
+            return GenerationOutcome(status=r.status, raw_answer=r.content, error=r.error, prompt_tokens=r.prompt_tokens,
+                                     completion_tokens=r.completion_tokens, attempts=r.attempts, latency_s=r.latency_s)
+
+        return transport.run_all(chats, one, on_result)
 
 
 # --------------------------------------------------------------------------- cache
@@ -171,7 +229,7 @@ def generate_with_cache(
     chats: list[list[dict]],
     keys: list[str],
     connect,
-    generate_missing: Callable[[list[list[dict]], Callable[[int, JudgeOutcome], None]], list[JudgeOutcome]],
+    generate_missing: Callable[[list[list[dict]], OnResult], list[GenerationOutcome]],
     backend: str,
     model: str,
     params: GenerationParams,
@@ -179,52 +237,25 @@ def generate_with_cache(
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     progress: Callable[[str], None] | None = None,
     progress_seconds: float = 10.0,
-) -> tuple[list[JudgeOutcome], list[bool]]:
+) -> tuple[list[GenerationOutcome], list[bool]]:
     """Answer from ``generation_cache`` where possible; generate the rest, committing results as they arrive.
 
-    Commits go through :class:`~.judging.CacheWriter` (``flush_every`` results, None = the
+    Commits go through :class:`~.cache.CacheWriter` (``flush_every`` results, None = the
     client's concurrency or 16, or ``flush_seconds``), so a killed run keeps what it generated.
     """
-    with connect() as con:
-        con.execute(CACHE_DDL)
-        con.register("_keys", pd.DataFrame({"cache_key": list(dict.fromkeys(keys)) or [""]}))
-        hits = con.execute(f"select c.* from {CACHE_TABLE} c join _keys using (cache_key)").df()
-        con.unregister("_keys")
-    cached = {r.cache_key: JudgeOutcome(status="ok", raw_answer=r.text, prompt_tokens=int(r.prompt_tokens),
-                                        completion_tokens=int(r.completion_tokens)) for r in hits.itertuples()}
-    todo = list(dict.fromkeys(k for k in keys if k not in cached))
-    chat_by_key = dict(zip(keys, chats))
-    if progress:
-        progress(f"{len(keys) - len(todo)} of {len(keys)} generations from the cache; generating {len(todo)} with {backend}:{model}")
-    done = 0
-    started = last_progress = time.monotonic()
     params_json = json.dumps(asdict(params))
 
-    def store(batch: list[tuple[str, JudgeOutcome]]) -> None:
-        rows = [{"cache_key": k, "backend": backend, "model": model, "params": params_json,
-                 "text": o.raw_answer, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
-                 "created_at": pd.Timestamp.now("UTC").tz_localize(None)} for k, o in batch]
-        with connect() as con:  # the lookup above created the table
-            con.register("_new", pd.DataFrame(rows))
-            con.execute(f"insert or replace into {CACHE_TABLE} by name select * from _new")
-            con.unregister("_new")
+    def row_of(key: str, o: GenerationOutcome) -> dict | None:
+        if o.status != "ok":
+            return None  # failures are not cached: the next run asks again
+        return {"backend": backend, "model": model, "params": params_json, "text": o.raw_answer,
+                "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
 
-    def on_result(i: int, outcome: JudgeOutcome) -> None:
-        nonlocal done, last_progress
-        done += 1
-        if outcome.status == "ok":
-            writer.add((todo[i], outcome))
-        if progress and time.monotonic() - last_progress > progress_seconds:
-            last_progress = time.monotonic()
-            progress(f"generated {done}/{len(todo)} ({done / max(1e-9, last_progress - started):.2f}/s)")
-
-    fresh: list[JudgeOutcome] = []
-    if todo:
-        writer = CacheWriter(store, max_rows=flush_every or concurrency_of(generate_missing) or DEFAULT_FLUSH_ROWS,
-                             max_delay_s=flush_seconds, name="generation-cache-writer")
-        try:
-            fresh = generate_missing([chat_by_key[k] for k in todo], on_result)
-        finally:
-            writer.close()  # also when generation failed: what was paid for is kept
-    by_key = {**cached, **dict(zip(todo, fresh))}
-    return [by_key[k] for k in keys], [k in cached for k in keys]
+    result = answer_with_cache(
+        chats, keys, connect, GENERATION_CACHE, generate_missing, row_of, flush_every=flush_every,
+        flush_seconds=flush_seconds, progress=progress, progress_seconds=progress_seconds,
+        started_message=lambda hits, rows, todo: (f"{hits} of {rows} generations from the cache; "
+                                                  f"generating {todo} with {backend}:{model}"),
+        progress_message=lambda done, todo, rate: f"generated {done}/{todo} ({rate:.2f}/s)",
+    )
+    return result.outcomes, result.from_cache

@@ -1,58 +1,21 @@
-"""Rate rendered judge prompts through any OpenAI-compatible chat-completions API.
+"""The judge over any OpenAI-compatible chat-completions API: rubric messages in, four scores out.
 
 Pure Python (no Dagster import): the asset layer wraps this, persists each
-outcome as it arrives (``on_result``), and owns the cache. This module never
-invents a score: a row is ``ok`` with four parsed integers, or it is a
-``parse_error`` / ``api_error`` with ``scores=None`` and the reason.
-
-Design notes (measured on 2 cores, 128 in flight, 0.5 s server latency)
------------------------------------------------------------------------
-* One ``AsyncOpenAI`` client per :meth:`OpenAIJudgeClient.rate_all` call, with
-  the SDK's own retries off (``max_retries=0``) so that every retry is ours and
-  counted in :attr:`OpenAIJudgeClient.stats`.
-* A fixed pool of ``concurrency`` worker tasks pulls row indices; the HTTP pool
-  keeps as many keep-alive connections, so connections are never churned.
-* Per-request CPU in the SDK and the HTTP stack is what limits throughput
-  (about 1.5-2.5 ms a request here, against 3.9 ms of wall time per row at
-  256 rows/s; requests finishing together are processed one after another, so
-  every ms shows up as queueing delay). Each measure below removed a visible
-  share of it:
-
-  - ``client.post("/chat/completions", cast_to=Response)`` and reading the JSON
-    body ourselves: ``chat.completions.create`` (even ``with_raw_response``)
-    first runs the SDK's request-params transform, ~0.9 ms a request, and
-    ``create`` also builds pydantic models;
-  - the SDK's aiohttp transport (``openai.DefaultAioHttpClient``) when aiohttp
-    is installed: the httpx connection pool scans every connection on each
-    request, ~1 ms at 128 connections (``http_backend="httpx"`` still works);
-  - uvloop as the event loop when installed;
-  - no ``X-Stainless-*`` telemetry headers (dropped with ``openai.Omit``): fewer
-    headers to build, normalise and write in three layers;
-  - one TLS context per process (building one takes ~0.1 s);
-  - a ramped start (one new worker per loop turn): otherwise the first 128
-    requests leave as one burst and come back as one every round after.
-
-* Transport retries (429, 408, 5xx, timeouts, connection errors, 2xx bodies
-  that are not a chat completion) use exponential backoff with full jitter, or
-  the server's ``Retry-After`` / ``retry-after-ms`` when sent, capped at
-  ``backoff_max_s``. Other 4xx fail the row at once. An answer that does not
-  parse is re-asked up to ``max_parse_retries`` times.
+outcome as it arrives (``on_result``), and owns the cache. The HTTP side
+(concurrency, transport retries, backoff, counters) is
+:class:`~.chat_transport.ChatTransport`; this module is the judge's policy:
+which messages a rendered prompt becomes, which answer counts (four integers,
+:func:`~.rubric.parse_judge_answer`; anything else is re-asked up to
+``max_parse_retries`` times) and what the outcome says. It never invents a
+score: a row is ``ok`` with four parsed integers, or it is a ``parse_error`` /
+``api_error`` with ``scores=None`` and the reason.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import importlib.util
-import random
-import sys
-import threading
-import time
 from typing import Any, Callable
 
-import openai
-
-from lm_mixup_assets.lib.budgets import redact
+from lm_mixup_assets.lib.chat_transport import AnswerRejected, ChatClient
 from lm_mixup_assets.lib.rubric import (
     SYSTEM_PROMPT,
     JudgeOutcome,
@@ -65,432 +28,46 @@ __all__ = ["OpenAIJudgeClient"]
 
 OnResult = Callable[[int, JudgeOutcome], None]
 
-STAT_KEYS = (
-    "requests_sent",  # HTTP attempts made
-    "retries",  # transport retries (after 429/408/5xx/timeout/connection error/bad body)
-    "rate_limited",  # 429 answers
-    "server_errors",  # 5xx and 408 answers
-    "timeouts",  # attempts that timed out
-    "connection_errors",  # attempts that failed to connect / lost the connection
-    "client_errors",  # 4xx other than 408/429 (not retried)
-    "bad_responses",  # 2xx whose body was not a chat completion
-    "parse_retries",  # re-asks because the answer did not parse
-)
 
-_HINTS = {
-    400: "check the model name and request parameters",
-    401: "check OPENAI_API_KEY",
-    403: "the key has no access to this model or project",
-    404: "check the base URL (it usually ends in /v1) and the model name",
-    413: "the prompt is too large for this endpoint",
-    422: "the server rejected the request parameters",
-}
-
-# The HTTP library this openai version is built on (httpx for openai 1.x,
-# httpx2 for later ones), found through one of the SDK's own objects.
-_httpx = sys.modules[type(openai.DEFAULT_CONNECTION_LIMITS).__module__.split(".")[0]]
-
-_OMITTED_DEFAULT_HEADERS = (
-    "X-Stainless-Lang",
-    "X-Stainless-Package-Version",
-    "X-Stainless-OS",
-    "X-Stainless-Arch",
-    "X-Stainless-Runtime",
-    "X-Stainless-Runtime-Version",
-    "X-Stainless-Async",
-)
-_OMIT = openai.Omit()
-
-_HAVE_AIOHTTP = importlib.util.find_spec("aiohttp") is not None and hasattr(openai, "DefaultAioHttpClient")
-_HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
-
-_ssl_context_lock = threading.Lock()
-_ssl_context: Any = None
+def _accept_scores(content: str | None) -> dict[str, int]:
+    try:
+        return parse_judge_answer(content)  # type: ignore[arg-type]
+    except JudgeParseError as exc:
+        raise AnswerRejected(str(exc)) from None
 
 
-def _shared_ssl_context() -> Any:
-    """The default TLS context, built once per process (building one takes ~0.1 s)."""
-    global _ssl_context
-    with _ssl_context_lock:
-        if _ssl_context is None:
-            _ssl_context = _httpx.create_ssl_context()
-        return _ssl_context
-
-
-class _Retryable(Exception):
-    """A failed attempt worth retrying; ``wait_s`` is the server's Retry-After."""
-
-    def __init__(self, message: str, kind: str, wait_s: float | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.wait_s = wait_s
-
-
-class _Fatal(Exception):
-    """A failed attempt not worth retrying (4xx other than 408/429)."""
-
-
-class OpenAIJudgeClient:
+class OpenAIJudgeClient(ChatClient):
     """Judge many rendered prompts concurrently through an OpenAI-compatible API.
 
     Args:
-        base_url: API root, e.g. ``https://api.openai.com/v1`` or a local vLLM's
-            ``http://host:8000/v1``.
-        api_key: bearer token; never written into any outcome or error text.
-        model: model name sent with each request.
-        concurrency: requests in flight at most (and keep-alive connections kept).
-        timeout_s: limit for one HTTP attempt, start to end.
-        max_retries: transport retries per row (429/408/5xx/timeout/connection error).
-        max_parse_retries: re-asks per row when the answer does not parse.
-        backoff_base_s, backoff_max_s: exponential backoff with full jitter,
-            ``uniform(0, min(max, base * 2**(n-1)))`` before the n-th retry; a
-            ``Retry-After`` from the server replaces it (capped at ``backoff_max_s``).
+        base_url, api_key, model, max_parse_retries (re-asks per row when the
+            answer does not parse), ``transport_options``: see
+            :class:`~.chat_transport.ChatClient` (the key never reaches an
+            outcome or an error text).
         temperature, max_tokens: sent with each request.
-        http_backend: "auto" (aiohttp when installed, else httpx), "aiohttp" or "httpx".
-        use_uvloop: None = use uvloop for the event loop when installed.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        model: str,
-        concurrency: int = 32,
-        timeout_s: float = 60.0,
-        max_retries: int = 5,
-        max_parse_retries: int = 2,
-        backoff_base_s: float = 0.5,
-        backoff_max_s: float = 30.0,
-        temperature: float = 0.0,
-        max_tokens: int = 128,
-        *,
-        http_backend: str = "auto",
-        use_uvloop: bool | None = None,
-    ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
-        if max_retries < 0 or max_parse_retries < 0:
-            raise ValueError("retry counts must be >= 0")
-        if http_backend not in ("auto", "aiohttp", "httpx"):
-            raise ValueError("http_backend must be 'auto', 'aiohttp' or 'httpx'")
-        if http_backend == "aiohttp" and not _HAVE_AIOHTTP:
-            raise ValueError("http_backend='aiohttp' needs aiohttp installed (pip install 'openai[aiohttp]')")
-        self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self.model = model
-        self.concurrency = int(concurrency)
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
-        self.max_parse_retries = int(max_parse_retries)
-        self.backoff_base_s = float(backoff_base_s)
-        self.backoff_max_s = float(backoff_max_s)
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.http_backend = ("aiohttp" if _HAVE_AIOHTTP else "httpx") if http_backend == "auto" else http_backend
-        self.use_uvloop = _HAVE_UVLOOP if use_uvloop is None else bool(use_uvloop and _HAVE_UVLOOP)
-        self._ssl_context = _shared_ssl_context()
-        #: Counters of the last :meth:`rate_all` call (see ``STAT_KEYS``).
-        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
-
-    def __repr__(self) -> str:  # keeps the key out of reprs
-        return (
-            f"OpenAIJudgeClient(base_url={self.base_url!r}, model={self.model!r}, "
-            f"concurrency={self.concurrency}, http_backend={self.http_backend!r})"
-        )
-
-    # ------------------------------------------------------------------ sync entry
+    def __init__(self, base_url: str, api_key: str, model: str, *, temperature: float = 0.0, max_tokens: int = 128,
+                 **options: Any) -> None:
+        super().__init__(base_url, api_key, model, **options)
+        self.fields = {"temperature": temperature, "max_tokens": max_tokens}
 
     def rate_all(self, prompts: list[str | JudgeRequest], on_result: OnResult | None = None) -> list[JudgeOutcome]:
         """Judge every rendered prompt; returns one outcome per prompt, in order.
 
         A prompt is a :class:`JudgeRequest` (system message, or none, and user
         message, as a rubric renders it) or a bare user message string, sent
-        with :data:`SYSTEM_PROMPT`.
-
-        ``on_result(index, outcome)`` is called (on the event loop, so keep it
-        quick) as soon as each row is final, so the caller can persist
-        progressively; if it raises, the requests in flight are cancelled and
-        the error propagates. Runs its own event loop: callable from any
-        thread, also one that is already running a loop (a helper thread is
-        used then). Resets :attr:`stats`.
+        with :data:`SYSTEM_PROMPT`. ``on_result(index, outcome)`` and the event
+        loop are as in :meth:`~.chat_transport.ChatTransport.run_all`. Resets :attr:`stats`.
         """
-        prompts = list(prompts)
-        self.stats = dict.fromkeys(STAT_KEYS, 0)
-        if not prompts:
-            return []
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return self._run(prompts, on_result)
-        # Called from inside a running loop (a notebook, an async caller): use a helper thread.
-        box: dict[str, Any] = {}
+        return self.transport.run_all(list(prompts), self._rate_one, on_result)
 
-        def target() -> None:
-            try:
-                box["result"] = self._run(prompts, on_result)
-            except BaseException as exc:  # re-raised in the caller's thread
-                box["error"] = exc
-
-        t = threading.Thread(target=target, name="openai-judge", daemon=True)
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
-
-    def complete_all(self, chats: list[list[dict]], on_result: OnResult | None = None) -> list[JudgeOutcome]:
-        """Free-text chat completions with the same concurrency, retries and accounting as
-        :meth:`rate_all`; each ok outcome's text is in ``raw_answer`` (``scores`` is None).
-        An empty answer is re-asked like a judge answer that does not parse."""
-        return self.rate_all([list(c) for c in chats], on_result)  # type: ignore[arg-type]
-
-    def _run(self, prompts: list[str], on_result: OnResult | None) -> list[JudgeOutcome]:
-        if self.use_uvloop:
-            import uvloop
-
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(self._rate_all(prompts, on_result))
-        return asyncio.run(self._rate_all(prompts, on_result))
-
-    # ------------------------------------------------------------------ async core
-
-    async def _rate_all(self, prompts: list[str], on_result: OnResult | None) -> list[JudgeOutcome]:
-        n_workers = min(self.concurrency, len(prompts))
-        http_client = self._make_http_client(n_workers)
-        client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=self._api_key,
-            max_retries=0,
-            timeout=self.timeout_s,
-            http_client=http_client,
-            # Telemetry headers add per-request work in three layers (SDK, httpx, aiohttp).
-            default_headers=dict.fromkeys(_OMITTED_DEFAULT_HEADERS, _OMIT),
-        )
-        results: list[JudgeOutcome | None] = [None] * len(prompts)
-        indices = iter(range(len(prompts)))
-
-        async def worker() -> None:
-            for i in indices:  # one shared iterator: each index goes to exactly one worker
-                outcome = await self._rate_one(client, prompts[i])
-                results[i] = outcome
-                if on_result is not None:
-                    on_result(i, outcome)
-
-        try:
-            tasks: list[asyncio.Future] = []
-            try:
-                # Ramp up: one new worker per event-loop turn, so the first requests
-                # (and so all later ones) are spread out instead of leaving as one
-                # burst that the loop then has to process back to back every round.
-                for _ in range(n_workers):
-                    tasks.append(asyncio.ensure_future(worker()))
-                    await asyncio.sleep(0)
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
-        finally:
-            await client.close()
-            await http_client.aclose()
-        return results  # type: ignore[return-value]
-
-    def _make_http_client(self, n_connections: int) -> Any:
-        kwargs: dict[str, Any] = {
-            "limits": _httpx.Limits(
-                max_connections=n_connections,
-                max_keepalive_connections=n_connections,
-                keepalive_expiry=max(30.0, self.timeout_s),
-            ),
-            "timeout": self.timeout_s,
-            "verify": self._ssl_context,
-        }
-        if self.http_backend == "aiohttp":
-            return openai.DefaultAioHttpClient(**kwargs)
-        return openai.DefaultAsyncHttpxClient(**kwargs)
-
-    async def _rate_one(self, client: Any, prompt: Any) -> JudgeOutcome:
-        if isinstance(prompt, list):  # a chat (list of messages) from complete_all: free text back
-            return await self._call_one(client, prompt, parse=_require_text)
+    async def _rate_one(self, session: Any, prompt: str | JudgeRequest) -> JudgeOutcome:
         if isinstance(prompt, JudgeRequest):  # a rubric's own system message (or none) and user message
             messages = prompt.messages()
         else:  # a bare rendered string: pool_quality_v1's system message
             messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
-        return await self._call_one(client, messages, parse=parse_judge_answer)
-
-    async def _call_one(self, client: Any, messages: list[dict], parse: Callable[[str], Any]) -> JudgeOutcome:
-        stats = self.stats
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        started = time.perf_counter()
-        attempts = transport_failures = parse_failures = 0
-        prompt_tokens = completion_tokens = 0
-
-        def outcome(status: str, **kw: Any) -> JudgeOutcome:
-            return JudgeOutcome(
-                status=status,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                attempts=attempts,
-                latency_s=time.perf_counter() - started,
-                **kw,
-            )
-
-        while True:
-            attempts += 1
-            stats["requests_sent"] += 1
-            try:
-                content, p_tok, c_tok = await self._attempt(client, body)
-            except _Retryable as exc:
-                stats[exc.kind] += 1
-                if transport_failures >= self.max_retries:
-                    return outcome("api_error", error=self._redact(f"gave up after {attempts} attempts: {exc}"))
-                transport_failures += 1
-                stats["retries"] += 1
-                await asyncio.sleep(self._backoff(transport_failures, exc.wait_s))
-                continue
-            except _Fatal as exc:
-                stats["client_errors"] += 1
-                return outcome("api_error", error=self._redact(str(exc)))
-            prompt_tokens += p_tok
-            completion_tokens += c_tok
-            try:
-                scores = parse(content)  # type: ignore[arg-type]
-            except JudgeParseError as exc:
-                if parse_failures >= self.max_parse_retries:
-                    return outcome("parse_error", raw_answer=content, error=self._redact(str(exc)))
-                parse_failures += 1
-                stats["parse_retries"] += 1
-                continue
-            return outcome("ok", scores=scores if isinstance(scores, dict) else None, raw_answer=content)
-
-    async def _attempt(self, client: Any, body: dict) -> tuple[str | None, int, int]:
-        """One HTTP attempt: (content, prompt_tokens, completion_tokens), or raise _Retryable / _Fatal."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                response = await client.post(
-                    "/chat/completions", body=body, cast_to=_httpx.Response,
-                    options={"headers": {"X-Stainless-Retry-Count": _OMIT, "X-Stainless-Read-Timeout": _OMIT}},
-                )
-                data = response.json()
-        except TimeoutError:
-            raise _Retryable(f"timed out after {self.timeout_s:g}s", "timeouts") from None
-        except openai.APIConnectionError as exc:  # APITimeoutError included
-            root = _root_cause(exc)
-            if _is_timeout(exc):
-                raise _Retryable(f"timed out after {self.timeout_s:g}s", "timeouts") from None
-            detail = f"{type(root).__name__}: {root}" if root is not exc else str(exc)
-            raise _Retryable(f"connection error: {detail}", "connection_errors") from None
-        except openai.APIStatusError as exc:
-            raise self._status_error(exc) from None
-        except ValueError as exc:  # body is not JSON
-            raise _Retryable(f"malformed response body: {exc}", "bad_responses") from None
-        try:
-            content = data["choices"][0]["message"].get("content")
-            usage = data.get("usage") or {}
-            p_tok = int(usage.get("prompt_tokens") or 0)
-            c_tok = int(usage.get("completion_tokens") or 0)
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-            raise _Retryable(f"unexpected response shape: {str(data)[:200]}", "bad_responses") from None
-        return content, p_tok, c_tok
-
-    def _status_error(self, exc: openai.APIStatusError) -> Exception:
-        status = exc.status_code
-        text = f"{status} {_reason(exc)} from {self.base_url}"
-        detail = _error_detail(exc)
-        if status == 429:
-            return _Retryable(f"{text}: {detail}", "rate_limited", _retry_after(exc.response.headers))
-        if status >= 500 or status == 408:
-            return _Retryable(f"{text}: {detail}", "server_errors", _retry_after(exc.response.headers))
-        hint = _HINTS.get(status)
-        return _Fatal(f"{text}: {hint}; server said: {detail}" if hint else f"{text}: {detail}")
-
-    def _backoff(self, failure_number: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(0.0, retry_after), self.backoff_max_s)
-        cap = min(self.backoff_max_s, self.backoff_base_s * (2 ** (failure_number - 1)))
-        return random.uniform(0.0, cap)
-
-    def _redact(self, text: str) -> str:
-        return redact(text, [self._api_key])
-
-
-def _require_text(content: str | None) -> None:
-    """The parse step for free-text completions: any non-empty answer is fine."""
-    if not content or not content.strip():
-        raise JudgeParseError("empty completion")
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        exc = exc.__cause__  # type: ignore[assignment]  # explicit "raise ... from" links only
-    return seen
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    return _chain(exc)[-1]
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    """Whether a transport error really was a timeout.
-
-    Decided on the innermost error: the SDK's aiohttp transport maps every
-    aiohttp connection error (a dropped connection too) to a "ConnectTimeout".
-    """
-    chain = _chain(exc)
-    root = chain[-1]
-    if any(isinstance(e, TimeoutError) for e in chain):
-        return True
-    return "Timeout" in type(root).__name__
-
-
-def _reason(exc: openai.APIStatusError) -> str:
-    try:
-        phrase = exc.response.reason_phrase
-    except Exception:
-        phrase = ""
-    return phrase or "error"
-
-
-def _error_detail(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    message: Any = None
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        message = err.get("message") if isinstance(err, dict) else err
-    if not message:
-        message = body if isinstance(body, str) and body else exc.message
-    return str(message)[:300]
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date), else None."""
-    try:
-        ms = headers.get("retry-after-ms")
-        if ms is not None:
-            return float(ms) / 1000.0
-    except (TypeError, ValueError):
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
+        r = await self.transport.ask(session, messages, self.fields, _accept_scores, self.max_parse_retries)
+        return JudgeOutcome(status=r.status, scores=r.value if r.status == "ok" else None, raw_answer=r.content,
+                            error=r.error, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                            attempts=r.attempts, latency_s=r.latency_s)

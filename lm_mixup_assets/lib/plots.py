@@ -1,14 +1,27 @@
-"""Small matplotlib figures rendered to PNG data URIs, for Markdown metadata in the UI."""
+"""Every figure the assets show: small matplotlib plots rendered to PNG data URIs, for Markdown metadata in the UI.
+
+Each public function draws one kind of figure and returns Markdown (an image
+with ``alt`` text). Figures use matplotlib's constrained layout, so a figure
+title, the axes titles and the axis labels never overlap; the drawing function
+behind each one is its ``__wrapped__`` (it returns the figure and its alt text,
+for tests).
+"""
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
+from typing import Any, Callable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on workers
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+BLUE, GREEN, ORANGE = "#4f6bed", "#2aa876", "#e8833a"
+TITLE_SIZE, SUPTITLE_SIZE, LABEL_SIZE, TICK_SIZE, LEGEND_SIZE = 9, 10, 8, 7, 7
 
 
 def figure_to_markdown(fig, alt: str) -> str:
@@ -18,29 +31,128 @@ def figure_to_markdown(fig, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode('ascii')})"
 
 
-def histogram_grid(series_by_label: dict[str, list[float]], bins: list[float], title: str, xlabel: str) -> str:
-    """One small bar histogram per label, side by side, as Markdown."""
+def _markdown(draw: Callable[..., tuple[Any, str]]) -> Callable[..., str]:
+    """``draw(...)`` returns (figure, alt text); the wrapped function returns the figure as Markdown."""
+
+    @functools.wraps(draw)
+    def render(*args, **kwargs) -> str:
+        fig, alt = draw(*args, **kwargs)
+        return figure_to_markdown(fig, alt)
+
+    return render
+
+
+def _axes(figsize: tuple[float, float], ncols: int = 1, **kwargs):
+    # Constrained layout makes room for every title and label, the figure's suptitle included.
+    return plt.subplots(1, ncols, figsize=figsize, layout="constrained", **kwargs)
+
+
+@_markdown
+def histogram_grid(series_by_label: dict[str, list[float]], bins: list[float], title: str, xlabel: str):
+    """One small bar histogram per label, side by side."""
     labels = list(series_by_label) or ["(none)"]
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 2.6), squeeze=False, sharey=False)
+    fig, axes = _axes((3.2 * len(labels), 2.6), len(labels), squeeze=False, sharey=False)
     for ax, label in zip(axes[0], labels):
-        ax.hist(series_by_label.get(label, []), bins=bins, color="#4f6bed", edgecolor="white")
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=10)
-    return figure_to_markdown(fig, title)
+        ax.hist(series_by_label.get(label, []), bins=bins, color=BLUE, edgecolor="white")
+        ax.set_title(label, fontsize=TITLE_SIZE)
+        ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+        ax.tick_params(labelsize=TICK_SIZE)
+    fig.suptitle(title, fontsize=SUPTITLE_SIZE)
+    return fig, title
 
 
-def curve_plot(series: dict[str, list], title: str, ylabel: str) -> str:
-    """Lines of (step, value) points per series (loss, reward curves), as Markdown."""
-    fig, ax = plt.subplots(figsize=(5, 2.6))
+@_markdown
+def curve_plot(series: dict[str, list], title: str, ylabel: str):
+    """Lines of (step, value) points per series (loss, reward curves)."""
+    fig, ax = _axes((5, 2.6))
     for name, points in series.items():
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", ms=2, label=name)
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step", fontsize=LABEL_SIZE)
+    ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+    ax.set_title(title, fontsize=TITLE_SIZE)
     if len(series) > 1:
-        ax.legend(fontsize=7)
-    return figure_to_markdown(fig, title)
+        ax.legend(fontsize=LEGEND_SIZE)
+    return fig, title
+
+
+@_markdown
+def sizes_and_similarities(sizes: Sequence[int], cosines: Sequence[float], title: str, alt: str):
+    """Two panels: how many clusters have each size, and the histogram of member-to-centre cosines."""
+    sizes, cosines = np.asarray(sizes), np.asarray(cosines, dtype=float)
+    fig, (a, b) = _axes((7.5, 2.6), 2)
+    if len(sizes):
+        values, counts = np.unique(sizes, return_counts=True)
+        a.bar(values, counts, color=BLUE)
+    a.set_title("cluster size", fontsize=TITLE_SIZE)
+    a.set_xlabel("members", fontsize=LABEL_SIZE)
+    b.hist(cosines, bins=30, range=(min(0.0, float(cosines.min())) if len(cosines) else 0.0, 1.0), color=GREEN)
+    b.set_title("member-to-centre cosine", fontsize=TITLE_SIZE)
+    fig.suptitle(title, fontsize=SUPTITLE_SIZE)
+    return fig, alt
+
+
+@_markdown
+def labelled_bars(values: dict[str, int | float], title: str, alt: str):
+    """One bar per key, in order, each with its value written on top (e.g. a funnel of row counts)."""
+    labels = list(values)
+    fig, ax = _axes((5.5, 2.6))
+    ax.bar(labels, [values[k] for k in labels], color=BLUE)
+    for x, k in enumerate(labels):
+        ax.text(x, values[k], str(values[k]), ha="center", va="bottom", fontsize=TICK_SIZE)
+    ax.tick_params(labelsize=TICK_SIZE)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    return fig, alt
+
+
+@_markdown
+def grouped_bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: str, alt: str,
+                 ylim: tuple[float, float] | None = None, figsize: tuple[float, float] = (6, 2.8),
+                 legend_columns: int = 1, legend_fontsize: int = LEGEND_SIZE):
+    """Per category, one bar for each group (e.g. each model's or arm's score on each metric), with a legend."""
+    fig, ax = _axes(figsize)
+    width = 0.8 / max(1, len(groups))
+    x = np.arange(len(categories))
+    for i, (label, values) in enumerate(groups.items()):
+        ax.bar(x + i * width, list(values), width, label=label)
+    ax.set_xticks(x + width * (len(groups) - 1) / 2, list(categories), fontsize=TICK_SIZE)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if groups:
+        ax.legend(fontsize=legend_fontsize, ncol=legend_columns)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    return fig, alt
+
+
+@_markdown
+def histogram(values: Sequence[float], bins: Any, title: str, alt: str, figsize: tuple[float, float] = (4, 2.4)):
+    """One histogram."""
+    fig, ax = _axes(figsize)
+    ax.hist(values, bins=bins, color=BLUE)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    return fig, alt
+
+
+@_markdown
+def overlaid_histograms(series: dict[str, Sequence[float]], bins: Any, title: str, xlabel: str, alt: str):
+    """One translucent histogram per label, on the same axes, each labelled with its row count."""
+    fig, ax = _axes((5, 2.6))
+    for label, values in series.items():
+        ax.hist(values, bins=bins, alpha=0.6, label=f"{label} ({len(values)})")
+    ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+    if series:
+        ax.legend(fontsize=LEGEND_SIZE)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    return fig, alt
+
+
+@_markdown
+def stacked_barh(table, colors: dict[str, str], title: str, alt: str):
+    """A pandas DataFrame as horizontal bars (one per row), its columns stacked in ``colors``."""
+    fig, ax = _axes((5, 2.6))
+    if len(table):
+        table.plot.barh(stacked=True, ax=ax, color=colors)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    ax.tick_params(labelsize=TICK_SIZE)
+    return fig, alt

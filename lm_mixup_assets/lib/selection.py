@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .ingest import normalise_text
+from .settings.selection import OriginalRank, RowOrder
 
 # Candidate pools an arm draws from, and how each is ordered.
 POOLS = ("distilled_high", "original_high", "original_low", "rated_pool")
@@ -38,8 +39,8 @@ LONG_TAIL_RANKED = {"distilled_high", "original_high"}
 ORIGIN = {"distilled_high": "distilled", "original_high": "original", "original_low": "original", "rated_pool": "original"}
 # How the original high pool is ranked: by long-tail score alone, or as the method's
 # long-tail script ranks a rated set (judge score first, long-tail score within a score).
-ORIGINAL_RANKS = ("long_tail", "quality_then_long_tail")
-ROW_ORDERS = ("by_part", "reference")
+ORIGINAL_RANKS = tuple(m.value for m in OriginalRank)
+ROW_ORDERS = tuple(m.value for m in RowOrder)
 
 
 def long_tail_text(prompt: str, completion: str, prompt_prefix: str = "", answer_prefix: str = "") -> str:

@@ -1,7 +1,7 @@
 """Training the distiller (docs/method.md, "Training"): cold-start SFT, then GRPO — plain functions.
 
 No Dagster here: ``run_sft`` / ``run_grpo`` take paths, rows and a settings
-dataclass and return a ``TrainResult``, so an asset, ``accelerate launch`` or a
+model (``lib/settings/training.py``) and return a ``TrainResult``, so an asset, ``accelerate launch`` or a
 Kubernetes step can call them alike.  torch / transformers / TRL are imported
 inside the functions (importing this module is cheap); nothing needs CUDA or vLLM,
 both are used when present.
@@ -61,13 +61,14 @@ import importlib.util
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .mixture_tasks import TASK_NAMES, TASK_TYPES
 from .prompts import REFERENCE_SYSTEM_PROMPT, render_grpo_format_prompt
 from .rewards import SYSTEM_PROMPT, format_response
+from .settings.training import CotMode, GRPOSettings, GrpoPromptLayout, SFTSettings, TargetLayout
 
 __all__ = [
     "TrainResult",
@@ -94,9 +95,9 @@ __all__ = [
 
 OnLog = Callable[[int, dict], None]
 
-SFT_TARGET_LAYOUTS = ("reference", "chat")
-SFT_COT_MODES = ("omit_empty", "plan", "empty_think")
-GRPO_PROMPT_LAYOUTS = ("reference", "chat")
+SFT_TARGET_LAYOUTS = tuple(m.value for m in TargetLayout)
+SFT_COT_MODES = tuple(m.value for m in CotMode)
+GRPO_PROMPT_LAYOUTS = tuple(m.value for m in GrpoPromptLayout)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -137,134 +138,14 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-@dataclass
-class SFTSettings:
-    """Cold-start SFT.  Defaults are the reference's (``sft/i_t_resume.py``, docs/method.md):
-    full fine-tune, lr 2e-5, 3 epochs, max length 2400, warmup 5 %, weight decay 0.01,
-    batch 1 with no accumulation, bf16 on GPU, the reference target layout and cot rule.
-    ``max_steps > 0`` overrides the epochs (demo runs)."""
-
-    learning_rate: float = 2e-5
-    num_train_epochs: float = 3.0
-    max_length: int = 2400
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.01
-    lr_scheduler_type: str = "linear"  # not published; transformers' default
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    target_layout: str = "reference"  # SFT_TARGET_LAYOUTS (module docstring)
-    cot_mode: str = "omit_empty"  # SFT_COT_MODES: what an empty cot becomes
-    max_steps: int = -1
-    seed: int = 42
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    bf16: bool | None = None  # None: on when CUDA supports it
-    gradient_checkpointing: bool | None = None  # None: on with CUDA (memory), off on CPU (speed)
-    use_cpu: bool | None = None  # None: when CUDA is absent
-    drop_too_long: bool = True
-    resume: bool = True
-    disable_tqdm: bool = True
-    extra_args: dict = field(default_factory=dict)  # passed through to SFTConfig
-
-    @classmethod
-    def demo(cls, **overrides) -> "SFTSettings":
-        """A CPU-sized run: a few steps, small batches, short sequences."""
-        base = dict(max_steps=20, gradient_accumulation_steps=1, logging_steps=1, save_steps=10, max_length=1024,
-                    learning_rate=5e-5)
-        base.update(overrides)
-        return cls(**base)
-
-    def validate(self) -> None:
-        _check_choice("target_layout", self.target_layout, SFT_TARGET_LAYOUTS)
-        _check_choice("cot_mode", self.cot_mode, SFT_COT_MODES)
-
-
-@dataclass
-class GRPOSettings:
-    """GRPO.  Defaults are the reference's (``examples/config_mixup_bayes.yaml`` on EasyR1's
-    actor defaults, docs/method.md): 4 rollouts per prompt, temperature 1.0, KL 0.01
-    (TRL's k3 estimator, the "low-var KL", added to the loss), lr 1e-6, weight decay
-    0.01, clip ratio 0.2 low / 0.3 high, dual-clip 3.0 (``delta``, see the module
-    docstring), 1 epoch, prompt/response ≤ 2400 tokens, 128 prompts per
-    generation round and mini-batches of 16 prompts: with one process,
-    8 completions × 8 accumulation = 64 completions (16 prompts × 4) per optimizer
-    step and ``steps_per_generation = 64`` micro-batches = 512 completions
-    (128 prompts × 4) per generation round.  ``use_vllm=None`` uses vLLM (colocated)
-    when CUDA is present and vLLM imports."""
-
-    num_generations: int = 4
-    temperature: float = 1.0
-    beta: float = 0.01
-    learning_rate: float = 1e-6
-    max_prompt_length: int = 2400
-    max_completion_length: int = 2400
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 8
-    steps_per_generation: int | None = 64  # None: TRL's default (= gradient_accumulation_steps)
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    lr_scheduler_type: str = "constant"  # not published; constant is the usual GRPO (verl) choice
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.01
-    epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
-    epsilon_high: float = 0.3  # upper clip: ratio <= 1 + epsilon_high
-    delta: float | None = 3.0  # dual clip for negative advantages; None = off
-    prompt_layout: str = "reference"  # GRPO_PROMPT_LAYOUTS (module docstring)
-    loss_type: str = "dapo"  # TRL 1.16 default: token-level mean over the batch
-    scale_rewards: str = "group"  # GRPO's per-group std normalisation
-    seed: int = 42
-    logging_steps: int = 1
-    save_steps: int = 50
-    save_total_limit: int | None = 2
-    bf16: bool | None = None
-    gradient_checkpointing: bool | None = None
-    use_cpu: bool | None = None
-    use_vllm: bool | None = None
-    vllm_mode: str = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
-    drop_too_long: bool = True
-    resume: bool = True
-    disable_tqdm: bool = True
-    extra_args: dict = field(default_factory=dict)  # passed through to GRPOConfig
-
-    @classmethod
-    def demo(cls, **overrides) -> "GRPOSettings":
-        """A CPU-sized run: one prompt × 4 rollouts per step, 64-token completions."""
-        base = dict(max_steps=10, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-                    steps_per_generation=None, max_completion_length=64, max_prompt_length=1024, save_steps=5)
-        base.update(overrides)
-        return cls(**base)
-
-    def validate(self) -> None:
-        _check_choice("prompt_layout", self.prompt_layout, GRPO_PROMPT_LAYOUTS)
-        if self.delta is not None and self.delta <= 1 + self.epsilon_high:
-            raise ValueError(f"delta = {self.delta} must exceed 1 + epsilon_high = {1 + self.epsilon_high} "
-                             "(below it the dual clip would also cut ordinary positive-advantage updates)")
-        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if per_step % self.num_generations:
-            raise ValueError(f"per_device_train_batch_size × gradient_accumulation_steps = {per_step} must be a "
-                             f"multiple of num_generations = {self.num_generations}")
-        spg = self.steps_per_generation or self.gradient_accumulation_steps
-        gen_batch = self.per_device_train_batch_size * spg
-        if gen_batch % self.num_generations:
-            raise ValueError(f"generation batch {gen_batch} (per-device batch × steps_per_generation) must be a "
-                             f"multiple of num_generations = {self.num_generations}")
-        if self.num_generations < 2:
-            raise ValueError("GRPO needs num_generations >= 2 (advantages are relative within a group)")
-
-
 def _settings_from(cls, settings):
+    """``settings`` as a validated ``cls`` (a settings model, or a dict of its fields)."""
     if settings is None:
         return cls()
     if isinstance(settings, cls):
         return settings
-    if isinstance(settings, Mapping):  # e.g. a Dagster config dict
-        known = {f.name for f in fields(cls)}
-        unknown = set(settings) - known
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown settings {sorted(unknown)}")
-        return cls(**settings)
+    if isinstance(settings, Mapping):
+        return cls.model_validate(dict(settings))
     raise TypeError(f"settings must be {cls.__name__} or a dict, got {type(settings).__name__}")
 
 
@@ -496,7 +377,7 @@ def _common_args(s, output_dir: Path) -> dict:
         max_steps=s.max_steps, warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay,
         lr_scheduler_type=s.lr_scheduler_type, per_device_train_batch_size=s.per_device_train_batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps, seed=s.seed, logging_steps=s.logging_steps,
-        logging_first_step=True, save_strategy="steps", save_steps=s.save_steps, save_total_limit=s.save_total_limit,
+        logging_first_step=True, save_strategy="steps", save_steps=s.save_steps, save_total_limit=s.save_total_limit or None,
         bf16=bf16, fp16=False, use_cpu=use_cpu, gradient_checkpointing=gc, report_to="none",
         disable_tqdm=s.disable_tqdm, dataloader_num_workers=0,
     )
@@ -540,7 +421,6 @@ def run_sft(model_path: str, rows: Sequence[Mapping[str, Any]], output_dir: str 
     Resumes from the newest checkpoint in ``output_dir`` (``settings.resume``);
     saves model + tokenizer to ``output_dir/final``."""
     s = _settings_from(SFTSettings, settings)
-    s.validate()
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -593,7 +473,6 @@ def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: S
     dataset columns are ``task`` and ``reference``.  ``reward_history`` maps each
     function's name (and ``"reward"``, the weighted total) to its logged mean per step."""
     s = _settings_from(GRPOSettings, settings)
-    s.validate()
     reward_funcs = list(reward_funcs)
     if not reward_funcs:
         raise ValueError("run_grpo needs at least one reward function")
@@ -617,8 +496,8 @@ def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: S
     vllm_args = dict(vllm_mode=s.vllm_mode, vllm_gpu_memory_utilization=s.vllm_gpu_memory_utilization,
                      vllm_max_model_length=s.max_prompt_length + s.max_completion_length) if use_vllm else {}
     args = GRPOConfig(**common, num_generations=s.num_generations, temperature=s.temperature, beta=s.beta,
-                      max_completion_length=s.max_completion_length, steps_per_generation=s.steps_per_generation,
-                      epsilon=s.epsilon, epsilon_high=s.epsilon_high, delta=s.delta,
+                      max_completion_length=s.max_completion_length, steps_per_generation=s.steps_per_generation or None,
+                      epsilon=s.epsilon, epsilon_high=s.epsilon_high, delta=s.delta or None,
                       loss_type=s.loss_type, scale_rewards=s.scale_rewards, use_vllm=use_vllm,
                       reward_weights=[1.0] * len(reward_funcs), log_completions=False, **vllm_args, **s.extra_args)
     trainer = GRPOTrainer(model=_load_model(model_path), reward_funcs=reward_funcs, args=args,

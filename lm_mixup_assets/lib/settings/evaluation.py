@@ -1,0 +1,115 @@
+"""Settings of the evaluation stage: the downstream LoRA fine-tune per arm and the lm-eval protocol.
+
+Defaults are the paper's (DS2's finetune.py and evaluation settings; docs/method.md): Llama-3.1-8B,
+LoRA r 64 / alpha 16 / dropout 0.1 on every projection, lr 1e-4, 5 epochs, length 2048,
+effective batch 128; the paper's task set with DS2's limits and decoding.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import Choice, StageSettings, internal
+
+# DS2 finetune.py's LoRA targets: every attention and MLP projection of a Llama block.
+DS2_TARGET_MODULES = ["q_proj", "o_proj", "v_proj", "k_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ChatTemplate(Choice):
+    none = "none"
+    apply = "apply"
+
+
+class OverlongRows(Choice):
+    truncate = "truncate"
+    drop = "drop"
+
+
+class TaskSet(Choice):
+    smoke = "smoke"
+    paper = "paper"
+
+
+class EvalBackend(Choice):
+    hf = "hf"
+    vllm = "vllm"
+
+
+class TaskSubsets(Choice):
+    ds2 = "ds2"
+    all = "all"
+
+
+class Generation(Choice):
+    ds2 = "ds2"
+    task = "task"
+
+
+CHAT_TEMPLATE_HELP = ("Text format of training AND evaluation (one value, both sides): 'none' = plain prompt + ' ' + "
+                      "completion + eos, plain prompts in lm-eval (DS2, paper); 'apply' = the tokenizer's chat "
+                      "template in both (an error if the tokenizer has none).")
+
+
+class LoraSFTSettings(StageSettings):
+    """The downstream model of one arm: TRL SFT with a LoRA adapter (peft) on the arm's training set."""
+
+    preset = "downstream"
+    base_model: str = Field("meta-llama/Llama-3.1-8B", min_length=1, description=(
+        "The downstream base model: 'smollm2' (packaged, offline) or any Hugging Face id or local folder."))
+    learning_rate: float = Field(1e-4, gt=0, description="Learning rate (DS2 1e-4).")
+    num_train_epochs: float = Field(5.0, gt=0, description="Epochs over the arm's training set (DS2 5).")
+    max_length: int = Field(2048, ge=16, description="Longest example in tokens (DS2 2048); see overlong_rows.")
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="Share of steps warming up the learning rate (0.03).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (DS2 0).")
+    lr_scheduler_type: str = Field("linear", description="transformers scheduler name (DS2: linear).")
+    per_device_train_batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
+    gradient_accumulation_steps: int = Field(32, ge=1, description=(
+        "Micro-batches per optimizer step (4 x 32 = the paper's effective batch of 128 on one device)."))
+    max_grad_norm: float = Field(0.0, ge=0, description="Gradient-norm clip; 0 = none (DS2: --clip_grad_norm -1).")
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 = the full epochs.")
+    seed: int = Field(42, description="Trainer seed.")
+    logging_steps: int = Field(10, ge=1, description="Optimizer steps between two loss log lines.")
+    save_steps: int = Field(500, ge=1, description="Optimizer steps between two checkpoints (resume points).")
+    save_total_limit: int = Field(2, ge=0, description="Checkpoints kept; 0 = all.")
+    lora_r: int = Field(64, ge=1, description="LoRA rank (DS2 64).")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (DS2 16).")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (DS2 0.1).")
+    target_modules: list[str] = Field(list(DS2_TARGET_MODULES), min_length=1, description=(
+        "Module names that get adapters (DS2: every attention and MLP projection); ['all-linear'] = peft's shortcut."))
+    chat_template: ChatTemplate = Field(ChatTemplate.none, description=CHAT_TEMPLATE_HELP)
+    overlong_rows: OverlongRows = Field(OverlongRows.truncate, description=(
+        "Rows longer than max_length tokens: 'truncate' (DS2: cut to max_length, drop a row with no completion "
+        "token left) or 'drop'."))
+    bf16: bool | None = internal(None, "bfloat16 training; null = on when CUDA supports it.")
+    gradient_checkpointing: bool | None = internal(None, "Recompute activations; null = on with CUDA.")
+    use_cpu: bool | None = internal(None, "Train on the CPU; null = when CUDA is absent.")
+    resume: bool = internal(True, "Resume from the latest checkpoint in the output folder after a crash.")
+    disable_tqdm: bool = internal(True, "No progress bars (the asset logs each logging step instead).")
+    extra_args: dict = internal({}, "Passed through to TRL's SFTConfig as keyword arguments.")
+
+
+class LmEvalSettings(StageSettings):
+    """One lm-eval protocol for every arm and the base model (the check ``same_eval_settings`` holds them to it)."""
+
+    preset = "lm_eval"
+    base_model: str = Field("meta-llama/Llama-3.1-8B", min_length=1, description=(
+        "The untuned model base_model_scores scores; benchmark_scores warns when an arm was trained from another."))
+    tasks: TaskSet = Field(TaskSet.paper, description=(
+        "'smoke': small offline tasks built from the lm-eval package (bbh, gsm8k, mmlu items); 'paper': the "
+        "paper's MMLU, TruthfulQA, GSM8K, BBH and TyDiQA."))
+    limit: int = Field(0, ge=0, description="Items per task (smoke tasks); 0 = all.")
+    batch_size: int = Field(16, ge=1, description="lm-eval batch size.")
+    backend: EvalBackend = Field(EvalBackend.vllm, description="'hf' (transformers, any device) or 'vllm' (GPU).")
+    seed: int = Field(1234, description="lm-eval's seeds (random, numpy, torch, fewshot).")
+    chat_template: ChatTemplate = Field(ChatTemplate.none, description=(
+        CHAT_TEMPLATE_HELP + " Must equal the downstream model's training setting (benchmark_scores fails otherwise)."))
+    task_subsets: TaskSubsets = Field(TaskSubsets.ds2, description=(
+        "Paper task set only: 'ds2' = DS2's per-task limits (GSM8K 200, BBH 40 per subtask, TyDiQA 100 per "
+        "language, random with seed 42; MMLU and TruthfulQA whole) or 'all' = every item."))
+    generation: Generation = Field(Generation.ds2, description=(
+        "Paper task set only: 'ds2' = DS2's decoding (GSM8K greedy 512 tokens stop at newline; BBH sampled at "
+        "temperature 0.8, 512 tokens; TyDiQA greedy 50 tokens) or 'task' = lm-eval's task defaults."))
+
+    def protocol(self) -> dict:
+        """The fields that must be equal across arms and the base model."""
+        return {k: v for k, v in self.values().items() if k != "base_model"}
