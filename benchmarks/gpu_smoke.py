@@ -10,8 +10,10 @@ into ``--cache-dir``) and the packaged MiniLM embedder. Steps (each can be skipp
 * ``grpo``      a few GRPO steps (TRL) with vLLM colocated rollouts: ``grpo steps=<n> seconds=<s>``;
 * ``lm_eval``   the offline smoke tasks with lm-eval's vllm backend: ``lm_eval backend=vllm ... seconds=<s>``;
 * ``embed``     MiniLM on CUDA vs CPU on the same texts: ``embed device=<d> rows_per_s=<x>``;
-* ``memory``    after each step the CUDA memory still allocated (``cuda_allocated_mb``): an
-  engine that is not released shows here.
+* ``memory``    after each step the CUDA memory still allocated by this process
+  (``cuda_allocated_mb``) and in use on the device by any process (``device_used_mb``: vLLM's
+  engine core runs in a child process, so an engine that was not shut down shows only there).
+  Engines are released as the assets release them (``close()``, then ``free_memory``).
 
 Without CUDA it prints ``gpu_smoke skipped: ...`` and exits 0 (CI never has a GPU). Without
 vLLM (``pip install -e '.[gpu]'``) the vLLM steps print ``skipped``.
@@ -44,6 +46,13 @@ def _cuda_allocated_mb() -> float:
     return torch.cuda.memory_allocated() / 2**20
 
 
+def _device_used_mb() -> float:
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**20
+
+
 def _free_cuda() -> None:
     import torch
 
@@ -68,6 +77,7 @@ def bench_generate(model_path: str, n: int, new_tokens: int) -> None:
     outs = hf.generate(chats, params)
     rates["transformers"] = sum(o.completion_tokens for o in outs) / (time.perf_counter() - started)
     print(f"generate backend=transformers prompts={n} tokens_per_s={rates['transformers']:.0f}", flush=True)
+    hf.close()
     del hf, outs
     _free_cuda()
     if importlib.util.find_spec("vllm") is None:
@@ -80,6 +90,7 @@ def bench_generate(model_path: str, n: int, new_tokens: int) -> None:
     rates["vllm"] = sum(o.completion_tokens for o in outs) / (time.perf_counter() - started)
     print(f"generate backend=vllm prompts={n} tokens_per_s={rates['vllm']:.0f}", flush=True)
     print(f"generate vllm_over_transformers={rates['vllm'] / rates['transformers']:.2f}")
+    engine.close()
     del engine, outs
     _free_cuda()
 
@@ -166,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_lm_eval(model_path, args.cache_dir)
         else:
             bench_embed(args.embed_rows)
-        print(f"memory after={step} cuda_allocated_mb={_cuda_allocated_mb():.0f} step_seconds={time.perf_counter() - t:.1f}",
-              flush=True)
+        print(f"memory after={step} cuda_allocated_mb={_cuda_allocated_mb():.0f} device_used_mb={_device_used_mb():.0f} "
+              f"step_seconds={time.perf_counter() - t:.1f}", flush=True)
     print(f"gpu_smoke seconds={time.perf_counter() - started:.1f}")
     return 0
 

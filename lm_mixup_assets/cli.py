@@ -167,6 +167,18 @@ def prepare_home(verbose: bool = False) -> Path:
     return home
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GB"
+
+
 def run_demo(sources: list[str] | None = None) -> int:
     home = prepare_home()
     import dagster as dg
@@ -185,7 +197,12 @@ def run_demo(sources: list[str] | None = None) -> int:
         result = definitions.defs.resolve_job_def(job).execute_in_process(partition_key=partition, instance=instance,
                                                                           raise_on_error=False)
         failed_checks = [e.asset_check_key.to_user_string() for e in result.get_asset_check_evaluations() if not e.passed]
+        reused = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+                  if (e.materialization.metadata.get("reused") or dg.MetadataValue.bool(False)).value is True]
+        # The format benchmarks/demo_e2e.py parses: job, partition, status, seconds, peak memory so far.
         print(f"  {job}{f'[{partition}]' if partition else ''}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - t:.1f}s"
+              f" (peak memory so far {_gb(peak_rss_bytes())})"
+              + (f"; reused {', '.join(reused)}" if reused else "")
               + (f"; checks not passing: {failed_checks}" if failed_checks else ""), flush=True)
         if not result.success:
             print(f"run {result.run_id} failed; open the UI (make ui) to see why", file=sys.stderr)
@@ -198,36 +215,74 @@ def run_demo(sources: list[str] | None = None) -> int:
     for job, partition in steps:
         if not run(job, partition):
             return 1
-    print(f"done in {time.monotonic() - started:.0f}s\n")
-    show_where()
+    print(f"done in {time.monotonic() - started:.0f}s, peak memory {_gb(peak_rss_bytes())}\n")
+    show_where(tables=False)
     return 0
 
 
-def show_where() -> None:
+def demo_summary(db: Path, artifacts: Path) -> str:
+    """What a person reads after a run: the funnel per source, the training sets, the report, the judge's
+    known bias, and where to look next (the UI, one SQL query, the exported JSONL)."""
+    import duckdb
+
+    from lm_mixup_assets.lib.summary import arm_origins, funnel_text, pool_length_correlation, source_funnel
+    from lm_mixup_assets.lib.warehouse import table_exists
+
+    lines: list[str] = []
+    if db.exists():
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            lines += ["What flowed where, rows per stage and source (input -> rejected / duplicates -> rated ok -> "
+                      "high / low -> clusters of low rows -> distilled -> parsed -> accepted by the re-rating -> "
+                      "distinct rows in the training sets):", funnel_text(source_funnel(con)), ""]
+            arms = arm_origins(con)
+            if len(arms):
+                lines += ["Training sets (rows; distilled rows; rows the recipe wanted but its pools did not have):",
+                          arms.to_string(index=False), ""]
+            if table_exists(con, "benchmark_report"):
+                smoke = (table_exists(con, "benchmark_scores")
+                         and con.execute("select bool_or(task_set = 'smoke') from benchmark_scores").fetchone()[0])
+                lines += ["Benchmark report" + (" (smoke-level: a few items per task, the loop runs; not comparable "
+                                                "with published scores):" if smoke else ":"),
+                          con.execute("select * from benchmark_report").df().round(3).to_string(index=False), ""]
+            if table_exists(con, "rated_pool"):
+                judges = sorted(r[0] for r in con.execute(
+                    "select distinct judge_backend || ':' || judge_model from rated_pool where status = 'ok'").fetchall())
+                bias = pool_length_correlation(con)
+                lines += [f"Judge {', '.join(judges)}: Overall vs log(answer length) Spearman {bias['spearman']:.2f} over "
+                          f"{bias['n']} rows" + (" (the heuristic judge is mostly a length meter)."
+                                                  if any(j.startswith("heuristic") for j in judges) else "."), ""]
+        finally:
+            con.close()
+    # The project's own duckdb package: a separately installed duckdb CLI may be too old to open the file.
+    query = (f"import duckdb; duckdb.connect('{db}', read_only=True).sql("
+             "'select source, status, count(*) from distilled_pool group by all order by all').show()")
+    exports = sorted((artifacts / "training_sets").glob("*.jsonl"))
+    lines += ["Look next:",
+              "  UI     : make ui, then http://127.0.0.1:3000 (Assets; benchmark_report shows the funnel plot)",
+              f'  SQL    : {sys.executable} -c "{query}"',
+              f"  JSONL  : {exports[0] if exports else artifacts / 'training_sets' / '<arm>.jsonl'}"
+              + (f" (and {len(exports) - 1} more arms)" if len(exports) > 1 else "")]
+    return "\n".join(lines)
+
+
+def show_where(tables: bool = True) -> None:
     home = prepare_home()
     db = home / "warehouse.duckdb"
     print(f"warehouse : {db}")
     print(f"artifacts : {home / 'artifacts'}")
     print(f"history   : {os.environ['DAGSTER_HOME']}")
-    if db.exists():
+    if tables and db.exists():
         import duckdb
 
         con = duckdb.connect(str(db), read_only=True)
-        tables = [r[0] for r in con.execute("select table_name from information_schema.tables where table_schema='main' order by 1").fetchall()]
-        for t in tables:
+        names = [r[0] for r in con.execute("select table_name from information_schema.tables where table_schema='main' order by 1").fetchall()]
+        for t in names:
             count = con.execute(f'select count(*) from "{t}"').fetchall()[0][0]
-            print(f"  {t:<22} {count:>8} rows")
-        if "pool_summary" in tables:
-            print(con.execute("select source, input_rows, rejected, duplicates, raw, rated_ok, rated_failed, high, low from pool_summary").df().to_string(index=False))
-        if "benchmark_report" in tables:
-            print(con.execute("select * from benchmark_report").df().round(3).to_string(index=False))
-        if "training_set_composition" in tables:
-            print(con.execute("select arm, pool, wanted, taken, shortfall from training_set_composition order by arm, pool").df().to_string(index=False))
+            print(f"  {t:<26} {count:>8} rows")
         con.close()
-    # The project's own duckdb package: a separately installed duckdb CLI may be too old to open the file.
-    query = f"import duckdb; duckdb.connect('{db}', read_only=True).sql('select * from pool_summary').show()"
-    print(f'query it : {sys.executable} -c "{query}"')
-    print("open UI  : make ui   (then http://127.0.0.1:3000)")
+    print()
+    print(demo_summary(db, home / "artifacts"))
 
 
 def show_config(profile: str | None, show_all: bool) -> int:

@@ -91,7 +91,7 @@ def low_quality_clusters(context: dg.AssetExecutionContext, config: ClusteringCo
     preview = df.merge(low, on="sample_id").sort_values(["cluster_id", "sample_id"])
     first = preview[preview["cluster_id"].isin(sorted(set(labels))[:3])] if len(labels) else preview
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "low_quality_clusters", "source", source), metadata={
-        **table_metadata(df, ["sample_id", "cluster_id", "cluster_size", "member_cosine"]),
+        **table_metadata(df, ["sample_id", "cluster_id", "cluster_size", "member_cosine"], table="low_quality_clusters"),
         "clusters": len(result.sizes),
         "algorithm": config.algorithm,
         "mean_member_cosine": float(result.member_cosine.mean()) if len(labels) else 0.0,
@@ -141,7 +141,7 @@ def cluster_inputs(context: dg.AssetExecutionContext, config: ClusterInputsConfi
     examples = "\n\n---\n\n".join(f"**cluster {r.cluster_id}** ({r.n_members} members, {r.input_tokens} tokens)\n\n```\n{r.input_text[:1200]}\n```"
                                   for r in df.head(3).itertuples())
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "cluster_inputs", "source", source), metadata={
-        **table_metadata(df, ["cluster_id", "part", "n_members", "input_tokens", "input_text"]),
+        **table_metadata(df, ["cluster_id", "part", "n_members", "input_tokens", "input_text"], table="cluster_inputs"),
         "inputs_split_from_long_clusters": split,
         "over_max_tokens": over,
         "max_input_tokens": config.max_input_tokens,

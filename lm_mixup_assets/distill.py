@@ -22,6 +22,7 @@ from lm_mixup_assets.lib.settings.distill import DistillSettings, RescueYieldSet
 from lm_mixup_assets.lib.training import distiller_chat
 from lm_mixup_assets.metadata import (
     code_version,
+    column_schema,
     table_data_version,
     table_metadata,
 )
@@ -90,9 +91,10 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
                      f"{config.prompt_layout} prompt)")
     started = time.monotonic()
     usage: dict = {}
-    outcomes, cached = generator.generate(chats, warehouse, model=distiller, progress=context.log.info, usage=usage,
-                                          max_new_tokens=config.max_new_tokens, temperature=0.0,
-                                          repetition_penalty=config.repetition_penalty) if todo else ([], [])
+    with generator.session():  # the engine leaves the GPU when this asset ends
+        outcomes, cached = generator.generate(chats, warehouse, model=distiller, progress=context.log.info, usage=usage,
+                                              max_new_tokens=config.max_new_tokens, temperature=0.0,
+                                              repetition_penalty=config.repetition_penalty) if todo else ([], [])
     seconds = time.monotonic() - started
     by_row = {i: (o, c) for i, o, c in zip(todo, outcomes, cached)}
     now = pd.Timestamp.now("UTC").tz_localize(None)
@@ -142,7 +144,7 @@ def distilled_pool(context: dg.AssetExecutionContext, config: DistillConfig, gen
         f"**cluster {r.cluster_id}** → `{r.status}`{f' ({text(r.reason)})' if text(r.reason) else ''}\n\n```\n{text(r.response)[:800]}\n```"
         for r in df[df["status"] != "skipped"].head(3).itertuples())
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "distilled_pool", "source", source), metadata={
-        **table_metadata(df, ["cluster_id", "n_members", "status", "prompt", "completion"]),
+        **table_metadata(df, ["cluster_id", "n_members", "status", "prompt", "completion"], table="distilled_pool"),
         **{f"status_{s}": n for s, n in counts.items()},
         "parse_rate": round(counts["ok"] / max(1, counts["ok"] + counts["parse_error"]), 4),
         "well_formed_responses": int(df["well_formed"].sum()),
@@ -179,7 +181,9 @@ def rated_distilled(context: dg.AssetExecutionContext, config: RescueYieldConfig
     distilled = warehouse.query("select * from distilled_pool where source = ? and status = 'ok' order by cluster_id, part", [source])
     df, metadata, budget = rate_frame(context, distilled, RATED_DISTILLED_CARRY, judge, warehouse, f"{source} (distilled)",
                                       rubric_version=judge.distilled_rubric_version,
-                                      max_failed_fraction=config.max_failed_fraction)
+                                      max_failed_fraction=config.max_failed_fraction,
+                                      # compressed t >= 1 is Overall >= t + 4; t = 0 accepts every rated pair
+                                      threshold_overall=config.quality_threshold + 4 if config.quality_threshold else None)
     df["quality_threshold"] = config.quality_threshold
     with warehouse.connect() as con:  # a warehouse from before the column existed gains it
         con.execute("alter table if exists rated_distilled add column if not exists quality_threshold BIGINT")
@@ -190,6 +194,7 @@ def rated_distilled(context: dg.AssetExecutionContext, config: RescueYieldConfig
     context.log.info(f"{source} rescue yield: " + ", ".join(f"{k} {v}" for k, v in yield_table.items()))
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "rated_distilled", "source", source), metadata={
         **metadata,
+        "dagster/column_schema": column_schema(df, "rated_distilled"),
         "rescue_yield": dg.MetadataValue.md(pd.DataFrame([yield_table]).to_markdown(index=False)),
         "rescue_funnel": dg.MetadataValue.md(labelled_bars(
             {s: yield_table[s] for s in ("low_rows", "cluster_inputs", "distilled", "parsed", "accepted")},

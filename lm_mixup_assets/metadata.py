@@ -7,6 +7,7 @@ import warnings
 import dagster as dg
 import pandas as pd
 
+from lm_mixup_assets.lib.columns import describe
 from lm_mixup_assets.lib.versions import table_version
 
 # Partitioned asset checks (``partitions_def`` on ``@dg.asset_check``) are a
@@ -34,16 +35,27 @@ def _short(value, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
-def column_schema(df: pd.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[dg.TableColumn(name=str(c), type=_DTYPE_NAMES.get(str(t), str(t))) for c, t in df.dtypes.items()]
-    )
+def column_schema(df: pd.DataFrame, table: str | None = None) -> dg.TableSchema:
+    """The frame's columns with their types and what each means (``lib/columns.py``; ``table`` picks its own
+    meaning of a shared name)."""
+    return dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=_DTYPE_NAMES.get(str(t), str(t)),
+                                                  description=describe(str(c), table) or None)
+                                   for c, t in df.dtypes.items()])
 
 
-def table_metadata(df: pd.DataFrame, preview_columns: list[str] | None = None, n: int = 5) -> dict:
+def warehouse_column_schema(con, table: str) -> dg.TableSchema:
+    """:func:`column_schema` of a warehouse table, read from DuckDB's catalogue (for steps that hold no frame)."""
+    rows = con.execute("select column_name, data_type from information_schema.columns where table_schema = 'main' "
+                       "and table_name = ? order by ordinal_position", [table]).fetchall()
+    return dg.TableSchema(columns=[dg.TableColumn(name=name, type=kind, description=describe(name, table) or None)
+                                   for name, kind in rows])
+
+
+def table_metadata(df: pd.DataFrame, preview_columns: list[str] | None = None, n: int = 5,
+                   table: str | None = None) -> dict:
     return {
         "dagster/row_count": dg.MetadataValue.int(len(df)),
-        "dagster/column_schema": column_schema(df),
+        "dagster/column_schema": column_schema(df, table),
         "preview": preview_md(df, n=n, columns=preview_columns),
     }
 

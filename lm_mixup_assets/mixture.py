@@ -44,6 +44,7 @@ from lm_mixup_assets.lib.mixture_tasks import (
     validate_target,
     write_extractive_target,
 )
+from lm_mixup_assets.lib.pairing import cross_group_neighbours
 from lm_mixup_assets.lib.plots import histogram
 from lm_mixup_assets.lib.released_mixture import load_released_mixture
 from lm_mixup_assets.lib.rubric import SCORE_KEYS, compress_overall
@@ -57,6 +58,7 @@ from lm_mixup_assets.lib.settings.mixture import (
 from lm_mixup_assets.lib.wiki import wiki_paragraphs_frame
 from lm_mixup_assets.metadata import (
     code_version,
+    column_schema,
     preview_md,
     table_data_version,
     table_metadata,
@@ -105,7 +107,7 @@ def wiki_paragraphs(context: dg.AssetExecutionContext, config: WikiConfig, wareh
     warehouse.replace_partition("wiki_paragraphs", df.reset_index(drop=True))
     context.log.info(f"{total} paragraphs parsed from {df['title'].nunique()} articles in {time.monotonic() - started:.1f}s; kept {len(df)}")
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "wiki_paragraphs"), metadata={
-        **table_metadata(df, ["title", "section", "text"]),
+        **table_metadata(df, ["title", "section", "text"], table="wiki_paragraphs"),
         "paragraphs_parsed": total, "articles": int(df["title"].nunique()),
         "mean_chars": float(df["n_chars"].mean()) if len(df) else 0.0,
         "source": config.dump_path or "gensim packaged enwiki sample",
@@ -135,7 +137,8 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
         chats = [[{"role": "user", "content": render_writer_prompt(task, {"title": p.title, "section": p.section, "text": p.text})}]
                  for p, task in jobs]
         writer_usage: dict = {}
-        outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info, usage=writer_usage)
+        with mixture_writer.session():  # a local writer's engine leaves the GPU when this asset ends
+            outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info, usage=writer_usage)
         usage_md, usage_line = generator_usage(mixture_writer, writer_usage, "writer")
         context.log.info(f"target writer: {usage_line}")
         budgets.append(generator_budget("mixture_targets", mixture_writer, outcomes, config.max_failed_fraction))
@@ -182,7 +185,7 @@ def mixture_targets(context: dg.AssetExecutionContext, config: TargetsConfig, ju
     context.log.info(f"targets: {int(out['kept'].sum())} kept of {len(out)} ({per_task.to_dict('records')})")
     tokens = rating.tokens
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "mixture_targets"), metadata={
-        **table_metadata(out[out["kept"]], ["task", "overall", "text"]),
+        **table_metadata(out[out["kept"]], ["task", "overall", "text"], table="mixture_targets"),
         "rows_total": len(out), "kept": int(out["kept"].sum()),
         "per_task": preview_md(per_task, n=10),
         "drop_reasons": dg.MetadataValue.json(out["drop_reason"].dropna().str.slice(0, 60).value_counts().head(8).to_dict()),
@@ -212,13 +215,11 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
                                  where kept order by target_id""")
     rng = np.random.default_rng(config.seed)
     vectors = embedder.embed(targets["text"].tolist())
-    sims = vectors @ vectors.T if len(targets) else np.zeros((0, 0))
-    same_article = (targets["title"].to_numpy()[:, None] == targets["title"].to_numpy()[None, :]) if len(targets) else sims
-    sims = np.where(same_article, -np.inf, sims)  # cross-topic: only other articles
+    # cross-topic: the most similar targets of other articles (kNN index, no N x N matrix)
+    partners = cross_group_neighbours(vectors, targets["title"].to_numpy(), config.cross_topic_neighbours)
     rows, others_of = [], {}
     for i, t in enumerate(targets.itertuples()):
-        nearest = np.argsort(-sims[i])[: config.cross_topic_neighbours] if len(targets) > 1 else []
-        others = [targets["text"].iat[j] for j in nearest if np.isfinite(sims[i, j])]
+        others = [targets["text"].iat[j] for j in partners[i] if j >= 0]
         others_of[t.target_id] = others
         for text, ops in make_variants(t.text, t.task, rng, n=config.variants_per_target, others=others):
             rows.append({"target_id": t.target_id, "task": t.task, "text": text, "operators": ops, "origin": "noise",
@@ -229,7 +230,8 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
         chats = [[{"role": "user", "content": render_degrade_prompt(t.task, t.text, n=config.llm_variants_per_target)}]
                  for t in targets.itertuples()]
         writer_usage: dict = {}
-        outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info, usage=writer_usage)
+        with mixture_writer.session():  # a local writer's engine leaves the GPU when this asset ends
+            outcomes, _ = mixture_writer.generate(chats, warehouse, progress=context.log.info, usage=writer_usage)
         usage_md, usage_line = generator_usage(mixture_writer, writer_usage, "writer")
         context.log.info(f"degradation writer: {usage_line}")
         budgets.append(generator_budget("mixture_variants (degradations)", mixture_writer, outcomes,
@@ -267,7 +269,7 @@ def mixture_variants(context: dg.AssetExecutionContext, config: VariantsConfig, 
     ops = out["operators"].str.split("+").explode().value_counts()
     context.log.info(f"{len(out)} variants for {len(targets)} targets; mean Overall {out['overall'].mean():.2f} vs targets {targets['overall'].mean():.2f}")
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "mixture_variants"), metadata={
-        **table_metadata(out, ["task", "operators", "overall", "text"]),
+        **table_metadata(out, ["task", "operators", "overall", "text"], table="mixture_variants"),
         "targets": len(targets),
         "variants_per_target": dg.MetadataValue.json(counts.value_counts().sort_index().to_dict()),
         "operator_counts": dg.MetadataValue.json(ops.to_dict()),
@@ -333,7 +335,8 @@ def _built_examples(context: dg.AssetExecutionContext, config: MixtureConfig, wr
         chats = [[{"role": "user", "content": render_cot_prompt(clusters[i][0].task, clusters[i][1], clusters[i][0].text)}]
                  for i in asked]
         writer_usage: dict = {}
-        outcomes, _ = writer.generate(chats, warehouse, progress=context.log.info, usage=writer_usage)
+        with writer.session():  # a local writer's engine leaves the GPU when this asset ends
+            outcomes, _ = writer.generate(chats, warehouse, progress=context.log.info, usage=writer_usage)
         usage_md, usage_line = generator_usage(writer, writer_usage, "cot_writer")
         context.log.info(f"cot writer: {usage_line}")
         budgets.append(generator_budget("mixture (cot)", writer, outcomes, config.max_failed_fraction))
@@ -424,7 +427,7 @@ def mixture(context: dg.AssetExecutionContext, config: MixtureConfig, mixture_wr
         sizes, np.arange(1.5, max(config.max_variants, int(sizes.max()) if len(sizes) else 2) + 1.5),
         "variants per example" + (" (counted from input)" if config.source == "released" else ""), "variants per example")
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "mixture"), metadata={
-        **table_metadata(df, ["task", "split", "n_variants", "input", "output"], n=3),
+        **table_metadata(df, ["task", "split", "n_variants", "input", "output"], n=3, table="mixture"),
         "source": config.source,
         "per_task_and_split": preview_md(counts, n=10),
         "train": int((df["split"] == "train").sum()), "test": int((df["split"] == "test").sum()),
@@ -467,7 +470,8 @@ def rating_library(context: dg.AssetExecutionContext, config: RatingLibraryConfi
     df = pd.DataFrame(rows)
     warehouse.replace_partition("rating_library", df)
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "rating_library"), metadata={
-        "dagster/row_count": len(df), "libraries": preview_md(df[["task", "n_samples", "class_counts", "prior"]] if len(df) else df, n=10),
+        "dagster/row_count": len(df), "dagster/column_schema": column_schema(df, "rating_library"),
+        "libraries": preview_md(df[["task", "n_samples", "class_counts", "prior"]] if len(df) else df, n=10),
         "embedding_model": embedder.model, "path": dg.MetadataValue.path(str(out_dir)),
     })
 

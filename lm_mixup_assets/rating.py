@@ -84,10 +84,12 @@ def generator_budget(what: str, generator, outcomes: list, max_failed_fraction: 
 
 def rate_frame(context: dg.AssetExecutionContext, rows: pd.DataFrame, carry: list[str], judge: JudgeResource,
                warehouse: WarehouseResource, label: str, rubric_version: str | None = None,
-               max_failed_fraction: float = 1.0) -> tuple[pd.DataFrame, dict, BudgetReport]:
+               max_failed_fraction: float = 1.0,
+               threshold_overall: float | None = None) -> tuple[pd.DataFrame, dict, BudgetReport]:
     """``rows`` (with ``prompt`` and ``completion``) rated: the ``carry`` columns plus :data:`JUDGE_COLUMNS`,
     one output row per input row, the metadata for the asset, and the failure budget's report (the caller
-    writes the rows, then ``budgets.enforce_budgets``). ``rubric_version``: None = the judge's pool rubric."""
+    writes the rows, then ``budgets.enforce_budgets``). ``rubric_version``: None = the judge's pool rubric.
+    ``threshold_overall``: the Overall at which the rows are accepted, marked on the histogram."""
     rubric_version = rubric_version or judge.rubric_version
     context.log.info(f"rating {len(rows)} rows of {label} with judge {judge.backend}/{judge.model} (rubric {rubric_version})")
     started = time.monotonic()
@@ -116,7 +118,7 @@ def rate_frame(context: dg.AssetExecutionContext, rows: pd.DataFrame, carry: lis
     ok = df[df["status"] == "ok"]
     context.log.info(f"{label}: {status_counts} in {elapsed:.1f}s; {usage_line}")
     metadata = {
-        **table_metadata(df, ["sample_id", "overall", "overall_compressed", "status", "prompt"]),
+        **table_metadata(df, ["sample_id", "overall", "overall_compressed", "status", "prompt", "completion"]),
         "rated_ok": int(status_counts.get("ok", 0)),
         "parse_errors": int(status_counts.get("parse_error", 0)),
         "api_errors": int(status_counts.get("api_error", 0)),
@@ -129,7 +131,8 @@ def rate_frame(context: dg.AssetExecutionContext, rows: pd.DataFrame, carry: lis
         "overall_mean": float(ok["overall"].mean()) if len(ok) else 0.0,
         "score_histogram": dg.MetadataValue.md(
             histogram_grid({label: ok["overall"].astype(float).tolist()}, bins=[x + 0.5 for x in range(0, 11)],
-                           title=f"Overall score, {label}", xlabel="Overall (1-10)")
+                           title=f"Overall score, {label}", xlabel="Overall (1-10)", threshold=threshold_overall,
+                           threshold_label="accepted from")
         ),
     }
     if rating.stats:
@@ -151,7 +154,7 @@ def precomputed_frame(rows: pd.DataFrame, carry: list[str], label: str) -> tuple
     else:  # only compressed labels were released (e.g. DS2's tulu_300k scores)
         values, bins, what = df["overall_compressed"], [x - 0.5 for x in range(0, 7)], "compressed Overall (0-5)"
     metadata = {
-        **table_metadata(df, ["sample_id", "overall", "overall_compressed", "status", "prompt"]),
+        **table_metadata(df, ["sample_id", "overall", "overall_compressed", "status", "prompt", "completion"]),
         "rated_ok": len(df), "parse_errors": 0, "api_errors": 0,
         "judge_rows": len(df), "judge_rows_sent": 0, "judge_http_requests": 0, "cache_hits": 0,
         "judge_prompt_tokens": 0, "judge_completion_tokens": 0,

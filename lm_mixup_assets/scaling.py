@@ -1,11 +1,16 @@
-"""How steps run: the executor chosen by environment, and the tags GPU steps carry.
+"""How steps run: the executor chosen by profile and environment, and the tags GPU steps carry.
 
-- ``LM_MIXUP_EXECUTOR=in_process`` (default): one process, steps in order. On a
+``LM_MIXUP_EXECUTOR`` picks the executor; unset, the profile does (:data:`PROFILE_EXECUTORS`):
+
+- ``in_process`` (the demo profile's): one process, steps in order. On a
   2-core machine it is the fastest (no per-step process start) and DuckDB sees
-  one writer.
-- ``multiprocess``: steps in parallel processes (``LM_MIXUP_MAX_CONCURRENT``).
-  Safe with DuckDB because every write opens a short connection and waits
-  for the file lock (``lib/warehouse.py``).
+  one writer. What a step left on the GPU stays for the next ones, so only the
+  generator's engines are released per asset (``GeneratorResource.session``).
+- ``multiprocess`` (the paper profile's): every step in its own process
+  (``LM_MIXUP_MAX_CONCURRENT`` at once, GPU steps ``LM_MIXUP_GPUS`` at once), so
+  a step's models, vLLM engines and CUDA context end with it. Safe with DuckDB
+  because every write opens a short connection and waits for the file lock
+  (``lib/warehouse.py``).
 - ``k8s``: ``dagster-k8s``'s ``k8s_job_executor`` (install the ``k8s`` extra),
   one pod per step; GPU steps get their GPU through the op tags below. Image,
   namespace and the shared data root come from the environment.
@@ -17,15 +22,30 @@ import dagster as dg
 
 EXECUTORS = ("in_process", "multiprocess", "k8s")
 
+#: The executor of each profile when ``LM_MIXUP_EXECUTOR`` is unset. The paper profile's GPU steps load
+#: models of several GiB and vLLM engines that reserve most of the device: each runs in its own process.
+PROFILE_EXECUTORS = {"demo": "in_process", "paper": "multiprocess"}
+#: Whether an executor runs every step in a process (or pod) of its own, so GPU memory ends with the step.
+ISOLATES_STEPS = {"in_process": False, "multiprocess": True, "k8s": True}
+
 #: Dagster concurrency pool for steps that need a GPU (limit it with
 #: ``dagster instance concurrency set gpu <n>``, or in the UI, to the GPU count).
 GPU_POOL = "gpu"
+#: Op tag every GPU step carries: the executors' run-scoped limit (``LM_MIXUP_GPUS``) counts it, since
+#: ``tag_concurrency_limits`` reads tags, not pools.
+GPU_TAG = "lm_mixup/gpu"
+
+
+def gpu_step_limits() -> list[dict]:
+    """At most ``LM_MIXUP_GPUS`` (1) GPU steps of a run at once, whatever the executor's step concurrency."""
+    return [{"key": GPU_TAG, "value": "true", "limit": int(os.environ.get("LM_MIXUP_GPUS", "1"))}]
 
 
 def gpu_op_tags(gpus: int = 1, memory: str = "32Gi", cpu: str = "8") -> dict:
-    """Pod resources for a GPU step under ``k8s_job_executor`` (inert in-process)."""
+    """Pod resources for a GPU step under ``k8s_job_executor`` (inert in-process) and the GPU step tag."""
     limits = {"nvidia.com/gpu": str(gpus), "memory": memory}
     return {
+        GPU_TAG: "true",
         "dagster-k8s/config": {
             "container_config": {"resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}},
             "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
@@ -48,18 +68,35 @@ def k8s_executor_config() -> dict:
         "env_secrets": [os.environ.get("LM_MIXUP_K8S_SECRET", "lm-mixup-secrets")],
         "volume_mounts": [{"name": "data", "mount_path": root}],
         "volumes": [{"name": "data", "persistent_volume_claim": {"claim_name": os.environ.get("LM_MIXUP_K8S_PVC", "lm-mixup-data")}}],
-        # One step at a time per GPU: steps tagged pool=gpu queue for the GPUs.
-        "tag_concurrency_limits": [{"key": "dagster/concurrency_key", "value": GPU_POOL,
-                                    "limit": int(os.environ.get("LM_MIXUP_GPUS", "1"))}],
+        # One step at a time per GPU: GPU steps queue for the GPUs.
+        "tag_concurrency_limits": gpu_step_limits(),
     }
 
 
+def multiprocess_executor_config() -> dict:
+    """Config for ``multiprocess_executor``: one process per step, GPU steps limited to the GPU count."""
+    return {"max_concurrent": int(os.environ.get("LM_MIXUP_MAX_CONCURRENT", "2")),
+            "tag_concurrency_limits": gpu_step_limits()}
+
+
+def executor_name(profile: str | None = None) -> str:
+    """``LM_MIXUP_EXECUTOR`` when set, else the profile's executor (:data:`PROFILE_EXECUTORS`)."""
+    explicit = os.environ.get("LM_MIXUP_EXECUTOR", "").strip()
+    if explicit:
+        return explicit
+    if profile is None:
+        from resources.profiles import active_profile
+
+        profile = active_profile()
+    return PROFILE_EXECUTORS.get(profile, "in_process")
+
+
 def select_executor(name: str | None = None) -> dg.ExecutorDefinition:
-    name = (name or os.environ.get("LM_MIXUP_EXECUTOR", "in_process")).strip()
+    name = (name or executor_name()).strip()
     if name == "in_process":
         return dg.in_process_executor
     if name == "multiprocess":
-        return dg.multiprocess_executor.configured({"max_concurrent": int(os.environ.get("LM_MIXUP_MAX_CONCURRENT", "2"))})
+        return dg.multiprocess_executor.configured(multiprocess_executor_config())
     if name == "k8s":
         try:
             from dagster_k8s import k8s_job_executor

@@ -105,9 +105,9 @@ def long_tail_scores(context: dg.AssetExecutionContext, config: LongTailConfig, 
                                     "long-tail distances")
     rarest = df.sort_values("long_tail_score", ascending=False).groupby("set_name").head(3)
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "long_tail_scores"), metadata={
-        **table_metadata(df, ["set_name", "source", "long_tail_score", "prompt"]),
+        **table_metadata(df, ["set_name", "source", "long_tail_score", "prompt", "completion"], table="long_tail_scores"),
         "sets": dg.MetadataValue.md(pd.DataFrame(stats).to_markdown(index=False)),
-        "rarest": preview_md(rarest, n=6, columns=["set_name", "source", "long_tail_score", "prompt"]),
+        "rarest": preview_md(rarest, n=6, columns=["set_name", "source", "long_tail_score", "prompt", "completion"]),
         "distance_histogram": dg.MetadataValue.md(distances),
         "embedding_model": embedder.model,
     })
@@ -177,7 +177,7 @@ def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
     origin_mix = stacked_barh(mix, {"original": BLUE, "distilled": ORANGE}, f"{arm}: rows by source and origin",
                               f"origin mix {arm}")
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "training_sets", "arm", arm), metadata={
-        **table_metadata(rows, ["position", "origin", "source", "long_tail_score", "prompt"]),
+        **table_metadata(rows, ["position", "origin", "source", "long_tail_score", "prompt", "completion"], table="training_sets"),
         "composition": dg.MetadataValue.md(composition.to_markdown(index=False)),
         "shortfall": dg.MetadataValue.json(composed.shortfall),
         "fraction_of_pool": round(len(rows) / max(1, pool_rows), 4),

@@ -20,7 +20,7 @@ from pydantic import Field, create_model
 from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib.settings.base import StageSettings
 from lm_mixup_assets.lib.sql_models import SqlModel, SqlStep, group_steps, load_models, materialise_step
-from lm_mixup_assets.metadata import code_version, preview_md, table_data_version_in
+from lm_mixup_assets.metadata import code_version, preview_md, table_data_version_in, warehouse_column_schema
 from lm_mixup_assets.partitions import source_partitions
 from resources import WarehouseResource
 
@@ -75,6 +75,7 @@ def _run_step(context, step: SqlStep, values: dict, warehouse: WarehouseResource
             version = table_data_version_in(con, model.name, col, partition)
             results.append(dg.MaterializeResult(asset_key=model.name, data_version=version, metadata={
                 "dagster/row_count": counts[model.name],
+                "dagster/column_schema": warehouse_column_schema(con, model.name),
                 "preview": preview_md(preview),
                 "vars": dg.MetadataValue.json(values),
                 "sql": dg.MetadataValue.md(f"```sql\n{model.render(values, partition or 'x')[0]}\n```"),

@@ -32,9 +32,10 @@ from lm_mixup_assets.lib.settings.training import (
     MixtureEvalSettings,
     SFTSettings,
 )
-from lm_mixup_assets.lib.training import distiller_chat, run_grpo, run_sft
+from lm_mixup_assets.lib.training import distiller_chat, free_memory, run_grpo, run_key, run_sft
 from lm_mixup_assets.metadata import (
     code_version,
+    column_schema,
     preview_md,
     table_data_version,
 )
@@ -109,17 +110,24 @@ SftConfig = launchpad_config(SFTSettings)
 @dg.asset(code_version=CODE_VERSION, group_name=GROUP, deps=["mixture"], **_GPU, **_CHECKPOINT,
           description="Cold-start SFT (TRL SFTTrainer) of the base policy on the MIXTURE train split: system prompt "
           "demanding <think>…</think><answer>…</answer>, user turn = instruction + variants, loss on the response "
-          "only, in the configured target_layout / cot_mode. Resumes from the latest checkpoint in its folder after a crash.")
+          "only, in the configured target_layout / cot_mode. Its folder, artifacts/checkpoints/sft/<run key>/, is named by "
+          "the base model, the MIXTURE train rows and every setting: a finished run with the same key is reused (logged "
+          "'reused'), an unfinished one resumes from its latest checkpoint.")
 def sft_checkpoint(context: dg.AssetExecutionContext, config: SftConfig, warehouse: WarehouseResource,
                    base_policy: ModelCheckpoint) -> dg.Output[ModelCheckpoint]:
     config = config.resolve(context)
     base = base_policy.path
     rows = _mixture_rows(warehouse, "train")
-    out_dir = warehouse.artifacts_dir / "checkpoints" / "sft"
-    context.log.info(f"SFT of {base} on {len(rows)} MIXTURE examples -> {out_dir}")
-    result = run_sft(base, rows, out_dir, config,
-                     on_log=lambda step, logs: context.log.info(f"sft step {step}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()})}"))
     version = _data_version(rows)
+    # Named by everything that decides the run: other inputs never resume or reuse this folder.
+    key = run_key(base_policy.fingerprint, version, config.values())
+    out_dir = warehouse.artifacts_dir / "checkpoints" / "sft" / key
+    context.log.info(f"SFT of {base} on {len(rows)} MIXTURE examples -> {out_dir}")
+    result = run_sft(base, rows, out_dir, config, reuse_key=key,
+                     on_log=lambda step, logs: context.log.info(f"sft step {step}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()})}"))
+    if result.reused:
+        context.log.info(f"reused the finished SFT run in {out_dir} (same base model, MIXTURE rows and settings); "
+                         "nothing trained")
     value = ModelCheckpoint.of_folder(result.checkpoint, "sft_checkpoint", steps=result.steps,
                                       wall_seconds=round(result.wall_seconds, 2), device=result.device,
                                       data_version=version, started_from=base_policy)
@@ -128,7 +136,8 @@ def sft_checkpoint(context: dg.AssetExecutionContext, config: SftConfig, warehou
         metadata={"checkpoint": dg.MetadataValue.path(result.checkpoint), "steps": result.steps,
                   "tokens_seen": result.tokens_seen or 0, "wall_seconds": round(result.wall_seconds, 1),
                   "examples": result.n_examples, "dropped_too_long": result.n_dropped_too_long,
-                  "resumed_from": result.resumed_from or "", "device": result.device, "data_version": version,
+                  "resumed_from": result.resumed_from or "", "reused": result.reused, "device": result.device,
+                  "data_version": version,
                   "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
                   "loss_curve": dg.MetadataValue.md(curve_plot({"train loss": result.loss_history}, "SFT loss", "loss"))},
         data_version=dg.DataVersion(value.fingerprint),
@@ -136,6 +145,19 @@ def sft_checkpoint(context: dg.AssetExecutionContext, config: SftConfig, warehou
 
 
 GrpoConfig = launchpad_config(GRPOSettings)
+
+
+def _library_version(folder: Path) -> str:
+    """A hash of the rating library's arrays (not of the .npz bytes, which carry the time they were written)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path, allow_pickle=False) as arrays:
+            for name in sorted(arrays.files):
+                digest.update(f"{path.name}/{name}/{arrays[name].dtype}/{arrays[name].shape}".encode())
+                digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def reward_weights(config: GRPOSettings) -> dict:
@@ -162,7 +184,8 @@ def reward_weights(config: GRPOSettings) -> dict:
           description="GRPO (TRL GRPOTrainer) from the SFT checkpoint on MIXTURE train prompts. Reward = 0.5 quality "
           "(kNN-Bayes rater over rating_library) + 0.4 alignment (embedding cosine to the reference >= 0.8) + 0.1 format "
           "(tags + task pattern), for all five task types as the reference runs it (per-task overrides in config). "
-          "vLLM rollouts when a GPU and vLLM are present.")
+          "vLLM rollouts when a GPU and vLLM are present. Its folder, artifacts/checkpoints/grpo/<run key>/, is named by "
+          "the SFT model, the rows, the rating library, the embedder and every setting: a finished run is reused.")
 def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embedder: EmbedderResource,
                     warehouse: WarehouseResource, sft_checkpoint: ModelCheckpoint) -> dg.Output[ModelCheckpoint]:
     config = config.resolve(context)
@@ -177,12 +200,18 @@ def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embed
     context.log.info("GRPO reward weights per task: " + ", ".join(
         f"{t} {resolve_weights(t, weights)}" for t in TASK_TYPES) + f"; rules={config.reward_rules}, "
         f"quality band={config.reward_quality_band}")
-    out_dir = warehouse.artifacts_dir / "checkpoints" / "grpo"
+    version = _data_version(rows)
+    # The rewards read the rating library and the embedder: both are inputs of the run as much as the rows.
+    library = _library_version(warehouse.artifacts_dir / "rating_library")
+    key = run_key(sft_checkpoint.fingerprint, version, config.values(), library, embedder.model)
+    out_dir = warehouse.artifacts_dir / "checkpoints" / "grpo" / key
     context.log.info(f"GRPO from {start} on {len(rows)} prompts -> {out_dir}")
-    result = run_grpo(start, rows, reward_funcs, out_dir, config,
+    result = run_grpo(start, rows, reward_funcs, out_dir, config, reuse_key=key,
                       on_log=lambda step, logs: context.log.info(f"grpo step {step}: " + ", ".join(
                           f"{k}={v:.3f}" for k, v in logs.items() if isinstance(v, float) and ("reward" in k or k == "loss"))))
-    version = _data_version(rows)
+    if result.reused:
+        context.log.info(f"reused the finished GRPO run in {out_dir} (same SFT model, rows, rating library and "
+                         "settings); nothing trained")
     value = ModelCheckpoint.of_folder(result.checkpoint, "grpo_checkpoint", steps=result.steps,
                                       wall_seconds=round(result.wall_seconds, 2), device=result.device,
                                       data_version=version, started_from=sft_checkpoint)
@@ -191,6 +220,7 @@ def grpo_checkpoint(context: dg.AssetExecutionContext, config: GrpoConfig, embed
         value,
         metadata={"checkpoint": dg.MetadataValue.path(result.checkpoint), "steps": result.steps,
                   "wall_seconds": round(result.wall_seconds, 1), "use_vllm": result.use_vllm, "device": result.device,
+                  "reused": result.reused,
                   "examples": result.n_examples, "data_version": version,
                   "final_rewards": dg.MetadataValue.json(last),
                   "reward_curves": dg.MetadataValue.md(curve_plot(result.reward_history, "GRPO rewards", "mean reward"))},
@@ -220,8 +250,9 @@ def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, g
         # Checkpoints are local folders: evaluate them in-process whatever the generator's serving backend.
         local = generator.model_copy(update={"backend": "transformers"}) if generator.backend == "openai" else generator
         gen_usage: dict = {}
-        outs, _ = local.generate(chats, warehouse, model=path, max_new_tokens=config.max_new_tokens, temperature=0.0,
-                                 repetition_penalty=config.repetition_penalty, usage=gen_usage)
+        with local.session():  # released before the next model loads: one engine on the GPU at a time
+            outs, _ = local.generate(chats, warehouse, model=path, max_new_tokens=config.max_new_tokens,
+                                     temperature=0.0, repetition_penalty=config.repetition_penalty, usage=gen_usage)
         gen_md, gen_line = generator_usage(local, gen_usage, f"{label}_generator")
         context.log.info(f"{label}: {gen_line}")
         budgets.append(generator_budget(f"mixture_eval ({label} model)", local, outs, config.max_failed_fraction))
@@ -253,7 +284,8 @@ def mixture_eval(context: dg.AssetExecutionContext, config: MixtureEvalConfig, g
     metrics = ["format_compliance", "alignment", "quality_reward", "total_reward"]
     plot = grouped_bars({r["model"]: [r[m] for m in metrics] for r in summary}, metrics, "MIXTURE test split", "mixture eval")
     return dg.MaterializeResult(data_version=table_data_version(warehouse, "mixture_eval"), metadata={
-        "dagster/row_count": len(table), "results": preview_md(table.round(3), n=5),
+        "dagster/row_count": len(table), "dagster/column_schema": column_schema(table, "mixture_eval"),
+        "results": preview_md(table.round(3), n=5),
         "plot": dg.MetadataValue.md(plot),
         **{f"{r['model']}_total_reward": round(r["total_reward"], 4) for r in summary},
         **usage_md,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lm_mixup_assets.lib.settings.base import env_overrides
 
 from .judge import JudgeResource
@@ -34,7 +36,9 @@ def build_resources(profile: str | None = None, home: str | None = None) -> dict
     return {
         "warehouse": warehouse,
         "judge": JudgeResource(**resource_values("judge", JudgeResource, profile)),
-        "embedder": EmbedderResource(**resource_values("embedder", EmbedderResource, profile)),
+        # Vectors are kept per model and text under the home: re-runs embed only what is new.
+        "embedder": EmbedderResource(**{"cache_dir": str(Path(warehouse.home) / "artifacts" / "embedding_cache"),
+                                        **resource_values("embedder", EmbedderResource, profile)}),
         "generator": GeneratorResource(**resource_values("generator", GeneratorResource, profile)),
         # MIXTURE has its own writer (GPT-4o-mini in the paper), apart from the policy that distils.
         "mixture_writer": GeneratorResource(**resource_values("mixture_writer", GeneratorResource, profile)),

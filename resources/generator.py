@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import dagster as dg
 from pydantic import Field
@@ -28,7 +29,26 @@ BACKENDS = ("transformers", "vllm", "openai")
 # What GeneratorResource.generate(usage=...) reports; cost_usd is added when the model's price is known.
 USAGE_KEYS = ("rows", "cache_hits", "generated", "http_requests", "retries", "batches", "prompt_tokens",
               "completion_tokens")
-_ENGINES: dict[tuple, object] = {}  # one loaded model per process and configuration
+# The loaded model, kept for the next generate() of the same asset with the same configuration. One at a time:
+# loading another model releases it, so a process never holds several; an asset releases it when it ends
+# (GeneratorResource.session), so later steps of an in-process run find the GPU free.
+_ENGINES: dict[tuple, object] = {}
+
+
+def release_engines() -> None:
+    """Close the loaded model and give its memory back (CUDA included) now; a no-op when none is loaded."""
+    if not _ENGINES:
+        return
+    engines = list(_ENGINES.values())
+    _ENGINES.clear()
+    for engine in engines:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    del engines, engine
+    from lm_mixup_assets.lib.training import free_memory
+
+    free_memory()
 
 
 class GeneratorResource(dg.ConfigurableResource):
@@ -56,6 +76,11 @@ class GeneratorResource(dg.ConfigurableResource):
     timeout_s: float = Field(120.0, gt=0, description="Seconds before one request times out (then retried).")
     max_retries: int = Field(5, ge=0, description="Retries after 429/5xx/timeouts, with backoff; then the row is api_error.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM engine spans (vllm backend).")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1,
+        description="Share of the GPU's memory one vLLM engine reserves (weights + KV cache; vllm backend). Capped "
+        "at start to what is free, so a model another step left on the device lowers it instead of failing vLLM's "
+        "start-up check; lower it by hand when another process shares the GPU.")
 
     def params(self, **overrides) -> GenerationParams:
         base = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
@@ -63,13 +88,33 @@ class GeneratorResource(dg.ConfigurableResource):
         return GenerationParams(**{**base, **overrides})
 
     def _engine(self, model_path: str, fingerprint: str):
-        key = (self.backend, fingerprint, self.device, self.batch_size, self.tensor_parallel_size)
+        key = (self.backend, fingerprint, self.device, self.batch_size, self.tensor_parallel_size,
+               self.gpu_memory_utilization)
         if key not in _ENGINES:
+            release_engines()
             if self.backend == "transformers":
                 _ENGINES[key] = TransformersGenerator(model_path, device=self.device, batch_size=self.batch_size)
             else:
-                _ENGINES[key] = VllmGenerator(model_path, tensor_parallel_size=self.tensor_parallel_size)
+                _ENGINES[key] = VllmGenerator(model_path, tensor_parallel_size=self.tensor_parallel_size,
+                                              gpu_memory_utilization=self.gpu_memory_utilization)
         return _ENGINES[key]
+
+    @contextmanager
+    def session(self) -> Iterator[GeneratorResource]:
+        """``with generator.session():`` around an asset's generation: the engine it loads is released when the
+        block ends, failed or not. Resources live for a whole run, so this is what frees the GPU per asset."""
+        try:
+            yield self
+        finally:
+            release_engines()
+
+    def release(self) -> None:
+        """Release the loaded engine now (e.g. between two models of one asset)."""
+        release_engines()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        # The run's end: nothing loaded by a step that did not use session() outlives the run.
+        release_engines()
 
     def api_key(self) -> str:
         """The openai backend's key, from the environment at call time ("" when unset)."""
@@ -112,9 +157,8 @@ class GeneratorResource(dg.ConfigurableResource):
                 counters["generated"] += len(todo)
                 return client.generate(todo, params, on_result)
         else:
-            engine = self._engine(resolved, label)
-
             def missing(todo, on_result):
+                engine = self._engine(resolved, label)  # loaded only when something is not in the cache
                 counters["generated"] += len(todo)
                 # transformers runs one generate() per batch_size chats; vLLM schedules the whole list itself.
                 counters["batches"] += math.ceil(len(todo) / self.batch_size) if self.backend == "transformers" else 1

@@ -1,4 +1,4 @@
-"""The judge: one interface, two backends (``openai`` over HTTP, ``heuristic`` offline)."""
+"""The judge: one interface, two backends (``openai`` over HTTP, online or through the Batch API; ``heuristic`` offline)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from pydantic import Field
 
 from lm_mixup_assets.lib.heuristic_judge import score_pair
 from lm_mixup_assets.lib.judging import CachedRating, estimate_cost_usd, rate_with_cache
+from lm_mixup_assets.lib.openai_batch import (
+    BATCH_PRICE_FACTOR,
+    MAX_BATCH_REQUESTS,
+    BatchError,
+    BatchPending,
+    BatchStore,
+    serialized,
+)
 from lm_mixup_assets.lib.rubric import (
     RUBRIC_VERSION,
     JudgeOutcome,
@@ -30,7 +38,9 @@ class JudgeResource(dg.ConfigurableResource):
     llama.cpp server, Ollama) with bounded concurrency, timeouts and retries;
     the key is read at run time from the environment variable named by
     ``api_key_env`` (``OPENAI_API_KEY``): a secret is never a config value, so
-    it is never in a launchpad, in run history, logs, metadata or the warehouse. ``heuristic`` is deterministic
+    it is never in a launchpad, in run history, logs, metadata or the warehouse. With ``batch`` on, the
+    ``openai`` backend sends the same requests through the Batch API (``lib/openai_batch.py``) at half the
+    price; its answers share the online judge's cache keys. ``heuristic`` is deterministic
     and offline (see ``lib/heuristic_judge.py``); it ignores the rubric's text,
     but the rubric version is still part of its cache key.
     """
@@ -69,10 +79,30 @@ class JudgeResource(dg.ConfigurableResource):
     max_retries: int = Field(5, ge=0, description="Retries of a request after 429/5xx/timeouts, with backoff; then the row is api_error.")
     max_parse_retries: int = Field(2, ge=0, description="Re-asks when an answer has no parsable scores; then the row is parse_error.")
     max_tokens: int = Field(128, ge=1, description="Longest judge answer in tokens.")
+    batch: bool = Field(
+        default=False,
+        description="openai backend: rate through the OpenAI Batch API (LM_MIXUP_JUDGE_BATCH=true) at half the "
+        "online price, answers within 24 h. Same request bodies, parser, statuses and cache keys as online; each "
+        "batch is recorded in the warehouse (judge_batches) before polling, so a restarted run resumes it instead "
+        "of paying again. Answers that do not parse are re-asked online (max_parse_retries).",
+    )
+    batch_poll_interval_s: float = Field(60.0, ge=0, description="Seconds between two polls of the open batches (batch on); each poll logs the request counts.")
+    batch_max_wait_s: float = Field(
+        default=26 * 3600.0, ge=0,
+        description="How long one run polls its batches (batch on) before it fails with their ids; they stay "
+        "recorded and the next run resumes them. The API's window is 24 h.",
+    )
+    batch_max_requests: int = Field(
+        default=MAX_BATCH_REQUESTS, ge=1, le=MAX_BATCH_REQUESTS,
+        description="Most requests in one batch (batch on); more rows are split into several batches, as are "
+        "files over 200 MB. Lower it to stay under the organisation's enqueued-token limit.",
+    )
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
             raise dg.Failure(f"judge backend {self.backend!r} is unknown; choose one of {BACKENDS}")
+        if self.batch and self.backend != "openai":
+            raise dg.Failure(f"judge batch=true needs backend 'openai' (LM_MIXUP_JUDGE_BACKEND=openai), not {self.backend!r}")
         if self.backend == "openai":
             if not self.base_url:
                 raise dg.Failure("judge backend 'openai' needs base_url (LM_MIXUP_JUDGE_BASE_URL), e.g. http://127.0.0.1:8000/v1")
@@ -135,7 +165,35 @@ class JudgeResource(dg.ConfigurableResource):
         temperature = self.temperature if self.backend == "openai" else 0.0  # the heuristic has no sampling
         keys = [judge_cache_key(self.backend, self.model, v, r.user, temperature) for v, r in zip(versions, requests)]
 
-        if self.backend == "heuristic":
+        connect = warehouse.connect
+        batch_client = None
+        if self.backend == "openai" and self.batch:
+            connect = serialized(warehouse.connect)  # batch records and cache commits come from two threads
+            from lm_mixup_assets.lib.openai_judge import OpenAIBatchJudgeClient
+
+            client = OpenAIBatchJudgeClient(
+                base_url=self.base_url,
+                api_key=self.api_key(),
+                model=self.model,
+                store=BatchStore(connect),
+                label=",".join(sorted(set(versions))),
+                poll_interval_s=self.batch_poll_interval_s,
+                max_wait_s=self.batch_max_wait_s,
+                max_requests_per_batch=self.batch_max_requests,
+                progress=progress,
+                defer_collected=True,  # confirmed below, once the cache writer has committed the answers
+                concurrency=self.concurrency,
+                timeout_s=self.timeout_s,
+                max_retries=self.max_retries,
+                max_parse_retries=self.max_parse_retries,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+            )
+            # The cache key is the batch's custom_id: each request travels with it.
+            requests = list(zip(keys, requests))
+            rate_missing = client.rate_all
+            stats_source = batch_client = client
+        elif self.backend == "heuristic":
             pair_of = {r: (p, c) for r, p, c in zip(requests, prompts, completions)}
 
             def rate_missing(todo: list, on_result) -> list[JudgeOutcome]:
@@ -163,14 +221,28 @@ class JudgeResource(dg.ConfigurableResource):
             rate_missing = client.rate_all
             stats_source = client
 
-        result = rate_with_cache(
-            requests, keys, warehouse.connect, rate_missing,
-            backend=self.backend, model=self.model, rubric_version=versions, progress=progress,
-            flush_every=self.concurrency,  # durable within one concurrency's worth of answers (or 0.5 s)
-        )
+        try:
+            result = rate_with_cache(
+                requests, keys, connect, rate_missing,
+                backend=self.backend, model=self.model, rubric_version=versions, progress=progress,
+                flush_every=self.concurrency,  # durable within one concurrency's worth of answers (or 0.5 s)
+            )
+        except BatchPending as exc:
+            batch_client.confirm_collected()  # rate_with_cache closed its writer: what was collected is cached
+            raise dg.Failure(description=str(exc), metadata={"pending_batches": ", ".join(exc.batch_ids)}) from None
+        except BatchError as exc:  # already redacted
+            batch_client.confirm_collected()
+            raise dg.Failure(description=f"the judge's Batch API calls failed: {exc}") from None
+        if batch_client is not None:
+            batch_client.confirm_collected()
         if stats_source is not None:
             result.stats = dict(stats_source.stats)
         return result, keys
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        return estimate_cost_usd(self.model, prompt_tokens, completion_tokens) if self.backend == "openai" else 0.0
+        """Estimated USD for these tokens: the model's online price, halved with ``batch`` (the online
+        re-asks of unparsable batch answers are counted at the batch price too: an estimate)."""
+        if self.backend != "openai":
+            return 0.0
+        cost = estimate_cost_usd(self.model, prompt_tokens, completion_tokens)
+        return cost * BATCH_PRICE_FACTOR if cost is not None and self.batch else cost

@@ -5,7 +5,7 @@ parser), no third-party dependency. It serves ``POST /v1/chat/completions`` (and
 ``/chat/completions``) on 127.0.0.1 with an ephemeral port and answers with a
 deterministic judge answer, after a fixed latency, unless a scheduled fault says
 otherwise. ``GET /stats`` returns the counters as JSON; ``POST /reset`` zeroes
-them.
+them. It also serves the Batch API, in memory (see "Batch API" below).
 
 Usage::
 
@@ -30,6 +30,7 @@ fault dict may hold:
 
 * ``{"status": 429, "retry_after": 1}``: that HTTP status (with an OpenAI-style
   error body; ``retry_after`` seconds, if given, as a ``Retry-After`` header;
+  ``headers`` a dict of further response headers, e.g. ``x-ratelimit-reset-tokens``;
   ``message`` to override the error text);
 * ``{"status": 500}``: likewise;
 * ``{"hang": seconds}``: wait that long before answering normally (a client with
@@ -56,6 +57,40 @@ Counters (``srv.stats()``, ``GET /stats``): ``requests`` (chat requests),
 ``chat_connections`` (those that carried a chat request), ``faults_pending``.
 In subprocess mode the child runs on uvloop when it is installed
 (``use_uvloop=False`` to opt out), so the server's own timing stays precise.
+
+Batch API
+---------
+``POST /v1/files`` (multipart upload, any purpose), ``GET /v1/files/{id}`` and
+``GET /v1/files/{id}/content``; ``POST /v1/batches`` (``input_file_id``,
+``endpoint`` ``/v1/chat/completions``, ``completion_window`` ``24h``) and ``GET
+/v1/batches/{id}``. ``require_api_key`` guards these too. An input file is
+validated as the real API does (JSON lines with a unique ``custom_id``,
+``method`` POST, ``url`` /v1/chat/completions, a ``body``; at most
+``batch_max_requests`` lines): a bad file fails the batch with line errors. A
+batch is ``validating`` when created, ``in_progress`` while polled, and ends
+on its ``batch_polls``-th retrieve (default 2), or, when ``batch_seconds`` is
+set, on the first retrieve that many seconds after its creation. Then every
+line is answered like a chat request: the same ``answer_fn`` and the same
+string-keyed ``faults`` (a ``status`` fault or ``drop``/``hang`` makes an error
+line in the error file, a ``content`` fault an answer with that content;
+request-number keys apply to online requests only). Answers go to the output
+file, one ``{"id", "custom_id", "response": {"status_code", "body"}, "error"}``
+line each. ``batch_script`` is a list of dicts, one per created batch in order
+(later batches behave by default), each of which may hold:
+
+* ``{"status": "failed", "errors": [{"code": ..., "message": ...}]}``: the batch
+  fails (no files);
+* ``{"status": "expired"}`` / ``{"status": "cancelled"}``: the batch ends so,
+  with the first ``complete`` (default 0) lines answered and the rest error
+  lines (``batch_expired`` / ``batch_cancelled``), as the real API reports them;
+* ``{"garbage": ["substring", ...]}``: the output lines of requests whose user
+  message holds a substring are replaced by a line that is not JSON;
+* ``{"polls": n}`` / ``{"seconds": s}``: this batch's own completion rule.
+
+Batch counters in ``stats()``: ``files_uploaded``, ``file_downloads``,
+``batches_created``, ``batch_polls``, ``batch_requests`` (lines answered; not
+in ``requests``), ``batches`` ({id: status}). ``srv.uploaded_files()`` returns
+every uploaded file with its text, for tests that inspect what was sent.
 """
 
 from __future__ import annotations
@@ -63,8 +98,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -94,6 +131,7 @@ _REASONS = {
     409: "Conflict",
     411: "Length Required",
     413: "Payload Too Large",
+    415: "Unsupported Media Type",
     422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -173,6 +211,10 @@ class _ServerCore:
         answer_fn: Any = None,
         require_api_key: str | None = None,
         model: str = "local-judge",
+        batch_polls: int = 2,
+        batch_seconds: float | None = None,
+        batch_script: list[dict] | None = None,
+        batch_max_requests: int = 50_000,
     ) -> None:
         self.latency_s = float(latency_s)
         self.answer_fn = _resolve_answer_fn(answer_fn)
@@ -180,6 +222,14 @@ class _ServerCore:
         self.model = model
         # [(kind, key, remaining faults)] ; kind "substr" or "nth"
         self.faults = [(kind, key, list(items)) for kind, key, items in (faults or [])]
+        self.batch_polls = max(1, int(batch_polls))
+        self.batch_seconds = batch_seconds
+        self.batch_script = [dict(b) for b in (batch_script or [])]
+        self.batch_max_requests = int(batch_max_requests)
+        # Files and batches outlive /reset: only the counters are zeroed.
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
+        self._ids = itertools.count(1)
         self.reset()
 
     def reset(self) -> None:
@@ -191,6 +241,11 @@ class _ServerCore:
         self.max_in_flight = 0
         self.connections = 0
         self.chat_connections = 0
+        self.files_uploaded = 0
+        self.file_downloads = 0
+        self.batches_created = 0
+        self.batch_polls_seen = 0
+        self.batch_requests = 0
         self.started = time.monotonic()
 
     def stats(self) -> dict:
@@ -204,6 +259,12 @@ class _ServerCore:
             "connections": self.connections,
             "chat_connections": self.chat_connections,
             "faults_pending": sum(len(items) for _, _, items in self.faults),
+            "files_uploaded": self.files_uploaded,
+            "file_downloads": self.file_downloads,
+            "batches_created": self.batches_created,
+            "batch_polls": self.batch_polls_seen,
+            "batch_requests": self.batch_requests,
+            "batches": {b["id"]: b["status"] for b in self.batches.values()},
         }
 
     def _take_fault(self, n: int, user_message: str) -> dict | None:
@@ -287,12 +348,13 @@ class _ServerCore:
             raise ValueError("bad content-length") from None
         return await reader.readexactly(n) if n else b""
 
-    async def _write(self, writer, status: int, payload: Any, close: bool = False, extra: dict | None = None) -> None:
+    async def _write(self, writer, status: int, payload: Any, close: bool = False, extra: dict | None = None,
+                     content_type: str = "application/json") -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
         reason = _REASONS.get(status, "Status")
         head = [
             f"HTTP/1.1 {status} {reason}",
-            "Content-Type: application/json",
+            f"Content-Type: {content_type}",
             f"Content-Length: {len(body)}",
             "Connection: close" if close else "Connection: keep-alive",
         ]
@@ -311,6 +373,15 @@ class _ServerCore:
             return True
         if path == "/health":
             await self._write(writer, 200, {"ok": True}, close)
+            return True
+        if path == "/debug/files" and method == "GET":  # test inspection, no auth: what clients uploaded
+            files = [{k: v for k, v in f.items() if k != "data"} | {"text": f["data"].decode("utf-8", "replace")}
+                     for f in self.files.values()]
+            await self._write(writer, 200, files, close)
+            return True
+        if path.startswith(("/v1/files", "/v1/batches")):
+            status, payload, content_type = self.batch_api(method, path, headers, body)
+            await self._write(writer, status, payload, close, content_type=content_type)
             return True
         if path not in ("/v1/chat/completions", "/chat/completions"):
             await self._write(writer, 404, {"error": {"message": f"no route {method} {path}", "type": "invalid_request_error"}}, close)
@@ -369,7 +440,7 @@ class _ServerCore:
                     status = int(fault["status"])
                     if self.latency_s:
                         await asyncio.sleep(self.latency_s)
-                    extra = {}
+                    extra = {str(k): str(v) for k, v in (fault.get("headers") or {}).items()}
                     if fault.get("retry_after") is not None:
                         extra["Retry-After"] = str(fault["retry_after"])
                     msg = fault.get("message") or f"injected {status}"
@@ -409,6 +480,243 @@ class _ServerCore:
             return True
         finally:
             self.in_flight -= 1
+
+
+    # ---- Batch API (in memory)
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}-local-{next(self._ids)}"
+
+    def _authorised(self, headers: dict) -> tuple[int, dict] | None:
+        if self.require_api_key is None:
+            return None
+        auth = headers.get("authorization", "")
+        if auth == f"Bearer {self.require_api_key}":
+            return None
+        self.status_counts["401"] += 1
+        given = auth.removeprefix("Bearer ")  # echoed like the real API: clients must redact it
+        return 401, {"error": {"message": f"Incorrect API key provided: {given}.", "type": "invalid_request_error",
+                               "code": "invalid_api_key"}}
+
+    def batch_api(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, Any, str]:
+        """/v1/files and /v1/batches: (status, JSON payload or bytes, content type)."""
+        refused = self._authorised(headers)
+        if refused is not None:
+            return (*refused, "application/json")
+        parts = path.strip("/").split("/")  # ["v1", "files" | "batches", id?, "content"?]
+        try:
+            if parts[1] == "files" and len(parts) == 2 and method == "POST":
+                return 200, self._upload(headers, body), "application/json"
+            if parts[1] == "files" and len(parts) in (3, 4) and method == "GET":
+                f = self.files.get(parts[2])
+                if f is None:
+                    return 404, {"error": {"message": f"No such File object: {parts[2]}"}}, "application/json"
+                if len(parts) == 4 and parts[3] == "content":
+                    self.file_downloads += 1
+                    return 200, f["data"], "application/octet-stream"
+                return 200, _file_object(f), "application/json"
+            if parts[1] == "batches" and len(parts) == 2 and method == "POST":
+                return self._create_batch(json.loads(body or b"{}"))
+            if parts[1] == "batches" and len(parts) == 3 and method == "GET":
+                b = self.batches.get(parts[2])
+                if b is None:
+                    return 404, {"error": {"message": f"No batch found with id '{parts[2]}'."}}, "application/json"
+                self.batch_polls_seen += 1
+                self._advance(b)
+                return 200, _batch_object(b), "application/json"
+        except ValueError as exc:
+            return 400, {"error": {"message": str(exc), "type": "invalid_request_error"}}, "application/json"
+        return 404, {"error": {"message": f"no route {method} {path}"}}, "application/json"
+
+    def _upload(self, headers: dict, body: bytes) -> dict:
+        fields = _multipart(headers.get("content-type", ""), body)
+        if "file" not in fields:
+            raise ValueError("multipart upload needs a 'file' part")
+        filename, data = fields["file"]
+        purpose = fields.get("purpose", (None, b""))[1].decode()
+        f = {"id": self._new_id("file"), "purpose": purpose, "filename": filename or "upload", "bytes": len(data),
+             "created_at": int(time.time()), "data": data}
+        self.files[f["id"]] = f
+        self.files_uploaded += 1
+        return _file_object(f)
+
+    def _create_batch(self, req: dict) -> tuple[int, dict, str]:
+        f = self.files.get(req.get("input_file_id", ""))
+        if f is None:
+            return 404, {"error": {"message": f"No such File object: {req.get('input_file_id')}"}}, "application/json"
+        if req.get("endpoint") != "/v1/chat/completions" or req.get("completion_window") != "24h":
+            raise ValueError("this server batches endpoint /v1/chat/completions with completion_window 24h only")
+        if f["purpose"] != "batch":
+            raise ValueError(f"file {f['id']} was uploaded with purpose {f['purpose']!r}, not 'batch'")
+        script = self.batch_script[self.batches_created] if self.batches_created < len(self.batch_script) else {}
+        self.batches_created += 1
+        lines, errors = _validate_batch_file(f["data"], self.batch_max_requests)
+        b = {"id": self._new_id("batch"), "input_file_id": f["id"], "endpoint": req["endpoint"],
+             "completion_window": "24h", "status": "validating", "created_at": int(time.time()),
+             "created_monotonic": time.monotonic(), "polls": 0, "script": script, "lines": lines,
+             "errors": errors, "output_file_id": None, "error_file_id": None, "metadata": req.get("metadata"),
+             "counts": {"total": len(lines), "completed": 0, "failed": 0}}
+        if errors:  # the real API fails a bad input file while validating
+            b["status"] = "failed"
+            b["failed_at"] = b["created_at"]
+        self.batches[b["id"]] = b
+        return 200, _batch_object(b), "application/json"
+
+    def _advance(self, b: dict) -> None:
+        if b["status"] not in ("validating", "in_progress"):
+            return
+        b["polls"] += 1
+        script = b["script"]
+        seconds = script.get("seconds", self.batch_seconds if "polls" not in script else None)
+        if seconds is not None:
+            done = time.monotonic() - b["created_monotonic"] >= float(seconds)
+        else:
+            done = b["polls"] >= int(script.get("polls", self.batch_polls))
+        if not done:
+            b["status"] = "in_progress"
+            return
+        end = script.get("status", "completed")
+        now = int(time.time())
+        if end == "failed":
+            b["status"], b["failed_at"] = "failed", now
+            b["errors"] = [dict(e) for e in script.get("errors") or [{"code": "injected", "message": "injected failure"}]]
+            return
+        answer_upto = len(b["lines"]) if end == "completed" else int(script.get("complete", 0))
+        garbage = list(script.get("garbage") or [])
+        out, err = [], []
+        for i, line in enumerate(b["lines"]):
+            if i >= answer_upto:
+                code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(end, "batch_" + end)
+                err.append({"id": f"batch_req_{i}", "custom_id": line["custom_id"], "response": None,
+                            "error": {"code": code, "message": f"This request was not executed: the batch {end}."}})
+                continue
+            kind, record = self._batch_line(i, line)
+            user = _user_message(line["body"].get("messages") or [])
+            if kind == "ok" and any(g in user for g in garbage):
+                out.append(None)  # written as a line that is not JSON
+                continue
+            (out if kind == "ok" else err).append(record)
+        b["counts"] = {"total": len(b["lines"]), "completed": len(out), "failed": len(err)}
+        if out:
+            text = "".join("this line is not JSON {\n" if r is None else json.dumps(r) + "\n" for r in out)
+            b["output_file_id"] = self._store_output(b, "output", text)
+        if err:
+            b["error_file_id"] = self._store_output(b, "errors", "".join(json.dumps(r) + "\n" for r in err))
+        b["status"] = end
+        b[f"{end}_at"] = now
+
+    def _store_output(self, b: dict, what: str, text: str) -> str:
+        data = text.encode("utf-8")
+        f = {"id": self._new_id("file"), "purpose": "batch_output", "filename": f"{b['id']}_{what}.jsonl",
+             "bytes": len(data), "created_at": int(time.time()), "data": data}
+        self.files[f["id"]] = f
+        return f["id"]
+
+    def _batch_line(self, i: int, line: dict) -> tuple[str, dict]:
+        """One input line answered like a chat request: ("ok" | "error", its output-file record)."""
+        self.batch_requests += 1
+        body = line["body"]
+        messages = body.get("messages") or []
+        user_message = _user_message(messages)
+        record = {"id": f"batch_req_{i}", "custom_id": line["custom_id"], "response": None, "error": None}
+        fault = self._take_fault(-1, user_message)  # -1: request-number faults are for online requests
+        content = None
+        if fault is not None:
+            name = next((k for k in ("status", "hang", "content", "drop") if k in fault), "other")
+            self.faults_applied[name] += 1
+            if fault.get("drop") or "hang" in fault:
+                record["error"] = {"code": "server_error", "message": "The server had an error processing the request."}
+                return "error", record
+            if "status" in fault and int(fault["status"]) != 200:
+                status = int(fault["status"])
+                msg = fault.get("message") or f"injected {status}"
+                record["response"] = {"status_code": status, "request_id": f"req-{i}", "body": {"error": {
+                    "message": msg, "type": "server_error" if status >= 500 else "invalid_request_error"}}}
+                return "error", record
+            if "content" in fault:
+                content = str(fault["content"])
+        if content is None:
+            content = self.answer_fn(user_message)
+        prompt_tokens = sum(_count_tokens(str(m.get("content") or "")) for m in messages)
+        completion_tokens = _count_tokens(content)
+        record["response"] = {"status_code": 200, "request_id": f"req-{i}", "body": {
+            "id": f"chatcmpl-batch-{i}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model") or self.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
+                         "logprobs": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}}
+        return "ok", record
+
+
+def _user_message(messages: list) -> str:
+    user_message = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    if not isinstance(user_message, str):  # content parts
+        user_message = "".join(p.get("text", "") for p in user_message if isinstance(p, dict))
+    return user_message
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """The parts of a multipart/form-data body: {name: (filename, bytes)}."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not content_type.startswith("multipart/form-data") or not m:
+        raise ValueError(f"expected multipart/form-data with a boundary, got {content_type!r}")
+    delimiter = b"--" + m.group(1).encode("latin-1")
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, data = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        disposition = next((line for line in head.decode("latin-1").split("\r\n")
+                            if line.lower().startswith("content-disposition")), "")
+        name = re.search(r'\bname="([^"]*)"', disposition)
+        filename = re.search(r'\bfilename="([^"]*)"', disposition)
+        if name:
+            fields[name.group(1)] = (filename.group(1) if filename else None, data.removesuffix(b"\r\n"))
+    return fields
+
+
+def _validate_batch_file(data: bytes, max_requests: int) -> tuple[list[dict], list[dict]]:
+    """(lines, errors) of a batch input file, checked as the real API checks one."""
+    lines, errors, seen = [], [], set()
+    for n, raw in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+            ok = (isinstance(line, dict) and isinstance(line.get("custom_id"), str) and line.get("method") == "POST"
+                  and line.get("url") == "/v1/chat/completions" and isinstance(line.get("body"), dict))
+        except ValueError:
+            ok = False
+        if not ok:
+            errors.append({"code": "invalid_request", "message": "not a valid batch request line", "line": n})
+        elif line["custom_id"] in seen:
+            errors.append({"code": "duplicate_custom_id", "message": "custom_id values must be unique", "line": n})
+        else:
+            seen.add(line["custom_id"])
+            lines.append(line)
+    if len(lines) > max_requests:
+        errors.append({"code": "too_many_requests", "message": f"a batch holds at most {max_requests} requests",
+                       "line": None})
+    return lines, errors
+
+
+def _file_object(f: dict) -> dict:
+    return {"id": f["id"], "object": "file", "bytes": f["bytes"], "created_at": f["created_at"],
+            "filename": f["filename"], "purpose": f["purpose"], "status": "processed"}
+
+
+def _batch_object(b: dict) -> dict:
+    obj = {k: b.get(k) for k in ("id", "endpoint", "input_file_id", "completion_window", "status", "output_file_id",
+                                 "error_file_id", "created_at", "metadata")}
+    for stamp in ("in_progress_at", "completed_at", "failed_at", "expired_at", "cancelled_at"):
+        obj[stamp] = b.get(stamp)
+    obj["object"] = "batch"
+    obj["request_counts"] = dict(b["counts"])
+    obj["errors"] = {"object": "list", "data": [
+        {"code": e.get("code"), "message": e.get("message"), "param": None, "line": e.get("line")}
+        for e in b["errors"]]} if b["errors"] else None
+    return obj
 
 
 def _encode_faults(faults: dict | None) -> list[list]:
@@ -462,6 +770,10 @@ class OpenAICompatServer:
         host: str = "127.0.0.1",
         startup_timeout_s: float = 20.0,
         use_uvloop: bool = True,
+        batch_polls: int = 2,
+        batch_seconds: float | None = None,
+        batch_script: list[dict] | None = None,
+        batch_max_requests: int = 50_000,
     ) -> None:
         if mode not in ("subprocess", "thread"):
             raise ValueError("mode must be 'subprocess' or 'thread'")
@@ -473,6 +785,8 @@ class OpenAICompatServer:
         self.host = host
         self.startup_timeout_s = startup_timeout_s
         self.use_uvloop = use_uvloop
+        self.batch_options = {"batch_polls": batch_polls, "batch_seconds": batch_seconds,
+                              "batch_script": list(batch_script or []), "batch_max_requests": batch_max_requests}
         self.port: int | None = None
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
@@ -512,6 +826,7 @@ class OpenAICompatServer:
             "require_api_key": self.require_api_key,
             "host": self.host,
             "use_uvloop": self.use_uvloop,
+            **self.batch_options,
         }
 
     def _start_subprocess(self) -> None:
@@ -546,6 +861,7 @@ class OpenAICompatServer:
             faults=[tuple(f) for f in _encode_faults(self.faults)],
             answer_fn=self.answer_fn,
             require_api_key=self.require_api_key,
+            **self.batch_options,
         )
         ready = threading.Event()
         box: dict[str, Any] = {}
@@ -639,6 +955,10 @@ class OpenAICompatServer:
     def reset_stats(self) -> None:
         self._get("/reset", method="POST")
 
+    def uploaded_files(self) -> list[dict]:
+        """Every file on the server (uploads and batch outputs): id, purpose, filename, bytes and text."""
+        return self._get("/debug/files")  # type: ignore[return-value]
+
 
 # --------------------------------------------------------------------------- child process
 
@@ -650,6 +970,7 @@ def _child_main(config_json: str) -> None:
         faults=[tuple(f) for f in cfg["faults"]],
         answer_fn=cfg.get("answer_fn"),
         require_api_key=cfg.get("require_api_key"),
+        **{k: cfg[k] for k in ("batch_polls", "batch_seconds", "batch_script", "batch_max_requests") if k in cfg},
     )
 
     def watch_parent() -> None:

@@ -51,6 +51,11 @@ def test_untagged_pairs_only_when_tags_are_not_required():
     lenient = parse_distilled(text, require_tags=False)
     assert (lenient.status, lenient.prompt, lenient.completion, lenient.well_formed) == ("ok", "What is a motormouth", "A chatterbox.", False)
     assert parse_distilled("<think>plan</think> Q: a\nA: b", require_tags=False).prompt == "a"
+    # a preamble before the pair, as the demo's briefly trained 135M distiller writes: the first pair counts
+    talk = parse_distilled("I'll merge them.\n\nQ: What is BMW?\nA: Bavarian Motor Works.\n\nQ: again\nA: again",
+                           require_tags=False)
+    assert (talk.status, talk.prompt, talk.completion, talk.well_formed) == ("ok", "What is BMW?", "Bavarian Motor Works.", False)
+    assert parse_distilled("I'll merge them.\n\nQ: a\nA: b").status == "parse_error"
     prose = parse_distilled("Sure, here you go: a merged answer.", require_tags=False)
     assert prose.status == "parse_error" and "does not start with 'Q:'" in prose.reason
     # a broken <answer> block is still an error: the model tried the format and failed it

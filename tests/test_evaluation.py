@@ -1,6 +1,7 @@
 """Evaluation: offline lm-eval task files, LoRA fine-tune + lm-eval on a tiny model, the report, the assets."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -74,9 +75,21 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     assert result.success and checks_by_name(result)["scores_in_unit_range"].passed
     model = query("select * from downstream_models")
     assert model["rows"].tolist() == [6] and model["steps"].tolist() == [2]
-    # benchmark_scores got the merged model as downstream_models[random]'s value, with its training format.
+    # benchmark_scores got the adapter (no merged copy on disk) as downstream_models[random]'s value, with its
+    # training format; lm-eval loaded base + adapter.
     value = result.output_for_node("downstream_models")
-    assert value.path == model["merged_path"].iat[0] and value.steps == 2
+    assert value.path == model["adapter_path"].iat[0] and value.steps == 2 and model["merged_path"].iat[0] == ""
+    assert (Path(value.path) / "adapter_config.json").is_file() and not (Path(value.path).parent / "merged").exists()
+    # Unchanged inputs: the second run trains nothing and evaluates nothing, and says so.
+    evaluated_at = query("select max(evaluated_at) t from benchmark_scores")["t"].iat[0]
+    again = dg.materialize(per_arm, resources=resources, partition_key="random", run_config={"ops": {
+        "downstream_models": {"config": {"base_model": tiny_causal_lm, "max_steps": 2, "lora_r": 4, "lora_alpha": 8,
+                                         "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}},
+        "benchmark_scores": {"config": eval_cfg}}})
+    assert again.success and again.output_for_node("downstream_models").fingerprint == value.fingerprint
+    for name in ("downstream_models", "benchmark_scores"):
+        assert again.asset_materializations_for_node(name)[0].metadata["reused"].value is True
+    assert query("select max(evaluated_at) t from benchmark_scores")["t"].iat[0] == evaluated_at
     assert value.training_settings["chat_template"] == "none" and value.data_version == model["data_version"].iat[0]
     assert (home / "artifacts" / "asset_values" / "downstream_models" / "random.json").is_file()
     assert model["chat_template"].tolist() == ["none"] and (query("select * from benchmark_scores")["chat_template"] == "none").all()

@@ -15,6 +15,8 @@ from resources.warehouse import WarehouseResource
 
 # Write-through caches any step may read: keyed by request, not lineage (docs/architecture.md, "How data moves").
 CACHE_TABLES = {"judge_cache", "generation_cache"}
+# The judge's Batch API bookkeeping (lib/openai_batch.py), keyed by request like the caches.
+CACHE_TABLES |= {"judge_batches", "judge_batch_requests"}
 
 # Bookkeeping tables owned by one stage that are not assets of their own.
 # The ingest step (pool.py, multi-asset ingest_pool_source) writes them with raw_pool in one transaction;

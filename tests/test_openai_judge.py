@@ -342,3 +342,50 @@ def test_repr_and_errors_never_show_the_key():
     client = OpenAIJudgeClient(base_url="http://x/v1", api_key=API_KEY, model="m")
     assert API_KEY not in repr(client)
     assert API_KEY not in client._redact(f"bad key {API_KEY} and sk-proj-abc***xyz123")
+
+
+# --------------------------------------------------------------------------- rate-limit headers
+
+
+def test_ratelimit_reset_durations_are_parsed():
+    d = chat_transport._parse_duration
+    assert d("1s") == 1.0 and d("6m0s") == 360.0 and d("20ms") == pytest.approx(0.02)
+    assert d("1h2m3.5s") == pytest.approx(3723.5) and d("0.5s") == 0.5 and d("2") == 2.0 and d("150us") == pytest.approx(1.5e-4)
+    assert d(None) is None and d("") is None and d("soon") is None and d("5 s") is None and d("1s2x") is None
+    reset = chat_transport._rate_limit_reset
+    both = {"x-ratelimit-reset-requests": "20ms", "x-ratelimit-reset-tokens": "6m0s"}
+    assert reset({**both, "x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "812"}) == pytest.approx(0.02)
+    assert reset({**both, "x-ratelimit-remaining-requests": "3", "x-ratelimit-remaining-tokens": "0"}) == 360.0
+    assert reset(both) == 360.0  # which one ran out is not said: the later reset is safe
+    assert reset({"x-ratelimit-reset-tokens": "1s"}) == 1.0 and reset({}) is None
+
+
+def test_429_waits_for_the_exhausted_rate_limit_window():
+    ps = prompts(3)
+    headers = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499",
+               "x-ratelimit-reset-requests": "120ms", "x-ratelimit-limit-tokens": "200000",
+               "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1s"}
+    with OpenAICompatServer(faults={"row 1:": [{"status": 429, "headers": headers}]}) as srv:
+        client = make_client(srv, backoff_max_s=5.0)
+        outcomes = client.rate_all(ps)
+        assert srv.prompt_count(ps[1]) == 2
+    o = outcomes[1]
+    assert o.status == "ok" and o.attempts == 2 and o.scores == expected_scores(ps[1])
+    # The tokens window ran out and resets in 1 s (the jittered backoff alone would be <= 0.01 s).
+    assert 1.0 <= o.latency_s < 3.0
+    assert client.stats["rate_limited"] == 1
+
+
+def test_ratelimit_wait_is_capped_and_retry_after_comes_first():
+    ps = prompts(2)
+    long_reset = {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"}
+    faults = {"row 0:": [{"status": 429, "headers": long_reset}],
+              "row 1:": [{"status": 429, "retry_after": 0, "headers": long_reset}]}
+    with OpenAICompatServer(faults=faults) as srv:
+        t0 = time.perf_counter()
+        outcomes = make_client(srv, backoff_max_s=0.3).rate_all(ps)
+        elapsed = time.perf_counter() - t0
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    assert outcomes[0].latency_s >= 0.3  # 6 minutes, capped at backoff_max_s
+    assert outcomes[1].latency_s < 0.3  # Retry-After: 0 said now
+    assert elapsed < 3.0

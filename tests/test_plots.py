@@ -16,6 +16,12 @@ FIGURES = {
     "histogram_grid": (plots.histogram_grid, ({"humaneval": [3, 5, 8], "chatterbot": [1, 9]}, [x + 0.5 for x in range(11)],
                                               LONG, "Overall (1-10)")),
     "histogram_grid_one": (plots.histogram_grid, ({"one source": [3, 5, 8]}, [x + 0.5 for x in range(11)], LONG, "Overall")),
+    "histogram_grid_threshold": (plots.histogram_grid, ({"humaneval": [3, 5, 8], "chatterbot": [1, 9]},
+                                                        [x + 0.5 for x in range(11)], LONG, "Overall (1-10)"),
+                                 {"threshold": 8, "threshold_label": "high from"}),
+    "funnel_panels": (plots.funnel_panels, ({"chatterbot": {"input": 1500, "rejected": 0, "high": 31, "accepted": 2},
+                                             "humaneval": {"input": 164, "rejected": 3, "high": 160, "accepted": 0}},
+                                            LONG, "funnel per source")),
     "curve_plot": (plots.curve_plot, ({"loss": [(1, 2.0), (2, 1.5)], "eval": [(1, 2.2), (2, 1.9)]}, LONG, "loss")),
     "sizes_and_similarities": (plots.sizes_and_similarities, ([2, 3, 3, 5], [0.2, 0.9, 0.7, 0.5], LONG, "clusters x")),
     "labelled_bars": (plots.labelled_bars, ({"low_rows": 10, "cluster_inputs": 4, "accepted": 2}, LONG, "rescue yield x")),
@@ -52,7 +58,7 @@ def test_plot_renders_markdown_with_titles_apart(name):
     fn, args, *kw = FIGURES[name]
     kwargs = kw[0] if kw else {}
     md = fn(*args, **kwargs)
-    alt = args[-1] if name not in ("histogram_grid", "histogram_grid_one", "curve_plot") else LONG
+    alt = args[-1] if name not in ("histogram_grid", "histogram_grid_one", "histogram_grid_threshold", "curve_plot") else LONG
     prefix = f"![{alt}](data:image/png;base64,"
     assert md.startswith(prefix) and md.endswith(")")
     assert base64.b64decode(md[len(prefix):-1])[:8] == b"\x89PNG\r\n\x1a\n"

@@ -55,6 +55,15 @@ def test_training_group_materialises_with_a_tiny_model(resources, query, home, t
     grpo_dir = os.path.dirname(values["grpo_checkpoint"].path)
     args = torch.load(os.path.join(latest_checkpoint(grpo_dir), "training_args.bin"), weights_only=False)
     assert (args.weight_decay, args.epsilon, args.epsilon_high, args.delta) == (0.01, 0.2, 0.3, 3.0)
+    # The demo keeps the finished run's record, not a second copy of its weights (final/ has them).
+    assert latest_checkpoint(grpo_dir, resumable=True) is None and args.save_only_model
+    # Unchanged inputs: the second materialisation reuses both finished runs (same folders, same fingerprints).
+    again = dg.materialize(group("training"), resources=resources, run_config=config,
+                           selection=["base_policy", "sft_checkpoint", "grpo_checkpoint"])
+    assert again.success
+    for name in ("sft_checkpoint", "grpo_checkpoint"):
+        assert again.asset_materializations_for_node(name)[0].metadata["reused"].value is True
+        assert again.output_for_node(name).fingerprint == values[name].fingerprint
 
 
 def test_paper_profile_resolves_the_reference_formats():

@@ -36,7 +36,10 @@ Design notes (measured on 2 cores, 128 in flight, 0.5 s server latency)
 * Transport retries (429, 408, 5xx, timeouts, connection errors, 2xx bodies
   that are not a chat completion) use exponential backoff with full jitter, or
   the server's ``Retry-After`` / ``retry-after-ms`` when sent, capped at
-  ``backoff_max_s``. Other 4xx fail the row at once. An answer the caller does
+  ``backoff_max_s``. A 429 without them waits for the rate-limit window the
+  server names (``x-ratelimit-reset-requests`` / ``x-ratelimit-reset-tokens``,
+  Go-style durations such as ``6m0s``; the exhausted one per
+  ``x-ratelimit-remaining-*``), capped likewise. Other 4xx fail the row at once. An answer the caller does
   not accept is re-asked up to ``max_parse_retries`` times; both kinds of retry
   count towards one row's attempts and tokens.
 """
@@ -47,6 +50,7 @@ import asyncio
 import email.utils
 import importlib.util
 import random
+import re
 import sys
 import threading
 import time
@@ -57,7 +61,8 @@ import openai
 
 from lm_mixup_assets.lib.budgets import redact
 
-__all__ = ["STAT_KEYS", "AnswerRejected", "ChatClient", "ChatReply", "ChatTransport"]
+__all__ = ["STAT_KEYS", "AnswerRejected", "BadCompletion", "ChatClient", "ChatReply", "ChatTransport",
+           "parse_completion"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -116,6 +121,21 @@ def _shared_ssl_context() -> Any:
 
 class AnswerRejected(ValueError):
     """Raised by an ``accept`` function: the answer arrived but is not usable; ask again."""
+
+
+class BadCompletion(ValueError):
+    """A 2xx body that is not a chat completion (no ``choices[0].message``)."""
+
+
+def parse_completion(data: Any) -> tuple[str | None, int, int]:
+    """(content, prompt_tokens, completion_tokens) of a chat-completion body; the one reader of an answer,
+    online and in Batch API output lines alike. Raises :class:`BadCompletion` for any other shape."""
+    try:
+        content = data["choices"][0]["message"].get("content")
+        usage = data.get("usage") or {}
+        return content, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        raise BadCompletion(f"unexpected response shape: {str(data)[:200]}") from None
 
 
 @dataclass
@@ -320,7 +340,7 @@ class ChatTransport:
         Transport failures are retried up to ``max_retries`` times per row.
         """
         stats = self.stats
-        body = {"model": self.model, "messages": messages, **fields}
+        body = self.request_body(messages, fields)
         started = time.perf_counter()
         attempts = transport_failures = parse_failures = 0
         prompt_tokens = completion_tokens = 0
@@ -357,6 +377,10 @@ class ChatTransport:
                 continue
             return reply("ok", content=content, value=value)
 
+    def request_body(self, messages: list[dict], fields: dict) -> dict:
+        """The JSON body of one chat-completion request (the Batch API sends exactly this too)."""
+        return {"model": self.model, "messages": messages, **fields}
+
     async def _attempt(self, session: Any, body: dict) -> tuple[str | None, int, int]:
         """One HTTP attempt: (content, prompt_tokens, completion_tokens), or raise _Retryable / _Fatal."""
         try:
@@ -379,20 +403,18 @@ class ChatTransport:
         except ValueError as exc:  # body is not JSON
             raise _Retryable(f"malformed response body: {exc}", "bad_responses") from None
         try:
-            content = data["choices"][0]["message"].get("content")
-            usage = data.get("usage") or {}
-            p_tok = int(usage.get("prompt_tokens") or 0)
-            c_tok = int(usage.get("completion_tokens") or 0)
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-            raise _Retryable(f"unexpected response shape: {str(data)[:200]}", "bad_responses") from None
-        return content, p_tok, c_tok
+            return parse_completion(data)
+        except BadCompletion as exc:
+            raise _Retryable(str(exc), "bad_responses") from None
 
     def _status_error(self, exc: openai.APIStatusError) -> Exception:
         status = exc.status_code
         text = f"{status} {_reason(exc)} from {self.base_url}"
         detail = _error_detail(exc)
         if status == 429:
-            return _Retryable(f"{text}: {detail}", "rate_limited", _retry_after(exc.response.headers))
+            headers = exc.response.headers
+            wait = _retry_after(headers)
+            return _Retryable(f"{text}: {detail}", "rate_limited", wait if wait is not None else _rate_limit_reset(headers))
         if status >= 500 or status == 408:
             return _Retryable(f"{text}: {detail}", "server_errors", _retry_after(exc.response.headers))
         hint = _HINTS.get(status)
@@ -508,3 +530,46 @@ def _retry_after(headers: Any) -> float | None:
     if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|us|µs|ns|m|s)")
+_DURATION_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def _parse_duration(text: Any) -> float | None:
+    """Seconds of a Go-style duration as OpenAI's rate-limit headers send it ("1s", "6m0s", "20ms",
+    "1h2m3.5s"; a bare number is seconds), else None."""
+    if text is None:
+        return None
+    text = str(text).strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _DURATION_UNIT_S[u] for n, u in parts)
+
+
+def _rate_limit_reset(headers: Any) -> float | None:
+    """Seconds until the exhausted rate-limit window resets, from a 429's ``x-ratelimit-*`` headers.
+
+    The window whose ``x-ratelimit-remaining-*`` is 0 decides; when neither says 0 (or the
+    remaining counts are not sent), the later of the resets named, since the 429 says one ran out.
+    """
+    resets: dict[str, float] = {}
+    exhausted: list[str] = []
+    for kind in ("requests", "tokens"):
+        reset = _parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+        if reset is None:
+            continue
+        resets[kind] = reset
+        try:
+            if float(headers.get(f"x-ratelimit-remaining-{kind}")) <= 0:
+                exhausted.append(kind)
+        except (TypeError, ValueError):
+            pass
+    if not resets:
+        return None
+    return max(resets[k] for k in exhausted) if exhausted else max(resets.values())

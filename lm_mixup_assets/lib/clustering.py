@@ -22,30 +22,43 @@ How it is made fast (``capacity_constrained_clusters``)
 -------------------------------------------------------
 k is about N/3, so a flat k-means (N x k x d per iteration) and a dense N x k
 similarity matrix are far too expensive at 100k rows.  Up to N = 8192 the
-search is flat (exact: one N x k matmul + topk, k-means++ from the Gram
-matrix); above that:
+search is flat (exact: one N x k matmul + top-m, k-means++ from the Gram
+matrix); above that the work per row is kept constant (time ~linear in N up
+to ~1M rows, memory O(N d + k d)):
 
-* rows are recursively partitioned by spherical k-means into *leaves* of
-  about max(1024, sqrt(3N)) rows (at most twice that; cost ~N x N/leaf x d);
+* rows are split into *leaves* of about ``leaf_size`` = max(1024, sqrt(N))
+  rows by one flat, IVF-style coarse k-means (``_coarse_partition``):
+  trained on a seeded sample of at most 131,072 rows (all rows below that),
+  every row assigned in one chunked pass, then Lloyd iterations on all rows
+  in which a leaf's rows compare only to the centroids most frequent among
+  their candidates; leaves above 2 x leaf_size are split again by k-means;
 * the k centres are split over the leaves in proportion to their sizes and
   found by k-means++ + spherical k-means inside each leaf (cost N x leaf/3 x d);
 * each row probes its ``n_probe`` nearest leaves (own leaf first, by cosine
   to the leaf centroids); a centre belongs to the leaf whose centroid is
-  nearest.  A few Lloyd iterations across leaves use these probes for the
-  assignment step, so centres can gather members from neighbouring leaves;
+  nearest;
 * each row's ``n_candidates`` best centres are looked up among the centres of
-  its probed leaves (one matmul + topk per leaf, over the (row, probe) pairs
-  grouped by leaf);
+  its probed leaves (one matmul + top-m per leaf, over the (row, probe) pairs
+  grouped by leaf; top-m by numpy's argpartition, cheaper than torch.topk);
 * the greedy capacity assignment runs in vectorised rounds: every unassigned
   row claims its best candidate centre that still has room, and each centre
   accepts its most similar claimants up to its remaining room (a lexsort by
   (centre, -similarity) and a rank within each centre); losers move on to
   their next candidate.  Rows whose candidates all filled up are placed by
-  the same rounds against all centres that still have room (and, only if that
-  stalls on massive ties such as thousands of identical rows, by a one-shot
-  fill of the free slots);
-* optionally the centres are re-estimated from the members and the
-  assignment is repeated (``refine_iters``).
+  the same rounds against the centres with room in their ``fill_probes``
+  nearest leaves, then against all centres that still have room (and, only
+  if that stalls on massive ties such as thousands of identical rows, by a
+  one-shot fill of the free slots);
+* the centres are re-estimated from the members and the assignment is
+  repeated (``refine_iters``; optionally Lloyd iterations across leaves
+  before the first assignment, ``global_iters``).
+
+Big temporaries are chunked (normalisation, nearest-centroid passes, the
+final centres and member cosines), so at 1M x 384 rows the peak is the input,
+its normalised copy and O(k d + N) working memory.  The previous path
+(recursive partition on all rows, leftovers against every open centre) is
+``partition="tree", fill_probes=0, global_iters=3, refine_iters=1``; it grew
+~N^1.5 (benchmarks/cluster_bench.py compares the two).
 """
 
 from __future__ import annotations
@@ -312,7 +325,8 @@ def _spherical_kmeans(
     labels = torch.zeros(n, dtype=torch.long)
     for it in range(iters + 1):
         sims = x @ centres.T
-        best, labels_new = sims.max(dim=1)
+        i, v = _top_m(sims, 1)
+        best, labels_new = torch.from_numpy(v[:, 0]), torch.from_numpy(i[:, 0])
         if it > 0 and torch.equal(labels_new, labels):
             break
         labels = labels_new
@@ -336,6 +350,23 @@ def _to_np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def _top_m(s, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise ``m`` largest of a 2-D array or tensor: (column indices, values),
+    by decreasing value.  numpy's argmax / argpartition: on CPU several times
+    cheaper than torch.max / torch.topk, which cost as much as the matmul."""
+    s = _to_np(s) if isinstance(s, torch.Tensor) else s
+    m = min(m, s.shape[1])
+    if m <= 0:
+        return np.zeros((len(s), 0), dtype=np.int64), np.zeros((len(s), 0), dtype=s.dtype)
+    if m == 1:
+        idx = s.argmax(axis=1)[:, None]
+        return idx, np.take_along_axis(s, idx, 1)
+    idx = np.argpartition(s, s.shape[1] - m, axis=1)[:, -m:] if m < s.shape[1] else np.arange(m)[None, :].repeat(len(s), 0)
+    v = np.take_along_axis(s, idx, 1)
+    o = np.argsort(-v, axis=1, kind="stable")
+    return np.take_along_axis(idx, o, 1), np.take_along_axis(v, o, 1)
+
+
 def _segment_sums(x: torch.Tensor, labels, k: int) -> torch.Tensor:
     """(k, d) per-label sums of the rows of x, as a sparse one-hot (k x n)
     times x product (much faster than index_add_ on CPU; deterministic)."""
@@ -354,7 +385,7 @@ def _nearest(x: torch.Tensor, centres: torch.Tensor, chunk: int = 16384) -> np.n
     """Index of each row's most similar centre, in row chunks (no N x c matrix)."""
     out = np.empty(x.shape[0], dtype=np.int64)
     for a in range(0, x.shape[0], chunk):
-        out[a: a + chunk] = _to_np((x[a: a + chunk] @ centres.T).argmax(dim=1))
+        out[a: a + chunk] = _to_np(x[a: a + chunk] @ centres.T).argmax(axis=1)
     return out
 
 
@@ -392,7 +423,7 @@ def _coarse_partition(
     n_cand: int = 8,
     n_union: int = 48,
     chunk: int = 8192,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """Flat coarse split of all rows into ~N/leaf_size leaves (IVF-style).
 
     Spherical k-means trained on a seeded sample (at least 64 rows per leaf);
@@ -405,9 +436,9 @@ def _coarse_partition(
     12%), and neighbourhoods taken from centroid-to-centroid similarity miss
     the leaves that actually share a topic.
 
-    Returns (leaf label of each row, (N, n_cand) candidate leaves)."""
+    Returns the leaf label of each row."""
     n = x.shape[0]
-    L = max(2, int(round(n / leaf_size)))
+    L = max(2, round(n / leaf_size))
     n_train = min(n, max(int(sample), 64 * L)) if sample else n
     sub = torch.as_tensor(np.sort(gen.choice(n, size=n_train, replace=False))) if n_train < n else None
     cent, _ = _spherical_kmeans(x if sub is None else x[sub], L, gen, iters, init="kmeans++")
@@ -416,7 +447,7 @@ def _coarse_partition(
     t = min(n_cand, L)
     cand = np.empty((n, t), dtype=np.int64)
     for a in range(0, n, chunk):
-        cand[a: a + chunk] = _to_np(torch.topk(x[a: a + chunk] @ cent.T, t, dim=1).indices)
+        cand[a: a + chunk] = _top_m(x[a: a + chunk] @ cent.T, t)[0]
     lab = cand[:, 0].copy()
     for _ in range(iters):
         cent = _unit_means(x, lab, L, cent)
@@ -424,11 +455,11 @@ def _coarse_partition(
         for j, rows in enumerate(_by_label(lab, L)):
             if len(rows):
                 u = _frequent(cand[rows], n_union, j)  # own leaf first: ties stay
-                new[rows] = u[_to_np((x[torch.as_tensor(rows)] @ cent[torch.as_tensor(u)].T).argmax(dim=1))]
+                new[rows] = u[_to_np(x[torch.as_tensor(rows)] @ cent[torch.as_tensor(u)].T).argmax(axis=1)]
         if np.array_equal(new, lab):
             break
         lab = new
-    return lab, cand
+    return lab
 
 
 def _partition(
@@ -491,10 +522,11 @@ def _allocate(n_leaf: np.ndarray, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 def _group_by_leaf(probe: np.ndarray, n_leaves: int) -> list[np.ndarray]:
     """Slots (row position * P + probe position) of a (rows, P) probe table,
-    grouped by the probed leaf."""
+    grouped by the probed leaf (-1 = no probe)."""
     flat = probe.ravel()
-    order = np.argsort(flat, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=n_leaves))])
+    valid = flat >= 0
+    order = np.argsort(np.where(valid, flat, n_leaves), kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(flat[valid], minlength=n_leaves))])
     return [order[bounds[li]: bounds[li + 1]] for li in range(n_leaves)]
 
 
@@ -510,7 +542,7 @@ def _probe_search(
     """(len(rows), m) best centres (-1 = none) and similarities, by decreasing
     similarity, among the centres ``by_leaf`` of each row's P probed leaves
     (``seg_slot``: ``_group_by_leaf`` of the probe table; rows None = all of x).
-    One matmul + topk per leaf; the P per-probe lists are merged by one topk."""
+    One matmul + top-m per leaf; the P per-probe lists are merged by one more."""
     n = x.shape[0] if rows is None else len(rows)
     buf_i = np.full((n * P, m), -1, dtype=np.int32)  # int32: half the memory of the N x P x m buffer
     buf_s = np.full((n * P, m), -np.inf, dtype=np.float32)
@@ -519,21 +551,16 @@ def _probe_search(
             continue
         r = slot // P if rows is None else rows[slot // P]
         mm = min(m, len(cidx))
-        s = x[torch.as_tensor(r)] @ centres[torch.as_tensor(cidx)].T
-        if mm == 1:
-            v, i = s.max(dim=1, keepdim=True)
-        else:
-            v, i = torch.topk(s, mm, dim=1)
-        buf_i[slot, :mm] = cidx[_to_np(i)]
-        buf_s[slot, :mm] = _to_np(v)
-        del s
+        i, v = _top_m(x[torch.as_tensor(r)] @ centres[torch.as_tensor(cidx)].T, mm)
+        buf_i[slot, :mm] = cidx[i]
+        buf_s[slot, :mm] = v
     buf_i = buf_i.reshape(n, P * m)
     buf_s = buf_s.reshape(n, P * m)
     if P == 1:
         return buf_i.astype(np.int64), buf_s
-    # topk, not a full argsort of the P*m columns: the merge was the costliest numpy step
-    v, sel = torch.topk(torch.from_numpy(buf_s), m, dim=1)
-    return np.take_along_axis(buf_i, _to_np(sel), 1).astype(np.int64), _to_np(v)
+    # a top-m, not a full argsort of the P*m columns (once the costliest numpy step)
+    sel, v = _top_m(buf_s, m)
+    return np.take_along_axis(buf_i, sel, 1).astype(np.int64), v
 
 
 class _Probes:
@@ -542,34 +569,19 @@ class _Probes:
     (row, probe position) pairs are grouped by leaf once, so a candidate
     lookup is one matmul + topk per leaf."""
 
-    def __init__(self, x: torch.Tensor, leaves: list[np.ndarray], n_probe: int,
-                 coarse: tuple[np.ndarray, np.ndarray, int] | None = None, chunk: int = 16384):
+    def __init__(self, x: torch.Tensor, leaves: list[np.ndarray], n_probe: int, chunk: int = 16384):
         n = x.shape[0]
         self.n = n
         self.L = len(leaves)
         self.leaf_cent = torch.stack([_normalise_t(x[torch.as_tensor(r)].sum(0, keepdim=True))[0] for r in leaves])
         self.P = P = min(n_probe, self.L)
-        if coarse is not None:
-            # (candidate coarse leaves per row, coarse parent of each leaf, n_union):
-            # a leaf's rows probe among the leaves of their most frequent
-            # candidates (one small matmul per leaf instead of N x L)
-            cand, parent, n_union = coarse
-            children = _by_label(parent, int(parent.max()) + 1)
-            probe = np.empty((n, P), dtype=np.int64)
-            for li, rows in enumerate(leaves):
-                near = np.concatenate([children[c] for c in _frequent(cand[rows], n_union, parent[li])])
-                ids = np.concatenate([[li], near[near != li]])
-                s = x[torch.as_tensor(rows)] @ self.leaf_cent[torch.as_tensor(ids)].T
-                s[:, 0] = float("inf")  # own leaf first
-                pp = min(P, len(ids))
-                probe[rows, :pp] = ids[_to_np(torch.topk(s, pp, dim=1).indices)]
-                if pp < P:  # fewer leaves nearby than probes: repeat the own leaf (found once, see below)
-                    probe[rows, pp:] = li
-        else:
-            own = np.empty(n, dtype=np.int64)
-            for li, rows in enumerate(leaves):
-                own[rows] = li
-            probe = self.nearest_leaves(x, None, P, own, chunk)
+        # every leaf is scored (N x L once): probes restricted to the leaves
+        # whose centroids are near the row's own missed the leaves that share
+        # its topic (intra-cluster cosine -0.01 at 100k)
+        own = np.empty(n, dtype=np.int64)
+        for li, rows in enumerate(leaves):
+            own[rows] = li
+        probe = self.nearest_leaves(x, None, P, own, chunk)
         self.seg_slot = _group_by_leaf(probe, self.L)
         self.by_leaf: list[np.ndarray] = []
 
@@ -583,7 +595,7 @@ class _Probes:
             s = xa @ self.leaf_cent.T
             if own is not None:
                 s[torch.arange(s.shape[0]), torch.as_tensor(own[a: a + chunk])] = float("inf")
-            probe[a: a + chunk] = _to_np(torch.topk(s, P, dim=1).indices)
+            probe[a: a + chunk] = _top_m(s, P)[0]
         return probe
 
     def attach(self, centres: torch.Tensor, chunk: int = 65536) -> list[np.ndarray]:
@@ -705,9 +717,9 @@ def _fill_leftovers(
         cand_sim = np.empty((len(left), mm), dtype=np.float32)
         for a in range(0, len(left), chunk):
             rs = left[a: a + chunk]
-            top = torch.topk(x[torch.as_tensor(rs)] @ oc_t.T, mm, dim=1)
-            cand[a: a + len(rs)] = open_c[_to_np(top.indices)]
-            cand_sim[a: a + len(rs)] = _to_np(top.values)
+            ti, tv = _top_m(x[torch.as_tensor(rs)] @ oc_t.T, mm)
+            cand[a: a + len(rs)] = open_c[ti]
+            cand_sim[a: a + len(rs)] = tv
         order = np.argsort(-cand_sim[:, 0], kind="stable")
         _assign_rounds(left[order], cand[order], cand_sim[order], room, labels)
         placed = len(left) - int((labels[left] < 0).sum())
@@ -726,9 +738,9 @@ def _slot_fill(x, oc_t, open_c, room, labels, left, chunk) -> None:
     best = np.empty(len(left), dtype=np.int64)
     bsim = np.empty(len(left), dtype=np.float32)
     for a in range(0, len(left), chunk):
-        v, i = (x[torch.as_tensor(left[a: a + chunk])] @ oc_t.T).max(dim=1)
-        best[a: a + len(v)] = _to_np(i)
-        bsim[a: a + len(v)] = _to_np(v)
+        i, v = _top_m(x[torch.as_tensor(left[a: a + chunk])] @ oc_t.T, 1)
+        best[a: a + len(v)] = i[:, 0]
+        bsim[a: a + len(v)] = v[:, 0]
     o = np.lexsort((left, -bsim, best))
     slots = np.repeat(open_c, room[open_c])
     take = min(len(slots), len(left))
@@ -848,14 +860,14 @@ def capacity_constrained_clusters(
     *,
     leaf_size: int | None = None,
     leaf_iters: int = 10,
-    global_iters: int = 3,
+    global_iters: int = 0,
     n_probe: int = 4,
     n_candidates: int = 16,
-    refine_iters: int = 1,
+    refine_iters: int = 2,
     init: str = "kmeans++",
     partition: str = "flat",
-    partition_sample: int | None = 32768,
-    fill_probes: int = 16,
+    partition_sample: int | None = 131072,
+    fill_probes: int = 128,
 ) -> ClusterResult:
     """Capacity-constrained clustering (see module docstring).
 
@@ -927,7 +939,7 @@ def capacity_constrained_clusters(
                 cent_list.append(c)
         centres = torch.cat(cent_list)
         assert centres.shape[0] == k
-        probes = _Probes(x, leaves, n_probe, 16 if partition == "flat" else 0) if len(leaves) > 1 else None
+        probes = _Probes(x, leaves, n_probe) if len(leaves) > 1 else None
 
         def candidates(m: int) -> tuple[np.ndarray, np.ndarray]:
             if probes is not None:
@@ -935,9 +947,7 @@ def capacity_constrained_clusters(
             cand = np.empty((n, min(m, k)), dtype=np.int64)
             sims = np.empty((n, min(m, k)), dtype=np.float32)
             for a0 in range(0, n, 8192):
-                v, i = torch.topk(x[a0: a0 + 8192] @ centres.T, min(m, k), dim=1)
-                cand[a0: a0 + 8192] = _to_np(i)
-                sims[a0: a0 + 8192] = _to_np(v)
+                cand[a0: a0 + 8192], sims[a0: a0 + 8192] = _top_m(x[a0: a0 + 8192] @ centres.T, min(m, k))
             return cand, sims
 
         # ... then a few Lloyd iterations across leaves (assignment via probes)

@@ -46,7 +46,8 @@ def parse_distilled(response: str | None, require_tags: bool = True) -> ParsedPa
     """The merged pair in a distiller response, or a ``parse_error`` saying why not.
 
     ``require_tags=False`` also accepts a response with no ``<answer>`` block whose text (outside any
-    ``<think>``) starts with a Q/A pair: small, briefly trained distillers often drop the tags.
+    ``<think>``) holds a Q/A pair at line starts — the first one, after any preamble ("Here is the
+    merged pair: …"): small, briefly trained distillers often drop the tags and talk first.
     Such pairs are never ``well_formed``.
     """
     if response is None or not response.strip():
@@ -59,8 +60,10 @@ def parse_distilled(response: str | None, require_tags: bool = True) -> ParsedPa
         if require_tags or "<answer>" in response:
             return ParsedPair("parse_error", reason=why)
         answer = _THINK_RE.sub("", response).strip()
-        if not re.match(rf"\s*{_Q}", answer, re.IGNORECASE):
-            return ParsedPair("parse_error", reason=f"{why}, and the text does not start with 'Q:'")
+        first_q = _NEXT_Q_RE.search(answer)
+        if first_q is None:
+            return ParsedPair("parse_error", reason=f"{why}, and the text does not start with 'Q:' nor has a 'Q:' line")
+        answer = answer[first_q.start():]
     m = _PAIR_RE.search(answer)
     if m is None:
         return ParsedPair("parse_error", reason="answer is not 'Q: <question>' then 'A: <answer>'")

@@ -18,18 +18,24 @@ evaluation (``lm_mixup_assets.lib.eval_tasks.evaluate_model`` takes the same val
 
 Rows longer than ``max_length`` tokens are truncated (``overlong_rows="truncate"``, DS2) or
 dropped (``"drop"``); a row whose completion is cut away entirely is dropped and counted.
-Saves the adapter and the merged model as HF folders (the merged one is what lm-eval
-loads). A plain function: a Kubernetes step or ``accelerate launch`` can run it outside Dagster.
+Saves the adapter (with the tokenizer) as an HF folder; a merged copy of the model only when
+asked (``merge=True``, or later :func:`merge_adapter`, e.g. for vLLM). For lm-eval's hf backend
+:func:`adapter_model_folder` links base and adapter into one loadable folder instead, so no
+second copy of the base weights is written. A plain function: a Kubernetes step or
+``accelerate launch`` can run it outside Dagster.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .training import (OnLog, TrainResult, _common_args, _history, _load_model, _log_callback, _quiet, _settings_from,
-                       latest_checkpoint)
+from .training import (OnLog, TrainResult, _common_args, _history, _load_model, _log_callback, _prune_checkpoints,
+                       _quiet, _record_finished, _settings_from, finished_run, free_memory, latest_checkpoint)
 
 from .settings.evaluation import DS2_TARGET_MODULES, ChatTemplate, LoraSFTSettings, OverlongRows
 
@@ -37,7 +43,8 @@ CHAT_TEMPLATE_MODES = tuple(m.value for m in ChatTemplate)
 OVERLONG_MODES = tuple(m.value for m in OverlongRows)
 __all__ = ["DS2_TARGET_MODULES", "LoraSFTSettings", "CHAT_TEMPLATE_MODES", "OVERLONG_MODES", "run_lora_sft",
            "build_training_records", "encode_pair", "join_prompt_completion", "check_chat_template_mode",
-           "require_chat_template", "load_downstream_tokenizer"]
+           "require_chat_template", "load_downstream_tokenizer", "merge_adapter", "adapter_base",
+           "adapter_model_folder"]
 
 
 def check_chat_template_mode(mode: str) -> str:
@@ -122,10 +129,15 @@ def build_training_records(pairs: Sequence[Mapping[str, Any]], tokenizer, max_le
 
 
 def run_lora_sft(model_path: str, pairs: Sequence[Mapping[str, Any]], output_dir: str | Path,
-                 settings: LoraSFTSettings | Mapping | None = None, on_log: OnLog | None = None) -> TrainResult:
-    """LoRA SFT of ``model_path`` on ``pairs``; adapter in ``output_dir/adapter``, merged model in
-    ``output_dir/merged`` (returned as ``checkpoint``)."""
+                 settings: LoraSFTSettings | Mapping | None = None, on_log: OnLog | None = None,
+                 reuse_key: str | None = None, merge: bool = False) -> TrainResult:
+    """LoRA SFT of ``model_path`` on ``pairs``; the adapter and the tokenizer in ``output_dir/adapter``
+    (returned as ``checkpoint``). ``merge``: also save the merged model to ``output_dir/merged`` and return
+    that. ``reuse_key``: a finished run with the same key in ``output_dir`` is returned as it is
+    (``lib/training.py``, "Reuse")."""
     s = _settings_from(LoraSFTSettings, settings)
+    if reuse_key and (done := finished_run(output_dir, reuse_key)) is not None:
+        return done
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -145,20 +157,90 @@ def run_lora_sft(model_path: str, pairs: Sequence[Mapping[str, Any]], output_dir
     trainer = SFTTrainer(model=_load_model(model_path), args=args, train_dataset=Dataset.from_list(records),
                          processing_class=tok, peft_config=peft_config, callbacks=[_log_callback(on_log)])
     _quiet(trainer, on_log)
-    resume = latest_checkpoint(out) if s.resume else None
+    resume = latest_checkpoint(out, resumable=True) if s.resume else None
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
     adapter = out / "adapter"
     trainer.save_model(str(adapter))  # the LoRA weights and adapter_config.json
     tok.save_pretrained(str(adapter))
-    merged_model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-    merged_model.config.use_cache = True
-    merged = out / "merged"
-    merged_model.save_pretrained(str(merged))
-    tok.save_pretrained(str(merged))
+    checkpoint = str(adapter)
+    if merge:
+        checkpoint = _save_merged(trainer.accelerator.unwrap_model(trainer.model), tok, out / "merged")
     logs = list(trainer.state.log_history)
-    return TrainResult(checkpoint=str(merged), output_dir=str(out), steps=int(trainer.state.global_step),
-                       loss_history=_history(logs, "loss"), tokens_seen=int(trainer.state.num_input_tokens_seen or 0) or None,
-                       wall_seconds=wall, resumed_from=resume, n_examples=len(records), n_dropped_too_long=dropped,
-                       device=str(trainer.args.device), log_history=logs)
+    result = TrainResult(checkpoint=checkpoint, output_dir=str(out), steps=int(trainer.state.global_step),
+                         loss_history=_history(logs, "loss"),
+                         tokens_seen=int(trainer.state.num_input_tokens_seen or 0) or None,
+                         wall_seconds=wall, resumed_from=resume, n_examples=len(records), n_dropped_too_long=dropped,
+                         device=str(trainer.args.device), log_history=logs)
+    del trainer
+    free_memory()
+    _prune_checkpoints(out, s.keep_checkpoints)
+    _record_finished(result, reuse_key)
+    return result
+
+
+def _save_merged(peft_model, tokenizer, target: Path) -> str:
+    merged_model = peft_model.merge_and_unload()
+    merged_model.config.use_cache = True
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged_model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)  # a crash never leaves half a model under the final name
+    return str(target)
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model an adapter folder was trained on (``adapter_config.json``'s ``base_model_name_or_path``)."""
+    config = Path(adapter_dir) / "adapter_config.json"
+    if not config.is_file():
+        raise ValueError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)")
+    return str(json.loads(config.read_text(encoding="utf-8"))["base_model_name_or_path"])
+
+
+def merge_adapter(adapter_dir: str | Path, target: str | Path, dtype: str = "float32") -> str:
+    """Base + adapter merged into one ordinary HF folder at ``target`` (what vLLM loads); kept when it is
+    already there. Returns ``target``."""
+    target = Path(target)
+    if (target / "config.json").is_file():
+        return str(target)
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(adapter_base(adapter_dir), dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    path = _save_merged(model, AutoTokenizer.from_pretrained(str(adapter_dir)), target)
+    del model, base
+    free_memory()
+    return path
+
+
+_BASE_FILES = (".safetensors", ".bin", ".json")
+
+
+def adapter_model_folder(adapter_dir: str | Path, target: str | Path) -> str:
+    """One folder that transformers (so lm-eval's hf backend) loads as base + adapter, with no second copy
+    of the base weights: the base folder's config and weight files are linked, the adapter's files and
+    the tokenizer copied (transformers attaches the adapter it finds next to the weights). The base must
+    be a local folder; vLLM ignores the adapter, so give it :func:`merge_adapter`'s folder instead."""
+    adapter_dir, target = Path(adapter_dir), Path(target)
+    base = Path(adapter_base(adapter_dir))
+    if not base.is_dir():
+        raise ValueError(f"the adapter's base {base} is not a local folder: merge the adapter instead")
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in base.iterdir():
+        # weights, their index and the model config; the tokenizer comes from the adapter folder
+        if f.is_file() and f.suffix in _BASE_FILES and (f.name.startswith(("model", "pytorch_model"))
+                                                        or f.name in ("config.json", "generation_config.json")):
+            os.symlink(f.resolve(), tmp / f.name)
+    for f in adapter_dir.iterdir():
+        if f.is_file():
+            shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return str(target)

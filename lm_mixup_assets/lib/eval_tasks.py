@@ -16,6 +16,11 @@ task                   items               scoring
 They are **smoke-level**: a few hundred items at most, which other evaluations use
 as few-shot exemplars. They show the pipeline works end to end and move with
 training; they are not leaderboard numbers, and every output says so.
+``smoke_mmlu`` run uncapped (all 273 items, ``smoke_benchmarks(uncapped=...)``) and the
+held-out log-likelihood task (``heldout.py``) are the ones with enough items to tell arms
+apart: ``evaluate_model(per_item=True)`` returns every item's score, and the bootstrap helpers
+at the end (``bootstrap_mean_ci``, ``paired_bootstrap_diff``, ``item_score_intervals``,
+``paired_comparisons``) put 95 % intervals on means and on paired differences between arms.
 """
 
 from __future__ import annotations
@@ -350,14 +355,9 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
     ``vllm`` (GPU, the ``gpu`` extra). ``per_item``: also return every item's score
     (``EvalRun.item_scores``, from lm-eval's logged samples) for confidence intervals and paired
     comparisons (``bootstrap_mean_ci``, ``paired_bootstrap_diff``, ``item_score_intervals``).
+    One lm-eval model (one vLLM engine) serves every call and is released before this returns.
     """
-    import json as _json
-    import math
     import time
-    from importlib.metadata import version
-
-    import lm_eval
-    from lm_eval.loggers import EvaluationTracker
 
     from .downstream import check_chat_template_mode, require_chat_template
     from .models import pick_device
@@ -375,7 +375,61 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
     if backend == "hf":
         model_args["device"] = device
     manager = _task_manager(include_path, [t for b in benchmarks for t in b.tasks])
-    started = time.perf_counter()
+    started = time.perf_counter()  # the model's load counts, as it did inside simple_evaluate
+    lm = _load_lm(backend, model_args, batch_size)
+    try:
+        return _evaluate_loaded(lm, benchmarks, manager, limit, batch_size, seed, apply, per_item, backend, dtype,
+                                device, chat_template, started)
+    finally:
+        _release_lm(lm)
+        del lm
+        from .training import free_memory
+
+        free_memory()
+
+
+def _load_lm(backend: str, model_args: dict, batch_size: int):
+    """The one lm-eval model of an ``evaluate_model`` call, built as ``simple_evaluate`` builds it from a name.
+
+    Built once and handed to every ``simple_evaluate`` call, so a vLLM engine starts once per
+    model rather than once per (shots, generation settings) group.
+    """
+    from lm_eval.api.registry import get_model
+
+    if backend == "vllm":
+        import torch
+
+        from .generation import fit_gpu_memory_utilization
+
+        # lm-eval's own default share, capped to what is free: a model left on the device must not fail the start.
+        model_args = {**model_args, "gpu_memory_utilization": fit_gpu_memory_utilization(0.9, *torch.cuda.mem_get_info())}
+    return get_model(backend).create_from_arg_obj(model_args, {"batch_size": batch_size})
+
+
+def _release_lm(lm) -> None:
+    """Shut a vLLM-backed lm-eval model's engine down and drop the weights it holds."""
+    from .generation import shutdown_vllm
+
+    engine = getattr(lm, "model", None)
+    if engine is not None and type(engine).__module__.startswith("vllm"):
+        shutdown_vllm(engine)
+    del engine
+    for attr in ("model", "_model"):
+        if attr in vars(lm):
+            setattr(lm, attr, None)
+
+
+def _evaluate_loaded(lm, benchmarks: "tuple[Benchmark, ...]", manager, limit: int | None, batch_size: int, seed: int,
+                     apply: bool, per_item: bool, backend: str, dtype: str, device: str, chat_template: str,
+                     started: float) -> EvalRun:
+    import json as _json
+    import math
+    import time
+    from importlib.metadata import version
+
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+
     scores: list[dict] = []
     versions: dict[str, str] = {}
     items: dict[str, list[int] | None] = {}
@@ -396,7 +450,7 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
             samples.update(picked)
             items.update({leaf: picked.get(leaf) for leaf in sizes})
         tracker = EvaluationTracker()  # no output path: only to read back the chat template lm-eval applied
-        out = lm_eval.simple_evaluate(model=backend, model_args=model_args, tasks=names, num_fewshot=shots,
+        out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots,
                                       batch_size=batch_size, samples=samples or None, task_manager=manager,
                                       gen_kwargs=group[0].gen_kwargs, apply_chat_template=apply,
                                       fewshot_as_multiturn=apply, random_seed=seed, numpy_random_seed=seed,
@@ -581,7 +635,7 @@ def paired_bootstrap_diff(a: "Sequence[float] | Mapping", b: "Sequence[float] | 
     ``item -> score`` mappings with the same keys."""
     if isinstance(a, Mapping) or isinstance(b, Mapping):
         if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
-            raise ValueError("paired_bootstrap_diff: give two lists or two item -> score mappings, not one of each")
+            raise TypeError("paired_bootstrap_diff: give two lists or two item -> score mappings, not one of each")
         if set(a) != set(b):
             raise ValueError(f"paired_bootstrap_diff: the two are not scored on the same items "
                              f"({len(set(a) - set(b))} only in a, {len(set(b) - set(a))} only in b)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,8 +142,56 @@ class TransformersGenerator:
         out = [results[i] for i in range(len(chats))]
         return out
 
+    def close(self) -> None:
+        """Drop the model's weights; the caller then runs ``free_memory`` once nothing else holds them."""
+        self.model = None
+
 
 # --------------------------------------------------------------------------- vLLM
+
+
+# Left free when an engine's share is capped to the free memory: vLLM's own start-up allocations and CUDA context.
+_VLLM_HEADROOM = 0.03
+_VLLM_MIN_SHARE = 0.05
+
+
+def fit_gpu_memory_utilization(requested: float, free_bytes: int, total_bytes: int,
+                               headroom: float = _VLLM_HEADROOM) -> float:
+    """The share of the GPU a vLLM engine may reserve: ``requested``, capped to what is free now.
+
+    vLLM refuses to start when ``gpu_memory_utilization * total`` exceeds the free memory, so
+    a model still resident on the device (an embedder, another engine, a trainer) would fail
+    an engine asking for the default 0.85. Raises when less than 5% of the device is left.
+    """
+    if not 0 < requested <= 1:
+        raise ValueError(f"gpu_memory_utilization={requested} must be in (0, 1]")
+    available = free_bytes / total_bytes - headroom
+    share = min(requested, math.floor(available * 1000) / 1000)
+    if share < _VLLM_MIN_SHARE:
+        raise RuntimeError(f"only {free_bytes / 2**30:.1f} of {total_bytes / 2**30:.1f} GiB of GPU memory are free: "
+                           "another process or model holds the device (release it, or run GPU steps in their own "
+                           "process: LM_MIXUP_EXECUTOR=multiprocess)")
+    return share
+
+
+def shutdown_vllm(llm: Any) -> None:
+    """Stop a vLLM ``LLM``'s engine and its distributed state, so the next engine in this process can start.
+
+    Deleting the object is not enough: vLLM's engine core runs in a child process and its
+    model-parallel groups are process globals. The caller drops its references afterwards
+    and runs ``free_memory`` (``gc.collect`` + ``torch.cuda.empty_cache``).
+    """
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del engine, core
+    try:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+    except ImportError:
+        return
+    destroy_model_parallel()
+    destroy_distributed_environment()
 
 
 class VllmGenerator:
@@ -154,8 +203,18 @@ class VllmGenerator:
             from vllm import LLM
         except ImportError:
             raise ImportError("generator backend 'vllm' needs the GPU extra: pip install -e '.[gpu]'") from None
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        self.gpu_memory_utilization = fit_gpu_memory_utilization(gpu_memory_utilization, free, total)
         self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+                       gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=max_model_len)
+
+    def close(self) -> None:
+        """Shut the engine down (see :func:`shutdown_vllm`); the caller then runs ``free_memory``."""
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            shutdown_vllm(llm)
 
     def generate(self, chats: list[list[dict]], params: GenerationParams,
                  on_result: OnResult | None = None) -> list[GenerationOutcome]:

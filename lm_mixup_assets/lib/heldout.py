@@ -10,7 +10,9 @@ smoke tasks if you like.
 downstream training layout (``chat_template="none"``, ``downstream.join_prompt_completion``):
 context = the prompt, continuation = the rest of ``prompt + " " + completion`` (the space only
 when neither side has whitespace there). The training row's trailing EOS is not scored: the
-metric is about the answer's content, not where the model stops.
+metric is about the answer's content, not where the model stops. Written for plain text
+(``chat_template="none"``, the paper's); evaluated with ``"apply"``, lm-eval wraps the prompt in
+the chat template and the stored token counts are only approximate.
 
 **Per-item metrics** (``process_results``; lm-eval hands it only ``(ll, is_greedy)``, so the
 lengths are stored in each JSONL row at build time):

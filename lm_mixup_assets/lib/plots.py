@@ -48,13 +48,23 @@ def _axes(figsize: tuple[float, float], ncols: int = 1, **kwargs):
 
 
 @_markdown
-def histogram_grid(series_by_label: dict[str, list[float]], bins: list[float], title: str, xlabel: str):
-    """One small bar histogram per label, side by side."""
+def histogram_grid(series_by_label: dict[str, list[float]], bins: list[float], title: str, xlabel: str,
+                   threshold: float | None = None, threshold_label: str = "threshold"):
+    """One small bar histogram per label, side by side; ``threshold``: a dashed line where the rows are
+    split (e.g. high = Overall >= 8), named in a legend, with each panel's count on either side."""
     labels = list(series_by_label) or ["(none)"]
     fig, axes = _axes((3.2 * len(labels), 2.6), len(labels), squeeze=False, sharey=False)
     for ax, label in zip(axes[0], labels):
-        ax.hist(series_by_label.get(label, []), bins=bins, color=BLUE, edgecolor="white")
-        ax.set_title(label, fontsize=TITLE_SIZE)
+        values = series_by_label.get(label, [])
+        ax.hist(values, bins=bins, color=BLUE, edgecolor="white")
+        name = label
+        if threshold is not None:
+            at = threshold - 0.5 if all(float(b) % 1 == 0.5 for b in bins) else threshold  # integer scores: a bin edge
+            ax.axvline(at, color=ORANGE, linestyle="--", linewidth=1.2, label=f"{threshold_label} ({threshold:g})")
+            above = sum(1 for v in values if v >= threshold)
+            name = f"{label}: {above} of {len(values)} at or above"
+            ax.legend(fontsize=LEGEND_SIZE, loc="upper left")
+        ax.set_title(name, fontsize=TITLE_SIZE)
         ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
         ax.tick_params(labelsize=TICK_SIZE)
     fig.suptitle(title, fontsize=SUPTITLE_SIZE)
@@ -155,4 +165,27 @@ def stacked_barh(table, colors: dict[str, str], title: str, alt: str):
         table.plot.barh(stacked=True, ax=ax, color=colors)
     ax.set_title(title, fontsize=TITLE_SIZE)
     ax.tick_params(labelsize=TICK_SIZE)
+    return fig, alt
+
+
+@_markdown
+def funnel_panels(funnels: dict[str, dict[str, int]], title: str, alt: str):
+    """One panel per label (e.g. a source): a horizontal bar per stage, top to bottom, each with its count,
+    on a log scale so 1,500 input rows and 3 accepted pairs both stay readable; 0 is written, not drawn."""
+    labels = list(funnels) or ["(none)"]
+    stages = list(next(iter(funnels.values()), {}))
+    fig, axes = _axes((2.9 * len(labels), 0.28 * max(4, len(stages)) + 1.0), len(labels), squeeze=False, sharey=True)
+    for ax, label in zip(axes[0], labels):
+        values = [funnels.get(label, {}).get(s, 0) for s in stages]
+        y = np.arange(len(stages))
+        ax.barh(y, [max(v, 0.8) if v else 0 for v in values], color=BLUE)
+        ax.set_xscale("log")
+        ax.set_xlim(0.8, max([10, *values]) * 4)
+        for yi, v in zip(y, values):
+            ax.text(max(v, 0.9), yi, f" {v:,}", va="center", fontsize=TICK_SIZE)
+        ax.set_yticks(y, stages, fontsize=TICK_SIZE)
+        ax.tick_params(axis="x", labelsize=TICK_SIZE)
+        ax.set_title(label, fontsize=TITLE_SIZE)
+    axes[0][0].invert_yaxis()  # the first stage on top; once, since the panels share the y axis
+    fig.suptitle(title, fontsize=SUPTITLE_SIZE)
     return fig, alt

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from .generation import GenerationOutcome
+
 RUBRIC_VERSION = "pool_quality_v1"
 SCORE_KEYS = ("rarity", "complexity", "informativeness", "overall")
 # Accepted spellings of the overall score (compared lower-cased): ours, and DS2's / the reference's.
@@ -208,14 +210,7 @@ def compress_overall(overall: int) -> int:
 
 
 @dataclass
-class JudgeOutcome:
-    """One judged row. ``scores`` is set only when ``status == 'ok'``."""
+class JudgeOutcome(GenerationOutcome):
+    """One judged row: the judge's generated answer, and its ``scores``, set only when ``status == 'ok'``."""
 
-    status: str  # ok | parse_error | api_error
     scores: dict[str, int] | None = None
-    raw_answer: str | None = None
-    error: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    attempts: int = 0
-    latency_s: float = 0.0

@@ -53,13 +53,25 @@ TRL's truncation).  TRL 1.16's ``GRPOConfig`` has no ``max_prompt_length``;
 Checkpoints: ``output_dir/checkpoint-N`` every ``save_steps``; a rerun with the same
 ``output_dir`` resumes from the newest complete one (``resume_from_checkpoint``) and
 continues the global step.  The final model and tokenizer go to ``output_dir/final``.
+With ``keep_checkpoints=False`` a finished run keeps of each ``checkpoint-N`` only its
+trainer state and training arguments (the record): ``final/`` holds the same weights.
+
+Reuse: a caller that names ``output_dir`` by :func:`run_key` of everything that decides the
+run (model, data, settings) passes that key as ``reuse_key``; a finished run recorded in
+``output_dir/train_result.json`` under the same key, its ``final/`` unchanged since, is
+returned as it is (``TrainResult.reused``) instead of training again.
 """
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import importlib.util
+import json
 import math
+import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,6 +99,9 @@ __all__ = [
     "build_sft_dataset",
     "build_grpo_dataset",
     "latest_checkpoint",
+    "run_key",
+    "finished_run",
+    "free_memory",
     "run_sft",
     "run_grpo",
     "cuda_available",
@@ -123,9 +138,18 @@ class TrainResult:
     device: str = "cpu"
     use_vllm: bool = False
     log_history: list[dict] = field(default_factory=list)
+    reused: bool = False  # a finished run with the same inputs, returned without training
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainResult":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        # JSON has no tuples: the histories come back as lists of [step, value]
+        known["loss_history"] = [tuple(p) for p in known.get("loss_history", [])]
+        known["reward_history"] = {k: [tuple(p) for p in v] for k, v in known.get("reward_history", {}).items()}
+        return cls(**known)
 
 
 def cuda_available() -> bool:
@@ -320,15 +344,96 @@ def _drop_long(records: list[dict], tokenizer, max_tokens: int, kind: str) -> tu
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-def latest_checkpoint(output_dir: str | Path) -> str | None:
+def _has_weights(folder: Path) -> bool:
+    return any(f.suffix == ".safetensors" or (f.suffix == ".bin" and f.name != "training_args.bin")
+               for f in folder.iterdir() if f.is_file())
+
+
+def latest_checkpoint(output_dir: str | Path, resumable: bool = False) -> str | None:
     """The newest ``checkpoint-N`` folder in ``output_dir`` that holds a trainer state
-    (a save interrupted half-way is skipped)."""
+    (a save interrupted half-way is skipped); ``resumable``: one that still holds its weights
+    (not one a finished run pruned, see ``keep_checkpoints``)."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name)) and (p / "trainer_state.json").exists()]
+             if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name)) and (p / "trainer_state.json").exists()
+             and (not resumable or _has_weights(p))]
     return str(max(found)[1]) if found else None
+
+
+# --------------------------------------------------------------------------- #
+# Reuse of a finished run, and what a finished run keeps
+# --------------------------------------------------------------------------- #
+RESULT_FILE = "train_result.json"
+
+
+def run_key(*parts: Any) -> str:
+    """A short hash of everything that decides a run's output (the starting model's fingerprint, the
+    data's version, the settings' values...): name the output folder by it, so a run with other inputs
+    never resumes or reuses this one's folder."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+def _weights_fingerprint(folder: str | Path) -> str:
+    from .generation import model_fingerprint
+
+    return model_fingerprint(str(folder))
+
+
+def finished_run(output_dir: str | Path, key: str) -> TrainResult | None:
+    """The run recorded as finished in ``output_dir`` under ``key``, if its model folder is still the one it
+    saved (same weight and config files); else None (never finished, other inputs, or changed since)."""
+    record = Path(output_dir) / RESULT_FILE
+    if not key or not record.is_file():
+        return None
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    model = Path(saved.get("result", {}).get("checkpoint", ""))
+    if saved.get("key") != key or not model.is_dir() or _weights_fingerprint(model) != saved.get("fingerprint"):
+        return None
+    result = TrainResult.from_dict(saved["result"])
+    result.reused = True
+    return result
+
+
+def _record_finished(result: TrainResult, key: str | None) -> None:
+    """Write ``train_result.json`` (tmp + replace): the run, its inputs' key and its model's fingerprint."""
+    if not key:
+        return
+    target = Path(result.output_dir) / RESULT_FILE
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"key": key, "fingerprint": _weights_fingerprint(result.checkpoint),
+                               "result": result.to_dict()}, default=str), encoding="utf-8")
+    tmp.replace(target)
+
+
+def _prune_checkpoints(output_dir: Path, keep: bool) -> None:
+    """After a finished run: keep the ``checkpoint-N`` folders whole, or only their trainer state and
+    training arguments (the model itself is in ``final/``; the weights and optimizer state of a finished
+    run are only needed to train on from it)."""
+    if keep:
+        return
+    for folder in output_dir.iterdir():
+        if folder.is_dir() and _CHECKPOINT_RE.match(folder.name):
+            for item in folder.iterdir():
+                if item.name in ("trainer_state.json", "training_args.bin"):
+                    continue
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+
+
+def free_memory() -> None:
+    """Give back what a finished step held (models, optimizer state): a long process runs many steps."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
 
 
 def _log_callback(on_log: OnLog | None):
@@ -413,14 +518,17 @@ def _finish(trainer, tokenizer, output_dir: Path) -> str:
 # SFT
 # --------------------------------------------------------------------------- #
 def run_sft(model_path: str, rows: Sequence[Mapping[str, Any]], output_dir: str | Path,
-            settings: SFTSettings | Mapping | None = None, on_log: OnLog | None = None) -> TrainResult:
+            settings: SFTSettings | Mapping | None = None, on_log: OnLog | None = None,
+            reuse_key: str | None = None) -> TrainResult:
     """Cold-start SFT of ``model_path`` (an HF folder or id) on MIXTURE ``rows``.
 
     Full fine-tune with TRL's ``SFTTrainer``, loss on the response only, in
     ``settings.target_layout`` / ``settings.cot_mode`` (module docstring).
     Resumes from the newest checkpoint in ``output_dir`` (``settings.resume``);
-    saves model + tokenizer to ``output_dir/final``."""
+    saves model + tokenizer to ``output_dir/final``. ``reuse_key``: see the module docstring."""
     s = _settings_from(SFTSettings, settings)
+    if reuse_key and (done := finished_run(output_dir, reuse_key)) is not None:
+        return done
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -442,17 +550,22 @@ def run_sft(model_path: str, rows: Sequence[Mapping[str, Any]], output_dir: str 
     trainer = SFTTrainer(model=_load_model(model_path), args=args, train_dataset=Dataset.from_list(records),
                          processing_class=tok, callbacks=[_log_callback(on_log)])
     _quiet(trainer, on_log)
-    resume = latest_checkpoint(out) if s.resume else None
+    resume = latest_checkpoint(out, resumable=True) if s.resume else None
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
     final = _finish(trainer, tok, out)
     logs = list(trainer.state.log_history)
     tokens = int(trainer.state.num_input_tokens_seen or 0) or None
-    return TrainResult(checkpoint=final, output_dir=str(out), steps=int(trainer.state.global_step),
-                       loss_history=_history(logs, "loss"), tokens_seen=tokens, wall_seconds=wall,
-                       resumed_from=resume, n_examples=len(records), n_dropped_too_long=dropped,
-                       device=str(trainer.args.device), log_history=logs)
+    result = TrainResult(checkpoint=final, output_dir=str(out), steps=int(trainer.state.global_step),
+                         loss_history=_history(logs, "loss"), tokens_seen=tokens, wall_seconds=wall,
+                         resumed_from=resume, n_examples=len(records), n_dropped_too_long=dropped,
+                         device=str(trainer.args.device), log_history=logs)
+    del trainer
+    free_memory()
+    _prune_checkpoints(out, s.keep_checkpoints)
+    _record_finished(result, reuse_key)
+    return result
 
 
 # --------------------------------------------------------------------------- #
@@ -466,16 +579,19 @@ def _reward_names(reward_funcs: Sequence[Callable]) -> list[str]:
 
 def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: Sequence[Callable],
              output_dir: str | Path, settings: GRPOSettings | Mapping | None = None,
-             on_log: OnLog | None = None) -> TrainResult:
+             on_log: OnLog | None = None, reuse_key: str | None = None) -> TrainResult:
     """GRPO of ``model_path`` (normally the SFT checkpoint) on MIXTURE ``rows``.
 
     ``reward_funcs``: TRL reward functions (``rewards.make_trl_reward_funcs``); their
     dataset columns are ``task`` and ``reference``.  ``reward_history`` maps each
-    function's name (and ``"reward"``, the weighted total) to its logged mean per step."""
+    function's name (and ``"reward"``, the weighted total) to its logged mean per step.
+    ``reuse_key`` (module docstring) must cover what the reward functions read, e.g. the rating library."""
     s = _settings_from(GRPOSettings, settings)
     reward_funcs = list(reward_funcs)
     if not reward_funcs:
         raise ValueError("run_grpo needs at least one reward function")
+    if reuse_key and (done := finished_run(output_dir, reuse_key)) is not None:
+        return done
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -504,7 +620,7 @@ def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: S
                           train_dataset=Dataset.from_list(records), processing_class=tok,
                           callbacks=[_log_callback(on_log)])
     _quiet(trainer, on_log)
-    resume = latest_checkpoint(out) if s.resume else None
+    resume = latest_checkpoint(out, resumable=True) if s.resume else None
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
@@ -513,8 +629,20 @@ def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: S
     rewards = {name: _history(logs, f"rewards/{name}/mean") for name in _reward_names(reward_funcs)}
     rewards["reward"] = _history(logs, "reward")
     tokens = int(trainer.state.num_input_tokens_seen or 0) or None
-    return TrainResult(checkpoint=final, output_dir=str(out), steps=int(trainer.state.global_step),
-                       loss_history=_history(logs, "loss"), tokens_seen=tokens, wall_seconds=wall,
-                       resumed_from=resume, reward_history=rewards, n_examples=len(records),
-                       n_dropped_too_long=dropped, device=str(trainer.args.device), use_vllm=use_vllm,
-                       log_history=logs)
+    result = TrainResult(checkpoint=final, output_dir=str(out), steps=int(trainer.state.global_step),
+                         loss_history=_history(logs, "loss"), tokens_seen=tokens, wall_seconds=wall,
+                         resumed_from=resume, reward_history=rewards, n_examples=len(records),
+                         n_dropped_too_long=dropped, device=str(trainer.args.device), use_vllm=use_vllm,
+                         log_history=logs)
+    # TRL's colocated vLLM engine and the process group it set up would outlive the step and block the next engine
+    # of this process; a multi-process launch (WORLD_SIZE > 1) ends with its processes instead.
+    llm = getattr(trainer, "llm", None)
+    if llm is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from .generation import shutdown_vllm
+
+        shutdown_vllm(llm)
+    del llm, trainer
+    free_memory()
+    _prune_checkpoints(out, s.keep_checkpoints)
+    _record_finished(result, reuse_key)
+    return result

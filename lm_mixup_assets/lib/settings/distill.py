@@ -23,8 +23,8 @@ class DistillSettings(StageSettings):
         "cluster_inputs already splits over-long clusters into parts that fit. The reference cuts the whole "
         "rendered prompt at 2400 tokens instead."))
     require_answer_tags: bool = Field(True, description=(
-        "Only answers inside <answer>...</answer> parse; false also accepts an untagged response that starts with "
-        "a Q/A pair (never counted as well formed)."))
+        "Only answers inside <answer>...</answer> parse; false also accepts an untagged response that holds a Q/A "
+        "pair at line starts, the first one after any preamble (never counted as well formed)."))
     prompt_layout: TargetLayout = Field(TargetLayout.reference, description=(
         "The system prompt and instruction/input join the distiller is asked with: 'reference' = the reference's "
         "mix-up system prompt and a newline join (data_process/inference.py); 'chat' = ours. Keep it equal to the "

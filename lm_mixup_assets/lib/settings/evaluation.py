@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .base import Choice, StageSettings, internal
+from .training import TrainerSettings
 
 # DS2 finetune.py's LoRA targets: every attention and MLP projection of a Llama block.
 DS2_TARGET_MODULES = ["q_proj", "o_proj", "v_proj", "k_proj", "gate_proj", "up_proj", "down_proj"]
@@ -50,7 +51,7 @@ CHAT_TEMPLATE_HELP = ("Text format of training AND evaluation (one value, both s
                       "template in both (an error if the tokenizer has none).")
 
 
-class LoraSFTSettings(StageSettings):
+class LoraSFTSettings(TrainerSettings):
     """The downstream model of one arm: TRL SFT with a LoRA adapter (peft) on the arm's training set."""
 
     preset = "downstream"
@@ -66,11 +67,6 @@ class LoraSFTSettings(StageSettings):
     gradient_accumulation_steps: int = Field(32, ge=1, description=(
         "Micro-batches per optimizer step (4 x 32 = the paper's effective batch of 128 on one device)."))
     max_grad_norm: float = Field(0.0, ge=0, description="Gradient-norm clip; 0 = none (DS2: --clip_grad_norm -1).")
-    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 = the full epochs.")
-    seed: int = Field(42, description="Trainer seed.")
-    logging_steps: int = Field(10, ge=1, description="Optimizer steps between two loss log lines.")
-    save_steps: int = Field(500, ge=1, description="Optimizer steps between two checkpoints (resume points).")
-    save_total_limit: int = Field(2, ge=0, description="Checkpoints kept; 0 = all.")
     lora_r: int = Field(64, ge=1, description="LoRA rank (DS2 64).")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (DS2 16).")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (DS2 0.1).")
@@ -80,12 +76,9 @@ class LoraSFTSettings(StageSettings):
     overlong_rows: OverlongRows = Field(OverlongRows.truncate, description=(
         "Rows longer than max_length tokens: 'truncate' (DS2: cut to max_length, drop a row with no completion "
         "token left) or 'drop'."))
-    bf16: bool | None = internal(None, "bfloat16 training; null = on when CUDA supports it.")
-    gradient_checkpointing: bool | None = internal(None, "Recompute activations; null = on with CUDA.")
-    use_cpu: bool | None = internal(None, "Train on the CPU; null = when CUDA is absent.")
-    resume: bool = internal(True, "Resume from the latest checkpoint in the output folder after a crash.")
-    disable_tqdm: bool = internal(True, "No progress bars (the asset logs each logging step instead).")
-    extra_args: dict = internal({}, "Passed through to TRL's SFTConfig as keyword arguments.")
+    keep_checkpoints: bool = internal(True, (
+        "When a run finishes, keep its checkpoint-N folders whole (adapter and optimizer state); false keeps "
+        "only their trainer state and training arguments, adapter/ holding the weights."))
 
 
 class LmEvalSettings(StageSettings):

@@ -57,8 +57,8 @@ class BasePolicySettings(StageSettings):
         "'smollm2' (SmolLM2-135M-Instruct, packaged and offline) or any Hugging Face id or local model folder."))
 
 
-class _Trainer(StageSettings):
-    """Fields every TRL run here shares."""
+class TrainerSettings(StageSettings):
+    """Fields every TRL run here shares (distiller SFT and GRPO, the downstream LoRA fine-tune)."""
 
     seed: int = Field(42, description="Seed of the trainer (data order, initialisation of new weights).")
     logging_steps: int = Field(10, ge=1, description="Optimizer steps between two log lines (loss, rewards).")
@@ -70,14 +70,17 @@ class _Trainer(StageSettings):
                                                          "off on CPU (speed).")
     use_cpu: bool | None = internal(None, "Train on the CPU; null = when CUDA is absent.")
     resume: bool = internal(True, "Resume from the latest checkpoint in the output folder after a crash.")
+    keep_checkpoints: bool = internal(True, (
+        "When a run finishes, keep its checkpoint-N folders whole (weights and optimizer state, to train on from "
+        "them); false keeps only their trainer state and training arguments, final/ holding the weights."))
     disable_tqdm: bool = internal(True, "No progress bars (the asset logs each logging step instead).")
     extra_args: dict = internal({}, "Passed through to TRL's trainer config as keyword arguments.")
 
-    def validate(self) -> "_Trainer":  # kept for callers that validated dataclasses explicitly
+    def validate(self) -> "TrainerSettings":  # kept for callers that validated dataclasses explicitly
         return self
 
 
-class SFTSettings(_Trainer):
+class SFTSettings(TrainerSettings):
     """Cold-start SFT (TRL SFTTrainer): full fine-tune, lr 2e-5, 3 epochs, max length 2400, warmup 5%,
     weight decay 0.01, batch 1 with no accumulation, bf16 on GPU; ``max_steps > 0`` overrides the epochs."""
 
@@ -100,7 +103,7 @@ class SFTSettings(_Trainer):
         "Drop examples over max_length (counted in the metadata); false truncates them as the reference does."))
 
 
-class GRPOSettings(_Trainer):
+class GRPOSettings(TrainerSettings):
     """GRPO (TRL GRPOTrainer): 4 rollouts per prompt, temperature 1.0, KL 0.01 (k3), lr 1e-6, weight decay
     0.01, clip 0.2 low / 0.3 high, dual clip 3.0, 1 epoch, prompts and completions up to 2400 tokens; with one
     process 8 completions x 8 accumulation = 64 completions per optimizer step and 64 micro-batches (512
