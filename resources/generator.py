@@ -39,16 +39,19 @@ def release_engines() -> None:
     """Close the loaded model and give its memory back (CUDA included) now; a no-op when none is loaded."""
     if not _ENGINES:
         return
-    engines = list(_ENGINES.values())
-    _ENGINES.clear()
-    for engine in engines:
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
-    del engines, engine
     from lm_mixup_assets.lib.training import free_memory
 
-    free_memory()
+    engines = list(_ENGINES.values())
+    _ENGINES.clear()
+    close = None
+    try:
+        while engines:
+            close = getattr(engines.pop(), "close", None)
+            if close is not None:
+                close()
+    finally:
+        del close  # a bound method keeps its engine alive: gone before the memory is collected
+        free_memory()
 
 
 class GeneratorResource(dg.ConfigurableResource):

@@ -117,6 +117,60 @@ def test_hierarchical_path_valid():
     assert mean_cosine_to_cluster_mean(x, res.labels) > mean_cosine_to_cluster_mean(x, flat.labels) - 0.05
 
 
+def test_flat_partition_quality_and_old_tree_path():
+    # leaf_size=128 puts 3000 rows through the flat coarse split (the default above 8192 rows);
+    # "tree" is the previous recursive partition: both valid, the flat one at least as good
+    x, topic = _topics(3000, 250, d=32, seed=12)
+    flat = capacity_constrained_clusters(x, leaf_size=128)
+    tree = capacity_constrained_clusters(x, leaf_size=128, partition="tree", fill_probes=0, global_iters=3,
+                                         refine_iters=1)
+    _check_valid(flat, 3000, 2, 5)
+    _check_valid(tree, 3000, 2, 5)
+    assert mean_cosine_to_cluster_mean(x, flat.labels) >= mean_cosine_to_cluster_mean(x, tree.labels) - 0.002
+    # a small training sample (64 rows per leaf at least) still gives valid clusters of similar quality
+    sampled = capacity_constrained_clusters(x, leaf_size=128, partition_sample=1)
+    _check_valid(sampled, 3000, 2, 5)
+    assert mean_cosine_to_cluster_mean(x, sampled.labels) > mean_cosine_to_cluster_mean(x, flat.labels) - 0.01
+    with pytest.raises(ValueError, match="partition"):
+        capacity_constrained_clusters(x, leaf_size=128, partition="ivf")
+
+
+def test_leftovers_through_nearby_leaves():
+    # fill_dense_pairs=0: rows whose 16 candidates filled up always search the open centres of their
+    # nearest leaves first (what happens at scale, where rows x open centres is too large to score)
+    x, _ = _topics(2000, 150, d=32, seed=13)
+    local = capacity_constrained_clusters(x, leaf_size=128, fill_dense_pairs=0, fill_probes=4)
+    dense = capacity_constrained_clusters(x, leaf_size=128)
+    _check_valid(local, 2000, 2, 5)
+    assert any("placed by the fallback" in s for s in local.notes)
+    assert mean_cosine_to_cluster_mean(x, local.labels) > mean_cosine_to_cluster_mean(x, dense.labels) - 0.01
+
+
+def test_top_m_and_chunked_helpers_match_one_shot():
+    from lm_mixup_assets.lib.clustering import _finish, _normalise_rows, _top_m
+
+    rng = np.random.default_rng(3)
+    s = rng.standard_normal((50, 30)).astype(np.float32)
+    for m in (1, 5, 30, 40):
+        idx, val = _top_m(s, m)
+        want = np.argsort(-s, axis=1)[:, : min(m, 30)]
+        np.testing.assert_array_equal(idx, want)
+        np.testing.assert_array_equal(val, np.take_along_axis(s, want, 1))
+    assert _top_m(s, 0)[0].shape == (50, 0)
+    # row chunks give the one-shot values exactly (float64 and non-finite input included)
+    x = rng.standard_normal((1000, 16)) * 7.0
+    x[3] = np.nan
+    x[4] = 0.0
+    xn, n_zero = _normalise_rows(x, chunk=64)
+    one, _ = _normalise_rows(x, chunk=10**6)
+    np.testing.assert_array_equal(xn, one)
+    assert n_zero == 2 and xn.dtype == np.float32
+    labels = rng.integers(0, 200, size=1000)
+    a, b = _finish(xn, labels, [], chunk=7), _finish(xn, labels, [])
+    np.testing.assert_array_equal(a.centres, b.centres)
+    np.testing.assert_array_equal(a.member_cosine, b.member_cosine)
+
+
 def test_determinism():
     x, _ = _topics(1500, 200, seed=1)
     a = capacity_constrained_clusters(x, seed=42)

@@ -29,9 +29,9 @@ to ~1M rows, memory O(N d + k d)):
 * rows are split into *leaves* of about ``leaf_size`` = max(1024, sqrt(N))
   rows by one flat, IVF-style coarse k-means (``_coarse_partition``):
   trained on a seeded sample of at most 131,072 rows (all rows below that),
-  every row assigned in one chunked pass, then Lloyd iterations on all rows
-  in which a leaf's rows compare only to the centroids most frequent among
-  their candidates; leaves above 2 x leaf_size are split again by k-means;
+  then two chunked Lloyd passes over all rows, the last of which also gives
+  each row's probes (below); leaves above 2 x leaf_size are split again by
+  k-means (and the probes recomputed);
 * the k centres are split over the leaves in proportion to their sizes and
   found by k-means++ + spherical k-means inside each leaf (cost N x leaf/3 x d);
 * each row probes its ``n_probe`` nearest leaves (own leaf first, by cosine
@@ -45,8 +45,9 @@ to ~1M rows, memory O(N d + k d)):
   accepts its most similar claimants up to its remaining room (a lexsort by
   (centre, -similarity) and a rank within each centre); losers move on to
   their next candidate.  Rows whose candidates all filled up are placed by
-  the same rounds against the centres with room in their ``fill_probes``
-  nearest leaves, then against all centres that still have room (and, only
+  the same rounds against all centres that still have room (first, where
+  rows x open centres is large, against those in their ``fill_probes``
+  nearest leaves; and, only
   if that stalls on massive ties such as thousands of identical rows, by a
   one-shot fill of the free slots);
 * the centres are re-estimated from the members and the assignment is
@@ -406,37 +407,29 @@ def _by_label(labels: np.ndarray, k: int) -> list[np.ndarray]:
     return [order[bounds[j]: bounds[j + 1]] for j in range(k)]
 
 
-def _frequent(cand: np.ndarray, cap: int, first: int) -> np.ndarray:
-    """``first``, then the values of ``cand`` by decreasing count (ties by
-    value), at most ``cap`` in all."""
-    vals, counts = np.unique(cand, return_counts=True)
-    vals = vals[np.argsort(-counts, kind="stable")]
-    return np.concatenate([[first], vals[vals != first][: cap - 1]]).astype(np.int64)
-
-
 def _coarse_partition(
     x: torch.Tensor,
     leaf_size: int,
     gen: np.random.Generator,
     iters: int,
     sample: int | None,
-    n_cand: int = 8,
-    n_union: int = 48,
+    n_probe: int,
+    passes: int = 2,
     chunk: int = 8192,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat coarse split of all rows into ~N/leaf_size leaves (IVF-style).
 
-    Spherical k-means trained on a seeded sample (at least 64 rows per leaf);
-    one chunked pass gives every row its ``n_cand`` nearest centroids; then
-    Lloyd iterations on all rows, in which the rows of a leaf compare only to
-    the ``n_union`` centroids most often among their candidates (one small
-    matmul per leaf, ~N x n_union x d per iteration instead of N x L x d).
-    The full-data iterations matter: boundaries from the sample alone cut many
-    more topics (on the benchmark data 19% of rows off their topic's leaf vs
-    12%), and neighbourhoods taken from centroid-to-centroid similarity miss
-    the leaves that actually share a topic.
+    Spherical k-means trained on a seeded sample (at least 64 rows per leaf;
+    all rows when N <= ``sample``), then, if it was a sample, ``passes``
+    Lloyd passes on all rows (chunked matmuls).  Those full-data passes
+    matter: boundaries from the sample alone cut many more topics (on the
+    benchmark data, 100k rows, 20% of rows off their topic's leaf vs 16%
+    after two passes, 12% trained on all rows); restricting them to
+    neighbouring centroids (cheaper per pass) missed the leaves that actually
+    share a topic.  The last pass also gives each row's ``n_probe`` nearest
+    centroids, its own (its label) first.
 
-    Returns the leaf label of each row."""
+    Returns (label of each row, (N, n_probe) probe table)."""
     n = x.shape[0]
     L = max(2, round(n / leaf_size))
     n_train = min(n, max(int(sample), 64 * L)) if sample else n
@@ -444,22 +437,17 @@ def _coarse_partition(
     cent, _ = _spherical_kmeans(x if sub is None else x[sub], L, gen, iters, init="kmeans++")
     del sub
     L = cent.shape[0]
-    t = min(n_cand, L)
-    cand = np.empty((n, t), dtype=np.int64)
-    for a in range(0, n, chunk):
-        cand[a: a + chunk] = _top_m(x[a: a + chunk] @ cent.T, t)[0]
-    lab = cand[:, 0].copy()
-    for _ in range(iters):
-        cent = _unit_means(x, lab, L, cent)
-        new = lab.copy()
-        for j, rows in enumerate(_by_label(lab, L)):
-            if len(rows):
-                u = _frequent(cand[rows], n_union, j)  # own leaf first: ties stay
-                new[rows] = u[_to_np(x[torch.as_tensor(rows)] @ cent[torch.as_tensor(u)].T).argmax(axis=1)]
-        if np.array_equal(new, lab):
+    probe = np.empty((n, min(n_probe, L)), dtype=np.int64)
+    lab = None
+    for p in range(1 + (passes if n_train < n else 0)):
+        if p:
+            cent = _unit_means(x, lab, L, cent)
+        for a in range(0, n, chunk):
+            probe[a: a + chunk] = _top_m(x[a: a + chunk] @ cent.T, probe.shape[1])[0]
+        if lab is not None and np.array_equal(probe[:, 0], lab):
             break
-        lab = new
-    return lab
+        lab = probe[:, 0].copy()
+    return lab, probe
 
 
 def _partition(
@@ -569,19 +557,23 @@ class _Probes:
     (row, probe position) pairs are grouped by leaf once, so a candidate
     lookup is one matmul + topk per leaf."""
 
-    def __init__(self, x: torch.Tensor, leaves: list[np.ndarray], n_probe: int, chunk: int = 16384):
+    def __init__(self, x: torch.Tensor, leaves: list[np.ndarray], n_probe: int, probe: np.ndarray | None = None,
+                 chunk: int = 16384):
         n = x.shape[0]
         self.n = n
         self.L = len(leaves)
         self.leaf_cent = torch.stack([_normalise_t(x[torch.as_tensor(r)].sum(0, keepdim=True))[0] for r in leaves])
         self.P = P = min(n_probe, self.L)
-        # every leaf is scored (N x L once): probes restricted to the leaves
-        # whose centroids are near the row's own missed the leaves that share
-        # its topic (intra-cluster cosine -0.01 at 100k)
-        own = np.empty(n, dtype=np.int64)
-        for li, rows in enumerate(leaves):
-            own[rows] = li
-        probe = self.nearest_leaves(x, None, P, own, chunk)
+        if probe is not None and probe.shape[1] >= P:
+            probe = probe[:, :P]  # given (the coarse split's last pass): own leaf first
+        else:
+            # every leaf is scored (N x L once): probes restricted to the leaves
+            # whose centroids are near the row's own missed the leaves that share
+            # its topic (intra-cluster cosine -0.01 at 100k)
+            own = np.empty(n, dtype=np.int64)
+            for li, rows in enumerate(leaves):
+                own[rows] = li
+            probe = self.nearest_leaves(x, None, P, own, chunk)
         self.seg_slot = _group_by_leaf(probe, self.L)
         self.by_leaf: list[np.ndarray] = []
 
@@ -677,28 +669,30 @@ def _fill_leftovers(
     chunk: int = 4096,
     max_passes: int = 32,
     local=None,
+    dense_pairs: int = 1 << 27,
 ) -> tuple[int, bool]:
     """Place rows left unassigned (their candidates all filled up) into the
     most similar centres that still have room, with the same rounds against
     the centres that are still open.  If that stalls (massive similarity
     ties, e.g. thousands of identical rows), the rest is matched to the free
     slots in one shot (rows sorted by their best open centre).  ``local``
-    (rows, room) -> (candidates, similarities), if given, is tried first.
+    (rows, room) -> (candidates, similarities), if given, is tried first
+    while rows x open centres exceeds ``dense_pairs``.
     Returns (global passes used, whether the one-shot slot fill was needed)."""
     passes = 0
-    if local is not None:
-        # nearby open centres first (cost ~ rows x centres of a few leaves, not
-        # rows x all open centres, which grows with N^2); the global search
-        # below only sees the rows these rounds could not place
-        for _ in range(4):
-            left = np.flatnonzero(labels < 0)
-            if len(left) == 0:
-                return passes, False
-            cand, cand_sim = local(left, room)
-            order = np.argsort(-cand_sim[:, 0], kind="stable")
-            _assign_rounds(left[order], cand[order], cand_sim[order], room, labels)
-            if int((labels[left] < 0).sum()) > 0.5 * len(left):
-                break
+    for _ in range(2 if local is not None else 0):
+        # Both the leftover rows and the open centres grow with N, so the
+        # search over every open centre is quadratic: at scale, the open
+        # centres near each row first (cost ~ rows x probes x d); the exact
+        # search below then only sees what these rounds could not place.
+        left = np.flatnonzero(labels < 0)
+        if len(left) == 0:
+            return passes, False
+        if len(left) * int((room > 0).sum()) <= dense_pairs:
+            break
+        cand, cand_sim = local(left, room)
+        order = np.argsort(-cand_sim[:, 0], kind="stable")
+        _assign_rounds(left[order], cand[order], cand_sim[order], room, labels)
     while True:
         left = np.flatnonzero(labels < 0)
         if len(left) == 0:
@@ -867,7 +861,8 @@ def capacity_constrained_clusters(
     init: str = "kmeans++",
     partition: str = "flat",
     partition_sample: int | None = 131072,
-    fill_probes: int = 128,
+    fill_probes: int = 32,
+    fill_dense_pairs: int = 1 << 27,
 ) -> ClusterResult:
     """Capacity-constrained clustering (see module docstring).
 
@@ -891,9 +886,10 @@ def capacity_constrained_clusters(
     leaf), ``partition_sample`` (rows the flat split's k-means is trained on,
     at least 64 per leaf; None = all rows), ``fill_probes`` (leaves searched
     for open centres by rows whose candidates all filled up, before the search
-    over all open centres; 0 = that search only).  The path used before the
-    flat split (N^1.5 time; 1M rows did not finish in 9 min) is
-    ``partition="tree", fill_probes=0``; ``benchmarks/cluster_bench.py``
+    over all open centres, used while rows x open centres >
+    ``fill_dense_pairs``; 0 = that search only).  The path used before the flat split (~N^1.5 time; 1M
+    rows did not finish in 9 min) is ``partition="tree", fill_probes=0,
+    global_iters=3, refine_iters=1``; ``benchmarks/cluster_bench.py``
     compares the two.
     """
     notes: list[str] = []
@@ -920,14 +916,24 @@ def capacity_constrained_clusters(
             grow = math.sqrt(3.0 * n) if partition == "tree" else math.sqrt(n)
             leaf_size = n if n <= 8192 else int(max(1024, round(grow)))
         leaves: list[np.ndarray] = []
+        probe = None
         if partition == "tree" or n <= 2 * leaf_size:
             _partition(x, np.arange(n), leaf_size, gen, leaf_iters, leaves)
         else:
-            coarse = _coarse_partition(x, leaf_size, gen, leaf_iters, partition_sample)
-            for rows in _by_label(coarse, int(coarse.max()) + 1):
-                if len(rows):  # oversized leaves are split again
-                    _partition(x, rows, leaf_size, gen, leaf_iters, leaves, depth=1)
-            del coarse
+            coarse, probe = _coarse_partition(x, leaf_size, gen, leaf_iters, partition_sample, n_probe)
+            groups = _by_label(coarse, probe.max() + 1)
+            if max(len(r) for r in groups) <= 2 * leaf_size:
+                # leaves = the coarse cells; the probe table carries over (empty cells dropped)
+                keep = np.array([len(r) > 0 for r in groups])
+                remap = np.where(keep, np.cumsum(keep) - 1, -1)
+                leaves = [r for r in groups if len(r)]
+                probe = remap[probe]
+            else:
+                probe = None  # oversized cells are split again; probes are recomputed for the new leaves
+                for rows in groups:
+                    if len(rows):
+                        _partition(x, rows, leaf_size, gen, leaf_iters, leaves, depth=1)
+            del coarse, groups
         leaves = [np.sort(r) for r in leaves if len(r)]
         alloc = _allocate(np.array([len(r) for r in leaves]), k)
 
@@ -939,7 +945,8 @@ def capacity_constrained_clusters(
                 cent_list.append(c)
         centres = torch.cat(cent_list)
         assert centres.shape[0] == k
-        probes = _Probes(x, leaves, n_probe) if len(leaves) > 1 else None
+        probes = _Probes(x, leaves, n_probe, probe) if len(leaves) > 1 else None
+        del probe
 
         def candidates(m: int) -> tuple[np.ndarray, np.ndarray]:
             if probes is not None:
@@ -975,7 +982,8 @@ def capacity_constrained_clusters(
             if probes is not None and fill_probes > 0:
                 def local(rows, room, c=centres):
                     return probes.open_candidates(x, c, room, rows, fill_probes, 2 * n_candidates)
-            _, slot_filled = _fill_leftovers(x, centres, room, new, n_candidates, local=local)
+            _, slot_filled = _fill_leftovers(x, centres, room, new, n_candidates, local=local,
+                                             dense_pairs=fill_dense_pairs)
             if labels is not None and np.array_equal(new, labels):
                 break
             labels = new
