@@ -85,6 +85,24 @@ def test_executor_is_chosen_by_environment(monkeypatch):
         select_executor("spark")
 
 
+def test_k8s_pods_write_through_a_postgres_catalog_with_credentials_from_a_secret(monkeypatch):
+    monkeypatch.delenv("LM_MIXUP_WAREHOUSE_BACKEND", raising=False)
+    monkeypatch.setenv("LM_MIXUP_WAREHOUSE_CATALOG", "postgres://lm_mixup@pg.lm-mixup.svc:5432/lake")
+    monkeypatch.setenv("LM_MIXUP_WAREHOUSE_DATA_PATH", "s3://lm-mixup-lake/tables/")
+    monkeypatch.setenv("LM_MIXUP_K8S_WAREHOUSE_SECRET", "lake-credentials")
+    cfg = k8s_executor_config()
+    assert {"LM_MIXUP_WAREHOUSE_BACKEND=ducklake", "LM_MIXUP_WAREHOUSE_CATALOG=postgres://lm_mixup@pg.lm-mixup.svc:5432/lake",
+            "LM_MIXUP_WAREHOUSE_DATA_PATH=s3://lm-mixup-lake/tables/"} <= set(cfg["env_vars"])
+    assert "lake-credentials" in cfg["env_secrets"]  # PGPASSWORD, AWS_* live there, never in config
+    assert not any("PASSWORD" in v or "AWS_" in v for v in cfg["env_vars"])
+    monkeypatch.setenv("LM_MIXUP_WAREHOUSE_CATALOG", "/data/lm_mixup/lake/catalog.sqlite")
+    with pytest.raises(ValueError, match="not safe across hosts"):
+        k8s_executor_config()
+    monkeypatch.setenv("LM_MIXUP_WAREHOUSE_BACKEND", "duckdb")
+    with pytest.raises(ValueError, match="cannot share a DuckDB file"):
+        k8s_executor_config()
+
+
 PARALLEL_RUN = """
 import sys, dagster as dg, definitions
 from resources import build_resources
