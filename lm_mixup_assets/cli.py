@@ -263,9 +263,12 @@ def run_sql(sql: str, snapshot: int | None, output: str) -> int:
     except (duckdb.Error, ValueError) as exc:
         print(f"{warehouse.backend} ({warehouse.location}): {exc}", file=sys.stderr)
         return 1
-    if df is not None:
-        print(df.to_csv(index=False) if output == "csv" else df.to_string(index=False, max_colwidth=80), end="")
-        print() if output != "csv" else None
+    if df is None:
+        return 0
+    if output == "csv":
+        print(df.to_csv(index=False), end="")
+    else:
+        print(df.to_string(index=False, max_colwidth=80) if len(df) else f"(no rows; columns {list(df.columns)})")
     return 0
 
 

@@ -207,7 +207,13 @@ def test_a_tiny_graph_materialises_and_its_training_set_reads_stay_queryable(war
     (Threshold 6 leaves the high pool empty, so no embedding: the graph runs in seconds.)"""
     def split_at(threshold):
         config = {"ops": {"quality_split": {"config": {"quality_threshold": threshold}}}}
-        assert materialize_source("humaneval", resources, run_config=config).success
+        result = materialize_source("humaneval", resources, run_config=config)
+        assert result.success
+        # Every table asset of the run (Python, multi-asset ingest, SQL step) names the snapshot it wrote.
+        snapshots = {e.asset_key.to_user_string(): e.materialization.metadata.get("lake_snapshot")
+                     for e in result.get_asset_materialization_events()}
+        assert set(snapshots) == {"raw_pool", "rejected_rows", "rated_pool", "high_quality_pool", "low_quality_pool"}
+        assert all((s is None) == (warehouse_backend == "duckdb") for s in snapshots.values()), snapshots
 
     def training_set():
         result = dg.materialize(graph_assets(), resources=resources, selection=["training_sets"], partition_key="full_low")
