@@ -10,6 +10,10 @@ TABLE = CacheTable("echo_cache", """create table if not exists echo_cache (
     cache_key varchar primary key, text varchar, created_at timestamp)""", lambda r: ("ok", r.text))
 
 
+# Both backends; the catalog's kind does not change the cache's SQL (the Postgres catalog: tests/test_warehouse.py).
+pytestmark = pytest.mark.parametrize("warehouse_backend", ["duckdb", "ducklake"], indirect=True)
+
+
 @pytest.fixture
 def connect(warehouse_backend, home):
     from resources import warehouse_resource

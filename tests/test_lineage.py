@@ -80,6 +80,7 @@ def test_tables_read_follows_duckdbs_parse_tree():
         assert tables_read(nothing) == set()
 
 
+@pytest.mark.parametrize("warehouse_backend", ["duckdb", "ducklake"], indirect=True)
 def test_reads_are_attributed_to_the_running_asset_and_check(warehouse_backend, home):
     from resources import warehouse_resource
 

@@ -131,6 +131,40 @@ def test_cache_tables_have_no_keys_on_a_lake_and_stay_one_row_per_answer(lake_ba
 
 
 # A writer process (lib only: no Dagster import, so three start in about a second). argv: lake fields, part, rounds
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """An S3-compatible server on 127.0.0.1 (moto's; real S3 is not reachable here) with one bucket, and the
+    AWS_* variables a pod would get from its Secret."""
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) runs the local S3 endpoint")
+    import boto3
+
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name, value in {"AWS_ACCESS_KEY_ID": "lake-key", "AWS_SECRET_ACCESS_KEY": "lake-secret",
+                        "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="lm-mixup-lake")
+    yield client
+    wh.close_lakes()
+    server.stop()
+
+
+def test_a_lake_keeps_its_data_in_object_storage(lake_backend, home, s3_bucket, monkeypatch):
+    """The cluster form: catalog in SQLite or Postgres, Parquet files in a bucket, credentials from AWS_*."""
+    monkeypatch.setenv("LM_MIXUP_WAREHOUSE_DATA_PATH", "s3://lm-mixup-lake/tables/")
+    warehouse = warehouse_resource(home=str(home))
+    assert warehouse.lake.extensions()[-1] == "httpfs"
+    warehouse.replace_partition("t", frame("a", 500), "source", "a")  # over the inlining limit: a Parquet file
+    warehouse.replace_partition("t", frame("b", 3), "source", "b")
+    assert warehouse.query("select source, count(*) n from t group by 1 order by 1").values.tolist() == [["a", 500], ["b", 3]]
+    keys = [o["Key"] for o in s3_bucket.list_objects_v2(Bucket="lm-mixup-lake")["Contents"]]
+    assert keys and all(k.startswith("tables/main/t/") and k.endswith(".parquet") for k in keys)
+    assert not (home / "lake" / "data").exists()  # nothing on the local disk
+
+
 CHILD_WRITER = """
 import json, sys, pandas as pd
 from lm_mixup_assets.lib import warehouse as wh
