@@ -73,7 +73,9 @@ def timed(fn) -> float:
 
 
 def bench(name: str, where, spec: dict, args) -> dict:
-    connect = lambda: wh.connect(where)  # noqa: E731
+    def connect():
+        return wh.connect(where)
+
     big, other = rated_pool_frame("big", args.rows), rated_pool_frame("other", 1000)
 
     def replace(frame, source):

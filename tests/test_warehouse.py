@@ -4,10 +4,9 @@ The same writes and reads go through ``WarehouseResource`` on each backend (``wa
 in conftest.py sets LM_MIXUP_WAREHOUSE_*); the lake's own promises are tested on the lake:
 snapshots recorded with each materialisation, a training set's reads queryable after the
 upstream tables changed, writers in three processes committing concurrently, compaction that
-keeps every snapshot readable.
+keeps every snapshot readable, data files in object storage.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
