@@ -4,6 +4,7 @@
     lm-mixup demo     materialise every stage built so far, source by source
     lm-mixup ui       the Dagster UI on 127.0.0.1 with history under LM_MIXUP_HOME
     lm-mixup where    paths and table counts
+    lm-mixup sql "…"  run SQL on the warehouse (either backend; --snapshot N reads a lake as it was)
     lm-mixup config   every step's settings for the active profile, and where each value comes from
 
 Every command initialises the home first (see :func:`prepare_home`), so Dagster's
@@ -268,21 +269,62 @@ def demo_summary(db: Path, artifacts: Path) -> str:
 
 def show_where(tables: bool = True) -> None:
     home = prepare_home()
-    db = home / "warehouse.duckdb"
-    print(f"warehouse : {db}")
+    import duckdb
+
+    from lm_mixup_assets.lib.warehouse import current_snapshot, extension_path
+    from lm_mixup_assets.lib.warehouse import redact as wh_redact
+    from resources import warehouse_resource
+
+    warehouse = warehouse_resource(home=str(home))
+    lake = warehouse.lake
+    print(f"warehouse : {warehouse.backend}: {warehouse.location}")
     print(f"artifacts : {home / 'artifacts'}")
     print(f"history   : {os.environ['DAGSTER_HOME']}")
-    if tables and db.exists():
-        import duckdb
-
-        con = duckdb.connect(str(db), read_only=True)
-        names = [r[0] for r in con.execute("select table_name from information_schema.tables where table_schema='main' order by 1").fetchall()]
-        for t in names:
-            count = con.execute(f'select count(*) from "{t}"').fetchall()[0][0]
-            print(f"  {t:<26} {count:>8} rows")
-        con.close()
+    db = warehouse.database_path
+    if tables and (lake is not None or db.exists()):
+        with warehouse.connect(read_only=True) as con:
+            names = [r[0] for r in con.execute("select table_name from information_schema.tables where table_catalog = "
+                                               "current_database() and table_schema='main' order by 1").fetchall()]
+            for t in names:
+                count = con.execute(f'select count(*) from "{t}"').fetchall()[0][0]
+                print(f"  {t:<26} {count:>8} rows")
+            if lake is not None:
+                print(f"snapshot  : {current_snapshot(con)} (lm-mixup sql --snapshot N \"...\" reads an earlier one)")
     print()
-    print(demo_summary(db, home / "artifacts"))
+    if lake is None:
+        print(demo_summary(db, home / "artifacts"))
+    print('query it : python -m lm_mixup_assets.cli sql "select * from pool_summary"')
+    if lake is not None:
+        print(f"or, in a duckdb CLI of the same version (pip install duckdb-cli=={duckdb.__version__}):")
+        for name in lake.extensions():
+            print(f"  LOAD '{extension_path(name)}';")
+        print(f"  {wh_redact(lake.attach_sql())};\n  USE {lake.name};")
+
+
+def run_sql(sql: str, snapshot: int | None, output: str) -> int:
+    """Run ``sql`` on the active warehouse and print the result (``--snapshot``: a lake as that snapshot left it)."""
+    import duckdb
+
+    from resources import warehouse_resource
+    from resources.profiles import lm_mixup_home
+
+    home = lm_mixup_home()  # no Dagster storage needed: stdout is the query's alone
+
+    warehouse = warehouse_resource(home=str(home))
+    try:
+        with warehouse.connect(snapshot=snapshot) as con:
+            result = con.sql(sql)
+            df = result.df() if result is not None else None
+    except (duckdb.Error, ValueError) as exc:
+        print(f"{warehouse.backend} ({warehouse.location}): {exc}", file=sys.stderr)
+        return 1
+    if df is None:
+        return 0
+    if output == "csv":
+        print(df.to_csv(index=False), end="")
+    else:
+        print(df.to_string(index=False, max_colwidth=80) if len(df) else f"(no rows; columns {list(df.columns)})")
+    return 0
 
 
 def show_config(profile: str | None, show_all: bool) -> int:
@@ -337,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--host", default=os.environ.get("LM_MIXUP_UI_HOST", "127.0.0.1"))
     ui.add_argument("--port", type=int, default=int(os.environ.get("LM_MIXUP_UI_PORT", "3000")))
     sub.add_parser("where", help="print paths and table counts")
+    sql = sub.add_parser("sql", help="run SQL on the warehouse (either backend) and print the result")
+    sql.add_argument("query", help="the SQL, e.g. \"select * from pool_summary\"")
+    sql.add_argument("--snapshot", type=int, help="ducklake: read the lake as this snapshot left it")
+    sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     config = sub.add_parser("config", help="print every step's resolved settings and where each value comes from")
     config.add_argument("--profile", help="resolve for this profile instead of LM_MIXUP_PROFILE")
     config.add_argument("--all", action="store_true", help="also list the fields at their default")
@@ -351,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_ui(args.host, args.port)
     if args.command == "config":
         return show_config(args.profile, args.all)
+    if args.command == "sql":
+        return run_sql(args.query, args.snapshot, "csv" if args.csv else "table")
     show_where()
     return 0
 

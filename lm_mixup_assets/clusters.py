@@ -160,7 +160,7 @@ def clusters_cover_low_rows(context: dg.AssetCheckExecutionContext, warehouse: W
     return no_offenders(context, warehouse, """
         with lo as (select source, sample_id from low_quality_pool where source in (select distinct source from low_quality_clusters)),
              c as (select source, sample_id, count(*) n from low_quality_clusters group by 1, 2)
-        select coalesce(lo.source, c.source) source, coalesce(lo.sample_id, c.sample_id) sample_id, coalesce(c.n, 0) times_clustered
+        select coalesce(lo.source, c.source) as source, coalesce(lo.sample_id, c.sample_id) sample_id, coalesce(c.n, 0) times_clustered
         from lo full outer join c using (source, sample_id)
         where c.n is null or c.n <> 1 or lo.sample_id is null""", "exact coverage", "{n} rows not clustered exactly once")
 
@@ -171,7 +171,7 @@ def cluster_sizes_in_range(context: dg.AssetCheckExecutionContext, warehouse: Wa
     # Bounds from the config defaults; a run with other bounds shows here as a warning, not silently.
     lo, hi = ClusteringConfig().min_size, ClusteringConfig().max_size
     sizes = partition_rows(context, warehouse, """
-        select source, cluster_id, count(*) size, (select count(*) from low_quality_clusters x where x.source = c.source) rows
+        select source, cluster_id, count(*) size, (select count(*) from low_quality_clusters x where x.source = c.source) as rows
         from low_quality_clusters c group by 1, 2""")
     bad = sizes[(sizes["rows"] >= lo) & ((sizes["size"] < lo) | (sizes["size"] > hi))]
     return dg.AssetCheckResult(
@@ -187,7 +187,7 @@ def cluster_inputs_match_clusters(context: dg.AssetCheckExecutionContext, wareho
     return no_offenders(context, warehouse, """
         with i as (select source, cluster_id, unnest(member_ids) sample_id from cluster_inputs),
              ic as (select source, cluster_id, sample_id, count(*) n from i group by 1, 2, 3)
-        select coalesce(ic.source, c.source) source, coalesce(ic.cluster_id, c.cluster_id) cluster_id,
+        select coalesce(ic.source, c.source) as source, coalesce(ic.cluster_id, c.cluster_id) cluster_id,
                coalesce(ic.sample_id, c.sample_id) sample_id
         from ic full outer join (select * from low_quality_clusters where source in (select distinct source from cluster_inputs)) c
              using (source, cluster_id, sample_id)

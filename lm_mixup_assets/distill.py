@@ -226,7 +226,7 @@ def rescue_yield(warehouse: WarehouseResource, source: str, rated: pd.DataFrame,
 def distilled_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     return no_offenders(context, warehouse, f"""
         with d as (select * from distilled_pool), i as (select * from cluster_inputs where source in (select distinct source from d))
-        select coalesce(d.source, i.source) source, coalesce(d.cluster_id, i.cluster_id) cluster_id,
+        select coalesce(d.source, i.source) as source, coalesce(d.cluster_id, i.cluster_id) cluster_id,
                coalesce(d.part, i.part) part, d.status,
                case when d.source is null then 'not distilled or skipped' when i.source is null then 'no such cluster input'
                     when d.member_ids <> i.member_ids then 'member ids differ'
@@ -245,7 +245,7 @@ def rated_distilled_accounting(context: dg.AssetCheckExecutionContext, warehouse
                    and source in (select distinct source from rated_distilled)),
              r as (select source, cluster_id, part, count(*) n, any_value(status) status, any_value(overall) overall
                    from rated_distilled group by 1, 2, 3)
-        select coalesce(d.source, r.source) source, coalesce(d.cluster_id, r.cluster_id) cluster_id, r.n, r.status, r.overall
+        select coalesce(d.source, r.source) as source, coalesce(d.cluster_id, r.cluster_id) cluster_id, r.n, r.status, r.overall
         from d full outer join r using (source, cluster_id, part)
         where r.n is null or r.n <> 1 or d.source is null
            or (r.status = 'ok' and not coalesce(r.overall between 1 and 10, false))""",

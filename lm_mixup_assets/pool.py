@@ -99,28 +99,22 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
     reasons_md = dg.MetadataValue.md(reasons.to_frame("rows").to_markdown() if len(reasons) else "_(none)_")
     if result.input_rows == 0 or result.rejected_fraction > config.max_rejected_fraction:
         _fail_ingest(context, warehouse, spec, result, config, reasons, reasons_md)
-    with warehouse.connect() as con:
+    def write_ingest(con) -> None:
         # One source's ingest tables change in one transaction: a reader (or a crash) never sees half an
         # ingest, and ingest_log always describes exactly the rows in raw_pool and rejected_rows.
-        con.execute("begin transaction")
-        try:
-            for table, frame in (("raw_pool", result.rows), ("rejected_rows", result.rejected)):
-                _add_missing_columns(con, table, frame)  # e.g. `file`, added after a warehouse was first made
-            wh.replace_partition(con, "raw_pool", result.rows, "source", source, in_transaction=True)
-            wh.replace_partition(con, "rejected_rows", result.rejected, "source", source, in_transaction=True)
-            wh.replace_partition(con, INGEST_LOG, log_row, "source", source, in_transaction=True)
-            # Always replaced, so dropping `precomputed:` from the manifest sends the source back to the judge.
-            wh.replace_partition(con, PRECOMPUTED, result.precomputed, "source", source, in_transaction=True,
-                                 column_types=PRECOMPUTED_TYPES)
-            if wh.table_exists(con, FAILED_INGEST_REJECTIONS):
-                con.execute(f"delete from {FAILED_INGEST_REJECTIONS} where source = ?", [source])
-            con.execute("commit")
-        except BaseException:
-            try:
-                con.execute("rollback")
-            except Exception:  # replace_partition has already rolled back
-                pass
-            raise
+        for table, frame in (("raw_pool", result.rows), ("rejected_rows", result.rejected)):
+            _add_missing_columns(con, table, frame)  # e.g. `file`, added after a warehouse was first made
+        wh.replace_partition(con, "raw_pool", result.rows, "source", source, in_transaction=True)
+        wh.replace_partition(con, "rejected_rows", result.rejected, "source", source, in_transaction=True)
+        wh.replace_partition(con, INGEST_LOG, log_row, "source", source, in_transaction=True)
+        # Always replaced, so dropping `precomputed:` from the manifest sends the source back to the judge.
+        wh.replace_partition(con, PRECOMPUTED, result.precomputed, "source", source, in_transaction=True,
+                             column_types=PRECOMPUTED_TYPES)
+        if wh.table_exists(con, FAILED_INGEST_REJECTIONS):
+            con.execute(f"delete from {FAILED_INGEST_REJECTIONS} where source = ?", [source])
+
+    warehouse.write(write_ingest, tables=["raw_pool", "rejected_rows"])
+    with warehouse.connect() as con:
         versions = {t: table_data_version_in(con, t, "source", source) for t in ("raw_pool", "rejected_rows")}
     selected = context.op_execution_context.selected_output_names
     if selected != {"raw_pool", "rejected_rows"}:
@@ -343,7 +337,7 @@ def rated_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: War
         with r as (select source, count(*) n from raw_pool group by 1),
              p as (select source, count(*) n from rated_pool group by 1),
              j as (select source, count(*) n from raw_pool join rated_pool using (source, sample_id) group by 1)
-        select p.source, coalesce(r.n, 0) raw_rows, p.n rated_rows, coalesce(j.n, 0) matched
+        select p.source, coalesce(r.n, 0) raw_rows, p.n rated_rows, coalesce(j.n, 0) "matched"
         from p left join r using (source) left join j using (source)
         where coalesce(r.n, 0) <> p.n or coalesce(j.n, 0) <> p.n""",
                        "every raw row rated exactly once (ok or a failure status)", "raw and rated rows differ")

@@ -10,10 +10,11 @@
   (``LM_MIXUP_MAX_CONCURRENT`` at once, GPU steps ``LM_MIXUP_GPUS`` at once), so
   a step's models, vLLM engines and CUDA context end with it. Safe with DuckDB
   because every write opens a short connection and waits for the file lock
-  (``lib/warehouse.py``).
+  (``lib/warehouse.py``); a lake needs no lock.
 - ``k8s``: ``dagster-k8s``'s ``k8s_job_executor`` (install the ``k8s`` extra),
   one pod per step; GPU steps get their GPU through the op tags below. Image,
-  namespace and the shared data root come from the environment.
+  namespace and the shared data root come from the environment; tables go
+  through a lake (Postgres catalog, object storage), never a shared DuckDB file.
 """
 
 import os
@@ -53,6 +54,25 @@ def gpu_op_tags(gpus: int = 1, memory: str = "32Gi", cpu: str = "8") -> dict:
     }
 
 
+def k8s_warehouse_env() -> list[str]:
+    """The pods' warehouse: always a lake, never a DuckDB file on a shared volume (one writer, a lock that
+    does not cross hosts). Catalog URL and data path pass as plain values when set here; the credentials
+    (``PGPASSWORD``, ``AWS_*``) come from the warehouse Secret, which may also hold the catalog URL."""
+    backend = os.environ.get("LM_MIXUP_WAREHOUSE_BACKEND", "ducklake")
+    if backend != "ducklake":
+        raise ValueError(f"LM_MIXUP_WAREHOUSE_BACKEND={backend!r} with the k8s executor: pods on several hosts cannot "
+                         "share a DuckDB file; use ducklake with a Postgres catalog (docs/scaling.md)")
+    catalog = os.environ.get("LM_MIXUP_WAREHOUSE_CATALOG", "")
+    if catalog and not catalog.lower().startswith(("postgres://", "postgresql://")):
+        raise ValueError(f"LM_MIXUP_WAREHOUSE_CATALOG={catalog!r} with the k8s executor: a catalog file on a shared "
+                         "volume is not safe across hosts; use a postgres:// URL (docs/scaling.md)")
+    env = ["LM_MIXUP_WAREHOUSE_BACKEND=ducklake"]
+    for name in ("LM_MIXUP_WAREHOUSE_CATALOG", "LM_MIXUP_WAREHOUSE_DATA_PATH", "LM_MIXUP_WAREHOUSE_METADATA_SCHEMA"):
+        if os.environ.get(name):
+            env.append(f"{name}={os.environ[name]}")
+    return env
+
+
 def k8s_executor_config() -> dict:
     """Config for ``k8s_job_executor`` from the environment (no cluster needed to build it)."""
     # The pods' home: where the data volume is mounted inside them (LM_MIXUP_HOME has one default, .lm_mixup,
@@ -62,10 +82,12 @@ def k8s_executor_config() -> dict:
         "job_image": os.environ.get("LM_MIXUP_IMAGE", "lm-mixup:latest"),
         "job_namespace": os.environ.get("LM_MIXUP_K8S_NAMESPACE", "lm-mixup"),
         "max_concurrent": int(os.environ.get("LM_MIXUP_MAX_CONCURRENT", "8")),
-        # Every pod sees the same data root (a PVC or an object-store mount), never the
-        # orchestrator's local disk; secrets come from a k8s Secret, not from config.
-        "env_vars": [f"LM_MIXUP_HOME={root}", f"LM_MIXUP_PROFILE={os.environ.get('LM_MIXUP_PROFILE', 'paper')}"],
-        "env_secrets": [os.environ.get("LM_MIXUP_K8S_SECRET", "lm-mixup-secrets")],
+        # Every pod sees the same data root (a PVC or an object-store mount) for artifacts, and writes
+        # tables through the lake; secrets come from k8s Secrets, not from config.
+        "env_vars": [f"LM_MIXUP_HOME={root}", f"LM_MIXUP_PROFILE={os.environ.get('LM_MIXUP_PROFILE', 'paper')}",
+                     *k8s_warehouse_env()],
+        "env_secrets": [os.environ.get("LM_MIXUP_K8S_SECRET", "lm-mixup-secrets"),
+                        os.environ.get("LM_MIXUP_K8S_WAREHOUSE_SECRET", "lm-mixup-warehouse")],
         "volume_mounts": [{"name": "data", "mount_path": root}],
         "volumes": [{"name": "data", "persistent_volume_claim": {"claim_name": os.environ.get("LM_MIXUP_K8S_PVC", "lm-mixup-data")}}],
         # One step at a time per GPU: GPU steps queue for the GPUs.

@@ -38,6 +38,7 @@ from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib.settings.selection import LongTailSettings, TrainingSetSettings
 from resources import WarehouseResource
 from resources.embedder import EmbedderResource
+from resources.warehouse import snapshot_metadata
 
 GROUP = "selection"
 # Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
@@ -116,8 +117,12 @@ def long_tail_scores(context: dg.AssetExecutionContext, config: LongTailConfig, 
 TrainingSetConfig = launchpad_config(TrainingSetSettings)
 
 
-def _candidates(warehouse: WarehouseResource) -> dict[str, pd.DataFrame]:
-    with warehouse.connect() as con:
+CANDIDATE_TABLES = ("long_tail_scores", "low_quality_pool", "rated_pool")
+
+
+def _candidates(warehouse: WarehouseResource) -> tuple[dict[str, pd.DataFrame], int | None]:
+    """The candidate pools, all read at one state of the warehouse, and that state's lake snapshot (None: duckdb)."""
+    with warehouse.reading_snapshot() as (con, snapshot):
         if not wh.table_exists(con, "long_tail_scores"):
             raise dg.Failure(description="long_tail_scores is missing: materialise it first")
         ranked = con.execute("select * from long_tail_scores").df()
@@ -128,7 +133,7 @@ def _candidates(warehouse: WarehouseResource) -> dict[str, pd.DataFrame]:
     out = {name: ranked[ranked["set_name"] == name].drop(columns=["set_name"]) for name in LONG_TAIL_RANKED}
     out["original_low"] = low
     out["rated_pool"] = rated
-    return out
+    return out, snapshot
 
 
 def _export_jsonl(rows: pd.DataFrame, path: Path) -> None:
@@ -152,7 +157,8 @@ def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
     config = config.resolve(context)
     arm = context.partition_key
     recipe = parse_arm(arm)
-    composed = compose_arm(recipe, _candidates(warehouse), config.size, seed=config.seed,
+    candidates, read_snapshot = _candidates(warehouse)
+    composed = compose_arm(recipe, candidates, config.size, seed=config.seed,
                            original_rank=config.original_rank, row_order=config.row_order,
                            shuffle_seed=config.shuffle_seed, drop_duplicate_content=config.drop_duplicate_content)
     rows = composed.rows.assign(arm=arm)
@@ -186,6 +192,8 @@ def training_sets(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
         "size": config.size,
         "original_rank": config.original_rank,
         "row_order": config.row_order,
+        # A lake keeps the exact rows this set was drawn from: query them at these snapshots.
+        **snapshot_metadata({table: read_snapshot for table in CANDIDATE_TABLES}),
     })
 
 

@@ -66,8 +66,10 @@ def _description(model: SqlModel, step: SqlStep) -> str:
 def _run_step(context, step: SqlStep, values: dict, warehouse: WarehouseResource) -> list[dg.MaterializeResult]:
     partition = context.partition_key if step.partitioned_by else None
     col = step.partitioned_by
+    # One transaction for the step's tables, retried whole if a lake commit conflicts.
+    counts = warehouse.write(lambda con: materialise_step(con, step.models, values, partition, in_transaction=True),
+                             tables=[m.name for m in step.models])
     with warehouse.connect() as con:
-        counts = materialise_step(con, step.models, values, partition)
         results = []
         for model in step.models:
             where = f' where "{col}" = ?' if partition else ""

@@ -10,7 +10,8 @@ from .judge import JudgeResource
 from .profiles import PROFILES, active_profile, lm_mixup_home
 from .warehouse import WarehouseResource
 
-__all__ = ["JudgeResource", "WarehouseResource", "build_resources", "resource_values", "active_profile", "lm_mixup_home"]
+__all__ = ["JudgeResource", "WarehouseResource", "build_resources", "resource_values", "warehouse_resource",
+           "active_profile", "lm_mixup_home"]
 
 
 def resource_values(section: str, resource_cls: type, profile: str | None = None) -> dict:
@@ -18,6 +19,12 @@ def resource_values(section: str, resource_cls: type, profile: str | None = None
     profile = profile or active_profile()
     return {**PROFILES[profile][section], **env_overrides(resource_cls, f"LM_MIXUP_{section.upper()}_",
                                                           skip=frozenset({"api_key_env"}))}
+
+
+def warehouse_resource(profile: str | None = None, home: str | None = None) -> WarehouseResource:
+    """The warehouse of a profile (backend ``duckdb`` | ``ducklake``), with ``LM_MIXUP_WAREHOUSE_<FIELD>`` applied."""
+    values = resource_values("warehouse", WarehouseResource, profile)
+    return WarehouseResource(**{**values, "home": str(home or values.get("home") or lm_mixup_home())})
 
 
 def build_resources(profile: str | None = None, home: str | None = None) -> dict:
@@ -32,7 +39,7 @@ def build_resources(profile: str | None = None, home: str | None = None) -> dict
     from .generator import GeneratorResource
 
     profile = profile or active_profile()
-    warehouse = WarehouseResource(home=str(home or lm_mixup_home()))
+    warehouse = warehouse_resource(profile, home)
     return {
         "warehouse": warehouse,
         "judge": JudgeResource(**resource_values("judge", JudgeResource, profile)),

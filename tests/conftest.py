@@ -1,4 +1,5 @@
 import os
+import uuid
 
 # Tests never reach a hub, whatever the machine allows.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,9 +29,13 @@ def resources(home):
 
 @pytest.fixture
 def query(home):
-    """Run SQL against the test's warehouse and return a DataFrame."""
+    """Run SQL against the test's warehouse (either backend: LM_MIXUP_WAREHOUSE_*) and return a DataFrame."""
+    from resources import warehouse_resource
 
     def _query(sql, params=None):
+        warehouse = warehouse_resource(home=str(home))
+        if warehouse.lake is not None:
+            return warehouse.query(sql, params)
         con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
         try:
             return con.execute(sql, params or []).df()
@@ -38,6 +43,40 @@ def query(home):
             con.close()
 
     return _query
+
+
+# Where the ducklake tests find a Postgres server for a real Postgres catalog (.ci/run starts one and sets it).
+POSTGRES_DSN_VAR = "LM_MIXUP_TEST_POSTGRES_DSN"
+WAREHOUSE_BACKENDS = ["duckdb", "ducklake", "ducklake-postgres"]
+
+
+@pytest.fixture(params=WAREHOUSE_BACKENDS)
+def warehouse_backend(request, monkeypatch):
+    """Run the test once per warehouse backend: a DuckDB file, a DuckLake with a SQLite catalog, and a
+    DuckLake with a Postgres catalog (its own schema; skipped, saying so, without a server).
+    Sets LM_MIXUP_WAREHOUSE_*, so ``resources``, ``query`` and child processes all use it; request it
+    before those fixtures."""
+    backend = request.param
+    if backend == "duckdb":
+        monkeypatch.setenv("LM_MIXUP_WAREHOUSE_BACKEND", "duckdb")
+        yield backend
+        return
+    monkeypatch.setenv("LM_MIXUP_WAREHOUSE_BACKEND", "ducklake")
+    schema = None
+    if backend == "ducklake-postgres":
+        dsn = os.environ.get(POSTGRES_DSN_VAR)
+        if not dsn:
+            pytest.skip(f"no Postgres for the ducklake catalog test: set {POSTGRES_DSN_VAR} (postgres://user@host:port/db); "
+                        ".ci/run starts one")
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        monkeypatch.setenv("LM_MIXUP_WAREHOUSE_CATALOG", dsn)
+        monkeypatch.setenv("LM_MIXUP_WAREHOUSE_METADATA_SCHEMA", schema)
+    yield backend
+    from lm_mixup_assets.lib.warehouse import close_lakes, drop_postgres_schema
+
+    close_lakes()
+    if schema:
+        drop_postgres_schema(os.environ[POSTGRES_DSN_VAR], schema)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,7 @@
-"""lib/cache.py, the one write-through cache behind judge_cache and generation_cache, on a real DuckDB file."""
+"""lib/cache.py, the one write-through cache behind judge_cache and generation_cache, on each warehouse backend."""
 
-from functools import partial
-
-import duckdb
 import pytest
 
-from lm_mixup_assets.lib import warehouse as wh
 from lm_mixup_assets.lib.cache import CacheTable, answer_with_cache
 from lm_mixup_assets.lib.generation import GENERATION_CACHE, GenerationOutcome
 from lm_mixup_assets.lib.judging import JUDGE_CACHE
@@ -14,12 +10,22 @@ TABLE = CacheTable("echo_cache", """create table if not exists echo_cache (
     cache_key varchar primary key, text varchar, created_at timestamp)""", lambda r: ("ok", r.text))
 
 
+# Both backends; the catalog's kind does not change the cache's SQL (the Postgres catalog: tests/test_warehouse.py).
+pytestmark = pytest.mark.parametrize("warehouse_backend", ["duckdb", "ducklake"], indirect=True)
+
+
+@pytest.fixture
+def connect(warehouse_backend, home):
+    from resources import warehouse_resource
+
+    return warehouse_resource(home=str(home)).connect
+
+
 def row_of(key, outcome):
     return {"text": outcome[1]} if outcome[0] == "ok" else None  # failures are not stored
 
 
-def test_duplicates_asked_once_failures_asked_again_and_hits_free(tmp_path):
-    connect = partial(wh.connect, tmp_path / "w.duckdb")
+def test_duplicates_asked_once_failures_asked_again_and_hits_free(connect):
     asked: list[list[str]] = []
 
     def answer(todo, on_result):
@@ -40,13 +46,12 @@ def test_duplicates_asked_once_failures_asked_again_and_hits_free(tmp_path):
     assert asked[-1] == ["bad"]  # only the failure is paid again
     assert again.from_cache == [True, True, True, False] and again.outcomes[:3] == first.outcomes[:3]
     assert lines[0] == "3 of 4 rows from the cache; asking 1"
-    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+    with connect() as con:
         rows = con.execute("select cache_key, text, created_at is not null from echo_cache order by 1").fetchall()
     assert rows == [("a", "A", True), ("b", "B", True)]
 
 
-def test_answers_before_a_failure_are_kept(tmp_path):
-    connect = partial(wh.connect, tmp_path / "w.duckdb")
+def test_answers_before_a_failure_are_kept(connect):
 
     def dies_after_two(todo, on_result):
         on_result(0, ("ok", "X"))
@@ -58,16 +63,15 @@ def test_answers_before_a_failure_are_kept(tmp_path):
     assert TABLE.lookup(connect, ["x", "y", "z"]) == {"x": ("ok", "X"), "y": ("ok", "Y")}
 
 
-def test_no_keys_touch_no_table(tmp_path):
-    connect = partial(wh.connect, tmp_path / "w.duckdb")
+def test_no_keys_touch_no_table(connect):
     result = answer_with_cache([], [], connect, TABLE, lambda todo, cb: pytest.fail("nothing to ask"), row_of)
     assert result.outcomes == [] and result.requests_made == 0
-    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
-        assert con.execute("select count(*) from information_schema.tables").fetchone() == (0,)
+    with connect() as con:
+        assert con.execute("select count(*) from information_schema.tables where table_catalog = current_database()"
+                           ).fetchone() == (0,)
 
 
-def test_judge_and_generation_caches_are_two_tables_of_one_kind(tmp_path):
-    connect = partial(wh.connect, tmp_path / "w.duckdb")
+def test_judge_and_generation_caches_are_two_tables_of_one_kind(connect):
     GENERATION_CACHE.store(connect, [{"cache_key": "k", "backend": "b", "model": "m", "params": "{}", "text": "hi",
                                       "prompt_tokens": 3, "completion_tokens": 1}])
     assert GENERATION_CACHE.lookup(connect, ["k", "other"]) == {

@@ -82,8 +82,11 @@ def test_tables_read_follows_duckdbs_parse_tree():
         assert tables_read(nothing) == set()
 
 
-def test_reads_are_attributed_to_the_running_asset_and_check(tmp_path):
-    warehouse = WarehouseResource(home=str(tmp_path))
+@pytest.mark.parametrize("warehouse_backend", ["duckdb", "ducklake"], indirect=True)
+def test_reads_are_attributed_to_the_running_asset_and_check(warehouse_backend, home):
+    from resources import warehouse_resource
+
+    warehouse = warehouse_resource(home=str(home))
 
     @dg.asset
     def upstream(warehouse: WarehouseResource):

@@ -34,7 +34,7 @@ def test_mixture_group_on_a_small_slice(resources, query, home):
     assert set(kept["task"]) == set(TASK_TYPES)
     assert all(not validate_target(t, x) for t, x in zip(kept["task"], kept["text"]))
 
-    variants = query("select v.*, t.text target from mixture_variants v join mixture_targets t using (target_id)")
+    variants = query("select v.*, t.text as target from mixture_variants v join mixture_targets t using (target_id)")
     assert (variants["text"] != variants["target"]).all()
     assert variants.groupby("target_id").size().max() <= 4
     # degradation works: variants rate below their targets on average

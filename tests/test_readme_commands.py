@@ -213,7 +213,8 @@ def test_every_readme_command_parses_and_names_real_things(command, monkeypatch,
         program, *argv = shlex.split(command)
         kind = {"dg": validate_dg, "dagster": validate_dagster, "duckdb": validate_duckdb}[program](argv)
     done = {"query": "run for real on a warehouse holding the tables it names",
-            "dg launch --assets": "validated; also run for real in the slow tests"}
+            "dg launch --assets": "validated; also run for real in the slow tests",
+            "python -m lm_mixup_assets.cli sql": "run for real on an empty home (tests/test_warehouse.py: on tables)"}
     print(f"{command}: {done.get(kind) or 'validated, not run: ' + SKIPPED[kind]}")
 
 

@@ -11,6 +11,7 @@ loses at most the answers of that last moment (see docs/method.md).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
+
+from lm_mixup_assets.lib import warehouse as wh
 
 Connect = Callable[[], AbstractContextManager]
 # Answers the requests not in the cache, reporting each (index, outcome) as it arrives.
@@ -145,7 +148,7 @@ class CacheTable:
         if not keys:
             return {}
         with connect() as con:
-            con.execute(self.ddl)
+            con.execute(self.ddl_for(con))
             con.register("_keys", pd.DataFrame({"cache_key": list(dict.fromkeys(keys))}))
             df = con.execute(f"select c.* from {self.name} c join _keys k using (cache_key)").df()
             con.unregister("_keys")
@@ -158,12 +161,28 @@ class CacheTable:
         if not rows:
             return
         now = pd.Timestamp.now("UTC").tz_localize(None)
-        with connect() as con:
-            if ensure_table:
-                con.execute(self.ddl)
-            con.register("_new", pd.DataFrame([{**r, "created_at": now} for r in rows]))
-            con.execute(f"insert or replace into {self.name} by name select * from _new")
-            con.unregister("_new")
+        frame = pd.DataFrame([{**r, "created_at": now} for r in rows])
+
+        def attempt() -> None:
+            with connect() as con:
+                if ensure_table:
+                    con.execute(self.ddl_for(con))
+                con.register("_new", frame)
+                if wh.is_lake(con):
+                    # No keys on a lake; a plain insert of the keys not yet there never conflicts with another
+                    # process's insert (a delete would). A key two processes store at once is kept twice,
+                    # with the same answer: lookups read one.
+                    con.execute(f"insert into {self.name} by name select * from _new "
+                                f"where cache_key not in (select cache_key from {self.name})")
+                else:
+                    con.execute(f"insert or replace into {self.name} by name select * from _new")
+                con.unregister("_new")
+
+        wh.retry_on_conflict(attempt)
+
+    def ddl_for(self, con) -> str:
+        """The DDL for ``con``'s warehouse: a lake has no PRIMARY KEY constraints."""
+        return re.sub(r"\s+primary\s+key\b", "", self.ddl, flags=re.IGNORECASE) if wh.is_lake(con) else self.ddl
 
 
 @dataclass

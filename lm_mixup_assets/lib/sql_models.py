@@ -182,14 +182,16 @@ def materialise_model(con, model: SqlModel, var_values: dict | None = None, part
 
 
 def materialise_step(con, models: list[SqlModel], var_values: dict | None = None,
-                     partition_value: str | None = None) -> dict[str, int]:
+                     partition_value: str | None = None, in_transaction: bool = False) -> dict[str, int]:
     """Replace every model's partition (or whole table) in ONE transaction, with the same var values.
 
     Either all tables change or none does. Returns rows per table (in the partition).
+    ``in_transaction``: the caller holds the transaction and commits it.
     """
     rendered = [(model, *model.render(var_values, partition_value)) for model in models]
     counts: dict[str, int] = {}
-    con.execute("begin transaction")
+    if not in_transaction:
+        con.execute("begin transaction")
     try:
         for model, sql, params in rendered:
             table = model.name
@@ -203,7 +205,8 @@ def materialise_step(con, models: list[SqlModel], var_values: dict | None = None
                 f'select count(*) from "{table}"' + (f' where "{model.partitioned_by}" = $partition' if model.partitioned_by else ""),
                 {"partition": partition_value} if model.partitioned_by else {},
             ).fetchall()[0][0])
-        con.execute("commit")
+        if not in_transaction:
+            con.execute("commit")
     except Exception:
         con.execute("rollback")
         raise

@@ -34,7 +34,8 @@ def content_columns(con: duckdb.DuckDBPyConnection, table: str, ignore: frozense
     """``table``'s columns that carry content: not time-typed, not bookkeeping, not in ``ignore``."""
     rows = con.execute(
         "select column_name, data_type from information_schema.columns "
-        "where table_schema = 'main' and table_name = ? order by ordinal_position", [table]).fetchall()
+        "where table_catalog = current_database() and table_schema = 'main' and table_name = ? "
+        "order by ordinal_position", [table]).fetchall()
     skip = BOOKKEEPING_COLUMNS | set(ignore)
     return [name for name, kind in rows if name not in skip and not str(kind).upper().startswith(_TIME_TYPES)]
 
