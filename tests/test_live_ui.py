@@ -358,7 +358,7 @@ def test_live_ui_materialises_one_partition(server, browser, tmp_path):
         # partition health has loaded, so pick exactly {humaneval} and re-check it has held.
         launch = dialog.get_by_role("button", name=re.compile(r"Launch 1 run$"))
         one_partition = dialog.get_by_text(re.compile(r"^\s*1 partition\s*$"))
-        for attempt in range(3):
+        for _attempt in range(3):
             _select_only_partition(page, dialog, launch_title, PARTITION)
             page.wait_for_timeout(1500)
             if launch.is_visible() and one_partition.is_visible():

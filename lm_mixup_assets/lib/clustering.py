@@ -265,19 +265,23 @@ def _kmeanspp_init(x: torch.Tensor, k: int, gen: np.random.Generator, gram_max: 
     Gram matrix is computed once (one matmul), so each step is O(n)."""
     n = x.shape[0]
     k = min(k, n)
-    gram = _to_np(x @ x.T) if n <= gram_max else None
+    gram = None
+    if n <= gram_max:  # distances from the Gram matrix once, in place (a step is then one minimum)
+        gram = _to_np(x @ x.T)
+        np.maximum(np.subtract(1.0, gram, out=gram), 0.0, out=gram)
     xn = None if gram is not None else _to_np(x)
 
     def dist(j: int) -> np.ndarray:
-        row = gram[j] if gram is not None else (xn @ xn[j]).astype(np.float64)
-        return np.maximum(1.0 - row, 0.0)
+        if gram is not None:
+            return gram[j]
+        return np.maximum(1.0 - (xn @ xn[j]).astype(np.float64), 0.0)
 
     idx = np.empty(k, dtype=np.int64)
     chosen = np.zeros(n, dtype=bool)
     j = int(gen.integers(n))
     idx[0] = j
     chosen[j] = True
-    d2 = dist(j)
+    d2 = dist(j).copy()
     d2[j] = 0.0
     for t in range(1, k):
         cum = np.cumsum(d2, dtype=np.float64)
@@ -336,8 +340,11 @@ def _spherical_kmeans(
         sums = _segment_sums(x, labels, k)
         counts = torch.bincount(labels, minlength=k)
         nrm = sums.norm(dim=1, keepdim=True)
-        # clusters whose members cancel out (or empty ones) keep their centre
-        new_c = torch.where(nrm > 1e-6, sums / nrm.clamp_min(1e-12), centres)
+        # clusters whose members cancel out (or empty ones) keep their centre;
+        # in place on the sums (fewer small ops per iteration)
+        keep = (nrm[:, 0] <= 1e-6).nonzero().flatten()
+        new_c = sums.div_(nrm.clamp_min_(1e-12))
+        new_c[keep] = centres[keep]
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
             # worst-served rows become the new centres of empty clusters
@@ -563,6 +570,9 @@ class _Probes:
         self.n = n
         self.L = len(leaves)
         self.leaf_cent = torch.stack([_normalise_t(x[torch.as_tensor(r)].sum(0, keepdim=True))[0] for r in leaves])
+        self.own = np.empty(n, dtype=np.int64)
+        for li, rows in enumerate(leaves):
+            self.own[rows] = li
         self.P = P = min(n_probe, self.L)
         if probe is not None and probe.shape[1] >= P:
             probe = probe[:, :P]  # given (the coarse split's last pass): own leaf first
@@ -570,23 +580,17 @@ class _Probes:
             # every leaf is scored (N x L once): probes restricted to the leaves
             # whose centroids are near the row's own missed the leaves that share
             # its topic (intra-cluster cosine -0.01 at 100k)
-            own = np.empty(n, dtype=np.int64)
-            for li, rows in enumerate(leaves):
-                own[rows] = li
-            probe = self.nearest_leaves(x, None, P, own, chunk)
+            probe = self.nearest_leaves(x, P, chunk)
         self.seg_slot = _group_by_leaf(probe, self.L)
         self.by_leaf: list[np.ndarray] = []
+        self._nb: np.ndarray | None = None
 
-    def nearest_leaves(self, x: torch.Tensor, rows: np.ndarray | None, P: int, own: np.ndarray | None = None,
-                       chunk: int = 16384) -> np.ndarray:
-        """(rows, P) nearest leaves of each row (own leaf first where given)."""
-        n = x.shape[0] if rows is None else len(rows)
-        probe = np.empty((n, P), dtype=np.int64)
-        for a in range(0, n, chunk):
-            xa = x[a: a + chunk] if rows is None else x[torch.as_tensor(rows[a: a + chunk])]
-            s = xa @ self.leaf_cent.T
-            if own is not None:
-                s[torch.arange(s.shape[0]), torch.as_tensor(own[a: a + chunk])] = float("inf")
+    def nearest_leaves(self, x: torch.Tensor, P: int, chunk: int = 16384) -> np.ndarray:
+        """(N, P) nearest leaves of each row, its own first."""
+        probe = np.empty((self.n, P), dtype=np.int64)
+        for a in range(0, self.n, chunk):
+            s = x[a: a + chunk] @ self.leaf_cent.T
+            s[torch.arange(s.shape[0]), torch.as_tensor(self.own[a: a + chunk])] = float("inf")
             probe[a: a + chunk] = _top_m(s, P)[0]
         return probe
 
@@ -606,13 +610,38 @@ class _Probes:
         return _probe_search(x, None, self.seg_slot, self.P, self.by_leaf, centres, m)
 
     def open_candidates(self, x: torch.Tensor, centres: torch.Tensor, room: np.ndarray, rows: np.ndarray,
-                        n_probe: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """Candidates for ``rows`` among the centres that still have room, in
-        their ``n_probe`` nearest leaves (centres as attached by the last topm)."""
-        P = min(n_probe, self.L)
-        seg = _group_by_leaf(self.nearest_leaves(x, rows, P), self.L)
+                        n_leaves: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(len(rows), m) candidates (-1 = none) among the centres that still
+        have room: the rows of each leaf search the open centres of the
+        ``n_leaves`` leaves whose centroids are nearest to their leaf's (its
+        own first; centres as attached by the last topm).  One matmul per
+        leaf, no rows x probes buffer (leftover rows are ~5% of N)."""
+        m = max(1, m)
+        nb = self._leaf_neighbours(n_leaves)
+        out_i = np.full((len(rows), m), -1, dtype=np.int64)
+        out_s = np.full((len(rows), m), -np.inf, dtype=np.float32)
         open_by_leaf = [c[room[c] > 0] for c in self.by_leaf]
-        return _probe_search(x, rows, seg, P, open_by_leaf, centres, max(1, m))
+        for li, pos in enumerate(_by_label(self.own[rows], self.L)):
+            if len(pos) == 0:
+                continue
+            cidx = np.concatenate([open_by_leaf[j] for j in nb[li]])
+            if len(cidx) == 0:
+                continue
+            i, v = _top_m(x[torch.as_tensor(rows[pos])] @ centres[torch.as_tensor(cidx)].T, m)
+            out_i[pos, : i.shape[1]] = cidx[i]
+            out_s[pos, : i.shape[1]] = v
+        return out_i, out_s
+
+    def _leaf_neighbours(self, t: int, chunk: int = 4096) -> np.ndarray:
+        """(L, t) leaves with the most similar centroids, each leaf itself first."""
+        t = min(t, self.L)
+        if self._nb is None or self._nb.shape[1] != t:
+            self._nb = np.empty((self.L, t), dtype=np.int64)
+            for a in range(0, self.L, chunk):
+                s = self.leaf_cent[a: a + chunk] @ self.leaf_cent.T
+                s[torch.arange(s.shape[0]), torch.arange(a, a + s.shape[0])] = float("inf")
+                self._nb[a: a + chunk] = _top_m(s, t)[0]
+        return self._nb
 
 
 def _assign_rounds(
@@ -861,7 +890,7 @@ def capacity_constrained_clusters(
     init: str = "kmeans++",
     partition: str = "flat",
     partition_sample: int | None = 131072,
-    fill_probes: int = 32,
+    fill_probes: int = 8,
     fill_dense_pairs: int = 1 << 27,
 ) -> ClusterResult:
     """Capacity-constrained clustering (see module docstring).

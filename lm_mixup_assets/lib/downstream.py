@@ -222,9 +222,9 @@ _BASE_FILES = (".safetensors", ".bin", ".json")
 
 
 def adapter_model_folder(adapter_dir: str | Path, target: str | Path) -> str:
-    """One folder that transformers (so lm-eval's hf backend) loads as base + adapter, with no second copy
-    of the base weights: the base folder's config and weight files are linked, the adapter's files and
-    the tokenizer copied (transformers attaches the adapter it finds next to the weights). The base must
+    """One folder that transformers (so lm-eval's hf backend) loads as base + adapter, with no copy of
+    either: links to the base folder's config and weight files and to the adapter folder's files (its
+    tokenizer included); transformers attaches the adapter it finds next to the weights. The base must
     be a local folder; vLLM ignores the adapter, so give it :func:`merge_adapter`'s folder instead."""
     adapter_dir, target = Path(adapter_dir), Path(target)
     base = Path(adapter_base(adapter_dir))
@@ -240,7 +240,7 @@ def adapter_model_folder(adapter_dir: str | Path, target: str | Path) -> str:
             os.symlink(f.resolve(), tmp / f.name)
     for f in adapter_dir.iterdir():
         if f.is_file():
-            shutil.copy2(f, tmp / f.name)
+            os.symlink(f.resolve(), tmp / f.name)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return str(target)

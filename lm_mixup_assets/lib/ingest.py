@@ -630,7 +630,7 @@ def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResul
     for rec in iter_records(spec):
         input_rows += 1
 
-        def reject(reason: str) -> None:
+        def reject(reason: str, rec=rec) -> None:  # bound now: the closure is called within this iteration only
             rejected.append({"source": spec.name, "file": rec.file, "position": rec.position, "locator": rec.locator,
                              "reason": reason, "raw_text": rec.raw_text[:RAW_TEXT_LIMIT]})
 

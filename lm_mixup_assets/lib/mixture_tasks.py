@@ -172,7 +172,7 @@ def _validate_mcq(text: str) -> list[str]:
     question, options, answer, between = _parse_mcq(text)
     if not question:
         reasons.append("missing question before the options")
-    letters = [l for l, _ in options]
+    letters = [letter for letter, _ in options]
     if letters != ["A", "B", "C", "D"]:
         reasons.append(f"expected four options A) B) C) D) in order, found {letters or 'none'}")
     for letter, opt in options:
