@@ -54,15 +54,19 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 OLD_PATH = {"partition": "tree", "fill_probes": 0, "global_iters": 3, "refine_iters": 1}
 
 
-def make_data(n: int, d: int, topics: int, noise: float, seed: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def make_data(
+    n: int, d: int, topics: int, noise: float, seed: int, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     t = rng.standard_normal((topics, d)).astype(np.float32)
     t /= np.linalg.norm(t, axis=1, keepdims=True)
     topic = rng.integers(topics, size=n)
     x = np.empty((n, d), dtype=np.float32)
     for a in range(0, n, chunk):  # the same stream as one (n, d) draw, without N x d temporaries
-        xa = t[topic[a: a + chunk]] + noise * rng.standard_normal((len(topic[a: a + chunk]), d)).astype(np.float32) / np.sqrt(d)
-        x[a: a + chunk] = xa / np.linalg.norm(xa, axis=1, keepdims=True)
+        xa = t[topic[a : a + chunk]] + noise * rng.standard_normal((len(topic[a : a + chunk]), d)).astype(
+            np.float32
+        ) / np.sqrt(d)
+        x[a : a + chunk] = xa / np.linalg.norm(xa, axis=1, keepdims=True)
     return x, topic
 
 
@@ -107,31 +111,69 @@ def worker(a: argparse.Namespace) -> None:
     peak = peak_rss_mb()
     sizes = res.sizes
     hist = np.bincount(sizes)
-    print(json.dumps({
-        "n": n, "seconds": secs, "cpu_seconds": cpu, "loadavg_1m": os.getloadavg()[0],
-        "data_rss_mb": data_rss, "peak_rss_mb": peak, "k": len(sizes),
-        "min_size": int(sizes.min()), "max_size": int(sizes.max()),
-        "within_bounds": bool(sizes.min() >= lo and sizes.max() <= hi and sizes.sum() == n),
-        "intra_cos": mean_cosine_to_cluster_mean(x, res.labels), "purity": purity(res.labels, topic),
-        "size_hist": ",".join(f"{s}:{c}" for s, c in enumerate(hist) if c),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "seconds": secs,
+                "cpu_seconds": cpu,
+                "loadavg_1m": os.getloadavg()[0],
+                "data_rss_mb": data_rss,
+                "peak_rss_mb": peak,
+                "k": len(sizes),
+                "min_size": int(sizes.min()),
+                "max_size": int(sizes.max()),
+                "within_bounds": bool(sizes.min() >= lo and sizes.max() <= hi and sizes.sum() == n),
+                "intra_cos": mean_cosine_to_cluster_mean(x, res.labels),
+                "purity": purity(res.labels, topic),
+                "size_hist": ",".join(f"{s}:{c}" for s, c in enumerate(hist) if c),
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_one(a: argparse.Namespace, algo: str, n: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker-algo", algo, "--worker-n", str(n),
-           "--dim", str(a.dim), "--topics", str(a.topics), "--noise", str(a.noise), "--seed", str(a.seed),
-           "--min-size", str(a.min_size), "--max-size", str(a.max_size), "--threads", str(a.threads),
-           "--repeat", str(a.repeat)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker-algo",
+        algo,
+        "--worker-n",
+        str(n),
+        "--dim",
+        str(a.dim),
+        "--topics",
+        str(a.topics),
+        "--noise",
+        str(a.noise),
+        "--seed",
+        str(a.seed),
+        "--min-size",
+        str(a.min_size),
+        "--max-size",
+        str(a.max_size),
+        "--threads",
+        str(a.threads),
+        "--repeat",
+        str(a.repeat),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def report(name: str, r: dict) -> None:
     n = r["n"]
-    print(f"{name} n={n} seconds={r['seconds']:.2f} peak_rss_mb={r['peak_rss_mb']:.0f} k={r['k']} "
-          f"min_size={r['min_size']} max_size={r['max_size']} intra_cos={r['intra_cos']:.4f}", flush=True)
-    print(f"{name} n={n} cpu_seconds={r['cpu_seconds']:.2f} loadavg_1m={r['loadavg_1m']:.2f} "
-          f"data_rss_mb={r['data_rss_mb']:.0f}", flush=True)
+    print(
+        f"{name} n={n} seconds={r['seconds']:.2f} peak_rss_mb={r['peak_rss_mb']:.0f} k={r['k']} "
+        f"min_size={r['min_size']} max_size={r['max_size']} intra_cos={r['intra_cos']:.4f}",
+        flush=True,
+    )
+    print(
+        f"{name} n={n} cpu_seconds={r['cpu_seconds']:.2f} loadavg_1m={r['loadavg_1m']:.2f} "
+        f"data_rss_mb={r['data_rss_mb']:.0f}",
+        flush=True,
+    )
     print(f"{name} n={n} purity={r['purity']:.4f}", flush=True)
     print(f"{name} n={n} sizes_within_bounds={r['within_bounds']} size_hist={r['size_hist']}", flush=True)
 
@@ -159,8 +201,11 @@ def main(argv: list[str] | None = None) -> None:
         return {int(s) for s in str(text).split(",") if s.strip() and int(s) > 0}
 
     sizes, base, old = sizes_of(a.sizes), sizes_of(a.baseline_n), sizes_of(a.old_n)
-    print(f"config dim={a.dim} topics={a.topics} noise={a.noise} threads={a.threads} "
-          f"min_size={a.min_size} max_size={a.max_size}", flush=True)
+    print(
+        f"config dim={a.dim} topics={a.topics} noise={a.noise} threads={a.threads} "
+        f"min_size={a.min_size} max_size={a.max_size}",
+        flush=True,
+    )
     for n in sorted(sizes | base | old):
         x, _ = make_data(min(n, 200000), a.dim, a.topics, a.noise, a.seed)
         i, j = np.random.default_rng(0).integers(len(x), size=(2, 20000))

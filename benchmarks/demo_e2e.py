@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # "  per_source_job[chatterbot]: ok in 12.3s (peak memory so far 1.20 GB); reused sft_checkpoint, ..."
-JOB_LINE = re.compile(r"^  (?P<job>\w+(?:\[[^\]]+\])?): (?P<status>ok|FAILED) in (?P<seconds>[\d.]+)s"
-                      r"(?: \(peak memory so far [\d.]+ GB\))?(?:; reused (?P<reused>[^;]+))?")
+JOB_LINE = re.compile(
+    r"^  (?P<job>\w+(?:\[[^\]]+\])?): (?P<status>ok|FAILED) in (?P<seconds>[\d.]+)s"
+    r"(?: \(peak memory so far [\d.]+ GB\))?(?:; reused (?P<reused>[^;]+))?"
+)
 
 
 DONE_LINE = re.compile(r"^done in \d+s, peak memory (?P<gb>[\d.]+) GB")
@@ -35,8 +37,13 @@ DONE_LINE = re.compile(r"^done in \d+s, peak memory (?P<gb>[\d.]+) GB")
 def run_demo(home: Path, env: dict, sources: list[str]) -> dict:
     started = time.monotonic()
     cmd = [sys.executable, "-m", "lm_mixup_assets.cli", "demo", *[a for s in sources for a in ("--source", s)]]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**env, "LM_MIXUP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")},
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**env, "LM_MIXUP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")},
+        capture_output=True,
+        text=True,
+    )
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(f"demo failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -44,8 +51,13 @@ def run_demo(home: Path, env: dict, sources: list[str]) -> dict:
     jobs = [m.groupdict() for m in map(JOB_LINE.match, lines) if m]
     # The demo reports its own peak (getrusage of its process); ru_maxrss of our children would mix both runs.
     done = next((m for m in map(DONE_LINE.match, lines) if m), None)
-    return {"seconds": seconds, "jobs": jobs, "peak_rss_bytes": float(done["gb"]) * 2**30 if done else float("nan"),
-            "disk_bytes": disk_usage(home), "stdout": proc.stdout}
+    return {
+        "seconds": seconds,
+        "jobs": jobs,
+        "peak_rss_bytes": float(done["gb"]) * 2**30 if done else float("nan"),
+        "disk_bytes": disk_usage(home),
+        "stdout": proc.stdout,
+    }
 
 
 def disk_usage(folder: Path) -> int:
@@ -71,8 +83,10 @@ def fresh_ratings(home: Path) -> int:
 def report(label: str, run: dict, requests: int) -> None:
     print(f"demo_{label}_seconds={run['seconds']:.1f}")
     for job in run["jobs"]:
-        print(f"demo_{label}_job {job['job']} {job['status']} {float(job['seconds']):.1f}s"
-              + (f" reused: {job['reused']}" if job["reused"] else ""))
+        print(
+            f"demo_{label}_job {job['job']} {job['status']} {float(job['seconds']):.1f}s"
+            + (f" reused: {job['reused']}" if job["reused"] else "")
+        )
     print(f"demo_{label}_peak_rss_gb={run['peak_rss_bytes'] / 2**30:.2f}")
     print(f"demo_{label}_home_disk_gb={run['disk_bytes'] / 2**30:.2f}")
     print(f"demo_{label}_judge_requests={requests}")
@@ -85,15 +99,27 @@ def main() -> None:
     ap.add_argument("--home", type=Path, help="keep the home here (must not exist yet)")
     ap.add_argument("--source", action="append", default=[], help="only this source (repeatable)")
     args = ap.parse_args()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "LM_MIXUP_PROFILE": "demo"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "LM_MIXUP_PROFILE": "demo",
+    }
     server = None
     if args.judge == "openai":
         from tests.openai_server import OpenAICompatServer
 
         server = OpenAICompatServer(latency_s=args.latency).start()
-        env.update({"LM_MIXUP_JUDGE_BACKEND": "openai", "LM_MIXUP_JUDGE_BASE_URL": server.base_url,
-                    "LM_MIXUP_JUDGE_MODEL": "bench-judge", "LM_MIXUP_JUDGE_CONCURRENCY": "64", "OPENAI_API_KEY": "bench"})
+        env.update(
+            {
+                "LM_MIXUP_JUDGE_BACKEND": "openai",
+                "LM_MIXUP_JUDGE_BASE_URL": server.base_url,
+                "LM_MIXUP_JUDGE_MODEL": "bench-judge",
+                "LM_MIXUP_JUDGE_CONCURRENCY": "64",
+                "OPENAI_API_KEY": "bench",
+            }
+        )
     if args.home and args.home.exists():
         sys.exit(f"{args.home} exists: the benchmark starts from an empty home")
     tmp = None if args.home else tempfile.TemporaryDirectory()

@@ -34,13 +34,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from lm_mixup_assets.lib.eval_tasks import (bootstrap_mean_ci, build_smoke_tasks, evaluate_model,  # noqa: E402
-                                            smoke_benchmarks)
+from lm_mixup_assets.config import resolved_settings  # noqa: E402
+from lm_mixup_assets.lib.eval_tasks import bootstrap_mean_ci, build_smoke_tasks, evaluate_model, smoke_benchmarks  # noqa: E402
 from lm_mixup_assets.lib.heldout import build_heldout_task, heldout_benchmark  # noqa: E402
 from lm_mixup_assets.lib.models import resolve_causal_lm  # noqa: E402
-from lm_mixup_assets.lib.training import vllm_available  # noqa: E402
-from lm_mixup_assets.config import resolved_settings  # noqa: E402
 from lm_mixup_assets.lib.settings.evaluation import LmEvalSettings  # noqa: E402
+from lm_mixup_assets.lib.training import vllm_available  # noqa: E402
 
 
 def main() -> None:
@@ -69,12 +68,20 @@ def main() -> None:
         for bench in smoke_benchmarks(args.limit):
             task = bench.headline_task
             t0 = time.perf_counter()
-            run = evaluate_model(model, [bench], built.folder, batch_size=args.batch_size, backend=backend,
-                                 chat_template=args.chat_template)
+            run = evaluate_model(
+                model,
+                [bench],
+                built.folder,
+                batch_size=args.batch_size,
+                backend=backend,
+                chat_template=args.chat_template,
+            )
             seconds = time.perf_counter() - t0
             n = next(s["n_samples"] for s in run.scores if s["task"] == task)
-            print(f"{task} backend={backend} model={args.model} chat_template={args.chat_template} items={n} seconds={seconds:.1f} "
-                  f"seconds_per_100_items={100 * seconds / n:.1f}")
+            print(
+                f"{task} backend={backend} model={args.model} chat_template={args.chat_template} items={n} seconds={seconds:.1f} "
+                f"seconds_per_100_items={100 * seconds / n:.1f}"
+            )
             print(f"# loadavg_1min {os.getloadavg()[0]:.2f}")
 
 
@@ -98,20 +105,37 @@ def heldout(model: str, args, backend: str) -> None:
         t0 = time.perf_counter()
         built = build_heldout_task(folder, demo_pool_rows(args.heldout_rows, args.heldout_sources), model)
         build_smoke_tasks(folder)
-        print(f"# task files built in {time.perf_counter() - t0:.1f}s; held-out rows {built.items}, "
-              f"skipped {len(built.skipped)}")
+        print(
+            f"# task files built in {time.perf_counter() - t0:.1f}s; held-out rows {built.items}, "
+            f"skipped {len(built.skipped)}"
+        )
         for bench in (heldout_benchmark(),) + (() if args.no_mmlu else (mmlu,)):
             t0 = time.perf_counter()
-            run = evaluate_model(model, [bench], folder, batch_size=args.batch_size, backend=backend,
-                                 chat_template=args.chat_template, per_item=True)
+            run = evaluate_model(
+                model,
+                [bench],
+                folder,
+                batch_size=args.batch_size,
+                backend=backend,
+                chat_template=args.chat_template,
+                per_item=True,
+            )
             seconds = time.perf_counter() - t0
             metric, filt = bench.headline
-            score = next(s for s in run.scores if (s["task"], s["metric"], s["filter"]) == (bench.headline_task, metric, filt))
-            values = [r["value"] for r in run.item_scores if (r["task"], r["metric"], r["filter"]) == (bench.headline_task, metric, filt)]
+            score = next(
+                s for s in run.scores if (s["task"], s["metric"], s["filter"]) == (bench.headline_task, metric, filt)
+            )
+            values = [
+                r["value"]
+                for r in run.item_scores
+                if (r["task"], r["metric"], r["filter"]) == (bench.headline_task, metric, filt)
+            ]
             ci = bootstrap_mean_ci(values)
-            print(f"{bench.headline_task} metric={metric} backend={backend} model={args.model} items={ci.n} "
-                  f"seconds={seconds:.1f} mean={ci.mean:.4f} stderr={score['stderr']:.4f} "
-                  f"ci95=[{ci.low:.4f}, {ci.high:.4f}] ci95_width={ci.width:.4f}")
+            print(
+                f"{bench.headline_task} metric={metric} backend={backend} model={args.model} items={ci.n} "
+                f"seconds={seconds:.1f} mean={ci.mean:.4f} stderr={score['stderr']:.4f} "
+                f"ci95=[{ci.low:.4f}, {ci.high:.4f}] ci95_width={ci.width:.4f}"
+            )
             print(f"# loadavg_1min {os.getloadavg()[0]:.2f}")
 
 

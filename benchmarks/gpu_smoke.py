@@ -61,10 +61,19 @@ def _free_cuda() -> None:
 
 
 def _chats(n: int) -> list[list[dict]]:
-    topics = ["photosynthesis", "the French revolution", "binary search", "plate tectonics", "the immune system",
-              "compound interest", "the water cycle", "Newton's laws"]
-    return [[{"role": "user", "content": f"Explain {topics[i % len(topics)]} in three sentences. ({i})"}]
-            for i in range(n)]
+    topics = [
+        "photosynthesis",
+        "the French revolution",
+        "binary search",
+        "plate tectonics",
+        "the immune system",
+        "compound interest",
+        "the water cycle",
+        "Newton's laws",
+    ]
+    return [
+        [{"role": "user", "content": f"Explain {topics[i % len(topics)]} in three sentences. ({i})"}] for i in range(n)
+    ]
 
 
 def bench_generate(model_path: str, n: int, new_tokens: int) -> None:
@@ -102,18 +111,38 @@ def bench_grpo(model_path: str, out_dir: str) -> None:
     from lm_mixup_assets.lib.settings.training import GRPOSettings
     from lm_mixup_assets.lib.training import run_grpo
 
-    rows = [{"instruction": "Merge the variants into one accurate answer.", "input": f"Variant: the sky is blue ({i}).",
-             "output": "The sky is blue.", "cot": "", "task": "qa"} for i in range(8)]
+    rows = [
+        {
+            "instruction": "Merge the variants into one accurate answer.",
+            "input": f"Variant: the sky is blue ({i}).",
+            "output": "The sky is blue.",
+            "cot": "",
+            "task": "qa",
+        }
+        for i in range(8)
+    ]
 
     def reward_length(completions, **_):  # a cheap reward: the GPU path is what is measured here
         return [min(len(str(c)), 200) / 200 for c in completions]
 
-    settings = GRPOSettings(max_steps=3, num_generations=4, per_device_train_batch_size=4,
-                            gradient_accumulation_steps=1, steps_per_generation=0, max_completion_length=64,
-                            max_prompt_length=512, save_steps=10_000, use_vllm=True, prompt_layout="chat", resume=False)
+    settings = GRPOSettings(
+        max_steps=3,
+        num_generations=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        steps_per_generation=0,
+        max_completion_length=64,
+        max_prompt_length=512,
+        save_steps=10_000,
+        use_vllm=True,
+        prompt_layout="chat",
+        resume=False,
+    )
     started = time.perf_counter()
     result = run_grpo(model_path, rows, [reward_length], out_dir, settings)
-    print(f"grpo use_vllm={result.use_vllm} steps={result.steps} seconds={time.perf_counter() - started:.1f}", flush=True)
+    print(
+        f"grpo use_vllm={result.use_vllm} steps={result.steps} seconds={time.perf_counter() - started:.1f}", flush=True
+    )
     _free_cuda()
 
 
@@ -125,11 +154,15 @@ def bench_lm_eval(model_path: str, cache_dir: str) -> None:
 
     built = build_smoke_tasks(os.path.join(cache_dir, "eval_tasks"))
     started = time.perf_counter()
-    run = evaluate_model(model_path, smoke_benchmarks(), include_path=built.folder, limit=32, batch_size=16,
-                         backend="vllm")
+    run = evaluate_model(
+        model_path, smoke_benchmarks(), include_path=built.folder, limit=32, batch_size=16, backend="vllm"
+    )
     items = sum(int(s.get("n_samples") or 0) for s in run.scores) or "?"
-    print(f"lm_eval backend=vllm tasks={len(smoke_benchmarks())} items={items} "
-          f"seconds={time.perf_counter() - started:.1f}", flush=True)
+    print(
+        f"lm_eval backend=vllm tasks={len(smoke_benchmarks())} items={items} "
+        f"seconds={time.perf_counter() - started:.1f}",
+        flush=True,
+    )
     _free_cuda()
 
 
@@ -158,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu_smoke skipped: no CUDA device (torch.cuda.is_available() is False)")
         return 0
-    print(f"# device {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
-          f"vllm {'present' if importlib.util.find_spec('vllm') else 'absent'}", flush=True)
+    print(
+        f"# device {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+        f"vllm {'present' if importlib.util.find_spec('vllm') else 'absent'}",
+        flush=True,
+    )
     from lm_mixup_assets.lib.models import resolve_causal_lm
 
     os.makedirs(args.cache_dir, exist_ok=True)
@@ -177,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             bench_lm_eval(model_path, args.cache_dir)
         else:
             bench_embed(args.embed_rows)
-        print(f"memory after={step} cuda_allocated_mb={_cuda_allocated_mb():.0f} device_used_mb={_device_used_mb():.0f} "
-              f"step_seconds={time.perf_counter() - t:.1f}", flush=True)
+        print(
+            f"memory after={step} cuda_allocated_mb={_cuda_allocated_mb():.0f} device_used_mb={_device_used_mb():.0f} "
+            f"step_seconds={time.perf_counter() - t:.1f}",
+            flush=True,
+        )
     print(f"gpu_smoke seconds={time.perf_counter() - started:.1f}")
     return 0
 

@@ -18,7 +18,6 @@ ours (one concurrency's worth / 0.5 s), fresh prompts each (``--skip-flush`` ski
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -114,7 +113,9 @@ def run_thread_baseline(base_url: str, prompts: list[str], concurrency: int) -> 
     return elapsed
 
 
-def run_cache_cadence(base_url: str, n: int, concurrency: int, flush_every: int, flush_seconds: float, tag: str) -> None:
+def run_cache_cadence(
+    base_url: str, n: int, concurrency: int, flush_every: int, flush_seconds: float, tag: str
+) -> None:
     """rows/s of rate_with_cache into a fresh DuckDB file, and how many commits it made."""
     import tempfile
     from functools import partial
@@ -127,15 +128,25 @@ def run_cache_cadence(base_url: str, n: int, concurrency: int, flush_every: int,
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "warehouse.duckdb"
         t0 = time.perf_counter()
-        result = rate_with_cache(prompts, [f"{tag}-{i}" for i in range(n)], partial(connect, db), client.rate_all,
-                                 backend="openai", model=MODEL, rubric_version="bench",
-                                 flush_every=flush_every, flush_seconds=flush_seconds)
+        result = rate_with_cache(
+            prompts,
+            [f"{tag}-{i}" for i in range(n)],
+            partial(connect, db),
+            client.rate_all,
+            backend="openai",
+            model=MODEL,
+            rubric_version="bench",
+            flush_every=flush_every,
+            flush_seconds=flush_seconds,
+        )
         elapsed = time.perf_counter() - t0
         with connect(db) as con:
             stored = con.execute("select count(*) from judge_cache").fetchall()[0][0]
     assert stored == n, f"{stored} of {n} answers in judge_cache"
-    print(f"cache_cadence_{tag} flush_every={flush_every} flush_seconds={flush_seconds} rows_per_s={n / elapsed:.1f} "
-          f"commits={result.cache_writes} commit_seconds={result.cache_write_seconds:.2f}")
+    print(
+        f"cache_cadence_{tag} flush_every={flush_every} flush_seconds={flush_seconds} rows_per_s={n / elapsed:.1f} "
+        f"commits={result.cache_writes} commit_seconds={result.cache_write_seconds:.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"openai_judge rows_per_s={rate:.1f}")
         print(f"ideal_rows_per_s={ideal:.1f}")
         print(f"openai_judge_ratio={rate / ideal:.3f}")
-        print(f"server_requests={stats['requests']} server_max_in_flight={stats['max_in_flight']} server_connections={stats['connections']}")
+        print(
+            f"server_requests={stats['requests']} server_max_in_flight={stats['max_in_flight']} server_connections={stats['connections']}"
+        )
 
         # --- baseline: thread pool of blocking clients, same server, fresh prompts
         if not args.skip_baseline:
@@ -177,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         before = srv.request_count()
         missing = [p for p in prompts if p not in cache]
         t0 = time.perf_counter()
-        fresh = OpenAIJudgeClient(base_url=srv.base_url, api_key=API_KEY, model=MODEL, concurrency=args.concurrency).rate_all(missing)
+        fresh = OpenAIJudgeClient(
+            base_url=srv.base_url, api_key=API_KEY, model=MODEL, concurrency=args.concurrency
+        ).rate_all(missing)
         cache.update(zip(missing, fresh))
         second = [cache[p] for p in prompts]
         second_elapsed = time.perf_counter() - t0

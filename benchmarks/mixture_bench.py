@@ -46,9 +46,9 @@ def synthetic_targets(n: int, d: int = 384, seed: int = 0):
     art = rng.standard_normal((int(titles.max()) + 1, d)).astype(np.float32)  # article directions
     vectors = np.empty((n, d), dtype=np.float32)
     for a in range(0, n, 16384):  # in chunks: no N x d temporaries beyond the result
-        t = titles[a: a + 16384]
+        t = titles[a : a + 16384]
         v = art[t] + rng.standard_normal((len(t), d)).astype(np.float32)
-        vectors[a: a + 16384] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        vectors[a : a + 16384] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return vectors, np.array([f"article {i}" for i in titles], dtype=object)
 
 
@@ -70,9 +70,13 @@ def pairing_worker(n: int, k: int, check: bool) -> None:
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     got = cross_group_neighbours(vectors, titles, k)
-    out = {"n": n, "seconds": time.perf_counter() - t0, "data_rss_mb": rss_data,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "partners_per_target": float((got >= 0).sum(axis=1).mean())}
+    out = {
+        "n": n,
+        "seconds": time.perf_counter() - t0,
+        "data_rss_mb": rss_data,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "partners_per_target": float((got >= 0).sum(axis=1).mean()),
+    }
     if check:
         t0 = time.perf_counter()
         want = dense_partners(vectors, titles, k)
@@ -89,14 +93,20 @@ def run_pairing(n: int, k: int, check: bool) -> dict:
 def pairing_bench(n: int, check_n: int, k: int) -> None:
     if check_n:
         r = run_pairing(check_n, k, True)
-        print(f"pairing_check n={check_n} knn_seconds={r['seconds']:.2f} dense_seconds={r['dense_seconds']:.2f} "
-              f"identical={r['identical']}", flush=True)
+        print(
+            f"pairing_check n={check_n} knn_seconds={r['seconds']:.2f} dense_seconds={r['dense_seconds']:.2f} "
+            f"identical={r['identical']}",
+            flush=True,
+        )
     if n:
         r = run_pairing(n, k, False)
         dense_gb = n * n * (4 + 1 + 4) / 1e9  # float32 sims, bool same-article mask, float32 np.where result
-        print(f"pairing n={n} k={k} seconds={r['seconds']:.1f} peak_rss_mb={r['peak_rss_mb']:.0f} "
-              f"data_rss_mb={r['data_rss_mb']:.0f} partners_per_target={r['partners_per_target']:.2f} "
-              f"dense_would_need_gb={dense_gb:.0f}", flush=True)
+        print(
+            f"pairing n={n} k={k} seconds={r['seconds']:.1f} peak_rss_mb={r['peak_rss_mb']:.0f} "
+            f"data_rss_mb={r['data_rss_mb']:.0f} partners_per_target={r['partners_per_target']:.2f} "
+            f"dense_would_need_gb={dense_gb:.0f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -128,9 +138,13 @@ def main() -> None:
         args.variants = PROFILES["paper"]["mixture"]["variants_per_target"]
         args.max_variants = PROFILES["paper"]["mixture"]["max_variants"]
     assets = [a for a in definitions.defs.assets if set(a.group_names_by_key.values()) == {"mixture"}]
-    config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": args.paragraphs}},
-                      "mixture_variants": {"config": {"variants_per_target": args.variants}},
-                      "mixture": {"config": {"max_variants": args.max_variants}}}}
+    config = {
+        "ops": {
+            "wiki_paragraphs": {"config": {"max_paragraphs": args.paragraphs}},
+            "mixture_variants": {"config": {"variants_per_target": args.variants}},
+            "mixture": {"config": {"max_variants": args.max_variants}},
+        }
+    }
     with tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
         result = dg.materialize(assets, resources=build_resources(home=tmp), run_config=config)

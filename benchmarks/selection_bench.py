@@ -47,11 +47,11 @@ def numpy_brute_force(x: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
     """Baseline: full similarity blocks, self masked, argpartition for the k largest."""
     out = np.empty(len(x), dtype=np.float64)
     for start in range(0, len(x), block):
-        sims = x[start:start + block] @ x.T
+        sims = x[start : start + block] @ x.T
         rows = np.arange(sims.shape[0])
         sims[rows, rows + start] = -np.inf
         top = np.take_along_axis(sims, np.argpartition(-sims, k - 1, axis=1)[:, :k], axis=1)
-        out[start:start + block] = (1.0 - top.astype(np.float64)).mean(axis=1)
+        out[start : start + block] = (1.0 - top.astype(np.float64)).mean(axis=1)
     return out
 
 
@@ -83,9 +83,16 @@ def bench_generation(n_inputs: int, max_new_tokens: int, distiller: str | None) 
     spec: SourceSpec = load_manifest("demo").sources["chatterbot"]
     rows = ingest_source(spec).rows.head(3 * n_inputs)
     pairs = list(zip(rows["prompt"], rows["completion"]))
-    chats = [[{"role": "system", "content": SYSTEM_PROMPT},
-              {"role": "user", "content": user_turn({"instruction": POOL_MERGE_INSTRUCTION, "input": merge_members(pairs[i:i + 3])})}]
-             for i in range(0, 3 * n_inputs, 3)]
+    chats = [
+        [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {
+                "role": "user",
+                "content": user_turn({"instruction": POOL_MERGE_INSTRUCTION, "input": merge_members(pairs[i : i + 3])}),
+            },
+        ]
+        for i in range(0, 3 * n_inputs, 3)
+    ]
     gen = GeneratorResource(**resource_values("generator", GeneratorResource))
     with tempfile.TemporaryDirectory() as home:
         warehouse = WarehouseResource(home=home)
@@ -97,8 +104,10 @@ def bench_generation(n_inputs: int, max_new_tokens: int, distiller: str | None) 
         outs, _ = gen.generate(chats[1:], warehouse, model=model, max_new_tokens=max_new_tokens, temperature=0.0)
         seconds = time.perf_counter() - t0
     tokens = sum(o.completion_tokens for o in outs)
-    print(f"generation backend={gen.backend} model={model} inputs={len(outs)} batch={gen.batch_size} "
-          f"max_new_tokens={max_new_tokens} load_seconds={load_s:.1f}")
+    print(
+        f"generation backend={gen.backend} model={model} inputs={len(outs)} batch={gen.batch_size} "
+        f"max_new_tokens={max_new_tokens} load_seconds={load_s:.1f}"
+    )
     print(f"generation seconds={seconds:.1f} new_tokens={tokens} tokens_per_s={tokens / seconds:.1f}")
     print(f"# loadavg_1min {os.getloadavg()[0]:.2f}")
 

@@ -82,8 +82,16 @@ def make_rows(n: int = 8, seed: int = 0) -> list[dict]:
         variants = [v for v, _ in make_variants(target, task, rng=seed + i, n=3)]
         if len(variants) < 2:
             continue
-        rows.append({"task": task, "instruction": "", "input": distill_user_turn(task, variants), "output": target,
-                     "cot": "", "n_variants": len(variants)})
+        rows.append(
+            {
+                "task": task,
+                "instruction": "",
+                "input": distill_user_turn(task, variants),
+                "output": target,
+                "cot": "",
+                "n_variants": len(variants),
+            }
+        )
     return rows
 
 
@@ -96,9 +104,18 @@ def tiny_model(cache_dir: str) -> str:
     if os.path.exists(os.path.join(folder, "config.json")):
         return folder
     tok = load_tokenizer("smollm2", cache_dir)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -150,10 +167,22 @@ def emit_load() -> None:
 def bench_model(name: str, model: str, rows: list[dict], reward_funcs, args, work: str) -> None:
     sft_dir = os.path.join(work, f"sft-{name}")
     shutil.rmtree(sft_dir, ignore_errors=True)
-    sft = run_sft(model, rows, sft_dir, SFTSettings(max_steps=args.steps, gradient_accumulation_steps=1,
-                                                    logging_steps=1, save_steps=10_000, max_length=1024,
-                                                    target_layout=args.sft_layout, cot_mode=args.cot_mode,
-                                                    resume=False), on_log=quiet)
+    sft = run_sft(
+        model,
+        rows,
+        sft_dir,
+        SFTSettings(
+            max_steps=args.steps,
+            gradient_accumulation_steps=1,
+            logging_steps=1,
+            save_steps=10_000,
+            max_length=1024,
+            target_layout=args.sft_layout,
+            cot_mode=args.cot_mode,
+            resume=False,
+        ),
+        on_log=quiet,
+    )
     emit(f"sft {name} steps_per_s={sft.steps / sft.wall_seconds:.3f}")
     if sft.tokens_seen:
         emit(f"sft {name} train_tokens_per_s={sft.tokens_seen / sft.wall_seconds:.1f}")
@@ -166,10 +195,19 @@ def bench_model(name: str, model: str, rows: list[dict], reward_funcs, args, wor
     for backend, use_vllm in backends:
         grpo_dir = os.path.join(work, f"grpo-{name}-{backend}")
         shutil.rmtree(grpo_dir, ignore_errors=True)
-        settings = GRPOSettings(max_steps=args.steps, num_generations=4, per_device_train_batch_size=4,
-                                gradient_accumulation_steps=1, steps_per_generation=0,
-                                max_completion_length=args.completion_length, max_prompt_length=1024,
-                                save_steps=10_000, use_vllm=use_vllm, prompt_layout=args.grpo_layout, resume=False)
+        settings = GRPOSettings(
+            max_steps=args.steps,
+            num_generations=4,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=1,
+            steps_per_generation=0,
+            max_completion_length=args.completion_length,
+            max_prompt_length=1024,
+            save_steps=10_000,
+            use_vllm=use_vllm,
+            prompt_layout=args.grpo_layout,
+            resume=False,
+        )
         with RolloutTimer() as timer:
             grpo = run_grpo(model, rows, reward_funcs, grpo_dir, settings, on_log=quiet)
         label = f"grpo {name} {backend}" if cuda_available() else f"grpo {name}"
@@ -187,8 +225,11 @@ def main() -> None:
     ap.add_argument("--sft-layout", default="reference", choices=SFT_TARGET_LAYOUTS, help="SFT target layout")
     ap.add_argument("--cot-mode", default="omit_empty", choices=SFT_COT_MODES, help="what an empty cot becomes")
     ap.add_argument("--grpo-layout", default="reference", choices=GRPO_PROMPT_LAYOUTS, help="GRPO prompt layout")
-    ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "lm-mixup-bench-cache"),
-                    help="converted models and the tokenizer (reused across runs)")
+    ap.add_argument(
+        "--cache-dir",
+        default=os.path.join(tempfile.gettempdir(), "lm-mixup-bench-cache"),
+        help="converted models and the tokenizer (reused across runs)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -201,9 +242,11 @@ def main() -> None:
     transformers_quiet()
     os.makedirs(args.cache_dir, exist_ok=True)
     device = torch.cuda.get_device_name(0) if cuda_available() else "cpu"
-    emit(f"# device={device} torch_threads={torch.get_num_threads()} torch={torch.__version__} "
-         f"transformers={transformers.__version__} trl={trl.__version__} steps={args.steps} "
-         f"completion_length={args.completion_length}")
+    emit(
+        f"# device={device} torch_threads={torch.get_num_threads()} torch={torch.__version__} "
+        f"transformers={transformers.__version__} trl={trl.__version__} steps={args.steps} "
+        f"completion_length={args.completion_length}"
+    )
 
     emit_load()
     rows = make_rows()

@@ -56,14 +56,23 @@ print("RESULT", time.perf_counter() - started, wh.conflicts_retried.retries)
 def rated_pool_frame(source: str, n: int) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     scores = rng.integers(1, 11, size=(n, 4))
-    return pd.DataFrame({
-        "source": source, "sample_id": [f"{source}-{i}" for i in range(n)],
-        "prompt": [f"Question {i}: explain item {i % 977} in a few words." for i in range(n)],
-        "completion": [f"Answer {i}: it is the {i % 31}th kind of thing." for i in range(n)],
-        "rarity": scores[:, 0], "complexity": scores[:, 1], "informativeness": scores[:, 2], "overall": scores[:, 3],
-        "overall_compressed": np.clip(scores[:, 3], 4, 9) - 4, "status": "ok", "judge_model": "bench",
-        "prompt_tokens": 120, "completion_tokens": 20,
-    })
+    return pd.DataFrame(
+        {
+            "source": source,
+            "sample_id": [f"{source}-{i}" for i in range(n)],
+            "prompt": [f"Question {i}: explain item {i % 977} in a few words." for i in range(n)],
+            "completion": [f"Answer {i}: it is the {i % 31}th kind of thing." for i in range(n)],
+            "rarity": scores[:, 0],
+            "complexity": scores[:, 1],
+            "informativeness": scores[:, 2],
+            "overall": scores[:, 3],
+            "overall_compressed": np.clip(scores[:, 3], 4, 9) - 4,
+            "status": "ok",
+            "judge_model": "bench",
+            "prompt_tokens": 120,
+            "completion_tokens": 20,
+        }
+    )
 
 
 def timed(fn) -> float:
@@ -79,37 +88,63 @@ def bench(name: str, where, spec: dict, args) -> dict:
     big, other = rated_pool_frame("big", args.rows), rated_pool_frame("other", 1000)
 
     def replace(frame, source):
-        wh.write_transaction(connect, lambda con: wh.replace_partition(con, "rated_pool", frame, "source", source,
-                                                                       in_transaction=True))
+        wh.write_transaction(
+            connect, lambda con: wh.replace_partition(con, "rated_pool", frame, "source", source, in_transaction=True)
+        )
 
     replace(other, "other")
-    out = {"replace_first_s": timed(lambda: replace(big, "big")),
-           "replace_again_s": timed(lambda: replace(big, "big"))}
+    out = {"replace_first_s": timed(lambda: replace(big, "big")), "replace_again_s": timed(lambda: replace(big, "big"))}
 
     def read():
         with connect() as con:
             assert len(wh.read_partition(con, "rated_pool", "source", "big")) == args.rows
 
     out["read_back_s"] = timed(read)
-    rows = [{"cache_key": f"k{i}", "backend": "bench", "model": "m", "rubric_version": "v", "rarity": 5, "complexity": 5,
-             "informativeness": 5, "overall": 5, "raw_answer": "{}", "prompt_tokens": 1, "completion_tokens": 1}
-            for i in range(args.small_writes)]
+    rows = [
+        {
+            "cache_key": f"k{i}",
+            "backend": "bench",
+            "model": "m",
+            "rubric_version": "v",
+            "rarity": 5,
+            "complexity": 5,
+            "informativeness": 5,
+            "overall": 5,
+            "raw_answer": "{}",
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+        }
+        for i in range(args.small_writes)
+    ]
     JUDGE_CACHE.lookup(connect, ["k"])  # creates the table, as a rating does first
     seconds = timed(lambda: [JUDGE_CACHE.store(connect, [row], ensure_table=False) for row in rows])
     out["small_write_ms"] = 1000 * seconds / max(1, args.small_writes)
 
     def parallel():
-        procs = [subprocess.Popen([sys.executable, "-c", WRITER, json.dumps(spec), f"w{k}", str(args.rounds),
-                                   str(args.writer_rows)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) for k in range(args.writers)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", WRITER, json.dumps(spec), f"w{k}", str(args.rounds), str(args.writer_rows)],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for k in range(args.writers)
+        ]
         results = [p.communicate(timeout=1800)[0] for p in procs]
         for p, text in zip(procs, results):
             if p.returncode != 0:
                 sys.exit(f"{name}: a writer failed:\n{text[-3000:]}")
         return [line.split()[1:] for text in results for line in text.splitlines() if line.startswith("RESULT")]
 
-    empty = pd.DataFrame({"source": pd.Series(dtype=object), "round": pd.Series(dtype="int64"),
-                          "i": pd.Series(dtype="int64"), "text": pd.Series(dtype=object)})
+    empty = pd.DataFrame(
+        {
+            "source": pd.Series(dtype=object),
+            "round": pd.Series(dtype="int64"),
+            "i": pd.Series(dtype="int64"),
+            "text": pd.Series(dtype=object),
+        }
+    )
     wh.write_transaction(connect, lambda con: wh.replace_partition(con, "shared", empty, in_transaction=True))
     started = time.perf_counter()
     results = parallel()
@@ -148,7 +183,10 @@ def main() -> None:
             for name, where, spec in backends:
                 results[name] = bench(name, where, spec, args)
                 for key, value in results[name].items():
-                    print(f"{name} {key}: {value:.3f}" if isinstance(value, float) else f"{name} {key}: {value}", flush=True)
+                    print(
+                        f"{name} {key}: {value:.3f}" if isinstance(value, float) else f"{name} {key}: {value}",
+                        flush=True,
+                    )
         finally:
             wh.close_lakes()
             if args.postgres:

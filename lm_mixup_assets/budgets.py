@@ -8,7 +8,7 @@ The counting lives in ``lib/budgets.py``; docs/method.md, "Failure budgets".
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import dagster as dg
 from pydantic import Field
@@ -22,16 +22,25 @@ __all__ = ["DEFAULT_MAX_FAILED_FRACTION", "budget_field", "budget_metadata", "en
 
 def budget_field(default: float, what: str):
     """The config field of one asset's failure budget (``what``: the calls it covers)."""
-    return Field(default, ge=0.0, le=1.0, description=(
-        f"Failure budget: the materialisation fails when more than this share of {what} fails. The rows are "
-        "written first, with their status; successful answers stay cached, so a re-run after fixing the cause "
-        "pays only for the failures. 1.0 = never fail on failed calls."))
+    return Field(
+        default,
+        ge=0.0,
+        le=1.0,
+        description=(
+            f"Failure budget: the materialisation fails when more than this share of {what} fails. The rows are "
+            "written first, with their status; successful answers stay cached, so a re-run after fixing the cause "
+            "pays only for the failures. 1.0 = never fail on failed calls."
+        ),
+    )
 
 
 def budget_metadata(prefix: str, report: BudgetReport) -> dict:
     """``<prefix>_failed_rows``, ``<prefix>_failed_fraction`` and ``<prefix>_max_failed_fraction``."""
-    return {f"{prefix}_failed_rows": report.failed, f"{prefix}_failed_fraction": round(report.fraction, 4),
-            f"{prefix}_max_failed_fraction": report.max_fraction}
+    return {
+        f"{prefix}_failed_rows": report.failed,
+        f"{prefix}_failed_fraction": round(report.fraction, 4),
+        f"{prefix}_max_failed_fraction": report.max_fraction,
+    }
 
 
 def enforce_budgets(context: dg.AssetExecutionContext, reports: Sequence[BudgetReport]) -> None:
@@ -45,8 +54,15 @@ def enforce_budgets(context: dg.AssetExecutionContext, reports: Sequence[BudgetR
     metadata: dict = {}
     for i, r in enumerate(exceeded):
         key = "" if len(exceeded) == 1 else f"{i}_"
-        metadata.update({f"{key}what": r.what, f"{key}failed": r.failed, f"{key}total": r.total,
-                         f"{key}failed_fraction": round(r.fraction, 4), f"{key}budget": r.max_fraction,
-                         f"{key}failed_by_status": dg.MetadataValue.json(r.by_status),
-                         f"{key}samples": dg.MetadataValue.json(list(r.samples))})
+        metadata.update(
+            {
+                f"{key}what": r.what,
+                f"{key}failed": r.failed,
+                f"{key}total": r.total,
+                f"{key}failed_fraction": round(r.fraction, 4),
+                f"{key}budget": r.max_fraction,
+                f"{key}failed_by_status": dg.MetadataValue.json(r.by_status),
+                f"{key}samples": dg.MetadataValue.json(list(r.samples)),
+            }
+        )
     raise dg.Failure(description=describe(reports), metadata=metadata)

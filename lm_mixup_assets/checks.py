@@ -29,7 +29,14 @@ def offenders_result(bad: pd.DataFrame, ok: str, failed: str, metadata_key: str 
     )
 
 
-def no_offenders(context: dg.AssetCheckExecutionContext, warehouse, sql: str, ok: str, failed: str,
-                 column: str = "source", metadata_key: str = "offenders") -> dg.AssetCheckResult:
+def no_offenders(
+    context: dg.AssetCheckExecutionContext,
+    warehouse,
+    sql: str,
+    ok: str,
+    failed: str,
+    column: str = "source",
+    metadata_key: str = "offenders",
+) -> dg.AssetCheckResult:
     """The usual check: ``sql`` lists offending rows; this partition passes when it has none."""
     return offenders_result(partition_rows(context, warehouse, sql, column), ok, failed, metadata_key)

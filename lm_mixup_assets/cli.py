@@ -68,8 +68,10 @@ def repair_alembic_heads(dagster_home: Path) -> list[str]:
         known = [rev.revision for rev in script.walk_revisions()]  # newest first
         keep = next((r for r in known if r in revisions), None)
         if keep is None:
-            raise RuntimeError(f"{db}: alembic_version holds {revisions}, none of them known to Dagster; "
-                               "move this DAGSTER_HOME aside and run `lm-mixup init` for a fresh one")
+            raise RuntimeError(
+                f"{db}: alembic_version holds {revisions}, none of them known to Dagster; "
+                "move this DAGSTER_HOME aside and run `lm-mixup init` for a fresh one"
+            )
         removed = [r for r in revisions if r != keep]
         con.execute("delete from alembic_version where version_num != ?", [keep])
         con.execute("delete from alembic_version where rowid not in (select min(rowid) from alembic_version)")
@@ -107,7 +109,9 @@ def fail_orphaned_runs(instance) -> list[str]:
     from dagster._core.events import DagsterEventType
 
     failed = []
-    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])):
+    for record in instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+    ):
         run = record.dagster_run
         pids = []
         for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
@@ -119,7 +123,9 @@ def fail_orphaned_runs(instance) -> list[str]:
             continue  # launched elsewhere or not started yet: the daemon's start timeout covers it
         pid, since = pids[-1]
         if not _process_alive(pid, since):
-            instance.report_run_failed(run, f"run worker process {pid} is gone (killed?); marked failed by lm-mixup init")
+            instance.report_run_failed(
+                run, f"run worker process {pid} is gone (killed?); marked failed by lm-mixup init"
+            )
             failed.append(run.run_id)
     return failed
 
@@ -155,9 +161,15 @@ def prepare_home(verbose: bool = False) -> Path:
             say(f"wrote {cfg}")
         removed = repair_alembic_heads(dagster_home)
         if removed:
-            print(f"repaired {dagster_home / RUN_STORAGE_DB}: dropped extra alembic revisions {removed}", file=sys.stderr)
+            print(
+                f"repaired {dagster_home / RUN_STORAGE_DB}: dropped extra alembic revisions {removed}", file=sys.stderr
+            )
         marker = dagster_home / INIT_MARKER
-        migrated = marker.exists() and marker.read_text().strip() == dg.__version__ and (dagster_home / RUN_STORAGE_DB).exists()
+        migrated = (
+            marker.exists()
+            and marker.read_text().strip() == dg.__version__
+            and (dagster_home / RUN_STORAGE_DB).exists()
+        )
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:  # creates the storage when new
             if not migrated:
                 instance.upgrade()
@@ -190,29 +202,45 @@ def run_demo(sources: list[str] | None = None) -> int:
 
     instance = dg.DagsterInstance.get()
     keys = sources or source_partitions.get_partition_keys()
-    print(f"lm-mixup demo: profile {os.environ.get('LM_MIXUP_PROFILE', 'demo')}, home {home}, sources {keys}", flush=True)
+    print(
+        f"lm-mixup demo: profile {os.environ.get('LM_MIXUP_PROFILE', 'demo')}, home {home}, sources {keys}", flush=True
+    )
     started = time.monotonic()
 
     def run(job: str, partition: str | None = None) -> bool:
         t = time.monotonic()
-        result = definitions.defs.resolve_job_def(job).execute_in_process(partition_key=partition, instance=instance,
-                                                                          raise_on_error=False)
-        failed_checks = [e.asset_check_key.to_user_string() for e in result.get_asset_check_evaluations() if not e.passed]
-        reused = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
-                  if (e.materialization.metadata.get("reused") or dg.MetadataValue.bool(False)).value is True]
+        result = definitions.defs.resolve_job_def(job).execute_in_process(
+            partition_key=partition, instance=instance, raise_on_error=False
+        )
+        failed_checks = [
+            e.asset_check_key.to_user_string() for e in result.get_asset_check_evaluations() if not e.passed
+        ]
+        reused = [
+            e.asset_key.to_user_string()
+            for e in result.get_asset_materialization_events()
+            if (e.materialization.metadata.get("reused") or dg.MetadataValue.bool(False)).value is True
+        ]
         # The format benchmarks/demo_e2e.py parses: job, partition, status, seconds, peak memory so far.
-        print(f"  {job}{f'[{partition}]' if partition else ''}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - t:.1f}s"
-              f" (peak memory so far {_gb(peak_rss_bytes())})"
-              + (f"; reused {', '.join(reused)}" if reused else "")
-              + (f"; checks not passing: {failed_checks}" if failed_checks else ""), flush=True)
+        print(
+            f"  {job}{f'[{partition}]' if partition else ''}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - t:.1f}s"
+            f" (peak memory so far {_gb(peak_rss_bytes())})"
+            + (f"; reused {', '.join(reused)}" if reused else "")
+            + (f"; checks not passing: {failed_checks}" if failed_checks else ""),
+            flush=True,
+        )
         if not result.success:
             print(f"run {result.run_id} failed; open the UI (make ui) to see why", file=sys.stderr)
         return result.success
 
     # The method's order (see lm_mixup_assets/jobs.py): per source, across sources, distil per source, select per arm.
-    steps = [*[(jobs.PER_SOURCE_JOB, k) for k in keys], (jobs.ALL_SOURCES_JOB, None),
-             *[(jobs.DISTILL_JOB, k) for k in keys], (jobs.LONG_TAIL_JOB, None),
-             *[(jobs.PER_ARM_JOB, a) for a in arm_partitions.get_partition_keys()], (jobs.REPORT_JOB, None)]
+    steps = [
+        *[(jobs.PER_SOURCE_JOB, k) for k in keys],
+        (jobs.ALL_SOURCES_JOB, None),
+        *[(jobs.DISTILL_JOB, k) for k in keys],
+        (jobs.LONG_TAIL_JOB, None),
+        *[(jobs.PER_ARM_JOB, a) for a in arm_partitions.get_partition_keys()],
+        (jobs.REPORT_JOB, None),
+    ]
     for job, partition in steps:
         if not run(job, partition):
             return 1
@@ -233,37 +261,68 @@ def demo_summary(db: Path, artifacts: Path) -> str:
     if db.exists():
         con = duckdb.connect(str(db), read_only=True)
         try:
-            lines += ["What flowed where, rows per stage and source (input -> rejected / duplicates -> rated ok -> "
-                      "high / low -> clusters of low rows -> distilled -> parsed -> accepted by the re-rating -> "
-                      "distinct rows in the training sets):", funnel_text(source_funnel(con)), ""]
+            lines += [
+                "What flowed where, rows per stage and source (input -> rejected / duplicates -> rated ok -> "
+                "high / low -> clusters of low rows -> distilled -> parsed -> accepted by the re-rating -> "
+                "distinct rows in the training sets):",
+                funnel_text(source_funnel(con)),
+                "",
+            ]
             arms = arm_origins(con)
             if len(arms):
-                lines += ["Training sets (rows; distilled rows; rows the recipe wanted but its pools did not have):",
-                          arms.to_string(index=False), ""]
+                lines += [
+                    "Training sets (rows; distilled rows; rows the recipe wanted but its pools did not have):",
+                    arms.to_string(index=False),
+                    "",
+                ]
             if table_exists(con, "benchmark_report"):
-                smoke = (table_exists(con, "benchmark_scores")
-                         and con.execute("select bool_or(task_set = 'smoke') from benchmark_scores").fetchone()[0])
-                lines += ["Benchmark report" + (" (smoke-level: a few items per task, the loop runs; not comparable "
-                                                "with published scores):" if smoke else ":"),
-                          con.execute("select * from benchmark_report").df().round(3).to_string(index=False), ""]
+                smoke = (
+                    table_exists(con, "benchmark_scores")
+                    and con.execute("select bool_or(task_set = 'smoke') from benchmark_scores").fetchone()[0]
+                )
+                lines += [
+                    "Benchmark report"
+                    + (
+                        " (smoke-level: a few items per task, the loop runs; not comparable with published scores):"
+                        if smoke
+                        else ":"
+                    ),
+                    con.execute("select * from benchmark_report").df().round(3).to_string(index=False),
+                    "",
+                ]
             if table_exists(con, "rated_pool"):
-                judges = sorted(r[0] for r in con.execute(
-                    "select distinct judge_backend || ':' || judge_model from rated_pool where status = 'ok'").fetchall())
+                judges = sorted(
+                    r[0]
+                    for r in con.execute(
+                        "select distinct judge_backend || ':' || judge_model from rated_pool where status = 'ok'"
+                    ).fetchall()
+                )
                 bias = pool_length_correlation(con)
-                lines += [f"Judge {', '.join(judges)}: Overall vs log(answer length) Spearman {bias['spearman']:.2f} over "
-                          f"{bias['n']} rows" + (" (the heuristic judge is mostly a length meter)."
-                                                  if any(j.startswith("heuristic") for j in judges) else "."), ""]
+                lines += [
+                    f"Judge {', '.join(judges)}: Overall vs log(answer length) Spearman {bias['spearman']:.2f} over "
+                    f"{bias['n']} rows"
+                    + (
+                        " (the heuristic judge is mostly a length meter)."
+                        if any(j.startswith("heuristic") for j in judges)
+                        else "."
+                    ),
+                    "",
+                ]
         finally:
             con.close()
     # The project's own duckdb package: a separately installed duckdb CLI may be too old to open the file.
-    query = (f"import duckdb; duckdb.connect('{db}', read_only=True).sql("
-             "'select source, status, count(*) from distilled_pool group by all order by all').show()")
+    query = (
+        f"import duckdb; duckdb.connect('{db}', read_only=True).sql("
+        "'select source, status, count(*) from distilled_pool group by all order by all').show()"
+    )
     exports = sorted((artifacts / "training_sets").glob("*.jsonl"))
-    lines += ["Look next:",
-              "  UI     : make ui, then http://127.0.0.1:3000 (Assets; benchmark_report shows the funnel plot)",
-              f'  SQL    : {sys.executable} -c "{query}"',
-              f"  JSONL  : {exports[0] if exports else artifacts / 'training_sets' / '<arm>.jsonl'}"
-              + (f" (and {len(exports) - 1} more arms)" if len(exports) > 1 else "")]
+    lines += [
+        "Look next:",
+        "  UI     : make ui, then http://127.0.0.1:3000 (Assets; benchmark_report shows the funnel plot)",
+        f'  SQL    : {sys.executable} -c "{query}"',
+        f"  JSONL  : {exports[0] if exports else artifacts / 'training_sets' / '<arm>.jsonl'}"
+        + (f" (and {len(exports) - 1} more arms)" if len(exports) > 1 else ""),
+    ]
     return "\n".join(lines)
 
 
@@ -283,13 +342,18 @@ def show_where(tables: bool = True) -> None:
     db = warehouse.database_path
     if tables and (lake is not None or db.exists()):
         with warehouse.connect(read_only=True) as con:
-            names = [r[0] for r in con.execute("select table_name from information_schema.tables where table_catalog = "
-                                               "current_database() and table_schema='main' order by 1").fetchall()]
+            names = [
+                r[0]
+                for r in con.execute(
+                    "select table_name from information_schema.tables where table_catalog = "
+                    "current_database() and table_schema='main' order by 1"
+                ).fetchall()
+            ]
             for t in names:
                 count = con.execute(f'select count(*) from "{t}"').fetchall()[0][0]
                 print(f"  {t:<26} {count:>8} rows")
             if lake is not None:
-                print(f"snapshot  : {current_snapshot(con)} (lm-mixup sql --snapshot N \"...\" reads an earlier one)")
+                print(f'snapshot  : {current_snapshot(con)} (lm-mixup sql --snapshot N "..." reads an earlier one)')
     print()
     if lake is None:
         print(demo_summary(db, home / "artifacts"))
@@ -370,7 +434,9 @@ def run_ui(host: str, port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lm-mixup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lm-mixup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create and migrate the home (run history storage); safe to run in parallel")
     demo = sub.add_parser("demo", help="materialise every stage built so far")
@@ -380,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--port", type=int, default=int(os.environ.get("LM_MIXUP_UI_PORT", "3000")))
     sub.add_parser("where", help="print paths and table counts")
     sql = sub.add_parser("sql", help="run SQL on the warehouse (either backend) and print the result")
-    sql.add_argument("query", help="the SQL, e.g. \"select * from pool_summary\"")
+    sql.add_argument("query", help='the SQL, e.g. "select * from pool_summary"')
     sql.add_argument("--snapshot", type=int, help="ducklake: read the lake as this snapshot left it")
     sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     config = sub.add_parser("config", help="print every step's resolved settings and where each value comes from")

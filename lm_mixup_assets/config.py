@@ -29,8 +29,9 @@ __all__ = ["launchpad_config", "StageConfig", "resolved_settings", "settings_met
 STAGE_SETTINGS: dict[str, type[StageSettings]] = {}
 
 
-def resolved_settings(model: type[StageSettings], profile: str | None = None,
-                      explicit: dict | None = None) -> tuple[StageSettings, dict[str, str]]:
+def resolved_settings(
+    model: type[StageSettings], profile: str | None = None, explicit: dict | None = None
+) -> tuple[StageSettings, dict[str, str]]:
     """``model`` resolved for ``profile`` (default: ``LM_MIXUP_PROFILE``) and the environment, now."""
     profile = profile or active_profile()
     return resolve_settings(model, PROFILES[profile].get(model.preset, {}), explicit)
@@ -50,8 +51,10 @@ class StageConfig(dg.Config):
             raise dg.Failure(description=str(exc)) from None
         if context is not None:
             changed = {k: v for k, v in settings.values().items() if sources[k] != "default"}
-            context.log.info(f"{self.settings_model.preset} settings ({active_profile()} profile), not at their "
-                             f"default: " + json.dumps(changed, default=str))
+            context.log.info(
+                f"{self.settings_model.preset} settings ({active_profile()} profile), not at their "
+                f"default: " + json.dumps(changed, default=str)
+            )
             # Every output of the step records the values it ran with (merged into its materialisation).
             for output in context.op_execution_context.selected_output_names:
                 context.add_output_metadata(settings_metadata(settings), output_name=output)
@@ -61,14 +64,17 @@ class StageConfig(dg.Config):
 def settings_metadata(settings: StageSettings) -> dict[str, dg.MetadataValue]:
     """A step's resolved settings and where each value came from, for its materialisation's metadata."""
     sources = getattr(settings, "_sources", None) or {}
-    return {"settings": dg.MetadataValue.json(
-        {k: {"value": v, "from": sources.get(k, "default")} for k, v in settings.values().items()})}
+    return {
+        "settings": dg.MetadataValue.json(
+            {k: {"value": v, "from": sources.get(k, "default")} for k, v in settings.values().items()}
+        )
+    }
 
 
 def _launchpad_type(annotation: Any) -> Any:
     """The field's type for Dagster: ``X | None`` whatever ``X`` is (null = the profile's value)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")) and len(args) == 1:
+    if typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType) and len(args) == 1:
         annotation = args[0]
     return annotation | None
 
@@ -81,7 +87,9 @@ def describe(model: type[StageSettings], name: str) -> str:
     def shown(v: Any) -> str:
         return json.dumps(v.value if hasattr(v, "value") else v, default=str)
 
-    per_profile = ", ".join(f"{p} {shown(PROFILES[p].get(model.preset, {}).get(name, field.default))}" for p in PROFILES)
+    per_profile = ", ".join(
+        f"{p} {shown(PROFILES[p].get(model.preset, {}).get(name, field.default))}" for p in PROFILES
+    )
     return f"{text} Default {shown(field.default)}; by profile: {per_profile}. Env: {env_var(model, name)}."
 
 

@@ -17,18 +17,25 @@ from resources import WarehouseResource
 
 class CompactWarehouseConfig(dg.Config):
     expire_snapshots_older_than_days: float | None = Field(
-        None, ge=0, description="Expire lake snapshots older than this many days, then delete their files. Empty = keep "
-        "every snapshot (a training set's recorded snapshots stay readable).")
+        None,
+        ge=0,
+        description="Expire lake snapshots older than this many days, then delete their files. Empty = keep "
+        "every snapshot (a training set's recorded snapshots stay readable).",
+    )
 
 
-@dg.op(description="Compact the warehouse: flush inlined rows, merge small files, delete unneeded files (ducklake); "
-       "checkpoint (duckdb).")
-def compact_warehouse(context: dg.OpExecutionContext, config: CompactWarehouseConfig,
-                      warehouse: WarehouseResource) -> dict:
+@dg.op(
+    description="Compact the warehouse: flush inlined rows, merge small files, delete unneeded files (ducklake); "
+    "checkpoint (duckdb)."
+)
+def compact_warehouse(
+    context: dg.OpExecutionContext, config: CompactWarehouseConfig, warehouse: WarehouseResource
+) -> dict:
     # Outside a transaction: DuckLake's maintenance functions commit themselves, and each step is idempotent.
     with warehouse.connect() as con:
-        done = wh.retry_on_conflict(lambda: wh.maintain(con, config.expire_snapshots_older_than_days),
-                                    warehouse.lock_timeout_s)
+        done = wh.retry_on_conflict(
+            lambda: wh.maintain(con, config.expire_snapshots_older_than_days), warehouse.lock_timeout_s
+        )
     context.log.info(f"{warehouse.location}: {done}")
     context.add_output_metadata({k: dg.MetadataValue.int(v) for k, v in done.items()})
     return done
@@ -40,5 +47,8 @@ def warehouse_maintenance_job():
 
 
 warehouse_maintenance_schedule = dg.ScheduleDefinition(
-    job=warehouse_maintenance_job, cron_schedule="30 3 * * *", default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Nightly compaction; switch it on in the UI (Automation) once the lake takes regular writes.")
+    job=warehouse_maintenance_job,
+    cron_schedule="30 3 * * *",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Nightly compaction; switch it on in the UI (Automation) once the lake takes regular writes.",
+)

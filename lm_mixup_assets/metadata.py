@@ -13,9 +13,18 @@ from lm_mixup_assets.lib.versions import table_version
 # Partitioned asset checks (``partitions_def`` on ``@dg.asset_check``) are a
 # "preview" in Dagster 1.13; every stage imports this module before defining its
 # checks, and we rely on the feature knowingly (docs/method.md, "Checks").
-warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
+warnings.filterwarnings(
+    "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
+)
 
-_DTYPE_NAMES = {"int64": "BIGINT", "Int64": "BIGINT", "int32": "INTEGER", "float64": "DOUBLE", "bool": "BOOLEAN", "object": "VARCHAR"}
+_DTYPE_NAMES = {
+    "int64": "BIGINT",
+    "Int64": "BIGINT",
+    "int32": "INTEGER",
+    "float64": "DOUBLE",
+    "bool": "BOOLEAN",
+    "object": "VARCHAR",
+}
 
 
 def preview_md(df: pd.DataFrame, n: int = 5, max_chars: int = 80, columns: list[str] | None = None) -> dg.MetadataValue:
@@ -38,21 +47,31 @@ def _short(value, max_chars: int) -> str:
 def column_schema(df: pd.DataFrame, table: str | None = None) -> dg.TableSchema:
     """The frame's columns with their types and what each means (``lib/columns.py``; ``table`` picks its own
     meaning of a shared name)."""
-    return dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=_DTYPE_NAMES.get(str(t), str(t)),
-                                                  description=describe(str(c), table) or None)
-                                   for c, t in df.dtypes.items()])
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=str(c), type=_DTYPE_NAMES.get(str(t), str(t)), description=describe(str(c), table) or None
+            )
+            for c, t in df.dtypes.items()
+        ]
+    )
 
 
 def warehouse_column_schema(con, table: str) -> dg.TableSchema:
     """:func:`column_schema` of a warehouse table, read from DuckDB's catalogue (for steps that hold no frame)."""
-    rows = con.execute("select column_name, data_type from information_schema.columns where table_schema = 'main' "
-                       "and table_name = ? order by ordinal_position", [table]).fetchall()
-    return dg.TableSchema(columns=[dg.TableColumn(name=name, type=kind, description=describe(name, table) or None)
-                                   for name, kind in rows])
+    rows = con.execute(
+        "select column_name, data_type from information_schema.columns where table_schema = 'main' "
+        "and table_name = ? order by ordinal_position",
+        [table],
+    ).fetchall()
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name=name, type=kind, description=describe(name, table) or None) for name, kind in rows]
+    )
 
 
-def table_metadata(df: pd.DataFrame, preview_columns: list[str] | None = None, n: int = 5,
-                   table: str | None = None) -> dict:
+def table_metadata(
+    df: pd.DataFrame, preview_columns: list[str] | None = None, n: int = 5, table: str | None = None
+) -> dict:
     return {
         "dagster/row_count": dg.MetadataValue.int(len(df)),
         "dagster/column_schema": column_schema(df, table),
@@ -60,7 +79,9 @@ def table_metadata(df: pd.DataFrame, preview_columns: list[str] | None = None, n
     }
 
 
-def rows_of_checked_partition(context: dg.AssetCheckExecutionContext, df: pd.DataFrame, column: str = "source") -> pd.DataFrame:
+def rows_of_checked_partition(
+    context: dg.AssetCheckExecutionContext, df: pd.DataFrame, column: str = "source"
+) -> pd.DataFrame:
     """The rows of ``df`` in the one partition this check evaluates (its ``column`` equals the partition key).
 
     Checks on partitioned assets are partitioned themselves, so Dagster records
@@ -69,14 +90,19 @@ def rows_of_checked_partition(context: dg.AssetCheckExecutionContext, df: pd.Dat
     does not fail this one (docs/method.md, "Checks").
     """
     if not context.has_partition_key:
-        raise dg.Failure(f"check {context.check_specs[0].key.to_user_string()} needs a partition: it checks one "
-                         f"{column} at a time (define it with the asset's partitions_def)")
+        raise dg.Failure(
+            f"check {context.check_specs[0].key.to_user_string()} needs a partition: it checks one "
+            f"{column} at a time (define it with the asset's partitions_def)"
+        )
     if column not in df.columns:
-        raise ValueError(f"check query returned no {column!r} column (got {list(df.columns)}); cannot scope it to a partition")
+        raise ValueError(
+            f"check query returned no {column!r} column (got {list(df.columns)}); cannot scope it to a partition"
+        )
     return df[df[column] == context.partition_key]
 
 
 # --------------------------------------------------------------------------- versions
+
 
 def code_version(version: str) -> str:
     """The ``code_version`` of a stage's assets (each stage module holds one ``CODE_VERSION``).
@@ -92,16 +118,20 @@ def code_version(version: str) -> str:
     return str(version)
 
 
-def table_data_version(warehouse, table: str, partition_column: str | None = None,
-                       partition_value: str | None = None, ignore: frozenset[str] | set[str] = frozenset()) -> dg.DataVersion:
+def table_data_version(
+    warehouse,
+    table: str,
+    partition_column: str | None = None,
+    partition_value: str | None = None,
+    ignore: frozenset[str] | set[str] = frozenset(),
+) -> dg.DataVersion:
     """The data version of the rows an asset wrote to ``table`` (its partition, if given): see ``lib/versions.py``."""
     with warehouse.connect() as con:
         return dg.DataVersion(table_version(con, table, partition_column, partition_value, ignore))
 
 
-def table_data_version_in(con, table: str, partition_column: str | None = None,
-                          partition_value: str | None = None) -> dg.DataVersion:
+def table_data_version_in(
+    con, table: str, partition_column: str | None = None, partition_value: str | None = None
+) -> dg.DataVersion:
     """:func:`table_data_version` on a connection the caller already holds (e.g. inside its write)."""
     return dg.DataVersion(table_version(con, table, partition_column, partition_value))
-
-

@@ -7,7 +7,6 @@ precomputed ones as a ``precomputed`` judge; the high/low split is SQL
 (``dbt_like_sql/``); ``pool_summary`` shows all sources side by side.
 """
 
-
 import time
 
 import dagster as dg
@@ -90,15 +89,24 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
         f"{len(result.rejected)} rejected, {result.duplicates} exact duplicates folded "
         f"({time.monotonic() - started:.1f}s)"
     )
-    log_row = pd.DataFrame([{
-        "source": source, "origin": spec.origin, "input_rows": result.input_rows, "ingested": len(result.rows),
-        "rejected": len(result.rejected), "duplicates": result.duplicates,
-        "ingested_at": pd.Timestamp.now("UTC").tz_localize(None),
-    }])
+    log_row = pd.DataFrame(
+        [
+            {
+                "source": source,
+                "origin": spec.origin,
+                "input_rows": result.input_rows,
+                "ingested": len(result.rows),
+                "rejected": len(result.rejected),
+                "duplicates": result.duplicates,
+                "ingested_at": pd.Timestamp.now("UTC").tz_localize(None),
+            }
+        ]
+    )
     reasons = result.rejected["reason"].str.replace(r"\d+", "N", regex=True).value_counts().head(10)
     reasons_md = dg.MetadataValue.md(reasons.to_frame("rows").to_markdown() if len(reasons) else "_(none)_")
     if result.input_rows == 0 or result.rejected_fraction > config.max_rejected_fraction:
         _fail_ingest(context, warehouse, spec, result, config, reasons, reasons_md)
+
     def write_ingest(con) -> None:
         # One source's ingest tables change in one transaction: a reader (or a crash) never sees half an
         # ingest, and ingest_log always describes exactly the rows in raw_pool and rejected_rows.
@@ -108,8 +116,9 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
         wh.replace_partition(con, "rejected_rows", result.rejected, "source", source, in_transaction=True)
         wh.replace_partition(con, INGEST_LOG, log_row, "source", source, in_transaction=True)
         # Always replaced, so dropping `precomputed:` from the manifest sends the source back to the judge.
-        wh.replace_partition(con, PRECOMPUTED, result.precomputed, "source", source, in_transaction=True,
-                             column_types=PRECOMPUTED_TYPES)
+        wh.replace_partition(
+            con, PRECOMPUTED, result.precomputed, "source", source, in_transaction=True, column_types=PRECOMPUTED_TYPES
+        )
         if wh.table_exists(con, FAILED_INGEST_REJECTIONS):
             con.execute(f"delete from {FAILED_INGEST_REJECTIONS} where source = ?", [source])
 
@@ -124,7 +133,9 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
             asset_key="rejected_rows",
             data_version=versions["rejected_rows"],
             metadata={
-                **table_metadata(result.rejected, ["file", "position", "locator", "reason", "raw_text"], table="rejected_rows"),
+                **table_metadata(
+                    result.rejected, ["file", "position", "locator", "reason", "raw_text"], table="rejected_rows"
+                ),
                 "rejected_fraction": dg.MetadataValue.float(round(result.rejected_fraction, 4)),
                 "reasons": reasons_md,
             },
@@ -141,8 +152,15 @@ def ingest_pool_source(context: dg.AssetExecutionContext, config: IngestConfig, 
                 "input_formats": dg.MetadataValue.json(result.formats),
                 "input_files": result.rows["file"].nunique() if len(result.rows) else 0,
                 "origin": spec.origin,
-                **({"precomputed_scores": len(result.precomputed), "precomputed_judge": spec.precomputed.judge_model,
-                    "precomputed_duplicate_conflicts": result.precomputed_conflicts} if spec.precomputed else {}),
+                **(
+                    {
+                        "precomputed_scores": len(result.precomputed),
+                        "precomputed_judge": spec.precomputed.judge_model,
+                        "precomputed_duplicate_conflicts": result.precomputed_conflicts,
+                    }
+                    if spec.precomputed
+                    else {}
+                ),
             },
         )
 
@@ -152,8 +170,10 @@ def _fail_ingest(context, warehouse: WarehouseResource, spec, result, config: In
     stays whole); the attempt's rejected rows go to FAILED_INGEST_REJECTIONS and the failure's metadata."""
     source = spec.name
     if result.input_rows == 0:
-        raise dg.Failure(description=f"source {source!r} ({spec.origin}) has no input rows; check the file or the "
-                         "manifest filter. The source's tables keep their previous contents.")
+        raise dg.Failure(
+            description=f"source {source!r} ({spec.origin}) has no input rows; check the file or the "
+            "manifest filter. The source's tables keep their previous contents."
+        )
     attempt = result.rejected.assign(attempted_at=pd.Timestamp.now("UTC").tz_localize(None))
     warehouse.replace_partition(FAILED_INGEST_REJECTIONS, attempt, "source", source)
     sample = result.rejected.head(FAILURE_SAMPLE_ROWS).assign(raw_text=lambda d: d["raw_text"].str.slice(0, 120))
@@ -167,11 +187,13 @@ def _fail_ingest(context, warehouse: WarehouseResource, spec, result, config: In
             "manifest or raise the limit."
         ),
         metadata={
-            "rejected": len(result.rejected), "input_rows": result.input_rows,
+            "rejected": len(result.rejected),
+            "input_rows": result.input_rows,
             "rejected_fraction": dg.MetadataValue.float(round(result.rejected_fraction, 4)),
             "reasons": reasons_md,
-            "rejected_sample": dg.MetadataValue.md(sample[["file", "position", "locator", "reason", "raw_text"]]
-                                                   .to_markdown(index=False)),
+            "rejected_sample": dg.MetadataValue.md(
+                sample[["file", "position", "locator", "reason", "raw_text"]].to_markdown(index=False)
+            ),
         },
     )
 
@@ -179,7 +201,12 @@ def _fail_ingest(context, warehouse: WarehouseResource, spec, result, config: In
 def _add_missing_columns(con, table: str, frame: pd.DataFrame) -> None:
     if not wh.table_exists(con, table):
         return
-    have = {r[0] for r in con.execute("select column_name from information_schema.columns where table_name = ?", [table]).fetchall()}
+    have = {
+        r[0]
+        for r in con.execute(
+            "select column_name from information_schema.columns where table_name = ?", [table]
+        ).fetchall()
+    }
     for column in frame.columns:
         if column not in have:
             kind = "BIGINT" if pd.api.types.is_integer_dtype(frame[column]) else "VARCHAR"
@@ -202,36 +229,50 @@ RatedPoolConfig = launchpad_config(RatedPoolSettings)
     "log(answer length) on real Alpaca/Dolly rows); each materialisation reports that correlation for its rows "
     "(overall_vs_log_length_spearman).",
 )
-def rated_pool(context: dg.AssetExecutionContext, config: RatedPoolConfig, judge: JudgeResource,
-               warehouse: WarehouseResource) -> dg.MaterializeResult:
+def rated_pool(
+    context: dg.AssetExecutionContext, config: RatedPoolConfig, judge: JudgeResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
     config = config.resolve(context)
     source = context.partition_key
     carry = ["source", "sample_id", "prompt", "completion"]
     raw = warehouse.read_partition("raw_pool", "source", source).assign(source=source)
     with warehouse.connect() as con:
-        pre = (wh.read_partition(con, PRECOMPUTED, "source", source) if wh.table_exists(con, PRECOMPUTED)
-               else pd.DataFrame(columns=["sample_id"]))
+        pre = (
+            wh.read_partition(con, PRECOMPUTED, "source", source)
+            if wh.table_exists(con, PRECOMPUTED)
+            else pd.DataFrame(columns=["sample_id"])
+        )
     if len(pre):
         joined = raw.merge(pre.drop(columns=["source"]), on="sample_id", how="left", indicator=True)
         unscored = joined[joined["_merge"] != "both"]
         if len(unscored):  # written in one transaction with raw_pool, so this means a damaged warehouse
-            raise dg.Failure(description=f"source {source!r} has precomputed ratings but {len(unscored)} raw_pool rows have "
-                             f"none (e.g. sample_id {unscored['sample_id'].iat[0]}); re-materialise raw_pool for this source")
-        context.log.info(f"{source}: {len(joined)} rows carry precomputed ratings "
-                         f"({', '.join(sorted(set(pre['judge_model'])))}); no judge calls")
+            raise dg.Failure(
+                description=f"source {source!r} has precomputed ratings but {len(unscored)} raw_pool rows have "
+                f"none (e.g. sample_id {unscored['sample_id'].iat[0]}); re-materialise raw_pool for this source"
+            )
+        context.log.info(
+            f"{source}: {len(joined)} rows carry precomputed ratings "
+            f"({', '.join(sorted(set(pre['judge_model'])))}); no judge calls"
+        )
         df, metadata = precomputed_frame(joined, carry, source)
         budget = None
     else:
-        df, metadata, budget = rate_frame(context, raw, carry, judge, warehouse, source,
-                                          max_failed_fraction=config.max_failed_fraction)
+        df, metadata, budget = rate_frame(
+            context, raw, carry, judge, warehouse, source, max_failed_fraction=config.max_failed_fraction
+        )
     warehouse.replace_partition("rated_pool", df, "source", source)
     ok = df[df["status"] == "ok"]
     bias = length_correlation(ok["overall"].tolist(), ok["completion"].tolist())
-    metadata = {**metadata, "overall_vs_log_length_spearman": round(bias["spearman"], 3),
-                "overall_vs_log_length_pearson": round(bias["pearson"], 3)}
+    metadata = {
+        **metadata,
+        "overall_vs_log_length_spearman": round(bias["spearman"], 3),
+        "overall_vs_log_length_pearson": round(bias["pearson"], 3),
+    }
     # Written first, failed rows included (the evidence); an exceeded budget then stops the run.
     enforce_budgets(context, [budget] if budget else [])
-    return dg.MaterializeResult(data_version=table_data_version(warehouse, "rated_pool", "source", source), metadata=metadata)
+    return dg.MaterializeResult(
+        data_version=table_data_version(warehouse, "rated_pool", "source", source), metadata=metadata
+    )
 
 
 @dg.asset(
@@ -245,9 +286,15 @@ def rated_pool(context: dg.AssetExecutionContext, config: RatedPoolConfig, judge
 )
 def pool_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     with warehouse.connect() as con:
-        missing = [t for t in (INGEST_LOG, "raw_pool", "rated_pool", "high_quality_pool", "low_quality_pool") if not wh.table_exists(con, t)]
+        missing = [
+            t
+            for t in (INGEST_LOG, "raw_pool", "rated_pool", "high_quality_pool", "low_quality_pool")
+            if not wh.table_exists(con, t)
+        ]
         if missing:
-            raise dg.Failure(description=f"pool_summary needs {missing}: materialise the pool group for at least one source first")
+            raise dg.Failure(
+                description=f"pool_summary needs {missing}: materialise the pool group for at least one source first"
+            )
         summary = con.execute(f"""
             with raw as (select source, count(*) n from raw_pool group by 1),
                  rated as (select source, count(*) filter (where status = 'ok') ok,
@@ -265,55 +312,84 @@ def pool_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource
             left join raw using (source) left join rated using (source)
             left join hi using (source) left join lo using (source)
             order by l.source""").df()
-        scores = con.execute("select source, overall, completion from rated_pool where status = 'ok' and overall is not null").df()
+        scores = con.execute(
+            "select source, overall, completion from rated_pool where status = 'ok' and overall is not null"
+        ).df()
         threshold = con.execute("select min(quality_threshold) from high_quality_pool").fetchone()[0]
         if threshold is None:
             threshold = con.execute("select min(quality_threshold) from low_quality_pool").fetchone()[0]
     warehouse.replace_partition("pool_summary", summary)
     missing_sources = sorted(set(source_partitions.get_partition_keys()) - set(summary["source"]))
     if missing_sources:
-        context.log.warning(f"pool_summary covers {len(summary)} sources; not materialised yet: {missing_sources} "
-                            "(run per_source_job for them)")
+        context.log.warning(
+            f"pool_summary covers {len(summary)} sources; not materialised yet: {missing_sources} "
+            "(run per_source_job for them)"
+        )
     bias = length_correlation(scores["overall"].tolist(), scores["completion"].tolist())
     totals = summary.drop(columns=["source", "high_fraction"]).sum(numeric_only=True)
-    context.log.info(f"pool: {int(totals['raw'])} rows over {len(summary)} sources, {int(totals['high'])} high, {int(totals['low'])} low")
+    context.log.info(
+        f"pool: {int(totals['raw'])} rows over {len(summary)} sources, {int(totals['high'])} high, {int(totals['low'])} low"
+    )
     hist = histogram_grid(
         {s: g["overall"].astype(float).tolist() for s, g in scores.groupby("source")},
-        bins=[x + 0.5 for x in range(0, 11)], title="Judge Overall score per source", xlabel="Overall (1-10)",
+        bins=[x + 0.5 for x in range(0, 11)],
+        title="Judge Overall score per source",
+        xlabel="Overall (1-10)",
         # compressed t >= 1 is Overall >= t + 4 (the split's threshold is a compressed score)
-        threshold=int(threshold) + 4 if threshold else None, threshold_label="high from",
+        threshold=int(threshold) + 4 if threshold else None,
+        threshold_label="high from",
     )
-    return dg.MaterializeResult(data_version=table_data_version(warehouse, "pool_summary"), metadata={
-        "dagster/row_count": len(summary),
-        "dagster/column_schema": column_schema(summary, "pool_summary"),
-        "summary": preview_md(summary, n=len(summary) or 1, max_chars=40),
-        "score_histograms": dg.MetadataValue.md(hist),
-        "total_raw": int(totals["raw"]),
-        "total_high": int(totals["high"]),
-        "total_low": int(totals["low"]),
-        "high_fraction": round(float(totals["high"]) / max(1.0, float(totals["rated_ok"])), 4),
-        "judge_tokens": int(totals["judge_prompt_tokens"] + totals["judge_completion_tokens"]),
-        "sources_not_materialised": dg.MetadataValue.md(
-            ", ".join(f"`{s}`" for s in missing_sources) + " (run `per_source_job` for them)" if missing_sources
-            else "none: every source of the manifest is in the summary"),
-        "overall_vs_log_length_spearman": round(bias["spearman"], 3),
-    })
+    return dg.MaterializeResult(
+        data_version=table_data_version(warehouse, "pool_summary"),
+        metadata={
+            "dagster/row_count": len(summary),
+            "dagster/column_schema": column_schema(summary, "pool_summary"),
+            "summary": preview_md(summary, n=len(summary) or 1, max_chars=40),
+            "score_histograms": dg.MetadataValue.md(hist),
+            "total_raw": int(totals["raw"]),
+            "total_high": int(totals["high"]),
+            "total_low": int(totals["low"]),
+            "high_fraction": round(float(totals["high"]) / max(1.0, float(totals["rated_ok"])), 4),
+            "judge_tokens": int(totals["judge_prompt_tokens"] + totals["judge_completion_tokens"]),
+            "sources_not_materialised": dg.MetadataValue.md(
+                ", ".join(f"`{s}`" for s in missing_sources) + " (run `per_source_job` for them)"
+                if missing_sources
+                else "none: every source of the manifest is in the summary"
+            ),
+            "overall_vs_log_length_spearman": round(bias["spearman"], 3),
+        },
+    )
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def _mismatches(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, sql: str, ok_text: str,
-                what: str) -> dg.AssetCheckResult:
+def _mismatches(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, sql: str, ok_text: str, what: str
+) -> dg.AssetCheckResult:
     """Offending rows of ``sql`` (which returns a ``source`` column) in the checked source, shown as ``mismatches``."""
-    return no_offenders(context, warehouse, sql, ok_text, f"this source fails: {what} ({{n}} offending row(s) in mismatches)",
-                        metadata_key="mismatches")
+    return no_offenders(
+        context,
+        warehouse,
+        sql,
+        ok_text,
+        f"this source fails: {what} ({{n}} offending row(s) in mismatches)",
+        metadata_key="mismatches",
+    )
 
 
-@dg.asset_check(asset="raw_pool", additional_deps=["rejected_rows"], partitions_def=source_partitions, blocking=True,
-                description="This source: input rows = ingested + rejected + duplicates folded.")
+@dg.asset_check(
+    asset="raw_pool",
+    additional_deps=["rejected_rows"],
+    partitions_def=source_partitions,
+    blocking=True,
+    description="This source: input rows = ingested + rejected + duplicates folded.",
+)
 def raw_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _mismatches(context, warehouse, f"""
+    return _mismatches(
+        context,
+        warehouse,
+        f"""
         select l.source, l.input_rows, coalesce(r.n, 0) ingested, coalesce(j.n, 0) rejected, l.duplicates,
                coalesce(r.dups, 0) duplicates_in_table
         from {INGEST_LOG} l
@@ -321,32 +397,59 @@ def raw_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: Wareh
         left join (select source, count(*) n from rejected_rows group by 1) j using (source)
         where l.input_rows <> coalesce(r.n, 0) + coalesce(j.n, 0) + l.duplicates
            or l.duplicates <> coalesce(r.dups, 0)""",
-                       "input = ingested + rejected + duplicates for this source", "rows unaccounted for")
+        "input = ingested + rejected + duplicates for this source",
+        "rows unaccounted for",
+    )
 
 
-@dg.asset_check(asset="raw_pool", partitions_def=source_partitions, description="sample_id is unique within this source.")
+@dg.asset_check(
+    asset="raw_pool", partitions_def=source_partitions, description="sample_id is unique within this source."
+)
 def raw_pool_unique_ids(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _mismatches(context, warehouse, "select source, sample_id, count(*) n from raw_pool group by 1, 2 having count(*) > 1",
-                       "all sample_ids unique", "duplicate sample_id")
+    return _mismatches(
+        context,
+        warehouse,
+        "select source, sample_id, count(*) n from raw_pool group by 1, 2 having count(*) > 1",
+        "all sample_ids unique",
+        "duplicate sample_id",
+    )
 
 
-@dg.asset_check(asset="rated_pool", partitions_def=source_partitions, blocking=True,
-                description="This source: raw rows = rated ok + failed (same sample_ids).")
+@dg.asset_check(
+    asset="rated_pool",
+    partitions_def=source_partitions,
+    blocking=True,
+    description="This source: raw rows = rated ok + failed (same sample_ids).",
+)
 def rated_pool_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _mismatches(context, warehouse, """
+    return _mismatches(
+        context,
+        warehouse,
+        """
         with r as (select source, count(*) n from raw_pool group by 1),
              p as (select source, count(*) n from rated_pool group by 1),
              j as (select source, count(*) n from raw_pool join rated_pool using (source, sample_id) group by 1)
         select p.source, coalesce(r.n, 0) raw_rows, p.n rated_rows, coalesce(j.n, 0) "matched"
         from p left join r using (source) left join j using (source)
         where coalesce(r.n, 0) <> p.n or coalesce(j.n, 0) <> p.n""",
-                       "every raw row rated exactly once (ok or a failure status)", "raw and rated rows differ")
+        "every raw row rated exactly once (ok or a failure status)",
+        "raw and rated rows differ",
+    )
 
 
-@dg.asset_check(asset="rated_pool", partitions_def=source_partitions, description="This source's ok rows: four scores in 1-10 and compressed in 0-5 (precomputed "
-                "ratings may lack the scores their source did not release); failed rows: no scores.")
-def rated_pool_score_ranges(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _mismatches(context, warehouse, """
+@dg.asset_check(
+    asset="rated_pool",
+    partitions_def=source_partitions,
+    description="This source's ok rows: four scores in 1-10 and compressed in 0-5 (precomputed "
+    "ratings may lack the scores their source did not release); failed rows: no scores.",
+)
+def rated_pool_score_ranges(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    return _mismatches(
+        context,
+        warehouse,
+        """
         select source, sample_id, status, judge_backend, rarity, complexity, informativeness, overall, overall_compressed
         from rated_pool
         where (status = 'ok' and not (coalesce(rarity between 1 and 10, true) and coalesce(complexity between 1 and 10, true)
@@ -360,20 +463,41 @@ def rated_pool_score_ranges(context: dg.AssetCheckExecutionContext, warehouse: W
            or (status = 'ok' and overall_compressed is null)
            or (status <> 'ok' and coalesce(rarity, complexity, informativeness, overall, overall_compressed) is not null)
            or status not in ('ok', 'parse_error', 'api_error')""",
-                       "all scores in range; failures carry none", "scores out of range")
+        "all scores in range; failures carry none",
+        "scores out of range",
+    )
 
 
-@dg.asset_check(asset="rated_pool", partitions_def=source_partitions, description="No empty prompt or completion in this source.")
-def rated_pool_no_empty_text(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _mismatches(context, warehouse, "select source, sample_id from rated_pool where trim(coalesce(prompt, '')) = '' or trim(coalesce(completion, '')) = ''",
-                       "no empty text", "empty prompt or completion")
+@dg.asset_check(
+    asset="rated_pool", partitions_def=source_partitions, description="No empty prompt or completion in this source."
+)
+def rated_pool_no_empty_text(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    return _mismatches(
+        context,
+        warehouse,
+        "select source, sample_id from rated_pool where trim(coalesce(prompt, '')) = '' or trim(coalesce(completion, '')) = ''",
+        "no empty text",
+        "empty prompt or completion",
+    )
 
 
-@dg.asset_check(asset="low_quality_pool", additional_deps=["high_quality_pool"], partitions_def=source_partitions, blocking=True,
-                description="This source: rated ok = high + low, no row in both pools, one threshold, each row on the right side "
-                "of it. Blocking: a split that does not add up stops the clusters and the training sets.")
-def quality_split_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    return _mismatches(context, warehouse, """
+@dg.asset_check(
+    asset="low_quality_pool",
+    additional_deps=["high_quality_pool"],
+    partitions_def=source_partitions,
+    blocking=True,
+    description="This source: rated ok = high + low, no row in both pools, one threshold, each row on the right side "
+    "of it. Blocking: a split that does not add up stops the clusters and the training sets.",
+)
+def quality_split_accounting(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    return _mismatches(
+        context,
+        warehouse,
+        """
         with ok as (select source, count(*) n from rated_pool where status = 'ok' group by 1),
              hi as (select source, count(*) n, min(overall_compressed - quality_threshold) margin,
                            min(quality_threshold) t_min, max(quality_threshold) t_max from high_quality_pool group by 1),
@@ -387,4 +511,6 @@ def quality_split_accounting(context: dg.AssetCheckExecutionContext, warehouse: 
         where coalesce(ok.n, 0) <> coalesce(hi.n, 0) + coalesce(lo.n, 0) or coalesce(dup.n, 0) > 0
            or coalesce(hi.margin, 0) < 0 or coalesce(lo.margin, -1) >= 0
            or hi.t_min <> hi.t_max or lo.t_min <> lo.t_max or hi.t_min <> lo.t_min""",
-                       "ok = high + low for this source, no row in both, one threshold", "split does not add up")
+        "ok = high + low for this source, no row in both, one threshold",
+        "split does not add up",
+    )

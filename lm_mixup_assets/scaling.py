@@ -49,8 +49,10 @@ def gpu_op_tags(gpus: int = 1, memory: str = "32Gi", cpu: str = "8") -> dict:
         GPU_TAG: "true",
         "dagster-k8s/config": {
             "container_config": {"resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}},
-            "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-        }
+            "pod_spec_config": {
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            },
+        },
     }
 
 
@@ -60,12 +62,16 @@ def k8s_warehouse_env() -> list[str]:
     (``PGPASSWORD``, ``AWS_*``) come from the warehouse Secret, which may also hold the catalog URL."""
     backend = os.environ.get("LM_MIXUP_WAREHOUSE_BACKEND", "ducklake")
     if backend != "ducklake":
-        raise ValueError(f"LM_MIXUP_WAREHOUSE_BACKEND={backend!r} with the k8s executor: pods on several hosts cannot "
-                         "share a DuckDB file; use ducklake with a Postgres catalog (docs/scaling.md)")
+        raise ValueError(
+            f"LM_MIXUP_WAREHOUSE_BACKEND={backend!r} with the k8s executor: pods on several hosts cannot "
+            "share a DuckDB file; use ducklake with a Postgres catalog (docs/scaling.md)"
+        )
     catalog = os.environ.get("LM_MIXUP_WAREHOUSE_CATALOG", "")
     if catalog and not catalog.lower().startswith(("postgres://", "postgresql://")):
-        raise ValueError(f"LM_MIXUP_WAREHOUSE_CATALOG={catalog!r} with the k8s executor: a catalog file on a shared "
-                         "volume is not safe across hosts; use a postgres:// URL (docs/scaling.md)")
+        raise ValueError(
+            f"LM_MIXUP_WAREHOUSE_CATALOG={catalog!r} with the k8s executor: a catalog file on a shared "
+            "volume is not safe across hosts; use a postgres:// URL (docs/scaling.md)"
+        )
     env = ["LM_MIXUP_WAREHOUSE_BACKEND=ducklake"]
     for name in ("LM_MIXUP_WAREHOUSE_CATALOG", "LM_MIXUP_WAREHOUSE_DATA_PATH", "LM_MIXUP_WAREHOUSE_METADATA_SCHEMA"):
         if os.environ.get(name):
@@ -84,12 +90,22 @@ def k8s_executor_config() -> dict:
         "max_concurrent": int(os.environ.get("LM_MIXUP_MAX_CONCURRENT", "8")),
         # Every pod sees the same data root (a PVC or an object-store mount) for artifacts, and writes
         # tables through the lake; secrets come from k8s Secrets, not from config.
-        "env_vars": [f"LM_MIXUP_HOME={root}", f"LM_MIXUP_PROFILE={os.environ.get('LM_MIXUP_PROFILE', 'paper')}",
-                     *k8s_warehouse_env()],
-        "env_secrets": [os.environ.get("LM_MIXUP_K8S_SECRET", "lm-mixup-secrets"),
-                        os.environ.get("LM_MIXUP_K8S_WAREHOUSE_SECRET", "lm-mixup-warehouse")],
+        "env_vars": [
+            f"LM_MIXUP_HOME={root}",
+            f"LM_MIXUP_PROFILE={os.environ.get('LM_MIXUP_PROFILE', 'paper')}",
+            *k8s_warehouse_env(),
+        ],
+        "env_secrets": [
+            os.environ.get("LM_MIXUP_K8S_SECRET", "lm-mixup-secrets"),
+            os.environ.get("LM_MIXUP_K8S_WAREHOUSE_SECRET", "lm-mixup-warehouse"),
+        ],
         "volume_mounts": [{"name": "data", "mount_path": root}],
-        "volumes": [{"name": "data", "persistent_volume_claim": {"claim_name": os.environ.get("LM_MIXUP_K8S_PVC", "lm-mixup-data")}}],
+        "volumes": [
+            {
+                "name": "data",
+                "persistent_volume_claim": {"claim_name": os.environ.get("LM_MIXUP_K8S_PVC", "lm-mixup-data")},
+            }
+        ],
         # One step at a time per GPU: GPU steps queue for the GPUs.
         "tag_concurrency_limits": gpu_step_limits(),
     }
@@ -97,8 +113,10 @@ def k8s_executor_config() -> dict:
 
 def multiprocess_executor_config() -> dict:
     """Config for ``multiprocess_executor``: one process per step, GPU steps limited to the GPU count."""
-    return {"max_concurrent": int(os.environ.get("LM_MIXUP_MAX_CONCURRENT", "2")),
-            "tag_concurrency_limits": gpu_step_limits()}
+    return {
+        "max_concurrent": int(os.environ.get("LM_MIXUP_MAX_CONCURRENT", "2")),
+        "tag_concurrency_limits": gpu_step_limits(),
+    }
 
 
 def executor_name(profile: str | None = None) -> str:

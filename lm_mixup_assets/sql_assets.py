@@ -10,7 +10,6 @@ marks it and its downstream unsynced; each materialisation reports the content
 hash of the partition it wrote as its data version.
 """
 
-
 import hashlib
 from pathlib import Path
 
@@ -29,6 +28,7 @@ PARTITIONS = {"source": source_partitions}
 # Bump when the runner (how a step renders and writes its models) changes what the tables hold;
 # a model's own SQL is versioned by its file's text (``model_code_version``).
 CODE_VERSION = "1"
+
 
 def model_code_version(model: SqlModel) -> str:
     """The runner's version plus a hash of the model's SQL file: an edited model is a new version."""
@@ -51,7 +51,9 @@ def step_settings(step: SqlStep) -> type[StageSettings]:
 
 def _partitions(step: SqlStep):
     if step.partitioned_by and step.partitioned_by not in PARTITIONS:
-        raise ValueError(f"{step.models[0].path.name}: no partitions named {step.partitioned_by!r} (known: {sorted(PARTITIONS)})")
+        raise ValueError(
+            f"{step.models[0].path.name}: no partitions named {step.partitioned_by!r} (known: {sorted(PARTITIONS)})"
+        )
     return PARTITIONS.get(step.partitioned_by) if step.partitioned_by else None
 
 
@@ -67,23 +69,34 @@ def _run_step(context, step: SqlStep, values: dict, warehouse: WarehouseResource
     partition = context.partition_key if step.partitioned_by else None
     col = step.partitioned_by
     # One transaction for the step's tables, retried whole if a lake commit conflicts.
-    counts = warehouse.write(lambda con: materialise_step(con, step.models, values, partition, in_transaction=True),
-                             tables=[m.name for m in step.models])
+    counts = warehouse.write(
+        lambda con: materialise_step(con, step.models, values, partition, in_transaction=True),
+        tables=[m.name for m in step.models],
+    )
     with warehouse.connect() as con:
         results = []
         for model in step.models:
             where = f' where "{col}" = ?' if partition else ""
             preview = con.execute(f'select * from "{model.name}"{where} limit 5', [partition] if partition else []).df()
             version = table_data_version_in(con, model.name, col, partition)
-            results.append(dg.MaterializeResult(asset_key=model.name, data_version=version, metadata={
-                "dagster/row_count": counts[model.name],
-                "dagster/column_schema": warehouse_column_schema(con, model.name),
-                "preview": preview_md(preview),
-                "vars": dg.MetadataValue.json(values),
-                "sql": dg.MetadataValue.md(f"```sql\n{model.render(values, partition or 'x')[0]}\n```"),
-            }))
-    context.log.info(f"{step.name}{f'[{partition}]' if partition else ''}: "
-                     + ", ".join(f"{name} {n} rows" for name, n in counts.items()) + f" (vars {values})")
+            results.append(
+                dg.MaterializeResult(
+                    asset_key=model.name,
+                    data_version=version,
+                    metadata={
+                        "dagster/row_count": counts[model.name],
+                        "dagster/column_schema": warehouse_column_schema(con, model.name),
+                        "preview": preview_md(preview),
+                        "vars": dg.MetadataValue.json(values),
+                        "sql": dg.MetadataValue.md(f"```sql\n{model.render(values, partition or 'x')[0]}\n```"),
+                    },
+                )
+            )
+    context.log.info(
+        f"{step.name}{f'[{partition}]' if partition else ''}: "
+        + ", ".join(f"{name} {n} rows" for name, n in counts.items())
+        + f" (vars {values})"
+    )
     return results
 
 
@@ -109,7 +122,9 @@ def build_sql_step(step: SqlStep) -> dg.AssetsDefinition:
             description=_description(model, step),
             metadata={"sql_file": f"dbt_like_sql/{model.path.name}"},
         )
-        def _sql_asset(context: dg.AssetExecutionContext, config: config_cls, warehouse: WarehouseResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
+        def _sql_asset(
+            context: dg.AssetExecutionContext, config: config_cls, warehouse: WarehouseResource
+        ) -> dg.MaterializeResult:  # type: ignore[valid-type]
             return _run_step(context, step, config.resolve(context).values(), warehouse)[0]
 
         return _sql_asset
@@ -124,7 +139,10 @@ def build_sql_step(step: SqlStep) -> dg.AssetsDefinition:
         description=f"Builds {', '.join(m.name for m in step.models)} in one transaction from one config.",
         specs=[
             dg.AssetSpec(
-                key=model.name, deps=model.refs, code_version=model_code_version(model), kinds=set(model.kinds),
+                key=model.name,
+                deps=model.refs,
+                code_version=model_code_version(model),
+                kinds=set(model.kinds),
                 description=_description(model, step),
                 metadata={"sql_file": f"dbt_like_sql/{model.path.name}", "sql_step": step.name},
             )

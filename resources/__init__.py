@@ -10,15 +10,24 @@ from .judge import JudgeResource
 from .profiles import PROFILES, active_profile, lm_mixup_home
 from .warehouse import WarehouseResource
 
-__all__ = ["JudgeResource", "WarehouseResource", "build_resources", "resource_values", "warehouse_resource",
-           "active_profile", "lm_mixup_home"]
+__all__ = [
+    "JudgeResource",
+    "WarehouseResource",
+    "build_resources",
+    "resource_values",
+    "warehouse_resource",
+    "active_profile",
+    "lm_mixup_home",
+]
 
 
 def resource_values(section: str, resource_cls: type, profile: str | None = None) -> dict:
     """One resource section's values: the profile's preset, then ``LM_MIXUP_<SECTION>_<FIELD>`` (pydantic-settings)."""
     profile = profile or active_profile()
-    return {**PROFILES[profile][section], **env_overrides(resource_cls, f"LM_MIXUP_{section.upper()}_",
-                                                          skip=frozenset({"api_key_env"}))}
+    return {
+        **PROFILES[profile][section],
+        **env_overrides(resource_cls, f"LM_MIXUP_{section.upper()}_", skip=frozenset({"api_key_env"})),
+    }
 
 
 def warehouse_resource(profile: str | None = None, home: str | None = None) -> WarehouseResource:
@@ -44,8 +53,12 @@ def build_resources(profile: str | None = None, home: str | None = None) -> dict
         "warehouse": warehouse,
         "judge": JudgeResource(**resource_values("judge", JudgeResource, profile)),
         # Vectors are kept per model and text under the home: re-runs embed only what is new.
-        "embedder": EmbedderResource(**{"cache_dir": str(Path(warehouse.home) / "artifacts" / "embedding_cache"),
-                                        **resource_values("embedder", EmbedderResource, profile)}),
+        "embedder": EmbedderResource(
+            **{
+                "cache_dir": str(Path(warehouse.home) / "artifacts" / "embedding_cache"),
+                **resource_values("embedder", EmbedderResource, profile),
+            }
+        ),
         "generator": GeneratorResource(**resource_values("generator", GeneratorResource, profile)),
         # MIXTURE has its own writer (GPT-4o-mini in the paper), apart from the policy that distils.
         "mixture_writer": GeneratorResource(**resource_values("mixture_writer", GeneratorResource, profile)),

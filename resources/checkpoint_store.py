@@ -28,8 +28,11 @@ def require_checkpoint(value: ModelCheckpoint | None, label: str) -> ModelCheckp
     if value is None:
         raise dg.Failure(description=f"{label} has no stored value yet: materialise {label} first")
     if not value.folder_exists():
-        raise dg.Failure(description=(
-            f"{label}'s checkpoint folder {value.path} no longer exists (deleted or moved?): rematerialise {label}"))
+        raise dg.Failure(
+            description=(
+                f"{label}'s checkpoint folder {value.path} no longer exists (deleted or moved?): rematerialise {label}"
+            )
+        )
     return value
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import dagster as dg
 from pydantic import Field
@@ -27,8 +27,16 @@ from .warehouse import WarehouseResource
 
 BACKENDS = ("transformers", "vllm", "openai")
 # What GeneratorResource.generate(usage=...) reports; cost_usd is added when the model's price is known.
-USAGE_KEYS = ("rows", "cache_hits", "generated", "http_requests", "retries", "batches", "prompt_tokens",
-              "completion_tokens")
+USAGE_KEYS = (
+    "rows",
+    "cache_hits",
+    "generated",
+    "http_requests",
+    "retries",
+    "batches",
+    "prompt_tokens",
+    "completion_tokens",
+)
 # The loaded model, kept for the next generate() of the same asset with the same configuration. One at a time:
 # loading another model releases it, so a process never holds several; an asset releases it when it ends
 # (GeneratorResource.session), so later steps of an in-process run find the GPU free.
@@ -60,8 +68,15 @@ class GeneratorResource(dg.ConfigurableResource):
     ``api_key_env``, never a config value). Greedy by default. Results are cached in the
     warehouse by (backend, model, sampling parameters, chat)."""
 
-    backend: str = Field("transformers", description="'transformers' (in process, any device), 'vllm' (in process, GPU) or 'openai' (an OpenAI-compatible server, e.g. vLLM serve).")
-    model: str = Field("smollm2", min_length=1, description="'smollm2' (packaged, offline), an HF id or folder, or (openai backend) the served model name.")
+    backend: str = Field(
+        "transformers",
+        description="'transformers' (in process, any device), 'vllm' (in process, GPU) or 'openai' (an OpenAI-compatible server, e.g. vLLM serve).",
+    )
+    model: str = Field(
+        "smollm2",
+        min_length=1,
+        description="'smollm2' (packaged, offline), an HF id or folder, or (openai backend) the served model name.",
+    )
     base_url: str = Field("", description="OpenAI-compatible endpoint (openai backend); empty = the client's default.")
     api_key_env: str = Field(
         default="OPENAI_API_KEY",
@@ -72,34 +87,57 @@ class GeneratorResource(dg.ConfigurableResource):
     temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (temperature > 0).")
     seed: int = Field(0, description="Sampling seed.")
-    repetition_penalty: float = Field(1.0, gt=0, description="1 = off; the openai backend sends it as an extra body field (vLLM servers read it).")
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="1 = off; the openai backend sends it as an extra body field (vLLM servers read it)."
+    )
     batch_size: int = Field(8, ge=1, description="Prompts per batch (transformers / vllm backends).")
-    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' (transformers backend).")
+    device: str = Field(
+        "auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' (transformers backend)."
+    )
     concurrency: int = Field(16, ge=1, description="Requests in flight at once (openai backend).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds before one request times out (then retried).")
-    max_retries: int = Field(5, ge=0, description="Retries after 429/5xx/timeouts, with backoff; then the row is api_error.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries after 429/5xx/timeouts, with backoff; then the row is api_error."
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM engine spans (vllm backend).")
     gpu_memory_utilization: float = Field(
-        0.85, gt=0, le=1,
+        0.85,
+        gt=0,
+        le=1,
         description="Share of the GPU's memory one vLLM engine reserves (weights + KV cache; vllm backend). Capped "
         "at start to what is free, so a model another step left on the device lowers it instead of failing vLLM's "
-        "start-up check; lower it by hand when another process shares the GPU.")
+        "start-up check; lower it by hand when another process shares the GPU.",
+    )
 
     def params(self, **overrides) -> GenerationParams:
-        base = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed, "repetition_penalty": self.repetition_penalty}
+        base = {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+        }
         return GenerationParams(**{**base, **overrides})
 
     def _engine(self, model_path: str, fingerprint: str):
-        key = (self.backend, fingerprint, self.device, self.batch_size, self.tensor_parallel_size,
-               self.gpu_memory_utilization)
+        key = (
+            self.backend,
+            fingerprint,
+            self.device,
+            self.batch_size,
+            self.tensor_parallel_size,
+            self.gpu_memory_utilization,
+        )
         if key not in _ENGINES:
             release_engines()
             if self.backend == "transformers":
                 _ENGINES[key] = TransformersGenerator(model_path, device=self.device, batch_size=self.batch_size)
             else:
-                _ENGINES[key] = VllmGenerator(model_path, tensor_parallel_size=self.tensor_parallel_size,
-                                              gpu_memory_utilization=self.gpu_memory_utilization)
+                _ENGINES[key] = VllmGenerator(
+                    model_path,
+                    tensor_parallel_size=self.tensor_parallel_size,
+                    gpu_memory_utilization=self.gpu_memory_utilization,
+                )
         return _ENGINES[key]
 
     @contextmanager
@@ -127,9 +165,15 @@ class GeneratorResource(dg.ConfigurableResource):
         """Values to redact from any text this generator's errors reach (its key, when set)."""
         return [k for k in (self.api_key(),) if k]
 
-    def generate(self, chats: list[list[dict]], warehouse: WarehouseResource, model: str | None = None,
-                 progress: Callable[[str], None] | None = None, usage: dict | None = None,
-                 **param_overrides) -> tuple[list[GenerationOutcome], list[bool]]:
+    def generate(
+        self,
+        chats: list[list[dict]],
+        warehouse: WarehouseResource,
+        model: str | None = None,
+        progress: Callable[[str], None] | None = None,
+        usage: dict | None = None,
+        **param_overrides,
+    ) -> tuple[list[GenerationOutcome], list[bool]]:
         """One outcome per chat (text in ``raw_answer``) and whether it came from the cache.
 
         ``usage``, when given, is filled with what this call cost (see :data:`USAGE_KEYS`): ``rows``,
@@ -151,28 +195,50 @@ class GeneratorResource(dg.ConfigurableResource):
             if not self.base_url:
                 raise dg.Failure("generator backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
             if not self.api_key():
-                raise dg.Failure(f"generator backend 'openai' needs {self.api_key_env} set in the environment of the "
-                                 "run (any value, e.g. EMPTY, for a local server); keys are never config values")
-            client = OpenAIGenerator(base_url=self.base_url, api_key=self.api_key(), model=model,
-                                     concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries)
+                raise dg.Failure(
+                    f"generator backend 'openai' needs {self.api_key_env} set in the environment of the "
+                    "run (any value, e.g. EMPTY, for a local server); keys are never config values"
+                )
+            client = OpenAIGenerator(
+                base_url=self.base_url,
+                api_key=self.api_key(),
+                model=model,
+                concurrency=self.concurrency,
+                timeout_s=self.timeout_s,
+                max_retries=self.max_retries,
+            )
 
             def missing(todo, on_result):
                 counters["generated"] += len(todo)
                 return client.generate(todo, params, on_result)
         else:
+
             def missing(todo, on_result):
                 engine = self._engine(resolved, label)  # loaded only when something is not in the cache
                 counters["generated"] += len(todo)
                 # transformers runs one generate() per batch_size chats; vLLM schedules the whole list itself.
                 counters["batches"] += math.ceil(len(todo) / self.batch_size) if self.backend == "transformers" else 1
                 return engine.generate(todo, params, on_result)
-        outcomes, hits = generate_with_cache(chats, keys, warehouse.connect, missing, self.backend, model, params,
-                                             progress=progress, flush_every=self.concurrency)
+
+        outcomes, hits = generate_with_cache(
+            chats,
+            keys,
+            warehouse.connect,
+            missing,
+            self.backend,
+            model,
+            params,
+            progress=progress,
+            flush_every=self.concurrency,
+        )
         if usage is not None:
             fresh = [o for o, hit in zip(outcomes, hits) if not hit]
-            counters.update(rows=len(chats), cache_hits=sum(hits),
-                            prompt_tokens=sum(o.prompt_tokens for o in fresh),
-                            completion_tokens=sum(o.completion_tokens for o in fresh))
+            counters.update(
+                rows=len(chats),
+                cache_hits=sum(hits),
+                prompt_tokens=sum(o.prompt_tokens for o in fresh),
+                completion_tokens=sum(o.completion_tokens for o in fresh),
+            )
             if client is not None:
                 counters.update(http_requests=client.stats["requests_sent"], retries=client.stats["retries"])
                 cost = estimate_cost_usd(model, counters["prompt_tokens"], counters["completion_tokens"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 from pydantic import Field
@@ -45,9 +45,18 @@ class JudgeResource(dg.ConfigurableResource):
     but the rubric version is still part of its cache key.
     """
 
-    backend: str = Field("heuristic", description="'heuristic' (offline, length-biased: its Overall tracks answer length) or 'openai' (any OpenAI-compatible chat endpoint).")
-    model: str = Field("heuristic-v1", min_length=1, description="The judge model (openai backend: the served model name, e.g. gpt-4o-mini); keys the cache.")
-    base_url: str = Field("", description="OpenAI-compatible endpoint (openai backend); empty = the client's default (api.openai.com).")
+    backend: str = Field(
+        "heuristic",
+        description="'heuristic' (offline, length-biased: its Overall tracks answer length) or 'openai' (any OpenAI-compatible chat endpoint).",
+    )
+    model: str = Field(
+        "heuristic-v1",
+        min_length=1,
+        description="The judge model (openai backend: the served model name, e.g. gpt-4o-mini); keys the cache.",
+    )
+    base_url: str = Field(
+        "", description="OpenAI-compatible endpoint (openai backend); empty = the client's default (api.openai.com)."
+    )
     api_key_env: str = Field(
         default="OPENAI_API_KEY",
         description="NAME of the environment variable that holds the openai backend's API key (read at run time, "
@@ -76,8 +85,12 @@ class JudgeResource(dg.ConfigurableResource):
     )
     concurrency: int = Field(16, ge=1, description="Requests in flight at once (openai backend).")
     timeout_s: float = Field(60.0, gt=0, description="Seconds before one request times out (then retried).")
-    max_retries: int = Field(5, ge=0, description="Retries of a request after 429/5xx/timeouts, with backoff; then the row is api_error.")
-    max_parse_retries: int = Field(2, ge=0, description="Re-asks when an answer has no parsable scores; then the row is parse_error.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries of a request after 429/5xx/timeouts, with backoff; then the row is api_error."
+    )
+    max_parse_retries: int = Field(
+        2, ge=0, description="Re-asks when an answer has no parsable scores; then the row is parse_error."
+    )
     max_tokens: int = Field(128, ge=1, description="Longest judge answer in tokens.")
     batch: bool = Field(
         default=False,
@@ -86,14 +99,21 @@ class JudgeResource(dg.ConfigurableResource):
         "batch is recorded in the warehouse (judge_batches) before polling, so a restarted run resumes it instead "
         "of paying again. Answers that do not parse are re-asked online (max_parse_retries).",
     )
-    batch_poll_interval_s: float = Field(60.0, ge=0, description="Seconds between two polls of the open batches (batch on); each poll logs the request counts.")
+    batch_poll_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds between two polls of the open batches (batch on); each poll logs the request counts.",
+    )
     batch_max_wait_s: float = Field(
-        default=26 * 3600.0, ge=0,
+        default=26 * 3600.0,
+        ge=0,
         description="How long one run polls its batches (batch on) before it fails with their ids; they stay "
         "recorded and the next run resumes them. The API's window is 24 h.",
     )
     batch_max_requests: int = Field(
-        default=MAX_BATCH_REQUESTS, ge=1, le=MAX_BATCH_REQUESTS,
+        default=MAX_BATCH_REQUESTS,
+        ge=1,
+        le=MAX_BATCH_REQUESTS,
         description="Most requests in one batch (batch on); more rows are split into several batches, as are "
         "files over 200 MB. Lower it to stay under the organisation's enqueued-token limit.",
     )
@@ -102,13 +122,19 @@ class JudgeResource(dg.ConfigurableResource):
         if self.backend not in BACKENDS:
             raise dg.Failure(f"judge backend {self.backend!r} is unknown; choose one of {BACKENDS}")
         if self.batch and self.backend != "openai":
-            raise dg.Failure(f"judge batch=true needs backend 'openai' (LM_MIXUP_JUDGE_BACKEND=openai), not {self.backend!r}")
+            raise dg.Failure(
+                f"judge batch=true needs backend 'openai' (LM_MIXUP_JUDGE_BACKEND=openai), not {self.backend!r}"
+            )
         if self.backend == "openai":
             if not self.base_url:
-                raise dg.Failure("judge backend 'openai' needs base_url (LM_MIXUP_JUDGE_BASE_URL), e.g. http://127.0.0.1:8000/v1")
+                raise dg.Failure(
+                    "judge backend 'openai' needs base_url (LM_MIXUP_JUDGE_BASE_URL), e.g. http://127.0.0.1:8000/v1"
+                )
             if not self.api_key():
-                raise dg.Failure(f"judge backend 'openai' needs {self.api_key_env} set in the environment of the run "
-                                 "(any value, e.g. EMPTY, for a local server); keys are never config values")
+                raise dg.Failure(
+                    f"judge backend 'openai' needs {self.api_key_env} set in the environment of the run "
+                    "(any value, e.g. EMPTY, for a local server); keys are never config values"
+                )
         if self.target_rubric_version != "per_task":
             versions = (self.rubric_version, self.distilled_rubric_version, self.target_rubric_version)
         else:
@@ -203,6 +229,7 @@ class JudgeResource(dg.ConfigurableResource):
                     on_result(i, o)
                     out.append(o)
                 return out
+
             stats_source = None
         else:
             from lm_mixup_assets.lib.openai_judge import OpenAIJudgeClient
@@ -223,8 +250,14 @@ class JudgeResource(dg.ConfigurableResource):
 
         try:
             result = rate_with_cache(
-                requests, keys, connect, rate_missing,
-                backend=self.backend, model=self.model, rubric_version=versions, progress=progress,
+                requests,
+                keys,
+                connect,
+                rate_missing,
+                backend=self.backend,
+                model=self.model,
+                rubric_version=versions,
+                progress=progress,
                 flush_every=self.concurrency,  # durable within one concurrency's worth of answers (or 0.5 s)
             )
         except BatchPending as exc:

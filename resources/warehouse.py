@@ -10,8 +10,8 @@ from typing import Literal, TypeVar
 
 import dagster as dg
 import duckdb
-from pydantic import Field
 import pandas as pd
+from pydantic import Field
 
 from lm_mixup_assets.lib import warehouse as wh
 
@@ -43,22 +43,35 @@ class WarehouseResource(dg.ConfigurableResource):
     data path object storage, so pods on many hosts write at once (docs/scaling.md).
     """
 
-    home: str = Field(description="Root of everything the platform writes (LM_MIXUP_HOME): the warehouse, artifacts/, dagster/.")
+    home: str = Field(
+        description="Root of everything the platform writes (LM_MIXUP_HOME): the warehouse, artifacts/, dagster/."
+    )
     backend: Literal["duckdb", "ducklake"] = Field(
-        "duckdb", description="'duckdb': one DuckDB file, home/warehouse.duckdb (one writer at a time, one machine). "
-        "'ducklake': a DuckLake (catalog + Parquet files): many writers on many hosts, every commit a queryable snapshot.")
+        "duckdb",
+        description="'duckdb': one DuckDB file, home/warehouse.duckdb (one writer at a time, one machine). "
+        "'ducklake': a DuckLake (catalog + Parquet files): many writers on many hosts, every commit a queryable snapshot.",
+    )
     catalog: str = Field(
-        "", description="ducklake: the catalog database. A postgres:// URL (cluster; password from PGPASSWORD, never "
-        "here), or a local file (.sqlite: SQLite, many local processes). Empty = home/lake/catalog.sqlite.")
+        "",
+        description="ducklake: the catalog database. A postgres:// URL (cluster; password from PGPASSWORD, never "
+        "here), or a local file (.sqlite: SQLite, many local processes). Empty = home/lake/catalog.sqlite.",
+    )
     data_path: str = Field(
-        "", description="ducklake: where the Parquet files go: a folder or s3://bucket/prefix/ (credentials from the "
-        "AWS_* environment variables). Empty = home/lake/data/.")
+        "",
+        description="ducklake: where the Parquet files go: a folder or s3://bucket/prefix/ (credentials from the "
+        "AWS_* environment variables). Empty = home/lake/data/.",
+    )
     metadata_schema: str = Field(
-        "", description="ducklake with a Postgres catalog: the schema holding this lake's catalog tables (several lakes "
-        "in one database); empty = the database's default.")
+        "",
+        description="ducklake with a Postgres catalog: the schema holding this lake's catalog tables (several lakes "
+        "in one database); empty = the database's default.",
+    )
     lock_timeout_s: float = Field(
-        300.0, gt=0, description="Seconds a writer keeps trying: waiting for the DuckDB file lock, or retrying a lake "
-        "commit that conflicted with another's.")
+        300.0,
+        gt=0,
+        description="Seconds a writer keeps trying: waiting for the DuckDB file lock, or retrying a lake "
+        "commit that conflicted with another's.",
+    )
 
     @property
     def root(self) -> Path:
@@ -74,9 +87,11 @@ class WarehouseResource(dg.ConfigurableResource):
         """The lake of the ``ducklake`` backend (None for ``duckdb``)."""
         if self.backend != "ducklake":
             return None
-        return wh.Lake(catalog=self.catalog or str(self.root / "lake" / "catalog.sqlite"),
-                       data_path=self.data_path or str(self.root / "lake" / "data"),
-                       metadata_schema=self.metadata_schema)
+        return wh.Lake(
+            catalog=self.catalog or str(self.root / "lake" / "catalog.sqlite"),
+            data_path=self.data_path or str(self.root / "lake" / "data"),
+            metadata_schema=self.metadata_schema,
+        )
 
     @property
     def location(self) -> str:
@@ -121,12 +136,24 @@ class WarehouseResource(dg.ConfigurableResource):
             _note_snapshot(tables, snapshot)
         return result
 
-    def replace_partition(self, table: str, df: pd.DataFrame, partition_column: str | None = None,
-                          partition_value: str | None = None, column_types: dict[str, str] | None = None) -> int:
-        return self.write(lambda con: wh.replace_partition(con, table, df, partition_column, partition_value,
-                                                           column_types, in_transaction=True), tables=[table])
+    def replace_partition(
+        self,
+        table: str,
+        df: pd.DataFrame,
+        partition_column: str | None = None,
+        partition_value: str | None = None,
+        column_types: dict[str, str] | None = None,
+    ) -> int:
+        return self.write(
+            lambda con: wh.replace_partition(
+                con, table, df, partition_column, partition_value, column_types, in_transaction=True
+            ),
+            tables=[table],
+        )
 
-    def read_partition(self, table: str, partition_column: str | None = None, partition_value: str | None = None) -> pd.DataFrame:
+    def read_partition(
+        self, table: str, partition_column: str | None = None, partition_value: str | None = None
+    ) -> pd.DataFrame:
         with self.connect() as con:
             return wh.read_partition(con, table, partition_column, partition_value)
 
@@ -160,7 +187,11 @@ def _commit_info(tables: list[str]) -> dict:
     extra: dict = {"tables": tables}
     if ctx is None:
         return {"author": "lm-mixup", "message": "write outside a Dagster step", "extra": extra}
-    extra |= {"run_id": ctx.run_id, "step": ctx.op.name, "partition": ctx.partition_key if ctx.has_partition_key else None}
+    extra |= {
+        "run_id": ctx.run_id,
+        "step": ctx.op.name,
+        "partition": ctx.partition_key if ctx.has_partition_key else None,
+    }
     return {"author": "lm-mixup", "message": f"run {ctx.run_id[:8]} step {ctx.op.name}", "extra": extra}
 
 
@@ -172,8 +203,9 @@ def _note_snapshot(tables: list[str], snapshot: int) -> None:
     for table in tables:
         if table in selected:
             try:
-                dg.AssetExecutionContext.get().add_asset_metadata({"lake_snapshot": dg.MetadataValue.int(snapshot)},
-                                                                  asset_key=selected[table])
+                dg.AssetExecutionContext.get().add_asset_metadata(
+                    {"lake_snapshot": dg.MetadataValue.int(snapshot)}, asset_key=selected[table]
+                )
             except dg.DagsterInvariantViolationError:  # an asset check's step: it materialises nothing
                 return
 
@@ -184,5 +216,7 @@ def snapshot_metadata(snapshots: dict[str, int | None]) -> dict:
     if not known:
         return {}
     sql = "\n".join(f"select * from {t} at (version => {s});" for t, s in sorted(known.items()))
-    return {"read_snapshots": dg.MetadataValue.json(known),
-            "read_again": dg.MetadataValue.md(f"The rows this was built from (ducklake):\n```sql\n{sql}\n```")}
+    return {
+        "read_snapshots": dg.MetadataValue.json(known),
+        "read_again": dg.MetadataValue.md(f"The rows this was built from (ducklake):\n```sql\n{sql}\n```"),
+    }

@@ -66,8 +66,10 @@ def warehouse_backend(request, monkeypatch):
     if backend == "ducklake-postgres":
         dsn = os.environ.get(POSTGRES_DSN_VAR)
         if not dsn:
-            pytest.skip(f"no Postgres for the ducklake catalog test: set {POSTGRES_DSN_VAR} (postgres://user@host:port/db); "
-                        ".ci/run starts one")
+            pytest.skip(
+                f"no Postgres for the ducklake catalog test: set {POSTGRES_DSN_VAR} (postgres://user@host:port/db); "
+                ".ci/run starts one"
+            )
         schema = f"t_{uuid.uuid4().hex[:12]}"
         monkeypatch.setenv("LM_MIXUP_WAREHOUSE_CATALOG", dsn)
         monkeypatch.setenv("LM_MIXUP_WAREHOUSE_METADATA_SCHEMA", schema)
@@ -88,9 +90,18 @@ def tiny_causal_lm(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny-lm")
     tok = load_tokenizer("smollm2", str(tmp_path_factory.getbasetemp() / "tokcache"))
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return str(folder)

@@ -7,14 +7,19 @@ import definitions
 
 def pool_assets_and_checks():
     """The source-partitioned assets of the pool group plus every check, for dg.materialize."""
-    assets = [a for a in definitions.defs.assets if a.partitions_def is not None and a.group_names_by_key and
-              set(a.group_names_by_key.values()) == {"pool"}]
+    assets = [
+        a
+        for a in definitions.defs.assets
+        if a.partitions_def is not None and a.group_names_by_key and set(a.group_names_by_key.values()) == {"pool"}
+    ]
     return [*assets, *definitions.defs.asset_checks]
 
 
 def assets_of_groups(*groups, checks=True):
     """Every asset of the named groups (plus every check), for dg.materialize."""
-    assets = [a for a in definitions.defs.assets if a.group_names_by_key and set(a.group_names_by_key.values()) <= set(groups)]
+    assets = [
+        a for a in definitions.defs.assets if a.group_names_by_key and set(a.group_names_by_key.values()) <= set(groups)
+    ]
     return [*assets, *definitions.defs.asset_checks] if checks else assets
 
 

@@ -108,7 +108,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "OpenAICompatServer",
@@ -164,8 +165,12 @@ def ds2_answer(user_message: str) -> str:
     """The scores of :func:`expected_scores` as DS2's prompt asks for them: indented JSON with
     "Overall rating", after a line of prose (pass ``answer_fn="tests.openai_server:ds2_answer"``)."""
     s = expected_scores(user_message)
-    obj = {"Rarity": s["rarity"], "Complexity": s["complexity"], "Informativeness": s["informativeness"],
-           "Overall rating": s["overall"]}
+    obj = {
+        "Rarity": s["rarity"],
+        "Complexity": s["complexity"],
+        "Informativeness": s["informativeness"],
+        "Overall rating": s["overall"],
+    }
     return "Here is my evaluation of the sample:\n" + json.dumps(obj, indent=4)
 
 
@@ -348,8 +353,15 @@ class _ServerCore:
             raise ValueError("bad content-length") from None
         return await reader.readexactly(n) if n else b""
 
-    async def _write(self, writer, status: int, payload: Any, close: bool = False, extra: dict | None = None,
-                     content_type: str = "application/json") -> None:
+    async def _write(
+        self,
+        writer,
+        status: int,
+        payload: Any,
+        close: bool = False,
+        extra: dict | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
         reason = _REASONS.get(status, "Status")
         head = [
@@ -375,8 +387,10 @@ class _ServerCore:
             await self._write(writer, 200, {"ok": True}, close)
             return True
         if path == "/debug/files" and method == "GET":  # test inspection, no auth: what clients uploaded
-            files = [{k: v for k, v in f.items() if k != "data"} | {"text": f["data"].decode("utf-8", "replace")}
-                     for f in self.files.values()]
+            files = [
+                {k: v for k, v in f.items() if k != "data"} | {"text": f["data"].decode("utf-8", "replace")}
+                for f in self.files.values()
+            ]
             await self._write(writer, 200, files, close)
             return True
         if path.startswith(("/v1/files", "/v1/batches")):
@@ -384,7 +398,9 @@ class _ServerCore:
             await self._write(writer, status, payload, close, content_type=content_type)
             return True
         if path not in ("/v1/chat/completions", "/chat/completions"):
-            await self._write(writer, 404, {"error": {"message": f"no route {method} {path}", "type": "invalid_request_error"}}, close)
+            await self._write(
+                writer, 404, {"error": {"message": f"no route {method} {path}", "type": "invalid_request_error"}}, close
+            )
             return True
         if method != "POST":
             await self._write(writer, 405, {"error": {"message": "use POST"}}, close)
@@ -401,14 +417,14 @@ class _ServerCore:
             try:
                 req = json.loads(body or b"{}")
                 messages = req.get("messages") or []
-                user_message = next(
-                    (m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), ""
-                )
+                user_message = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
                 if not isinstance(user_message, str):  # content parts
                     user_message = "".join(p.get("text", "") for p in user_message if isinstance(p, dict))
             except (ValueError, AttributeError, TypeError) as exc:
                 self.status_counts["400"] += 1
-                await self._write(writer, 400, {"error": {"message": f"bad JSON body: {exc}", "type": "invalid_request_error"}}, close)
+                await self._write(
+                    writer, 400, {"error": {"message": f"bad JSON body: {exc}", "type": "invalid_request_error"}}, close
+                )
                 return True
             self.per_prompt[prompt_hash(user_message)] += 1
 
@@ -421,7 +437,13 @@ class _ServerCore:
                     await self._write(
                         writer,
                         401,
-                        {"error": {"message": f"Incorrect API key provided: {given}.", "type": "invalid_request_error", "code": "invalid_api_key"}},
+                        {
+                            "error": {
+                                "message": f"Incorrect API key provided: {given}.",
+                                "type": "invalid_request_error",
+                                "code": "invalid_api_key",
+                            }
+                        },
                         close,
                     )
                     return True
@@ -445,7 +467,18 @@ class _ServerCore:
                         extra["Retry-After"] = str(fault["retry_after"])
                     msg = fault.get("message") or f"injected {status}"
                     self.status_counts[str(status)] += 1
-                    await self._write(writer, status, {"error": {"message": msg, "type": "server_error" if status >= 500 else "invalid_request_error"}}, close, extra)
+                    await self._write(
+                        writer,
+                        status,
+                        {
+                            "error": {
+                                "message": msg,
+                                "type": "server_error" if status >= 500 else "invalid_request_error",
+                            }
+                        },
+                        close,
+                        extra,
+                    )
                     return True
                 if "content" in fault:
                     content = str(fault["content"])
@@ -481,7 +514,6 @@ class _ServerCore:
         finally:
             self.in_flight -= 1
 
-
     # ---- Batch API (in memory)
 
     def _new_id(self, prefix: str) -> str:
@@ -495,8 +527,13 @@ class _ServerCore:
             return None
         self.status_counts["401"] += 1
         given = auth.removeprefix("Bearer ")  # echoed like the real API: clients must redact it
-        return 401, {"error": {"message": f"Incorrect API key provided: {given}.", "type": "invalid_request_error",
-                               "code": "invalid_api_key"}}
+        return 401, {
+            "error": {
+                "message": f"Incorrect API key provided: {given}.",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+        }
 
     def batch_api(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, Any, str]:
         """/v1/files and /v1/batches: (status, JSON payload or bytes, content type)."""
@@ -534,8 +571,14 @@ class _ServerCore:
             raise ValueError("multipart upload needs a 'file' part")
         filename, data = fields["file"]
         purpose = fields.get("purpose", (None, b""))[1].decode()
-        f = {"id": self._new_id("file"), "purpose": purpose, "filename": filename or "upload", "bytes": len(data),
-             "created_at": int(time.time()), "data": data}
+        f = {
+            "id": self._new_id("file"),
+            "purpose": purpose,
+            "filename": filename or "upload",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "data": data,
+        }
         self.files[f["id"]] = f
         self.files_uploaded += 1
         return _file_object(f)
@@ -551,11 +594,23 @@ class _ServerCore:
         script = self.batch_script[self.batches_created] if self.batches_created < len(self.batch_script) else {}
         self.batches_created += 1
         lines, errors = _validate_batch_file(f["data"], self.batch_max_requests)
-        b = {"id": self._new_id("batch"), "input_file_id": f["id"], "endpoint": req["endpoint"],
-             "completion_window": "24h", "status": "validating", "created_at": int(time.time()),
-             "created_monotonic": time.monotonic(), "polls": 0, "script": script, "lines": lines,
-             "errors": errors, "output_file_id": None, "error_file_id": None, "metadata": req.get("metadata"),
-             "counts": {"total": len(lines), "completed": 0, "failed": 0}}
+        b = {
+            "id": self._new_id("batch"),
+            "input_file_id": f["id"],
+            "endpoint": req["endpoint"],
+            "completion_window": "24h",
+            "status": "validating",
+            "created_at": int(time.time()),
+            "created_monotonic": time.monotonic(),
+            "polls": 0,
+            "script": script,
+            "lines": lines,
+            "errors": errors,
+            "output_file_id": None,
+            "error_file_id": None,
+            "metadata": req.get("metadata"),
+            "counts": {"total": len(lines), "completed": 0, "failed": 0},
+        }
         if errors:  # the real API fails a bad input file while validating
             b["status"] = "failed"
             b["failed_at"] = b["created_at"]
@@ -579,7 +634,9 @@ class _ServerCore:
         now = int(time.time())
         if end == "failed":
             b["status"], b["failed_at"] = "failed", now
-            b["errors"] = [dict(e) for e in script.get("errors") or [{"code": "injected", "message": "injected failure"}]]
+            b["errors"] = [
+                dict(e) for e in script.get("errors") or [{"code": "injected", "message": "injected failure"}]
+            ]
             return
         answer_upto = len(b["lines"]) if end == "completed" else int(script.get("complete", 0))
         garbage = list(script.get("garbage") or [])
@@ -587,8 +644,14 @@ class _ServerCore:
         for i, line in enumerate(b["lines"]):
             if i >= answer_upto:
                 code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(end, "batch_" + end)
-                err.append({"id": f"batch_req_{i}", "custom_id": line["custom_id"], "response": None,
-                            "error": {"code": code, "message": f"This request was not executed: the batch {end}."}})
+                err.append(
+                    {
+                        "id": f"batch_req_{i}",
+                        "custom_id": line["custom_id"],
+                        "response": None,
+                        "error": {"code": code, "message": f"This request was not executed: the batch {end}."},
+                    }
+                )
                 continue
             kind, record = self._batch_line(i, line)
             user = _user_message(line["body"].get("messages") or [])
@@ -607,8 +670,14 @@ class _ServerCore:
 
     def _store_output(self, b: dict, what: str, text: str) -> str:
         data = text.encode("utf-8")
-        f = {"id": self._new_id("file"), "purpose": "batch_output", "filename": f"{b['id']}_{what}.jsonl",
-             "bytes": len(data), "created_at": int(time.time()), "data": data}
+        f = {
+            "id": self._new_id("file"),
+            "purpose": "batch_output",
+            "filename": f"{b['id']}_{what}.jsonl",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "data": data,
+        }
         self.files[f["id"]] = f
         return f["id"]
 
@@ -630,8 +699,13 @@ class _ServerCore:
             if "status" in fault and int(fault["status"]) != 200:
                 status = int(fault["status"])
                 msg = fault.get("message") or f"injected {status}"
-                record["response"] = {"status_code": status, "request_id": f"req-{i}", "body": {"error": {
-                    "message": msg, "type": "server_error" if status >= 500 else "invalid_request_error"}}}
+                record["response"] = {
+                    "status_code": status,
+                    "request_id": f"req-{i}",
+                    "body": {
+                        "error": {"message": msg, "type": "server_error" if status >= 500 else "invalid_request_error"}
+                    },
+                }
                 return "error", record
             if "content" in fault:
                 content = str(fault["content"])
@@ -639,13 +713,29 @@ class _ServerCore:
             content = self.answer_fn(user_message)
         prompt_tokens = sum(_count_tokens(str(m.get("content") or "")) for m in messages)
         completion_tokens = _count_tokens(content)
-        record["response"] = {"status_code": 200, "request_id": f"req-{i}", "body": {
-            "id": f"chatcmpl-batch-{i}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model") or self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
-                         "logprobs": None}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}}
+        record["response"] = {
+            "status_code": 200,
+            "request_id": f"req-{i}",
+            "body": {
+                "id": f"chatcmpl-batch-{i}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or self.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        }
         return "ok", record
 
 
@@ -667,8 +757,10 @@ def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, by
         if chunk.startswith(b"--"):
             break
         head, _, data = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        disposition = next((line for line in head.decode("latin-1").split("\r\n")
-                            if line.lower().startswith("content-disposition")), "")
+        disposition = next(
+            (line for line in head.decode("latin-1").split("\r\n") if line.lower().startswith("content-disposition")),
+            "",
+        )
         name = re.search(r'\bname="([^"]*)"', disposition)
         filename = re.search(r'\bfilename="([^"]*)"', disposition)
         if name:
@@ -684,8 +776,13 @@ def _validate_batch_file(data: bytes, max_requests: int) -> tuple[list[dict], li
             continue
         try:
             line = json.loads(raw)
-            ok = (isinstance(line, dict) and isinstance(line.get("custom_id"), str) and line.get("method") == "POST"
-                  and line.get("url") == "/v1/chat/completions" and isinstance(line.get("body"), dict))
+            ok = (
+                isinstance(line, dict)
+                and isinstance(line.get("custom_id"), str)
+                and line.get("method") == "POST"
+                and line.get("url") == "/v1/chat/completions"
+                and isinstance(line.get("body"), dict)
+            )
         except ValueError:
             ok = False
         if not ok:
@@ -696,26 +793,54 @@ def _validate_batch_file(data: bytes, max_requests: int) -> tuple[list[dict], li
             seen.add(line["custom_id"])
             lines.append(line)
     if len(lines) > max_requests:
-        errors.append({"code": "too_many_requests", "message": f"a batch holds at most {max_requests} requests",
-                       "line": None})
+        errors.append(
+            {"code": "too_many_requests", "message": f"a batch holds at most {max_requests} requests", "line": None}
+        )
     return lines, errors
 
 
 def _file_object(f: dict) -> dict:
-    return {"id": f["id"], "object": "file", "bytes": f["bytes"], "created_at": f["created_at"],
-            "filename": f["filename"], "purpose": f["purpose"], "status": "processed"}
+    return {
+        "id": f["id"],
+        "object": "file",
+        "bytes": f["bytes"],
+        "created_at": f["created_at"],
+        "filename": f["filename"],
+        "purpose": f["purpose"],
+        "status": "processed",
+    }
 
 
 def _batch_object(b: dict) -> dict:
-    obj = {k: b.get(k) for k in ("id", "endpoint", "input_file_id", "completion_window", "status", "output_file_id",
-                                 "error_file_id", "created_at", "metadata")}
+    obj = {
+        k: b.get(k)
+        for k in (
+            "id",
+            "endpoint",
+            "input_file_id",
+            "completion_window",
+            "status",
+            "output_file_id",
+            "error_file_id",
+            "created_at",
+            "metadata",
+        )
+    }
     for stamp in ("in_progress_at", "completed_at", "failed_at", "expired_at", "cancelled_at"):
         obj[stamp] = b.get(stamp)
     obj["object"] = "batch"
     obj["request_counts"] = dict(b["counts"])
-    obj["errors"] = {"object": "list", "data": [
-        {"code": e.get("code"), "message": e.get("message"), "param": None, "line": e.get("line")}
-        for e in b["errors"]]} if b["errors"] else None
+    obj["errors"] = (
+        {
+            "object": "list",
+            "data": [
+                {"code": e.get("code"), "message": e.get("message"), "param": None, "line": e.get("line")}
+                for e in b["errors"]
+            ],
+        }
+        if b["errors"]
+        else None
+    )
     return obj
 
 
@@ -785,8 +910,12 @@ class OpenAICompatServer:
         self.host = host
         self.startup_timeout_s = startup_timeout_s
         self.use_uvloop = use_uvloop
-        self.batch_options = {"batch_polls": batch_polls, "batch_seconds": batch_seconds,
-                              "batch_script": list(batch_script or []), "batch_max_requests": batch_max_requests}
+        self.batch_options = {
+            "batch_polls": batch_polls,
+            "batch_seconds": batch_seconds,
+            "batch_script": list(batch_script or []),
+            "batch_max_requests": batch_max_requests,
+        }
         self.port: int | None = None
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
@@ -809,7 +938,7 @@ class OpenAICompatServer:
 
     # ---- lifecycle
 
-    def start(self) -> "OpenAICompatServer":
+    def start(self) -> OpenAICompatServer:
         if self.port is not None:
             return self
         if self.mode == "thread":
@@ -918,7 +1047,7 @@ class OpenAICompatServer:
             thread.join(timeout=5)
         self.port = None
 
-    def __enter__(self) -> "OpenAICompatServer":
+    def __enter__(self) -> OpenAICompatServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -6,8 +6,12 @@ from lm_mixup_assets.lib.cache import CacheTable, answer_with_cache
 from lm_mixup_assets.lib.generation import GENERATION_CACHE, GenerationOutcome
 from lm_mixup_assets.lib.judging import JUDGE_CACHE
 
-TABLE = CacheTable("echo_cache", """create table if not exists echo_cache (
-    cache_key varchar primary key, text varchar, created_at timestamp)""", lambda r: ("ok", r.text))
+TABLE = CacheTable(
+    "echo_cache",
+    """create table if not exists echo_cache (
+    cache_key varchar primary key, text varchar, created_at timestamp)""",
+    lambda r: ("ok", r.text),
+)
 
 
 # Both backends; the catalog's kind does not change the cache's SQL (the Postgres catalog: tests/test_warehouse.py).
@@ -67,13 +71,27 @@ def test_no_keys_touch_no_table(connect):
     result = answer_with_cache([], [], connect, TABLE, lambda todo, cb: pytest.fail("nothing to ask"), row_of)
     assert result.outcomes == [] and result.requests_made == 0
     with connect() as con:
-        assert con.execute("select count(*) from information_schema.tables where table_catalog = current_database()"
-                           ).fetchone() == (0,)
+        assert con.execute(
+            "select count(*) from information_schema.tables where table_catalog = current_database()"
+        ).fetchone() == (0,)
 
 
 def test_judge_and_generation_caches_are_two_tables_of_one_kind(connect):
-    GENERATION_CACHE.store(connect, [{"cache_key": "k", "backend": "b", "model": "m", "params": "{}", "text": "hi",
-                                      "prompt_tokens": 3, "completion_tokens": 1}])
+    GENERATION_CACHE.store(
+        connect,
+        [
+            {
+                "cache_key": "k",
+                "backend": "b",
+                "model": "m",
+                "params": "{}",
+                "text": "hi",
+                "prompt_tokens": 3,
+                "completion_tokens": 1,
+            }
+        ],
+    )
     assert GENERATION_CACHE.lookup(connect, ["k", "other"]) == {
-        "k": GenerationOutcome(status="ok", raw_answer="hi", prompt_tokens=3, completion_tokens=1)}
+        "k": GenerationOutcome(status="ok", raw_answer="hi", prompt_tokens=3, completion_tokens=1)
+    }
     assert JUDGE_CACHE.lookup(connect, ["k"]) == {}  # keyed apart: another table

@@ -29,9 +29,16 @@ def model_folder(path, weights=b"w" * 8):
 
 def test_a_checkpoint_value_round_trips_through_json_with_its_chain(tmp_path):
     base = ModelCheckpoint.of_folder(model_folder(tmp_path / "base"), "base_policy")
-    sft = ModelCheckpoint.of_folder(model_folder(tmp_path / "sft", b"s" * 9), "sft_checkpoint", steps=2,
-                                    wall_seconds=1.5, device="cpu", data_version="abc", started_from=base,
-                                    training_settings={"chat_template": "none"})
+    sft = ModelCheckpoint.of_folder(
+        model_folder(tmp_path / "sft", b"s" * 9),
+        "sft_checkpoint",
+        steps=2,
+        wall_seconds=1.5,
+        device="cpu",
+        data_version="abc",
+        started_from=base,
+        training_settings={"chat_template": "none"},
+    )
     back = ModelCheckpoint.from_json(sft.to_json())
     assert back == sft and back.started_from == base and back.created_at == sft.created_at
     assert list(back.lineage()) == ["sft_checkpoint", "base_policy"]
@@ -64,11 +71,15 @@ def test_values_flow_between_assets_by_partition(tmp_path):
     resources = {CHECKPOINT_IO_MANAGER: build_resources(profile="demo", home=str(home))[CHECKPOINT_IO_MANAGER]}
     assert dg.materialize([base], resources=resources).success
     for arm in ARMS.get_partition_keys():
-        assert dg.materialize([base, tuned, scored], selection=[tuned, scored], resources=resources,
-                              partition_key=arm).success
+        assert dg.materialize(
+            [base, tuned, scored], selection=[tuned, scored], resources=resources, partition_key=arm
+        ).success
     values = home / "artifacts" / "asset_values"
-    assert sorted(p.relative_to(values).as_posix() for p in values.rglob("*") if p.is_file()) == \
-        ["base/__unpartitioned__.json", "tuned/a.json", "tuned/b.json"]
+    assert sorted(p.relative_to(values).as_posix() for p in values.rglob("*") if p.is_file()) == [
+        "base/__unpartitioned__.json",
+        "tuned/a.json",
+        "tuned/b.json",
+    ]
     stored_b = ModelCheckpoint.from_json((values / "tuned" / "b.json").read_text())
     assert received["b"][0] == stored_b and stored_b.path == str(tmp_path / "tuned" / "b")
     assert received["a"][0].path == str(tmp_path / "tuned" / "a") and received["a"][1] == stored_b.started_from
@@ -76,14 +87,19 @@ def test_values_flow_between_assets_by_partition(tmp_path):
 
 
 def _input(io: CheckpointIOManager, key: str, partition: str | None = None, **metadata):
-    ctx = dg.build_input_context(asset_key=dg.AssetKey(key), partition_key=partition,
-                                 asset_partitions_def=ARMS if partition else None, definition_metadata=metadata)
+    ctx = dg.build_input_context(
+        asset_key=dg.AssetKey(key),
+        partition_key=partition,
+        asset_partitions_def=ARMS if partition else None,
+        definition_metadata=metadata,
+    )
     return io.load_input(ctx)
 
 
 def _store(io: CheckpointIOManager, key: str, value, partition: str | None = None):
-    ctx = dg.build_output_context(asset_key=dg.AssetKey(key), partition_key=partition,
-                                  asset_partitions_def=ARMS if partition else None)
+    ctx = dg.build_output_context(
+        asset_key=dg.AssetKey(key), partition_key=partition, asset_partitions_def=ARMS if partition else None
+    )
     io.handle_output(ctx, value)
 
 

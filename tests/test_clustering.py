@@ -122,8 +122,9 @@ def test_flat_partition_quality_and_old_tree_path():
     # "tree" is the previous recursive partition: both valid, the flat one at least as good
     x, topic = _topics(3000, 250, d=32, seed=12)
     flat = capacity_constrained_clusters(x, leaf_size=128)
-    tree = capacity_constrained_clusters(x, leaf_size=128, partition="tree", fill_probes=0, global_iters=3,
-                                         refine_iters=1)
+    tree = capacity_constrained_clusters(
+        x, leaf_size=128, partition="tree", fill_probes=0, global_iters=3, refine_iters=1
+    )
     _check_valid(flat, 3000, 2, 5)
     _check_valid(tree, 3000, 2, 5)
     assert mean_cosine_to_cluster_mean(x, flat.labels) >= mean_cosine_to_cluster_mean(x, tree.labels) - 0.002
@@ -322,8 +323,10 @@ def test_sequential_assign_equals_the_per_row_loop(n_candidates, block):
     caps = draw_capacities(700, rule="reference")
     rng = np.random.default_rng(1)
     centres = x[rng.choice(700, len(caps), replace=False)]
-    np.testing.assert_array_equal(sequential_capacity_assign(x, centres, caps, n_candidates=n_candidates, block=block),
-                                  _brute_force_sequential(x, centres, caps))
+    np.testing.assert_array_equal(
+        sequential_capacity_assign(x, centres, caps, n_candidates=n_candidates, block=block),
+        _brute_force_sequential(x, centres, caps),
+    )
 
 
 def test_reference_clusters_are_minibatch_kmeans_then_the_greedy():

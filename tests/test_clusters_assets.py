@@ -12,8 +12,10 @@ from tests.helpers import assets_of_groups, checks_by_name, materialize_source
 
 
 def source_assets_and_checks():
-    return [*[a for a in assets_of_groups("pool", "clusters", checks=False) if a.partitions_def is not None],
-            *definitions.defs.asset_checks]
+    return [
+        *[a for a in assets_of_groups("pool", "clusters", checks=False) if a.partitions_def is not None],
+        *definitions.defs.asset_checks,
+    ]
 
 
 def test_chatterbot_clusters_materialise_and_checks_pass(resources, query):
@@ -71,12 +73,15 @@ def test_split_members_keeps_order_and_never_truncates():
 
 
 def test_build_cluster_inputs_splits_and_flags_long_clusters():
-    members = pd.DataFrame({
-        "source": "s", "cluster_id": [0, 0, 0, 1, 1],
-        "sample_id": ["a", "b", "c", "d", "e"],
-        "prompt": ["short?", "word " * 80, "tiny?", "q1?", "q2?"],
-        "completion": ["yes.", "long " * 80, "no.", "a1.", "a2."],
-    })
+    members = pd.DataFrame(
+        {
+            "source": "s",
+            "cluster_id": [0, 0, 0, 1, 1],
+            "sample_id": ["a", "b", "c", "d", "e"],
+            "prompt": ["short?", "word " * 80, "tiny?", "q1?", "q2?"],
+            "completion": ["yes.", "long " * 80, "no.", "a1.", "a2."],
+        }
+    )
     count = lambda texts: [len(t.split()) for t in texts]  # noqa: E731 (a whitespace tokenizer)
     out = build_cluster_inputs(members, count, max_tokens=100)
     c0 = out[out["cluster_id"] == 0]
@@ -92,8 +97,15 @@ def test_reference_input_style_is_cluster2input_layout():
     """data_process/cluster2input.py: 'Q: {p}\\n A: {a}' (stripped, CR/CRLF unified), blank-line joined (README --sep)."""
     from lm_mixup_assets.lib.prompts import REFERENCE_MERGE_INSTRUCTION
 
-    members = pd.DataFrame({"source": "s", "cluster_id": [3, 3], "sample_id": ["d", "e"],
-                            "prompt": [" q1?\r\nmore ", "q2?"], "completion": ["a1.\r", " a2."]})
+    members = pd.DataFrame(
+        {
+            "source": "s",
+            "cluster_id": [3, 3],
+            "sample_id": ["d", "e"],
+            "prompt": [" q1?\r\nmore ", "q2?"],
+            "completion": ["a1.\r", " a2."],
+        }
+    )
     count = lambda texts: [len(t.split()) for t in texts]  # noqa: E731
     row = build_cluster_inputs(members, count, max_tokens=100, style="reference").iloc[0]
     assert row["input_text"] == "Q: q1?\nmore\n A: a1.\n\nQ: q2?\n A: a2."

@@ -13,29 +13,78 @@ from lm_mixup_assets.lib import warehouse as wh
 from lm_mixup_assets.lib.columns import describe
 from lm_mixup_assets.lib.embedding_cache import cached_embed
 from lm_mixup_assets.lib.summary import FUNNEL_COLUMNS, arm_origins, length_correlation, source_funnel
-from lm_mixup_assets.lib.training import (TrainResult, _prune_checkpoints, _record_finished, finished_run,
-                                          latest_checkpoint, run_key)
+from lm_mixup_assets.lib.training import (
+    TrainResult,
+    _prune_checkpoints,
+    _record_finished,
+    finished_run,
+    latest_checkpoint,
+    run_key,
+)
 
 
 def _small_warehouse(path):
     """Two sources that went different distances down the pipeline."""
     con = duckdb.connect(str(path))
     tables = {
-        "pool_summary": pd.DataFrame([
-            {"source": "a", "input_rows": 10, "rejected": 1, "duplicates": 1, "raw": 8, "rated_ok": 8, "rated_failed": 0,
-             "high": 3, "low": 5, "high_fraction": 0.375, "judge_prompt_tokens": 0, "judge_completion_tokens": 0},
-            {"source": "b", "input_rows": 4, "rejected": 0, "duplicates": 0, "raw": 4, "rated_ok": 4, "rated_failed": 0,
-             "high": 4, "low": 0, "high_fraction": 1.0, "judge_prompt_tokens": 0, "judge_completion_tokens": 0}]),
+        "pool_summary": pd.DataFrame(
+            [
+                {
+                    "source": "a",
+                    "input_rows": 10,
+                    "rejected": 1,
+                    "duplicates": 1,
+                    "raw": 8,
+                    "rated_ok": 8,
+                    "rated_failed": 0,
+                    "high": 3,
+                    "low": 5,
+                    "high_fraction": 0.375,
+                    "judge_prompt_tokens": 0,
+                    "judge_completion_tokens": 0,
+                },
+                {
+                    "source": "b",
+                    "input_rows": 4,
+                    "rejected": 0,
+                    "duplicates": 0,
+                    "raw": 4,
+                    "rated_ok": 4,
+                    "rated_failed": 0,
+                    "high": 4,
+                    "low": 0,
+                    "high_fraction": 1.0,
+                    "judge_prompt_tokens": 0,
+                    "judge_completion_tokens": 0,
+                },
+            ]
+        ),
         "cluster_inputs": pd.DataFrame({"source": ["a", "a", "a"], "cluster_id": [0, 1, 1], "part": [0, 0, 1]}),
         "distilled_pool": pd.DataFrame({"source": ["a", "a", "a"], "status": ["ok", "parse_error", "skipped"]}),
         "distilled_high": pd.DataFrame({"source": ["a"], "sample_id": ["d1"]}),
-        "training_sets": pd.DataFrame({"arm": ["mix", "mix", "mix", "orig"], "source": ["a", "b", "b", "b"],
-                                       "origin": ["distilled", "original", "original", "original"],
-                                       "sample_id": ["d1", "b1", "b2", "b1"], "prompt": "p", "completion": "c"}),
-        "training_set_composition": pd.DataFrame({"arm": ["mix", "mix", "orig"], "pool": ["d", "o", "o"],
-                                                  "shortfall": [1, 0, 0]}),
-        "rated_pool": pd.DataFrame({"source": "a", "status": "ok", "judge_backend": "heuristic", "judge_model": "h",
-                                    "overall": [2, 5, 8], "completion": ["x", "x" * 50, "x" * 900]}),
+        "training_sets": pd.DataFrame(
+            {
+                "arm": ["mix", "mix", "mix", "orig"],
+                "source": ["a", "b", "b", "b"],
+                "origin": ["distilled", "original", "original", "original"],
+                "sample_id": ["d1", "b1", "b2", "b1"],
+                "prompt": "p",
+                "completion": "c",
+            }
+        ),
+        "training_set_composition": pd.DataFrame(
+            {"arm": ["mix", "mix", "orig"], "pool": ["d", "o", "o"], "shortfall": [1, 0, 0]}
+        ),
+        "rated_pool": pd.DataFrame(
+            {
+                "source": "a",
+                "status": "ok",
+                "judge_backend": "heuristic",
+                "judge_model": "h",
+                "overall": [2, 5, 8],
+                "completion": ["x", "x" * 50, "x" * 900],
+            }
+        ),
     }
     for name, frame in tables.items():
         wh.replace_partition(con, name, frame)
@@ -46,10 +95,15 @@ def test_the_funnel_follows_each_source_down_to_the_training_sets(tmp_path):
     con = _small_warehouse(tmp_path / "w.duckdb")
     funnel = source_funnel(con).set_index("source")
     assert list(funnel.columns) == FUNNEL_COLUMNS
-    assert funnel.loc["a", ["input_rows", "high", "low", "clusters", "distilled", "distilled_ok", "accepted"]].tolist() == \
-        [10, 3, 5, 2, 2, 1, 1]
+    assert funnel.loc[
+        "a", ["input_rows", "high", "low", "clusters", "distilled", "distilled_ok", "accepted"]
+    ].tolist() == [10, 3, 5, 2, 2, 1, 1]
     # distinct rows: b1 is in two arms but counted once
-    assert funnel.loc["b", ["original_in_training_sets", "distilled_in_training_sets", "clusters"]].tolist() == [2, 0, 0]
+    assert funnel.loc["b", ["original_in_training_sets", "distilled_in_training_sets", "clusters"]].tolist() == [
+        2,
+        0,
+        0,
+    ]
     assert funnel.loc["total", "input_rows"] == 14 and funnel.loc["total", "distilled_in_training_sets"] == 1
     arms = arm_origins(con).set_index("arm")
     assert arms.loc["mix", ["rows", "distilled", "shortfall"]].tolist() == [3, 1, 1]
@@ -76,7 +130,10 @@ def test_demo_summary_reads_as_what_flowed_where_and_where_to_look_next(tmp_path
 def test_length_correlation_is_rank_based_and_honest_about_too_few_rows():
     longer_is_better = length_correlation([1, 2, 3, 4], ["a", "aa" * 5, "a" * 100, "a" * 1000])
     assert longer_is_better["spearman"] == pytest.approx(1.0) and longer_is_better["n"] == 4
-    assert length_correlation([5, 5, 5], ["a", "bb", "ccc"])["spearman"] != length_correlation([5, 5, 5], ["a", "bb", "ccc"])["spearman"]  # NaN
+    assert (
+        length_correlation([5, 5, 5], ["a", "bb", "ccc"])["spearman"]
+        != length_correlation([5, 5, 5], ["a", "bb", "ccc"])["spearman"]
+    )  # NaN
     assert length_correlation([1, None, 3], ["a", "b", "c"])["n"] == 2
 
 
@@ -108,8 +165,14 @@ def test_a_finished_run_is_reused_only_while_its_inputs_and_files_are_unchanged(
         (checkpoint / name).write_bytes(b"x")
     key = run_key("base@1", "rows-v1", {"max_steps": 2})
     assert key == run_key("base@1", "rows-v1", {"max_steps": 2}) != run_key("base@1", "rows-v1", {"max_steps": 3})
-    result = TrainResult(checkpoint=str(final), output_dir=str(out), steps=2, loss_history=[(1, 2.0), (2, 1.0)],
-                         tokens_seen=10, wall_seconds=1.0)
+    result = TrainResult(
+        checkpoint=str(final),
+        output_dir=str(out),
+        steps=2,
+        loss_history=[(1, 2.0), (2, 1.0)],
+        tokens_seen=10,
+        wall_seconds=1.0,
+    )
     _prune_checkpoints(out, keep=False)
     _record_finished(result, key)
     # pruned: the record of the run stays, the weights are final/'s
@@ -128,9 +191,24 @@ def test_every_platform_table_column_is_described():
     from lm_mixup_assets.rating import JUDGE_COLUMNS
     from lm_mixup_assets.selection import LONG_TAIL_COLUMNS, TRAINING_SET_COLUMNS
 
-    columns = {*DISTILLED_COLUMNS, *RATED_DISTILLED_CARRY, *JUDGE_COLUMNS, *LONG_TAIL_COLUMNS, *TRAINING_SET_COLUMNS,
-               *FUNNEL_COLUMNS, "quality_threshold", "cluster_size", "member_cosine", "input_text", "n_parts",
-               "variant_ids", "target_id", "eval_key", "adapter_path", "merged_path"}
+    columns = {
+        *DISTILLED_COLUMNS,
+        *RATED_DISTILLED_CARRY,
+        *JUDGE_COLUMNS,
+        *LONG_TAIL_COLUMNS,
+        *TRAINING_SET_COLUMNS,
+        *FUNNEL_COLUMNS,
+        "quality_threshold",
+        "cluster_size",
+        "member_cosine",
+        "input_text",
+        "n_parts",
+        "variant_ids",
+        "target_id",
+        "eval_key",
+        "adapter_path",
+        "merged_path",
+    }
     assert sorted(c for c in columns if not describe(c)) == []
     assert describe("origin", "training_sets") != describe("origin")  # a table's own meaning first
     assert describe("smoke_mmlu", "benchmark_report") and describe("delta_vs_random", "benchmark_report")

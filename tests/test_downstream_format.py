@@ -6,10 +6,25 @@ import shutil
 import pytest
 import yaml
 
-from lm_mixup_assets.lib.downstream import (LoraSFTSettings, build_training_records, encode_pair, join_prompt_completion,
-                                            load_downstream_tokenizer, run_lora_sft, training_texts)
-from lm_mixup_assets.lib.eval_tasks import (PAPER_BENCHMARKS, PAPER_TASKS, Benchmark, build_smoke_tasks, evaluate_model,
-                                            headline_metrics, paper_benchmarks, subset_indices)
+from lm_mixup_assets.lib.downstream import (
+    LoraSFTSettings,
+    build_training_records,
+    encode_pair,
+    join_prompt_completion,
+    load_downstream_tokenizer,
+    run_lora_sft,
+    training_texts,
+)
+from lm_mixup_assets.lib.eval_tasks import (
+    PAPER_BENCHMARKS,
+    PAPER_TASKS,
+    Benchmark,
+    build_smoke_tasks,
+    evaluate_model,
+    headline_metrics,
+    paper_benchmarks,
+    subset_indices,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +67,11 @@ def test_plain_training_text_and_labels_on_a_tokenizer_without_chat_template(pla
     assert cut["input_ids"] == row["input_ids"][: n_prompt + 1] and cut["labels"][-1] == row["input_ids"][n_prompt]
     assert encode_pair("What is 2 plus 2?", "4.", tok, max_length=n_prompt + 1, overlong_rows="drop") is None
     assert encode_pair("What is 2 plus 2?", "4.", tok, max_length=n_prompt) is None
-    records, dropped = build_training_records([{"prompt": "What is 2 plus 2?", "completion": "4."},
-                                               {"prompt": "x " * 80, "completion": "y"}], tok, max_length=64)
+    records, dropped = build_training_records(
+        [{"prompt": "What is 2 plus 2?", "completion": "4."}, {"prompt": "x " * 80, "completion": "y"}],
+        tok,
+        max_length=64,
+    )
     assert records == [row] and dropped == 1
     with pytest.raises(ValueError, match="training row 1 has an empty completion"):
         build_training_records([{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": "  "}], tok, 64)
@@ -74,7 +92,7 @@ def test_apply_mode_renders_the_template_and_masks_the_user_turn(tiny_causal_lm)
     assert not special and full.startswith(head) and "What is 2 plus 2?" in head and "4." not in head
     row = encode_pair("What is 2 plus 2?", "4.", tok, max_length=256, chat_template="apply")
     learned = tok.decode([t for t in row["labels"] if t != -100])
-    assert learned == full[len(head):] and learned.startswith("4.")
+    assert learned == full[len(head) :] and learned.startswith("4.")
 
 
 def test_lora_sft_trains_plain_text_with_a_base_tokenizer(plain_lm, tmp_path):
@@ -83,9 +101,22 @@ def test_lora_sft_trains_plain_text_with_a_base_tokenizer(plain_lm, tmp_path):
     pairs = [{"prompt": f"What is {i} plus {i}?", "completion": f"{2 * i}."} for i in range(3)]
     tok = load_downstream_tokenizer(plain_lm, "none")
     records, _ = build_training_records(pairs, tok, 64)
-    result = run_lora_sft(plain_lm, pairs, tmp_path / "run", LoraSFTSettings(
-        num_train_epochs=1, per_device_train_batch_size=1, gradient_accumulation_steps=1, lora_r=4, lora_alpha=8,
-        max_length=64, logging_steps=1, save_steps=100, use_cpu=True))
+    result = run_lora_sft(
+        plain_lm,
+        pairs,
+        tmp_path / "run",
+        LoraSFTSettings(
+            num_train_epochs=1,
+            per_device_train_batch_size=1,
+            gradient_accumulation_steps=1,
+            lora_r=4,
+            lora_alpha=8,
+            max_length=64,
+            logging_steps=1,
+            save_steps=100,
+            use_cpu=True,
+        ),
+    )
     assert result.steps == 3 and result.n_examples == 3 and result.n_dropped_too_long == 0
     assert result.tokens_seen == sum(len(r["input_ids"]) for r in records)  # the trainer saw our rows as encoded
     assert not AutoTokenizer.from_pretrained(result.checkpoint).chat_template
@@ -95,8 +126,16 @@ def test_evaluation_applies_the_chat_template_when_asked(tiny_causal_lm, tmp_pat
     from transformers import AutoTokenizer
 
     built = build_smoke_tasks(tmp_path / "tasks")
-    one = [Benchmark("smoke_gsm8k", ("smoke_gsm8k",), 0, "smoke_gsm8k", ("exact_match", "last-number"),
-                     gen_kwargs={"max_gen_toks": 4})]
+    one = [
+        Benchmark(
+            "smoke_gsm8k",
+            ("smoke_gsm8k",),
+            0,
+            "smoke_gsm8k",
+            ("exact_match", "last-number"),
+            gen_kwargs={"max_gen_toks": 4},
+        )
+    ]
     chat = evaluate_model(tiny_causal_lm, one, built.folder, limit=1, batch_size=1, device="cpu", chat_template="apply")
     assert chat.config["lm_eval_chat_template"] == AutoTokenizer.from_pretrained(tiny_causal_lm).chat_template
 
@@ -107,15 +146,34 @@ def test_plain_evaluation_with_per_task_limits_random_subsets_and_a_mean_over_la
     spec = yaml.safe_load((built.folder / "smoke_mmlu.yaml").read_text())
     (built.folder / "smoke_mmlu_copy.yaml").write_text(yaml.safe_dump({**spec, "task": "smoke_mmlu_copy"}))
     benchmarks = [
-        Benchmark("gsm", ("smoke_gsm8k",), 0, "smoke_gsm8k", ("exact_match", "last-number"), limit_per_task=3,
-                  subset="random", gen_kwargs={"max_gen_toks": 4}),
-        Benchmark("pair", ("smoke_mmlu", "smoke_mmlu_copy"), 0, "pair_mean", ("acc", "none"), limit_per_task=2,
-                  subset="first", aggregate=True),
+        Benchmark(
+            "gsm",
+            ("smoke_gsm8k",),
+            0,
+            "smoke_gsm8k",
+            ("exact_match", "last-number"),
+            limit_per_task=3,
+            subset="random",
+            gen_kwargs={"max_gen_toks": 4},
+        ),
+        Benchmark(
+            "pair",
+            ("smoke_mmlu", "smoke_mmlu_copy"),
+            0,
+            "pair_mean",
+            ("acc", "none"),
+            limit_per_task=2,
+            subset="first",
+            aggregate=True,
+        ),
     ]
     run = evaluate_model(plain_lm, benchmarks, built.folder, batch_size=2, device="cpu")  # chat_template="none"
     assert run.config["chat_template"] == "none" and run.config["lm_eval_chat_template"] is None  # what lm-eval did
-    assert run.items == {"smoke_gsm8k": random.Random(42).sample(range(8), 3), "smoke_mmlu": [0, 1],
-                         "smoke_mmlu_copy": [0, 1]}
+    assert run.items == {
+        "smoke_gsm8k": random.Random(42).sample(range(8), 3),
+        "smoke_mmlu": [0, 1],
+        "smoke_mmlu_copy": [0, 1],
+    }
     rows = {(s["task"], s["metric"]): s for s in run.scores}
     assert rows[("smoke_gsm8k", "exact_match")]["n_samples"] == 3
     assert rows[("smoke_gsm8k", "exact_match")]["task_limit"] == 3
@@ -147,21 +205,30 @@ def test_paper_task_set_resolves_to_ds2_run_eval():
     """DS2 model_finetune/run_eval.sh: shots, per-task limits, languages, TruthfulQA variant, decoding."""
     from lm_eval.tasks import TaskManager
 
-    table = {b.name: (b.tasks, b.num_fewshot, b.limit_per_task, b.subset if b.limit_per_task else "all")
-             for b in PAPER_BENCHMARKS}
+    table = {
+        b.name: (b.tasks, b.num_fewshot, b.limit_per_task, b.subset if b.limit_per_task else "all")
+        for b in PAPER_BENCHMARKS
+    }
     assert table == {
         "mmlu": (("mmlu",), 0, None, "all"),
         "gsm8k": (("gsm8k_cot",), 8, 200, "random"),
         "bbh": (("bbh_cot_fewshot",), 3, 40, "random"),
         "truthfulqa": (("truthfulqa_mc1", "truthfulqa_mc2"), 0, None, "all"),
-        "tydiqa": (tuple(f"tydiqa_goldp_{x}" for x in ("ar", "bn", "en", "fi", "id", "ko", "ru", "sw", "te")), 1, 100,
-                   "random"),
+        "tydiqa": (
+            tuple(f"tydiqa_goldp_{x}" for x in ("ar", "bn", "en", "fi", "id", "ko", "ru", "sw", "te")),
+            1,
+            100,
+            "random",
+        ),
     }
     assert all(b.subset_seed == 42 for b in PAPER_BENCHMARKS)
     assert headline_metrics(PAPER_BENCHMARKS) == {
-        "mmlu": ("acc", "none"), "gsm8k_cot": ("exact_match", "flexible-extract"),
-        "bbh_cot_fewshot": ("exact_match", "get-answer"), "truthfulqa_mc2": ("acc", "none"),
-        "tydiqa_goldp": ("f1", "none")}
+        "mmlu": ("acc", "none"),
+        "gsm8k_cot": ("exact_match", "flexible-extract"),
+        "bbh_cot_fewshot": ("exact_match", "get-answer"),
+        "truthfulqa_mc2": ("acc", "none"),
+        "tydiqa_goldp": ("f1", "none"),
+    }
     gen = {b.name: b.gen_kwargs for b in PAPER_BENCHMARKS}
     assert gen["gsm8k"] == {"until": ["\n"], "max_gen_toks": 512, "do_sample": False}
     assert gen["bbh"] == {"until": ["\n\n"], "max_gen_toks": 512, "do_sample": True, "temperature": 0.8}

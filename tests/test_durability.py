@@ -43,14 +43,22 @@ print("finished", flush=True)
 
 
 def rows() -> list[list[str]]:
-    return [[f"Question {i}: why is the number {i} interesting?", f"Because {i} has {i % 7} friends."] for i in range(ROWS)]
+    return [
+        [f"Question {i}: why is the number {i} interesting?", f"Because {i} has {i % 7} friends."] for i in range(ROWS)
+    ]
 
 
 def judge(base_url: str):
     from resources import JudgeResource
 
-    fields = {"backend": "openai", "model": "durability-judge", "base_url": base_url, "concurrency": CONCURRENCY,
-              "timeout_s": 30.0, "max_retries": 0}
+    fields = {
+        "backend": "openai",
+        "model": "durability-judge",
+        "base_url": base_url,
+        "concurrency": CONCURRENCY,
+        "timeout_s": 30.0,
+        "max_retries": 0,
+    }
     if "api_key" in JudgeResource.model_fields:
         fields["api_key"] = API_KEY
     return JudgeResource(**fields)
@@ -70,8 +78,14 @@ def test_a_killed_rating_keeps_every_answer_older_than_a_second(tmp_path, monkey
 
     with OpenAICompatServer(latency_s=LATENCY_S, mode="thread", answer_fn=recording_answer) as slow:
         env = {**os.environ, "OPENAI_API_KEY": API_KEY, "LM_MIXUP_HOME": str(tmp_path)}
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(rows_file), str(tmp_path), slow.base_url],
-                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(rows_file), str(tmp_path), slow.base_url],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 60
             while len(answered) < 20:  # ~2 s of answers: some are well over a second old
@@ -95,8 +109,9 @@ def test_a_killed_rating_keeps_every_answer_older_than_a_second(tmp_path, monkey
     with OpenAICompatServer(latency_s=0.0, mode="thread") as fast:
         from resources import WarehouseResource
 
-        rating, _ = judge(fast.base_url).rate_pairs([r[0] for r in rows()], [r[1] for r in rows()],
-                                                    WarehouseResource(home=str(tmp_path)))
+        rating, _ = judge(fast.base_url).rate_pairs(
+            [r[0] for r in rows()], [r[1] for r in rows()], WarehouseResource(home=str(tmp_path))
+        )
         sent_again = set(fast.stats()["per_prompt"])
     assert all(o.status == "ok" for o in rating.outcomes)
     assert sum(rating.from_cache) == ROWS - len(sent_again)
@@ -153,8 +168,9 @@ def test_cache_writer_failure_stops_intake_and_close_retries_then_raises():
 
 def test_cache_writer_spaces_commits_so_fast_answers_share_one():
     batches: list[tuple[float, list[int]]] = []
-    writer = CacheWriter(lambda b: batches.append((time.monotonic(), list(b))), max_rows=1, max_delay_s=0.5,
-                         min_interval_s=0.3)
+    writer = CacheWriter(
+        lambda b: batches.append((time.monotonic(), list(b))), max_rows=1, max_delay_s=0.5, min_interval_s=0.3
+    )
     writer.add(0)
     deadline = time.monotonic() + 2
     while not batches and time.monotonic() < deadline:

@@ -9,8 +9,14 @@ import pytest
 import yaml
 
 import definitions
-from lm_mixup_assets.lib.eval_tasks import (SMOKE_LABEL, SMOKE_TASKS, benchmark_table, build_smoke_tasks,
-                                            evaluate_model, primary_scores)
+from lm_mixup_assets.lib.eval_tasks import (
+    SMOKE_LABEL,
+    SMOKE_TASKS,
+    benchmark_table,
+    build_smoke_tasks,
+    evaluate_model,
+    primary_scores,
+)
 from resources import WarehouseResource
 from tests.helpers import assets_of_groups, checks_by_name
 
@@ -36,11 +42,18 @@ def test_smoke_tasks_are_built_from_the_lm_eval_package(tmp_path):
 
 def test_report_math_on_a_constructed_table():
     rows = []
-    for arm, values in {"base": (0.2, 0.1), "random": (0.4, 0.2), "full_low": (0.3, 0.1), "mixup50_ori50": (0.5, 0.4)}.items():
-        rows += [{"arm": arm, "task": "t1", "metric": "acc", "filter": "none", "value": values[0]},
-                 {"arm": arm, "task": "t1", "metric": "acc_norm", "filter": "none", "value": 0.99},
-                 {"arm": arm, "task": "t2", "metric": "exact_match", "filter": "strip", "value": values[1]},
-                 {"arm": arm, "task": "t2", "metric": "exact_match", "filter": "flexible-extract", "value": 0.98}]
+    for arm, values in {
+        "base": (0.2, 0.1),
+        "random": (0.4, 0.2),
+        "full_low": (0.3, 0.1),
+        "mixup50_ori50": (0.5, 0.4),
+    }.items():
+        rows += [
+            {"arm": arm, "task": "t1", "metric": "acc", "filter": "none", "value": values[0]},
+            {"arm": arm, "task": "t1", "metric": "acc_norm", "filter": "none", "value": 0.99},
+            {"arm": arm, "task": "t2", "metric": "exact_match", "filter": "strip", "value": values[1]},
+            {"arm": arm, "task": "t2", "metric": "exact_match", "filter": "flexible-extract", "value": 0.98},
+        ]
     scores = pd.DataFrame(rows)
     assert set(primary_scores(scores)["metric"]) == {"acc", "exact_match"}
     table = benchmark_table(scores).set_index("arm")
@@ -60,18 +73,51 @@ def test_lm_eval_runs_the_smoke_tasks_on_a_tiny_model(tmp_path, tiny_causal_lm):
 
 
 def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
-    pool = pd.DataFrame([{"source": "s", "sample_id": f"id{i}", "prompt": f"What is {i} plus {i}?", "completion": f"{i} plus {i} is {2 * i}."}
-                         for i in range(6)])
-    rows = pool.assign(arm="random", position=range(6), pool="rated_pool", origin="original",
-                       member_ids=[[x] for x in pool["sample_id"]], long_tail_score=None)
-    WarehouseResource(home=str(home)).replace_partition("training_sets", rows, "arm", "random", column_types={"member_ids": "VARCHAR[]"})
+    pool = pd.DataFrame(
+        [
+            {
+                "source": "s",
+                "sample_id": f"id{i}",
+                "prompt": f"What is {i} plus {i}?",
+                "completion": f"{i} plus {i} is {2 * i}.",
+            }
+            for i in range(6)
+        ]
+    )
+    rows = pool.assign(
+        arm="random",
+        position=range(6),
+        pool="rated_pool",
+        origin="original",
+        member_ids=[[x] for x in pool["sample_id"]],
+        long_tail_score=None,
+    )
+    WarehouseResource(home=str(home)).replace_partition(
+        "training_sets", rows, "arm", "random", column_types={"member_ids": "VARCHAR[]"}
+    )
     group = assets_of_groups("evaluation", checks=False)
     eval_cfg = {"limit": 2, "batch_size": 2}
     per_arm = [a for a in group if a.partitions_def is not None]
-    result = dg.materialize([*per_arm, *definitions.defs.asset_checks], resources=resources, partition_key="random", run_config={"ops": {
-        "downstream_models": {"config": {"base_model": tiny_causal_lm, "max_steps": 2, "lora_r": 4, "lora_alpha": 8,
-                                         "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}},
-        "benchmark_scores": {"config": eval_cfg}}})
+    result = dg.materialize(
+        [*per_arm, *definitions.defs.asset_checks],
+        resources=resources,
+        partition_key="random",
+        run_config={
+            "ops": {
+                "downstream_models": {
+                    "config": {
+                        "base_model": tiny_causal_lm,
+                        "max_steps": 2,
+                        "lora_r": 4,
+                        "lora_alpha": 8,
+                        "per_device_train_batch_size": 2,
+                        "gradient_accumulation_steps": 1,
+                    }
+                },
+                "benchmark_scores": {"config": eval_cfg},
+            }
+        },
+    )
     assert result.success and checks_by_name(result)["scores_in_unit_range"].passed
     model = query("select * from downstream_models")
     assert model["rows"].tolist() == [6] and model["steps"].tolist() == [2]
@@ -82,30 +128,59 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     assert (Path(value.path) / "adapter_config.json").is_file() and not (Path(value.path).parent / "merged").exists()
     # Unchanged inputs: the second run trains nothing and evaluates nothing, and says so.
     evaluated_at = query("select max(evaluated_at) t from benchmark_scores")["t"].iat[0]
-    again = dg.materialize(per_arm, resources=resources, partition_key="random", run_config={"ops": {
-        "downstream_models": {"config": {"base_model": tiny_causal_lm, "max_steps": 2, "lora_r": 4, "lora_alpha": 8,
-                                         "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}},
-        "benchmark_scores": {"config": eval_cfg}}})
+    again = dg.materialize(
+        per_arm,
+        resources=resources,
+        partition_key="random",
+        run_config={
+            "ops": {
+                "downstream_models": {
+                    "config": {
+                        "base_model": tiny_causal_lm,
+                        "max_steps": 2,
+                        "lora_r": 4,
+                        "lora_alpha": 8,
+                        "per_device_train_batch_size": 2,
+                        "gradient_accumulation_steps": 1,
+                    }
+                },
+                "benchmark_scores": {"config": eval_cfg},
+            }
+        },
+    )
     assert again.success and again.output_for_node("downstream_models").fingerprint == value.fingerprint
     for name in ("downstream_models", "benchmark_scores"):
         assert again.asset_materializations_for_node(name)[0].metadata["reused"].value is True
     assert query("select max(evaluated_at) t from benchmark_scores")["t"].iat[0] == evaluated_at
     assert value.training_settings["chat_template"] == "none" and value.data_version == model["data_version"].iat[0]
     assert (home / "artifacts" / "asset_values" / "downstream_models" / "random.json").is_file()
-    assert model["chat_template"].tolist() == ["none"] and (query("select * from benchmark_scores")["chat_template"] == "none").all()
+    assert (
+        model["chat_template"].tolist() == ["none"]
+        and (query("select * from benchmark_scores")["chat_template"] == "none").all()
+    )
     # Scoring in another format than the model was trained in is refused, not run.
     # The stored downstream_models[random] value is loaded, not retrained: only benchmark_scores is selected.
-    mismatch = dg.materialize(per_arm, selection=["benchmark_scores"], resources=resources,
-                              partition_key="random", raise_on_error=False,
-                              run_config={"ops": {"benchmark_scores": {"config": {**eval_cfg, "chat_template": "apply"}}}})
+    mismatch = dg.materialize(
+        per_arm,
+        selection=["benchmark_scores"],
+        resources=resources,
+        partition_key="random",
+        raise_on_error=False,
+        run_config={"ops": {"benchmark_scores": {"config": {**eval_cfg, "chat_template": "apply"}}}},
+    )
     assert not mismatch.success
     failure = next(e for e in mismatch.all_events if e.is_step_failure).step_failure_data.error.message
     assert "trained with chat_template='none'" in failure and "chat_template='apply'" in failure
     assert (home / "artifacts" / "downstream" / "random").is_dir()
-    assert "adapter_config.json" in {p.name for p in (next((home / "artifacts" / "downstream" / "random").iterdir()) / "adapter").iterdir()}
+    assert "adapter_config.json" in {
+        p.name for p in (next((home / "artifacts" / "downstream" / "random").iterdir()) / "adapter").iterdir()
+    }
     unpartitioned = [a for a in group if a.partitions_def is None]
-    report = dg.materialize([*unpartitioned, *definitions.defs.asset_checks], resources=resources, run_config={"ops": {
-        "base_model_scores": {"config": {**eval_cfg, "base_model": tiny_causal_lm}}}})
+    report = dg.materialize(
+        [*unpartitioned, *definitions.defs.asset_checks],
+        resources=resources,
+        run_config={"ops": {"base_model_scores": {"config": {**eval_cfg, "base_model": tiny_causal_lm}}}},
+    )
     assert report.success and checks_by_name(report)["same_eval_settings"].passed
     table = query("select * from benchmark_report order by arm")
     assert table["arm"].tolist() == ["base", "random"] and "delta_vs_random" in table.columns
@@ -118,10 +193,17 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     import shutil
 
     shutil.rmtree(value.path)
-    for arm, expected in (("random", "no longer exists (deleted or moved?): rematerialise downstream_models[random]"),
-                          ("full_low", "materialise downstream_models[full_low] first")):
-        gone = dg.materialize(per_arm, selection=["benchmark_scores"], resources=resources,
-                              partition_key=arm, raise_on_error=False,
-                              run_config={"ops": {"benchmark_scores": {"config": eval_cfg}}})
+    for arm, expected in (
+        ("random", "no longer exists (deleted or moved?): rematerialise downstream_models[random]"),
+        ("full_low", "materialise downstream_models[full_low] first"),
+    ):
+        gone = dg.materialize(
+            per_arm,
+            selection=["benchmark_scores"],
+            resources=resources,
+            partition_key=arm,
+            raise_on_error=False,
+            run_config={"ops": {"benchmark_scores": {"config": eval_cfg}}},
+        )
         assert not gone.success
         assert expected in str([e.step_failure_data.error for e in gone.all_events if e.is_step_failure])

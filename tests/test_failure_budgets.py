@@ -29,8 +29,16 @@ def rating_assets():
 
 
 def judge_for(server, **kw):
-    return JudgeResource(backend="openai", model="judge-test", base_url=server.base_url, concurrency=8,
-                         timeout_s=5, max_retries=1, max_parse_retries=1, **kw)
+    return JudgeResource(
+        backend="openai",
+        model="judge-test",
+        base_url=server.base_url,
+        concurrency=8,
+        timeout_s=5,
+        max_retries=1,
+        max_parse_retries=1,
+        **kw,
+    )
 
 
 def resources_for(home, server, **kw):
@@ -58,8 +66,16 @@ def garbage(user_message: str) -> str:
 
 def test_assess_counts_the_failed_statuses_against_the_budget():
     statuses = ["ok", "parse_error", "api_error", "ok", "ok", "ok", "ok", "ok"]
-    details = [None, "no JSON object; answer starts 'Sure'", f"401 Unauthorized: Incorrect API key {API_KEY}",
-               None, None, None, None, None]
+    details = [
+        None,
+        "no JSON object; answer starts 'Sure'",
+        f"401 Unauthorized: Incorrect API key {API_KEY}",
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
     report = assess("judge calls of x", statuses, details, ["api_error", "parse_error"], 0.25, [API_KEY])
     assert (report.total, report.failed, report.fraction) == (8, 2, 0.25)
     assert not report.exceeded  # at the budget is within it; only more than it fails
@@ -88,10 +104,17 @@ def test_redact_removes_the_key_and_key_shaped_text():
 
 def test_a_judge_that_answers_garbage_for_every_row_fails_the_run_and_keeps_the_rows(home, query):
     with OpenAICompatServer(answer_fn=garbage, mode="thread") as server:
-        pool = [a for a in definitions.defs.assets if a.group_names_by_key and set(a.group_names_by_key.values()) == {"pool"}
-                and a.partitions_def is not None]
-        result = materialize_source("humaneval", resources_for(home, server), raise_on_error=False,
-                                    assets=[*pool, *definitions.defs.asset_checks])
+        pool = [
+            a
+            for a in definitions.defs.assets
+            if a.group_names_by_key and set(a.group_names_by_key.values()) == {"pool"} and a.partitions_def is not None
+        ]
+        result = materialize_source(
+            "humaneval",
+            resources_for(home, server),
+            raise_on_error=False,
+            assets=[*pool, *definitions.defs.asset_checks],
+        )
         assert server.request_count() == ROWS * 2  # each row asked, then re-asked once
     assert not result.success
     text = failure_text(result, "rated_pool")
@@ -105,8 +128,12 @@ def test_a_judge_that_answers_garbage_for_every_row_fails_the_run_and_keeps_the_
     assert len(rated) == ROWS and (rated["status"] == "parse_error").all() and rated["overall"].isna().all()
     # and nothing downstream ran on them
     assert not result.asset_materializations_for_node("rated_pool")
-    assert not [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
-                and e.asset_key.to_user_string() in ("high_quality_pool", "low_quality_pool")]
+    assert not [
+        e
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+        and e.asset_key.to_user_string() in ("high_quality_pool", "low_quality_pool")
+    ]
 
 
 def test_a_rerun_after_fixing_the_judge_pays_only_for_the_failed_rows(home, query):
@@ -114,10 +141,13 @@ def test_a_rerun_after_fixing_the_judge_pays_only_for_the_failed_rows(home, quer
         if prompt_hash(user_message)[0] in "0123":
             return garbage(user_message)
         from tests.openai_server import default_answer
+
         return default_answer(user_message)
 
     with OpenAICompatServer(answer_fn=garbage_for_a_quarter, mode="thread") as server:
-        first = materialize_source("humaneval", resources_for(home, server), raise_on_error=False, assets=rating_assets())
+        first = materialize_source(
+            "humaneval", resources_for(home, server), raise_on_error=False, assets=rating_assets()
+        )
     assert not first.success
     failed = int(query("select count(*) n from rated_pool where status = 'parse_error'")["n"][0])
     assert 0.05 * ROWS < failed < 0.5 * ROWS
@@ -135,7 +165,9 @@ def test_a_rerun_after_fixing_the_judge_pays_only_for_the_failed_rows(home, quer
 
 def test_http_401_for_every_row_fails_without_showing_the_key(home, query):
     with OpenAICompatServer(require_api_key="the-right-key", mode="thread") as server:
-        result = materialize_source("humaneval", resources_for(home, server), raise_on_error=False, assets=rating_assets())
+        result = materialize_source(
+            "humaneval", resources_for(home, server), raise_on_error=False, assets=rating_assets()
+        )
         assert server.request_count() == ROWS  # a 401 is not retried
     assert not result.success
     text = failure_text(result, "rated_pool")
@@ -145,8 +177,10 @@ def test_http_401_for_every_row_fails_without_showing_the_key(home, query):
 
 
 def test_failures_within_the_budget_succeed_with_the_rate_in_metadata(home):
-    faults = {"def truncate_number": [{"status": 503, "sticky": True}],
-              "def below_zero": [{"content": "no scores here", "sticky": True}]}
+    faults = {
+        "def truncate_number": [{"status": 503, "sticky": True}],
+        "def below_zero": [{"content": "no scores here", "sticky": True}],
+    }
     with OpenAICompatServer(faults=faults, mode="thread") as server:
         result = materialize_source("humaneval", resources_for(home, server), assets=rating_assets())
     assert result.success
@@ -157,8 +191,12 @@ def test_failures_within_the_budget_succeed_with_the_rate_in_metadata(home):
 
 def test_the_budget_is_per_run_config(home):
     with OpenAICompatServer(answer_fn=garbage, mode="thread") as server:
-        result = materialize_source("humaneval", resources_for(home, server), assets=rating_assets(),
-                                    run_config={"ops": {"rated_pool": {"config": {"max_failed_fraction": 1.0}}}})
+        result = materialize_source(
+            "humaneval",
+            resources_for(home, server),
+            assets=rating_assets(),
+            run_config={"ops": {"rated_pool": {"config": {"max_failed_fraction": 1.0}}}},
+        )
     assert result.success  # accepted on purpose: every row still carries its parse_error
     assert result.asset_materializations_for_node("rated_pool")[0].metadata["judge_failed_fraction"].value == 1.0
 
@@ -169,15 +207,23 @@ def test_the_budget_is_per_run_config(home):
 def test_a_writer_that_fails_every_call_fails_mixture_targets_and_keeps_the_rows(resources, query):
     res = dict(resources)
     with OpenAICompatServer(faults={"": [{"status": 500, "sticky": True}]}, mode="thread") as server:
-        res["mixture_writer"] = GeneratorResource(backend="openai", model="writer", base_url=server.base_url,
-                                                  max_retries=1, timeout_s=5)
-        config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 3}},
-                          "mixture_targets": {"config": {"writer": "llm", "tasks": ["qa"]}}}}
-        result = dg.materialize(nodes("wiki_paragraphs", "mixture_targets"), resources=res, run_config=config,
-                                raise_on_error=False)
+        res["mixture_writer"] = GeneratorResource(
+            backend="openai", model="writer", base_url=server.base_url, max_retries=1, timeout_s=5
+        )
+        config = {
+            "ops": {
+                "wiki_paragraphs": {"config": {"max_paragraphs": 3}},
+                "mixture_targets": {"config": {"writer": "llm", "tasks": ["qa"]}},
+            }
+        }
+        result = dg.materialize(
+            nodes("wiki_paragraphs", "mixture_targets"), resources=res, run_config=config, raise_on_error=False
+        )
         assert server.request_count() == 6  # 3 targets, each tried and retried once
     assert not result.success
-    assert "generator calls of mixture_targets: 3 of 3 failed (100.0%: 3 api_error)" in failure_text(result, "mixture_targets")
+    assert "generator calls of mixture_targets: 3 of 3 failed (100.0%: 3 api_error)" in failure_text(
+        result, "mixture_targets"
+    )
     targets = query("select kept, drop_reason from mixture_targets")
     assert len(targets) == 3 and not targets["kept"].any()
     assert targets["drop_reason"].str.contains("500").all()
@@ -204,8 +250,15 @@ def test_profiles_state_every_budget():
     from lm_mixup_assets.pool import RatedPoolConfig
     from lm_mixup_assets.training import MixtureEvalConfig
 
-    configs = (RatedPoolConfig, TargetsConfig, VariantsConfig, MixtureConfig, DistillConfig, RescueYieldConfig,
-               MixtureEvalConfig)
+    configs = (
+        RatedPoolConfig,
+        TargetsConfig,
+        VariantsConfig,
+        MixtureConfig,
+        DistillConfig,
+        RescueYieldConfig,
+        MixtureEvalConfig,
+    )
     for profile in ("demo", "paper"):
         for config in configs:
             assert resolved_settings(config.settings_model, profile)[0].max_failed_fraction == 0.05

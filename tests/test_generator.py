@@ -6,14 +6,17 @@ from resources import WarehouseResource
 from resources.generator import GeneratorResource
 from tests.openai_server import OpenAICompatServer
 
+
 @pytest.fixture(autouse=True)
 def api_key_in_environment(monkeypatch):
     """The openai backend reads its key from the environment at run time; it is never a config value."""
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
 
 
-CHATS = [[{"role": "user", "content": "Name a primary colour."}],
-         [{"role": "user", "content": "What is the capital of France? Answer in one word, please."}]]
+CHATS = [
+    [{"role": "user", "content": "Name a primary colour."}],
+    [{"role": "user", "content": "What is the capital of France? Answer in one word, please."}],
+]
 
 
 def test_transformers_backend_generates_and_pays_once(home, tiny_causal_lm):
@@ -45,6 +48,7 @@ def test_vllm_backend_explains_the_extra_when_missing(home):
     pytest.importorskip("torch")
     try:
         import vllm  # noqa: F401
+
         pytest.skip("vllm is installed here; the GPU path is exercised on a GPU machine")
     except ImportError:
         pass
@@ -57,8 +61,9 @@ def test_openai_backend_failures_are_statuses_and_retried_next_time(home):
     warehouse = WarehouseResource(home=str(home))
     faults = {"primary colour": [{"status": 503, "sticky": True}], "capital of France": [{"content": ""}]}
     with OpenAICompatServer(faults=faults) as server:
-        gen = GeneratorResource(backend="openai", model="gen-test", base_url=server.base_url,
-                                max_retries=1, timeout_s=5)
+        gen = GeneratorResource(
+            backend="openai", model="gen-test", base_url=server.base_url, max_retries=1, timeout_s=5
+        )
         out, _ = gen.generate(CHATS, warehouse)
         assert out[0].status == "api_error" and "503" in out[0].error and not out[0].raw_answer
         assert out[1].status == "ok" and out[1].raw_answer  # an empty answer was re-asked
@@ -82,8 +87,12 @@ def test_llm_writer_builds_mixture_targets_through_the_generator(resources, quer
         res = dict(resources)
         res["mixture_writer"] = GeneratorResource(backend="openai", model="writer", base_url=server.base_url)
         assets = [a for a in definitions.defs.assets if a.node_def.name in ("wiki_paragraphs", "mixture_targets")]
-        config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 5}},
-                          "mixture_targets": {"config": {"writer": "llm", "tasks": ["qa", "mcq"]}}}}
+        config = {
+            "ops": {
+                "wiki_paragraphs": {"config": {"max_paragraphs": 5}},
+                "mixture_targets": {"config": {"writer": "llm", "tasks": ["qa", "mcq"]}},
+            }
+        }
         assert dg.materialize(assets, resources=res, run_config=config).success
         assert server.request_count() == 10  # 5 paragraphs x 2 tasks written; the heuristic judge rated them
     targets = query("select task, kept, drop_reason from mixture_targets order by task")
@@ -100,11 +109,18 @@ def test_default_repetition_penalty_keeps_existing_cache_keys():
 
     from lm_mixup_assets.lib.generation import GenerationParams, generation_cache_key
 
-    old_payload = json.dumps(["transformers", "m", {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": 0},
-                              CHATS[0]], sort_keys=True, ensure_ascii=False)
-    assert generation_cache_key("transformers", "m", GenerationParams(), CHATS[0]) == hashlib.sha256(old_payload.encode()).hexdigest()
-    assert generation_cache_key("transformers", "m", GenerationParams(repetition_penalty=1.05), CHATS[0]) != \
+    old_payload = json.dumps(
+        ["transformers", "m", {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": 0}, CHATS[0]],
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    assert (
         generation_cache_key("transformers", "m", GenerationParams(), CHATS[0])
+        == hashlib.sha256(old_payload.encode()).hexdigest()
+    )
+    assert generation_cache_key(
+        "transformers", "m", GenerationParams(repetition_penalty=1.05), CHATS[0]
+    ) != generation_cache_key("transformers", "m", GenerationParams(), CHATS[0])
 
 
 def test_transformers_backend_applies_the_repetition_penalty(home, tiny_causal_lm):
@@ -135,9 +151,18 @@ def test_openai_backend_sends_repetition_penalty_only_when_set(home):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # http.server's method name
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            reply = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
-                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Red."}}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+            reply = json.dumps(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Red."}}
+                    ],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(reply)))
@@ -151,8 +176,13 @@ def test_openai_backend_sends_repetition_penalty_only_when_set(home):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         warehouse = WarehouseResource(home=str(home))
-        gen = GeneratorResource(backend="openai", model="m", base_url=f"http://127.0.0.1:{server.server_port}/v1",
-                                concurrency=1, max_retries=0)
+        gen = GeneratorResource(
+            backend="openai",
+            model="m",
+            base_url=f"http://127.0.0.1:{server.server_port}/v1",
+            concurrency=1,
+            max_retries=0,
+        )
         out, _ = gen.generate(CHATS[:1], warehouse)
         assert out[0].raw_answer == "Red." and "repetition_penalty" not in bodies[-1]
         out, _ = gen.generate(CHATS[:1], warehouse, repetition_penalty=1.05)

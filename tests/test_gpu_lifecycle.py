@@ -87,19 +87,38 @@ def test_resource_teardown_releases_what_a_step_left(home, tiny_causal_lm, engin
 
 
 @pytest.mark.slow  # ~5 s: three model loads, the embedder and a Dagster run
-def test_mixture_eval_loads_one_model_at_a_time_and_releases_the_last(resources, home, tiny_causal_lm, tmp_path,
-                                                                       engines):
+def test_mixture_eval_loads_one_model_at_a_time_and_releases_the_last(
+    resources, home, tiny_causal_lm, tmp_path, engines
+):
     from resources.checkpoint_store import CHECKPOINT_IO_MANAGER
 
     built, resident_at_start = engines
     base, sft, grpo = _copies(tiny_causal_lm, tmp_path, 3)
-    value = ModelCheckpoint.of_folder(grpo, "grpo_checkpoint", started_from=ModelCheckpoint.of_folder(
-        sft, "sft_checkpoint", started_from=ModelCheckpoint.of_folder(base, "base_policy")))
-    resources[CHECKPOINT_IO_MANAGER].handle_output(dg.build_output_context(asset_key=dg.AssetKey("grpo_checkpoint")),
-                                                   value)
-    rows = pd.DataFrame([{"example_id": f"e{i}", "instruction": "Merge the variants.", "input": f"Variant {i}.",
-                          "output": "<answer>A merged answer.</answer>", "cot": "", "task": "qa", "n_variants": 2,
-                          "split": "test"} for i in range(2)])
+    value = ModelCheckpoint.of_folder(
+        grpo,
+        "grpo_checkpoint",
+        started_from=ModelCheckpoint.of_folder(
+            sft, "sft_checkpoint", started_from=ModelCheckpoint.of_folder(base, "base_policy")
+        ),
+    )
+    resources[CHECKPOINT_IO_MANAGER].handle_output(
+        dg.build_output_context(asset_key=dg.AssetKey("grpo_checkpoint")), value
+    )
+    rows = pd.DataFrame(
+        [
+            {
+                "example_id": f"e{i}",
+                "instruction": "Merge the variants.",
+                "input": f"Variant {i}.",
+                "output": "<answer>A merged answer.</answer>",
+                "cot": "",
+                "task": "qa",
+                "n_variants": 2,
+                "split": "test",
+            }
+            for i in range(2)
+        ]
+    )
     resources["warehouse"].replace_partition("mixture", rows)
     (home / "artifacts" / "rating_library").mkdir(parents=True, exist_ok=True)  # no answer parses: no library read
 
@@ -109,12 +128,19 @@ def test_mixture_eval_loads_one_model_at_a_time_and_releases_the_last(resources,
     def after_mixture_eval() -> None:  # the next step of the same in-process run
         seen.append(len(generator_module._ENGINES))
 
-    assets = [next(a for a in definitions.defs.assets if dg.AssetKey(k) in a.keys).to_source_asset()
-              for k in ("grpo_checkpoint", "mixture", "rating_library")]
+    assets = [
+        next(a for a in definitions.defs.assets if dg.AssetKey(k) in a.keys).to_source_asset()
+        for k in ("grpo_checkpoint", "mixture", "rating_library")
+    ]
     mixture_eval = next(a for a in definitions.defs.assets if dg.AssetKey("mixture_eval") in a.keys)
     res = {**resources, "generator": GeneratorResource(backend="transformers", model=tiny_causal_lm, device="cpu")}
-    result = dg.materialize([*assets, mixture_eval, after_mixture_eval], resources=res, run_config={
-        "ops": {"mixture_eval": {"config": {"max_examples": 2, "max_new_tokens": 4, "max_failed_fraction": 1.0}}}})
+    result = dg.materialize(
+        [*assets, mixture_eval, after_mixture_eval],
+        resources=res,
+        run_config={
+            "ops": {"mixture_eval": {"config": {"max_examples": 2, "max_new_tokens": 4, "max_failed_fraction": 1.0}}}
+        },
+    )
     assert result.success
     assert len(built) == 3  # base, SFT, GRPO
     assert resident_at_start == [0, 0, 0]  # each loaded only after the one before was released
@@ -138,7 +164,10 @@ def test_evaluate_model_builds_one_lm_eval_model_for_every_call(tmp_path, tiny_c
     monkeypatch.setattr(HFLM, "__init__", counting_init)
     task = "smoke_mmlu"
     # Two shot counts: two simple_evaluate calls, formerly two model loads.
-    benchmarks = [Benchmark("zero", (task,), 0, task, ("acc", "none")), Benchmark("one", (task,), 1, task, ("acc", "none"))]
+    benchmarks = [
+        Benchmark("zero", (task,), 0, task, ("acc", "none")),
+        Benchmark("one", (task,), 1, task, ("acc", "none")),
+    ]
     run = evaluate_model(tiny_causal_lm, benchmarks, built.folder, limit=1, batch_size=1, device="cpu")
     assert {r["num_fewshot"] for r in run.scores} == {0, 1}
     assert len(made) == 1
@@ -190,8 +219,9 @@ def _gpu_steps_job():
 
     job = dg.define_asset_job("gpu_steps", executor_def=scaling.select_executor("multiprocess"))
     io = dg.FilesystemIOManager(base_dir=os.environ["LM_MIXUP_TEST_IO_DIR"])
-    return dg.Definitions(assets=[first_gpu_step, second_gpu_step], jobs=[job],
-                          resources={"io_manager": io}).resolve_job_def("gpu_steps")
+    return dg.Definitions(
+        assets=[first_gpu_step, second_gpu_step], jobs=[job], resources={"io_manager": io}
+    ).resolve_job_def("gpu_steps")
 
 
 @pytest.mark.slow

@@ -25,9 +25,28 @@ def test_gpu_smoke_skips_cleanly_without_cuda(capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_smoke_generates_and_frees_memory(capsys, tmp_path):
-    assert _gpu_smoke().main(["--cache-dir", str(tmp_path), "--prompts", "8", "--new-tokens", "16",
-                              "--embed-rows", "512", "--skip", "grpo", "--skip", "lm_eval"]) == 0
+    assert (
+        _gpu_smoke().main(
+            [
+                "--cache-dir",
+                str(tmp_path),
+                "--prompts",
+                "8",
+                "--new-tokens",
+                "16",
+                "--embed-rows",
+                "512",
+                "--skip",
+                "grpo",
+                "--skip",
+                "lm_eval",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "generate backend=transformers" in out and "embed device=cuda" in out
-    after = [float(line.split("cuda_allocated_mb=")[1].split()[0]) for line in out.splitlines() if "memory after=" in line]
+    after = [
+        float(line.split("cuda_allocated_mb=")[1].split()[0]) for line in out.splitlines() if "memory after=" in line
+    ]
     assert after and max(after) < 512  # no engine or model left on the GPU after its step

@@ -9,11 +9,24 @@ import pytest
 import yaml
 
 from lm_mixup_assets.lib.downstream import encode_pair
-from lm_mixup_assets.lib.eval_tasks import (Benchmark, bootstrap_mean_ci, build_smoke_tasks, evaluate_model,
-                                            item_score_intervals, paired_bootstrap_diff, paired_comparisons,
-                                            smoke_benchmarks)
-from lm_mixup_assets.lib.heldout import (HELDOUT_METRICS, HELDOUT_TASK, build_heldout_task, heldout_benchmark,
-                                         heldout_docs, split_for_lm_eval)
+from lm_mixup_assets.lib.eval_tasks import (
+    Benchmark,
+    bootstrap_mean_ci,
+    build_smoke_tasks,
+    evaluate_model,
+    item_score_intervals,
+    paired_bootstrap_diff,
+    paired_comparisons,
+    smoke_benchmarks,
+)
+from lm_mixup_assets.lib.heldout import (
+    HELDOUT_METRICS,
+    HELDOUT_TASK,
+    build_heldout_task,
+    heldout_benchmark,
+    heldout_docs,
+    split_for_lm_eval,
+)
 
 ROWS = [
     {"sample_id": "a", "prompt": "What is the capital of France?", "completion": "Paris is the capital of France."},
@@ -131,8 +144,16 @@ def test_interval_tables_on_constructed_items():
     rows = []
     for arm, shift in {"random": 0.0, "full_low": 0.0, "mixup": 0.2}.items():
         for doc_id, v in enumerate(hard):
-            rows.append({"arm": arm, "task": "t", "metric": "ll_per_token", "filter": "none", "doc_id": doc_id,
-                         "value": v + shift})
+            rows.append(
+                {
+                    "arm": arm,
+                    "task": "t",
+                    "metric": "ll_per_token",
+                    "filter": "none",
+                    "doc_id": doc_id,
+                    "value": v + shift,
+                }
+            )
     items = pd.DataFrame(rows)
     intervals = item_score_intervals(items).set_index("arm")
     assert intervals.loc["mixup", "mean"] == pytest.approx(hard.mean() + 0.2)
@@ -159,7 +180,7 @@ def _direct_ll(model_path: str, context: str, continuation: str) -> tuple[float,
     whole, ctx = tok.encode(context + continuation), tok.encode(context)
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), dim=-1)
-    cont = whole[len(ctx):]
+    cont = whole[len(ctx) :]
     return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont))), len(cont)
 
 
@@ -167,8 +188,10 @@ def test_lm_eval_scores_the_heldout_task_per_item(tmp_path, tiny_causal_lm):
     built = build_heldout_task(tmp_path, ROWS, tiny_causal_lm)
     mmlu = build_smoke_tasks(tmp_path)
     assert built.folder == mmlu.folder  # one include path for both
-    benchmarks = [heldout_benchmark(), Benchmark("smoke_mmlu", ("smoke_mmlu",), 0, "smoke_mmlu", ("acc", "none"),
-                                                 limit_per_task=3)]
+    benchmarks = [
+        heldout_benchmark(),
+        Benchmark("smoke_mmlu", ("smoke_mmlu",), 0, "smoke_mmlu", ("acc", "none"), limit_per_task=3),
+    ]
     run = evaluate_model(tiny_causal_lm, benchmarks, tmp_path, batch_size=4, device="cpu", per_item=True)
     headline = next(s for s in run.scores if (s["task"], s["metric"]) == (HELDOUT_TASK, "ll_per_token"))
     assert headline["n_samples"] == 4 and math.isfinite(headline["value"]) and headline["value"] < 0

@@ -30,7 +30,10 @@ def home_env(home: Path) -> dict:
 
 
 def start_all(cmds: list[list[str]], env: dict) -> list[subprocess.CompletedProcess]:
-    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds]
+    procs = [
+        subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for c in cmds
+    ]
     out = []
     for c, p in zip(cmds, procs):
         try:
@@ -57,8 +60,17 @@ def test_parallel_init_then_three_parallel_runs_on_a_new_home(tmp_path):
     assert "telemetry:\n  enabled: false" in cfg and "run_monitoring:\n  enabled: true" in cfg
 
     # Dagster's own CLI, three at once: the cheapest asset of the smallest demo source.
-    materialize = [str(BIN / "dagster"), "asset", "materialize", "-m", "definitions",
-                   "--select", "raw_pool,rejected_rows", "--partition", "chatterbot"]
+    materialize = [
+        str(BIN / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "definitions",
+        "--select",
+        "raw_pool,rejected_rows",
+        "--partition",
+        "chatterbot",
+    ]
     runs = start_all([materialize] * 3, env)
     assert [r.returncode for r in runs] == [0, 0, 0], [r.stdout[-3000:] for r in runs]
     assert len(alembic_rows(dagster_home)) == 1
@@ -107,8 +119,13 @@ def a_started_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LM_MIXUP_HOME", str(tmp_path))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     cli.prepare_home()
-    child = subprocess.Popen([sys.executable, "-c", SLOW_RUN], cwd=REPO, env=home_env(tmp_path),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_RUN],
+        cwd=REPO,
+        env=home_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
             deadline = time.monotonic() + 60

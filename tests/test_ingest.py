@@ -5,11 +5,16 @@ import json
 import pandas as pd
 import pytest
 
-from lm_mixup_assets.lib.ingest import SourceError, ingest_source, make_sample_id, record_to_pair, RowError
+from lm_mixup_assets.lib.ingest import RowError, SourceError, ingest_source, make_sample_id, record_to_pair
 from lm_mixup_assets.lib.manifest import ManifestError, SourceSpec, load_manifest
-
-from tests.bad_input import (EXPECTED_DUPLICATES, EXPECTED_INGESTED, EXPECTED_INPUT_ROWS, EXPECTED_REJECTIONS,
-                             write_bad_jsonl, write_good_jsonl)
+from tests.bad_input import (
+    EXPECTED_DUPLICATES,
+    EXPECTED_INGESTED,
+    EXPECTED_INPUT_ROWS,
+    EXPECTED_REJECTIONS,
+    write_bad_jsonl,
+    write_good_jsonl,
+)
 
 
 def spec(path, **kw):
@@ -53,7 +58,9 @@ def test_sample_id_is_stable_and_source_scoped():
 
 def test_csv_json_parquet_and_field_mapping(tmp_path):
     csv = tmp_path / "pool.csv"
-    csv.write_text('question,answer\r\n"What is DNA?","A molecule."\r\n"Empty answer?",\r\n"x","y",extra\r\n', encoding="utf-8")
+    csv.write_text(
+        'question,answer\r\n"What is DNA?","A molecule."\r\n"Empty answer?",\r\n"x","y",extra\r\n', encoding="utf-8"
+    )
     r = ingest_source(spec(csv, fields={"prompt": "question", "completion": "answer"}))
     assert len(r.rows) == 1 and r.rows.loc[0, "prompt"] == "What is DNA?"
     assert list(r.rejected["reason"]) == ["empty completion", "row has more fields than the header"]
@@ -65,16 +72,30 @@ def test_csv_json_parquet_and_field_mapping(tmp_path):
     assert len(r.rows) == 1 and list(r.rejected["reason"]) == ["missing completion"]
 
     pq = tmp_path / "pool.parquet"
-    pd.DataFrame({"instruction": ["Add 2 and 3", "Say hi"], "input": ["", None], "output": ["5", "hi"],
-                  "origin": ["math", "chat"]}).to_parquet(pq)
+    pd.DataFrame(
+        {
+            "instruction": ["Add 2 and 3", "Say hi"],
+            "input": ["", None],
+            "output": ["5", "hi"],
+            "origin": ["math", "chat"],
+        }
+    ).to_parquet(pq)
     r = ingest_source(spec(pq, filter_column="origin", filter_value="math"))
     assert r.input_rows == 1 and r.rows.loc[0, "prompt"] == "Add 2 and 3"
 
 
 def test_record_layouts():
     assert record_to_pair({"prompt": " p ", "completion": "c"})[:2] == ("p", "c")
-    p, c, fmt = record_to_pair({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                                             {"role": "user", "content": "how are you?"}, {"role": "assistant", "content": "fine"}]})
+    p, c, fmt = record_to_pair(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "how are you?"},
+                {"role": "assistant", "content": "fine"},
+            ]
+        }
+    )
     assert fmt == "messages" and c == "fine" and p.startswith("User: hi")
     with pytest.raises(RowError, match="no prompt/completion"):
         record_to_pair({"question": "q", "answer": "a"})
@@ -135,10 +156,20 @@ def _ingest_run(tmp_path, resources, data, selection=None):
     m = tmp_path / "m.yaml"
     m.write_text(f"sources:\n  chatterbot:\n    path: {data}\n")
     config = {"ops": {"ingest_pool_source": {"config": {"manifest": str(m)}}}}
-    ingest = [a for a in definitions.defs.assets if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("raw_pool") in a.keys]
-    checks = [c for c in definitions.defs.asset_checks if {k.asset_key for k in c.check_keys} == {dg.AssetKey("raw_pool")}]
-    return dg.materialize([*ingest, *checks], resources=resources, partition_key="chatterbot", run_config=config,
-                          raise_on_error=False, selection=selection)
+    ingest = [
+        a for a in definitions.defs.assets if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("raw_pool") in a.keys
+    ]
+    checks = [
+        c for c in definitions.defs.asset_checks if {k.asset_key for k in c.check_keys} == {dg.AssetKey("raw_pool")}
+    ]
+    return dg.materialize(
+        [*ingest, *checks],
+        resources=resources,
+        partition_key="chatterbot",
+        run_config=config,
+        raise_on_error=False,
+        selection=selection,
+    )
 
 
 def _ingest_state(query):
@@ -162,7 +193,9 @@ def test_a_failed_reingest_leaves_the_previous_state_whole(tmp_path, resources, 
     # nothing of the failed attempt reached the accounted tables: log and tables still agree, 2 = 2 + 0 + 0
     assert _ingest_state(query) == before
     # the attempt's rejected rows are kept as evidence, outside the accounting
-    evidence = query("select position, reason from failed_ingest_rejections where source = 'chatterbot' order by position")
+    evidence = query(
+        "select position, reason from failed_ingest_rejections where source = 'chatterbot' order by position"
+    )
     assert list(evidence["position"]) == sorted(EXPECTED_REJECTIONS)
 
     # a good re-ingest replaces everything at once and clears the evidence
@@ -177,7 +210,9 @@ def test_a_source_error_on_reingest_changes_nothing(tmp_path, resources, query):
     lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 99\n")
     result = _ingest_run(tmp_path, resources, lfs)
     assert not result.success
-    assert "Git LFS pointer" in str(next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error)
+    assert "Git LFS pointer" in str(
+        next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error
+    )
     assert _ingest_state(query) == ((2, 2, 0, 0), 2, 0)
 
 
@@ -185,8 +220,10 @@ def test_ingest_tables_from_before_the_file_column_gain_it(tmp_path, resources, 
     import duckdb
 
     con = duckdb.connect(str(home / "warehouse.duckdb"))
-    con.execute("create table raw_pool (source varchar, sample_id varchar, position bigint, locator varchar, prompt varchar,"
-                " completion varchar, input_format varchar, duplicate_count bigint)")
+    con.execute(
+        "create table raw_pool (source varchar, sample_id varchar, position bigint, locator varchar, prompt varchar,"
+        " completion varchar, input_format varchar, duplicate_count bigint)"
+    )
     con.execute("insert into raw_pool values ('other', 'x', 1, 'line 1', 'p', 'c', 'prompt_completion', 0)")
     con.close()
     assert _ingest_run(tmp_path, resources, write_good_jsonl(tmp_path / "good.jsonl", n=2)).success

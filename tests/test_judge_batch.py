@@ -45,9 +45,18 @@ def user_message(prompt: str, completion: str) -> str:
 
 
 def judge(server, **kw) -> JudgeResource:
-    fields = {"backend": "openai", "model": "judge-test", "base_url": server.base_url, "batch": True,
-              "batch_poll_interval_s": 0.0, "concurrency": 8, "timeout_s": 5.0, "max_retries": 1,
-              "max_parse_retries": 1, **kw}
+    fields = {
+        "backend": "openai",
+        "model": "judge-test",
+        "base_url": server.base_url,
+        "batch": True,
+        "batch_poll_interval_s": 0.0,
+        "concurrency": 8,
+        "timeout_s": 5.0,
+        "max_retries": 1,
+        "max_parse_retries": 1,
+        **kw,
+    }
     return JudgeResource(**fields)
 
 
@@ -57,8 +66,11 @@ def warehouse(tmp_path, name="home") -> WarehouseResource:
 
 def batch_inputs(server) -> list[list[dict]]:
     """The JSONL files the client uploaded, parsed, in upload order."""
-    return [[json.loads(line) for line in f["text"].splitlines()]
-            for f in server.uploaded_files() if f["purpose"] == "batch"]
+    return [
+        [json.loads(line) for line in f["text"].splitlines()]
+        for f in server.uploaded_files()
+        if f["purpose"] == "batch"
+    ]
 
 
 def cache_keys(wh: WarehouseResource) -> set[str]:
@@ -69,8 +81,10 @@ def cache_keys(wh: WarehouseResource) -> set[str]:
 
 
 def test_split_lines_respects_request_and_byte_limits():
-    lines = [(f"id{i}", render_request_line(f"id{i}", {"model": "m", "messages": [{"role": "user", "content": "x" * i}]}))
-             for i in range(10)]
+    lines = [
+        (f"id{i}", render_request_line(f"id{i}", {"model": "m", "messages": [{"role": "user", "content": "x" * i}]}))
+        for i in range(10)
+    ]
     assert [len(c) for c in split_lines(lines, max_requests=4)] == [4, 4, 2]
     size = len(lines[5][1])
     chunks = split_lines(lines, max_bytes=2 * size)
@@ -87,14 +101,29 @@ def test_request_line_and_batch_line_formats():
     assert request_set_hash(["a", "b"], "m", "ds2") != request_set_hash(["a", "b"], "m2", "ds2")
     assert request_set_hash(["a", "b"], "m", "ds2") != request_set_hash(["a", "b"], "m", "pool_quality_v1")
 
-    ok = parse_batch_line(json.dumps({"custom_id": "k1", "error": None, "response": {"status_code": 200, "body": {
-        "choices": [{"message": {"content": "{}"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}}}))
+    ok = parse_batch_line(
+        json.dumps(
+            {
+                "custom_id": "k1",
+                "error": None,
+                "response": {
+                    "status_code": 200,
+                    "body": {
+                        "choices": [{"message": {"content": "{}"}}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+                    },
+                },
+            }
+        )
+    )
     assert (ok.content, ok.prompt_tokens, ok.completion_tokens, ok.error) == ("{}", 3, 1, None)
-    http = parse_batch_line(json.dumps({"custom_id": "k2", "response": {"status_code": 429, "body": {
-        "error": {"message": "slow down"}}}}))
+    http = parse_batch_line(
+        json.dumps({"custom_id": "k2", "response": {"status_code": 429, "body": {"error": {"message": "slow down"}}}})
+    )
     assert http.error == "batch request answered 429: slow down"
-    expired = parse_batch_line(json.dumps({"custom_id": "k3", "response": None,
-                                           "error": {"code": "batch_expired", "message": "not run"}}))
+    expired = parse_batch_line(
+        json.dumps({"custom_id": "k3", "response": None, "error": {"code": "batch_expired", "message": "not run"}})
+    )
     assert expired.error == "batch request failed: batch_expired: not run"
     assert parse_batch_line("not json {") is None and parse_batch_line('{"no": "custom id"}') is None
 
@@ -118,17 +147,22 @@ def test_batch_scores_equal_the_online_judges_and_are_cached(tmp_path):
     assert keys == online_keys  # one cache key either way: answers bought online or in a batch are shared
     assert [o.status for o in batch.outcomes] == ["ok"] * 12
     assert [o.scores for o in batch.outcomes] == [o.scores for o in online.outcomes]
-    assert [o.scores for o in batch.outcomes] == [expected_scores(user_message(p, c)) for p, c in zip(prompts, completions)]
-    assert [(o.prompt_tokens, o.completion_tokens) for o in batch.outcomes] == \
-        [(o.prompt_tokens, o.completion_tokens) for o in online.outcomes]
+    assert [o.scores for o in batch.outcomes] == [
+        expected_scores(user_message(p, c)) for p, c in zip(prompts, completions)
+    ]
+    assert [(o.prompt_tokens, o.completion_tokens) for o in batch.outcomes] == [
+        (o.prompt_tokens, o.completion_tokens) for o in online.outcomes
+    ]
     assert cache_keys(wh) == set(keys)
 
     # The JSONL: one POST /v1/chat/completions per row, custom_id = cache key, body = the online request body.
-    client = OpenAIJudgeClient(base_url="http://unused/v1", api_key="x", model="judge-test", temperature=0.0,
-                               max_tokens=128)
+    client = OpenAIJudgeClient(
+        base_url="http://unused/v1", api_key="x", model="judge-test", temperature=0.0, max_tokens=128
+    )
     assert [r["custom_id"] for r in uploaded[0]] == keys
-    assert [r["body"] for r in uploaded[0]] == [client.request_body(render_judge_request(p, c))
-                                                for p, c in zip(prompts, completions)]
+    assert [r["body"] for r in uploaded[0]] == [
+        client.request_body(render_judge_request(p, c)) for p, c in zip(prompts, completions)
+    ]
     assert all(r["method"] == "POST" and r["url"] == "/v1/chat/completions" for r in uploaded[0])
 
     # One progress line per poll, with the request counts.
@@ -189,15 +223,20 @@ def test_a_restarted_run_resumes_the_recorded_batch_instead_of_paying_again(tmp_
 def test_a_failed_batch_gives_api_error_rows_and_the_next_run_a_new_batch(tmp_path):
     prompts, completions = rows(6)
     wh = warehouse(tmp_path)
-    script = [{"status": "failed", "errors": [{"code": "token_limit_exceeded",
-                                               "message": "Enqueued token limit reached for judge-test"}]}]
+    script = [
+        {
+            "status": "failed",
+            "errors": [{"code": "token_limit_exceeded", "message": "Enqueued token limit reached for judge-test"}],
+        }
+    ]
     lines: list[str] = []
     with OpenAICompatServer(batch_script=script) as server:
         failed, _ = judge(server).rate_pairs(prompts, completions, wh, progress=lines.append)
         assert all(o.status == "api_error" and o.scores is None for o in failed.outcomes)
         assert all("failed: token_limit_exceeded: Enqueued token limit reached" in o.error for o in failed.outcomes)
-        assert any("failed: token_limit_exceeded" in line and "a later run sends them in a new batch" in line
-                   for line in lines)
+        assert any(
+            "failed: token_limit_exceeded" in line and "a later run sends them in a new batch" in line for line in lines
+        )
         assert cache_keys(wh) == set()
         recorded = BatchStore(wh.connect).rows()
         assert list(recorded["status"]) == ["failed"] and "token_limit_exceeded" in recorded["errors"][0]
@@ -225,8 +264,12 @@ def test_an_expired_batch_keeps_what_it_answered_and_the_rest_are_api_error(tmp_
 def test_error_and_garbage_lines_fail_only_their_rows_and_parse_errors_are_reasked_online(tmp_path):
     prompts, completions = rows(8)
     wh = warehouse(tmp_path)
-    faults = {"row 1:": [{"status": 500}], "row 3:": [{"drop": True}], "row 4:": [{"status": 400}],
-              "row 2:": [{"content": "I liked it!"}]}
+    faults = {
+        "row 1:": [{"status": 500}],
+        "row 3:": [{"drop": True}],
+        "row 4:": [{"status": 400}],
+        "row 2:": [{"content": "I liked it!"}],
+    }
     with OpenAICompatServer(faults=faults, batch_script=[{"garbage": ["row 5:"]}]) as server:
         result, _ = judge(server).rate_pairs(prompts, completions, wh)
         assert server.request_count() == 1  # the online re-ask of row 2's unparsable answer
@@ -275,7 +318,9 @@ def test_the_key_is_in_no_batch_file_no_warehouse_table_and_no_error(tmp_path):
     prompts, completions = rows(4)
     wh = warehouse(tmp_path)
     script = [{"status": "failed", "errors": [{"code": "x", "message": f"echo {API_KEY}"}]}]
-    with OpenAICompatServer(require_api_key=API_KEY, batch_script=script, faults={"row 2:": [{"status": 500}]}) as server:
+    with OpenAICompatServer(
+        require_api_key=API_KEY, batch_script=script, faults={"row 2:": [{"status": 500}]}
+    ) as server:
         failed, _ = judge(server).rate_pairs(prompts, completions, wh)  # the failure text echoes the key
         ok, _ = judge(server).rate_pairs(prompts, completions, wh)
         texts = [f["text"] for f in server.uploaded_files()]
@@ -321,9 +366,11 @@ def test_answers_collected_but_not_yet_durable_are_downloaded_again_not_bought_a
     prompts = [f"row {i}: rate me" for i in range(5)]
     store = BatchStore(warehouse(tmp_path).connect)
     with OpenAICompatServer() as server:
+
         def client():
-            return OpenAIBatchJudgeClient(server.base_url, API_KEY, "judge-test", store=store, poll_interval_s=0,
-                                          defer_collected=True)
+            return OpenAIBatchJudgeClient(
+                server.base_url, API_KEY, "judge-test", store=store, poll_interval_s=0, defer_collected=True
+            )
 
         items = [(f"key-{i}", p) for i, p in enumerate(prompts)]
         first = client().rate_all(items)  # collected, but the caller never confirmed its answers durable

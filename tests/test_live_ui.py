@@ -72,7 +72,16 @@ def _server_command(port: int) -> list[str]:
     dg_bin = Path(sys.executable).with_name("dg")  # the venv's, even when it is not on PATH
     if dg_bin.exists():
         return [str(dg_bin), "dev", "--host", "127.0.0.1", "--port", str(port)]
-    return [str(Path(sys.executable).with_name("dagster")), "dev", "-m", "definitions", "-h", "127.0.0.1", "-p", str(port)]
+    return [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-m",
+        "definitions",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
 
 
 def _restore_default_signals() -> None:

@@ -13,15 +13,22 @@ from tests.helpers import checks_by_name
 
 def mixture_assets_and_checks():
     assets = [a for a in definitions.defs.assets if set(a.group_names_by_key.values()) == {"mixture"}]
-    checks = [c for c in definitions.defs.asset_checks
-              if any(k.asset_key.path[-1].startswith("mixture") for k in c.check_keys)]
+    checks = [
+        c
+        for c in definitions.defs.asset_checks
+        if any(k.asset_key.path[-1].startswith("mixture") for k in c.check_keys)
+    ]
     return [*assets, *checks]
 
 
 def test_mixture_group_on_a_small_slice(resources, query, home):
-    config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 12}},
-                      "mixture_variants": {"config": {"variants_per_target": 4}},
-                      "mixture": {"config": {"max_variants": 4, "test_fraction": 0.25}}}}
+    config = {
+        "ops": {
+            "wiki_paragraphs": {"config": {"max_paragraphs": 12}},
+            "mixture_variants": {"config": {"variants_per_target": 4}},
+            "mixture": {"config": {"max_variants": 4, "test_fraction": 0.25}},
+        }
+    }
     result = dg.materialize(mixture_assets_and_checks(), resources=resources, run_config=config)
     assert result.success
     checks = checks_by_name(result)
@@ -62,13 +69,25 @@ def test_paper_cluster_sizes_span_2_to_20(resources, query):
 
     variants, mix = resolved_settings(VariantsSettings, "paper")[0], resolved_settings(MixtureSettings, "paper")[0]
     assert (variants.variants_per_target, mix.max_variants) == (20, 20)
-    config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 5}},
-                      "mixture_variants": {"config": {"variants_per_target": variants.variants_per_target}},
-                      "mixture": {"config": {"max_variants": mix.max_variants}}}}
+    config = {
+        "ops": {
+            "wiki_paragraphs": {"config": {"max_paragraphs": 5}},
+            "mixture_variants": {"config": {"variants_per_target": variants.variants_per_target}},
+            "mixture": {"config": {"max_variants": mix.max_variants}},
+        }
+    }
     # rating_library (embedding every variant) is left out: its path is the first test's
-    built = [a for a in mixture_assets_and_checks() if getattr(a, "node_def", None) is None or a.node_def.name != "rating_library"]
-    result = dg.materialize(built, resources=resources, run_config=config,
-                            selection=[dg.AssetKey(k) for k in ("wiki_paragraphs", "mixture_targets", "mixture_variants", "mixture")])
+    built = [
+        a
+        for a in mixture_assets_and_checks()
+        if getattr(a, "node_def", None) is None or a.node_def.name != "rating_library"
+    ]
+    result = dg.materialize(
+        built,
+        resources=resources,
+        run_config=config,
+        selection=[dg.AssetKey(k) for k in ("wiki_paragraphs", "mixture_targets", "mixture_variants", "mixture")],
+    )
     assert result.success
     assert checks_by_name(result)["mixture_variant_counts"].passed
     pools = query("select target_id, count(*) n from mixture_variants group by 1")
@@ -106,16 +125,36 @@ def test_llm_writer_degrades_and_writes_cot_through_mixture_writer(resources, qu
         res["mixture_writer"] = GeneratorResource(backend="openai", model="writer", base_url=server.base_url)
         res["generator"] = GeneratorResource(backend="openai", model="never-called", base_url="http://127.0.0.1:9")
         wiki = [a for a in definitions.defs.assets if a.node_def.name == "wiki_paragraphs"]
-        assert dg.materialize(wiki, resources=res, run_config={"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 4}}}}).success
+        assert dg.materialize(
+            wiki, resources=res, run_config={"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 4}}}}
+        ).success
         paragraphs = query("select title from wiki_paragraphs order by paragraph_id")
         first_title = paragraphs["title"].iloc[0]
-        rest = [a for a in mixture_assets_and_checks() if getattr(a, "node_def", None) is None or a.node_def.name != "wiki_paragraphs"]
-        config = {"ops": {"mixture_targets": {"config": {"writer": "llm", "tasks": ["qa"]}},
-                          "mixture_variants": {"config": {"variants_per_target": 2, "llm_degradation": True,
-                                                          "llm_variants_per_target": 2, "llm_noisy_copies": 1}},
-                          "mixture": {"config": {"cot": "auto", "test_fraction": 0.0}}}}
-        result = dg.materialize(rest, resources=res, run_config=config, selection=[
-            dg.AssetKey(k) for k in ("mixture_targets", "mixture_variants", "mixture")])
+        rest = [
+            a
+            for a in mixture_assets_and_checks()
+            if getattr(a, "node_def", None) is None or a.node_def.name != "wiki_paragraphs"
+        ]
+        config = {
+            "ops": {
+                "mixture_targets": {"config": {"writer": "llm", "tasks": ["qa"]}},
+                "mixture_variants": {
+                    "config": {
+                        "variants_per_target": 2,
+                        "llm_degradation": True,
+                        "llm_variants_per_target": 2,
+                        "llm_noisy_copies": 1,
+                    }
+                },
+                "mixture": {"config": {"cot": "auto", "test_fraction": 0.0}},
+            }
+        }
+        result = dg.materialize(
+            rest,
+            resources=res,
+            run_config=config,
+            selection=[dg.AssetKey(k) for k in ("mixture_targets", "mixture_variants", "mixture")],
+        )
         assert result.success
     variants = query("select origin, operators from mixture_variants")
     assert {"noise", "llm", "llm+noise"} <= set(variants["origin"])

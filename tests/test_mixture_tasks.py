@@ -14,12 +14,12 @@ PARA = {
         "The French renaissance political philosopher Étienne de La Boétie wrote in his most famous work the "
         "Discourse on Voluntary Servitude what some historians consider an important anarchist precedent. "
         "The radical Protestant Christian Gerrard Winstanley and his group the Diggers are cited by various "
-        "authors as proposing anarchist social measures in the 17th century in England. The term \"anarchist\" "
+        'authors as proposing anarchist social measures in the 17th century in England. The term "anarchist" '
         "first entered the English language in 1642, during the English Civil War, as a term of abuse, used by "
         "Royalists against their Roundhead opponents. By the time of the French Revolution some, such as the "
         "Enragés, began to use the term positively, in opposition to Jacobin centralisation of power, seeing "
-        "\"revolutionary government\" as oxymoronic. By the turn of the 19th century, the English word "
-        "\"anarchism\" had lost its initial negative connotation."
+        '"revolutionary government" as oxymoronic. By the turn of the 19th century, the English word '
+        '"anarchism" had lost its initial negative connotation.'
     ),
 }
 LEAD = {
@@ -99,11 +99,14 @@ def test_tfq_true_and_false():
     assert labels == {"Answer: True", "Answer: False"}
 
 
-@pytest.mark.parametrize("sentence,method", [
-    ("Aldous Huxley was born in Godalming, Surrey, England, in 1894.", "number"),
-    ("The balance between potassium and sodium is maintained by ion pumps.", "negation"),
-    ("Achilles' armor was the object of a feud between Odysseus and the hero Ajax.", None),
-])
+@pytest.mark.parametrize(
+    "sentence,method",
+    [
+        ("Aldous Huxley was born in Godalming, Surrey, England, in 1894.", "number"),
+        ("The balance between potassium and sodium is maintained by ion pumps.", "negation"),
+        ("Achilles' armor was the object of a feud between Odysseus and the hero Ajax.", None),
+    ],
+)
 def test_falsify_sentence_changes_it(sentence, method):
     seen = set()
     for seed in range(10):
@@ -129,28 +132,31 @@ def test_cs_and_paragraph():
     assert para.startswith("The French renaissance") and "Q:" not in para
 
 
-@pytest.mark.parametrize("task,text,needle", [
-    ("qa", "What is it?\nA: x", "must start with 'Q:'"),
-    ("qa", "Q: What is it?", "missing an 'A:' line"),
-    ("qa", "Q: What is it?\nA:   ", "empty answer"),
-    ("qa", "Q: \nA: yes", "empty question"),
-    ("qa", "Q: a?\nA: b\nQ: c?\nA: d", "more than one"),
-    ("mcq", "Q: Pick one.\nA) x\nB) y\nC) z\nAnswer: A", "four options"),
-    ("mcq", "Q: Pick one.\nA) x\nB) y\nC) z\nD) w\nAnswer: E", "A-D"),
-    ("mcq", "Q: Pick one.\nA) x\nB) y\nC) z\nD) w", "missing final 'Answer"),
-    ("mcq", "A) x\nB) y\nC) z\nD) w\nAnswer: A", "missing question"),
-    ("mcq", "Q: Pick.\nA) x\nB) x\nC) z\nD) w\nAnswer: A", "not distinct"),
-    ("tfq", "Q: The sky is green.\nAnswer: Maybe", "True or False"),
-    ("tfq", "Q: The sky is green.", "missing final 'Answer"),
-    ("tfq", "Answer: True", "missing statement"),
-    ("cs", "S: statement\nC: cat", "must start with 'C:"),
-    ("cs", "C: Cat\nS: ", "empty statement"),
-    ("cs", "C: Cat", "missing an 'S:"),
-    ("paragraph", "Q: What?\nA: This.", "scaffolding"),
-    ("paragraph", "no sentence here", "no complete sentence"),
-    ("paragraph", "   ", "empty"),
-    ("qa", "<think>x</think><answer>Q: a?\nA: b</answer>", "tags"),
-])
+@pytest.mark.parametrize(
+    "task,text,needle",
+    [
+        ("qa", "What is it?\nA: x", "must start with 'Q:'"),
+        ("qa", "Q: What is it?", "missing an 'A:' line"),
+        ("qa", "Q: What is it?\nA:   ", "empty answer"),
+        ("qa", "Q: \nA: yes", "empty question"),
+        ("qa", "Q: a?\nA: b\nQ: c?\nA: d", "more than one"),
+        ("mcq", "Q: Pick one.\nA) x\nB) y\nC) z\nAnswer: A", "four options"),
+        ("mcq", "Q: Pick one.\nA) x\nB) y\nC) z\nD) w\nAnswer: E", "A-D"),
+        ("mcq", "Q: Pick one.\nA) x\nB) y\nC) z\nD) w", "missing final 'Answer"),
+        ("mcq", "A) x\nB) y\nC) z\nD) w\nAnswer: A", "missing question"),
+        ("mcq", "Q: Pick.\nA) x\nB) x\nC) z\nD) w\nAnswer: A", "not distinct"),
+        ("tfq", "Q: The sky is green.\nAnswer: Maybe", "True or False"),
+        ("tfq", "Q: The sky is green.", "missing final 'Answer"),
+        ("tfq", "Answer: True", "missing statement"),
+        ("cs", "S: statement\nC: cat", "must start with 'C:"),
+        ("cs", "C: Cat\nS: ", "empty statement"),
+        ("cs", "C: Cat", "missing an 'S:"),
+        ("paragraph", "Q: What?\nA: This.", "scaffolding"),
+        ("paragraph", "no sentence here", "no complete sentence"),
+        ("paragraph", "   ", "empty"),
+        ("qa", "<think>x</think><answer>Q: a?\nA: b</answer>", "tags"),
+    ],
+)
 def test_validators_reject_with_reasons(task, text, needle):
     reasons = M.validate_target(task, text)
     assert reasons, text
@@ -175,8 +181,10 @@ def test_answer_pattern_ok():
         M.answer_pattern_ok("essay", "x")
 
 
-OTHER = ("Algeria is the largest country in Africa. Its capital is Algiers, on the Mediterranean coast. "
-         "Most of the country lies within the Sahara.")
+OTHER = (
+    "Algeria is the largest country in Africa. Its capital is Algiers, on the Mediterranean coast. "
+    "Most of the country lies within the Sahara."
+)
 
 
 @pytest.mark.parametrize("name", list(N.NOISE_OPERATORS) + ["cross_topic_merge"])
@@ -239,7 +247,9 @@ def test_prompts_render():
     d = L.render_degrade_prompt("qa", "Q: a?\nA: b.", n=3)
     assert "3 different low-quality" in d and L.VARIANT_SEPARATOR in d
     assert L.parse_degraded_variants("Q: a?\nA:\n###\nQ: a\nA: b\n###\n\n###\nQ: a?\nA: b.", "Q: a?\nA: b.") == [
-        "Q: a?\nA:", "Q: a\nA: b"]
+        "Q: a?\nA:",
+        "Q: a\nA: b",
+    ]
     user = M.distill_user_turn("cs", ["C: x\nS: y", "C: x\nS: z"])
     assert user.startswith(M.DISTILL_INSTRUCTIONS["cs"]) and user.endswith("C: x\nS: y\n\nC: x\nS: z")
     with pytest.raises(ValueError):
@@ -291,6 +301,8 @@ def test_make_variants_can_be_restricted_to_surface_noise():
     out = N.make_variants(target, "paragraph", 3, n=6, others=[other], operators=("typos", "cross_topic_merge"))
     assert len(out) == 6
     assert {op for _, ops in out for op in ops.split("+")} <= {"typos", "cross_topic_merge"}
-    assert N.make_variants(target, "paragraph", 3, n=2, operators=("cross_topic_merge",)) == []  # no other topic offered
+    assert (
+        N.make_variants(target, "paragraph", 3, n=2, operators=("cross_topic_merge",)) == []
+    )  # no other topic offered
     with pytest.raises(ValueError, match="unknown noise operators"):
         N.make_variants(target, "paragraph", 3, operators=("shout",))

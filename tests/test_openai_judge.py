@@ -273,7 +273,13 @@ def test_mixed_faults_every_row_final_and_no_key_in_errors():
         "row 7:": [{"content": "{}", "sticky": True}],
         "row 11:": [{"status": 401, "message": f"Incorrect API key provided: {API_KEY}"}],
         "row 13:": [{"drop": True}, {"status": 502}],
-        "row 17:": [{"content": "Sure! ```json\n" + '{"Rarity": 3, "Complexity": 4, "Informativeness": 5, "Overall": 6}' + "\n```"}],
+        "row 17:": [
+            {
+                "content": "Sure! ```json\n"
+                + '{"Rarity": 3, "Complexity": 4, "Informativeness": 5, "Overall": 6}'
+                + "\n```"
+            }
+        ],
     }
     with OpenAICompatServer(faults=faults) as srv:
         outcomes = make_client(srv, max_retries=2, max_parse_retries=1).rate_all(ps)
@@ -322,7 +328,9 @@ def test_works_from_a_plain_thread_and_inside_a_running_loop():
 
 
 def test_thread_mode_server_with_custom_answer():
-    with OpenAICompatServer(mode="thread", answer_fn=lambda m: '{"rarity":1,"complexity":2,"informativeness":3,"overall":4}') as srv:
+    with OpenAICompatServer(
+        mode="thread", answer_fn=lambda m: '{"rarity":1,"complexity":2,"informativeness":3,"overall":4}'
+    ) as srv:
         outcomes = make_client(srv).rate_all(prompts(3))
         assert srv.request_count() == 3
     assert all(o.scores == {"rarity": 1, "complexity": 2, "informativeness": 3, "overall": 4} for o in outcomes)
@@ -350,11 +358,18 @@ def test_repr_and_errors_never_show_the_key():
 def test_ratelimit_reset_durations_are_parsed():
     d = chat_transport._parse_duration
     assert d("1s") == 1.0 and d("6m0s") == 360.0 and d("20ms") == pytest.approx(0.02)
-    assert d("1h2m3.5s") == pytest.approx(3723.5) and d("0.5s") == 0.5 and d("2") == 2.0 and d("150us") == pytest.approx(1.5e-4)
+    assert (
+        d("1h2m3.5s") == pytest.approx(3723.5)
+        and d("0.5s") == 0.5
+        and d("2") == 2.0
+        and d("150us") == pytest.approx(1.5e-4)
+    )
     assert d(None) is None and d("") is None and d("soon") is None and d("5 s") is None and d("1s2x") is None
     reset = chat_transport._rate_limit_reset
     both = {"x-ratelimit-reset-requests": "20ms", "x-ratelimit-reset-tokens": "6m0s"}
-    assert reset({**both, "x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "812"}) == pytest.approx(0.02)
+    assert reset(
+        {**both, "x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "812"}
+    ) == pytest.approx(0.02)
     assert reset({**both, "x-ratelimit-remaining-requests": "3", "x-ratelimit-remaining-tokens": "0"}) == 360.0
     assert reset(both) == 360.0  # which one ran out is not said: the later reset is safe
     assert reset({"x-ratelimit-reset-tokens": "1s"}) == 1.0 and reset({}) is None
@@ -362,9 +377,14 @@ def test_ratelimit_reset_durations_are_parsed():
 
 def test_429_waits_for_the_exhausted_rate_limit_window():
     ps = prompts(3)
-    headers = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499",
-               "x-ratelimit-reset-requests": "120ms", "x-ratelimit-limit-tokens": "200000",
-               "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1s"}
+    headers = {
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "499",
+        "x-ratelimit-reset-requests": "120ms",
+        "x-ratelimit-limit-tokens": "200000",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "1s",
+    }
     with OpenAICompatServer(faults={"row 1:": [{"status": 429, "headers": headers}]}) as srv:
         client = make_client(srv, backoff_max_s=5.0)
         outcomes = client.rate_all(ps)
@@ -379,8 +399,10 @@ def test_429_waits_for_the_exhausted_rate_limit_window():
 def test_ratelimit_wait_is_capped_and_retry_after_comes_first():
     ps = prompts(2)
     long_reset = {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"}
-    faults = {"row 0:": [{"status": 429, "headers": long_reset}],
-              "row 1:": [{"status": 429, "retry_after": 0, "headers": long_reset}]}
+    faults = {
+        "row 0:": [{"status": 429, "headers": long_reset}],
+        "row 1:": [{"status": 429, "retry_after": 0, "headers": long_reset}],
+    }
     with OpenAICompatServer(faults=faults) as srv:
         t0 = time.perf_counter()
         outcomes = make_client(srv, backoff_max_s=0.3).rate_all(ps)

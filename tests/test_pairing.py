@@ -28,14 +28,17 @@ def _targets(n: int, n_titles: int, d: int = 24, seed: int = 0):
     return v, titles
 
 
-@pytest.mark.parametrize("n,n_titles,k,first_extra", [
-    (300, 40, 3, 64),    # the asset's default k, many articles
-    (400, 4, 3, 2),      # few big articles: most nearest rows are same-article, so rows search deeper
-    (250, 2, 12, 1),     # two articles, deeper k than the first search
-    (200, 1, 3, 64),     # one article: nobody has a partner
-    (150, 150, 3, 64),   # every target its own article
-    (120, 3, 200, 8),    # k beyond the other-article rows: fewer partners, as the dense code gave
-])
+@pytest.mark.parametrize(
+    "n,n_titles,k,first_extra",
+    [
+        (300, 40, 3, 64),  # the asset's default k, many articles
+        (400, 4, 3, 2),  # few big articles: most nearest rows are same-article, so rows search deeper
+        (250, 2, 12, 1),  # two articles, deeper k than the first search
+        (200, 1, 3, 64),  # one article: nobody has a partner
+        (150, 150, 3, 64),  # every target its own article
+        (120, 3, 200, 8),  # k beyond the other-article rows: fewer partners, as the dense code gave
+    ],
+)
 def test_same_partners_as_the_dense_code(n, n_titles, k, first_extra):
     v, titles = _targets(n, n_titles, seed=n + k)
     got = cross_group_neighbours(v, titles, k, first_extra=first_extra, max_entries=4096)

@@ -18,7 +18,11 @@ def test_every_check_on_a_partitioned_asset_has_the_assets_partitions():
     for checks_def in definitions.defs.asset_checks:
         for spec in checks_def.check_specs:
             asset_partitions = graph.get(spec.asset_key).partitions_def
-            assert spec.partitions_def == asset_partitions, (spec.key.to_user_string(), spec.partitions_def, asset_partitions)
+            assert spec.partitions_def == asset_partitions, (
+                spec.key.to_user_string(),
+                spec.partitions_def,
+                asset_partitions,
+            )
             if asset_partitions is not None:
                 partitioned += 1
                 assert "every source" not in (spec.description or ""), spec.key.to_user_string()
@@ -43,8 +47,14 @@ def test_results_carry_their_partition_and_one_source_never_hides_another(home, 
     # humaneval's rated table gains a second, low-scored copy of one high row: the re-built split then
     # holds that sample in both pools, and its check for humaneval turns red ...
     tamper_rated_row_into_both_pools(home, "humaneval")
-    red = dg.materialize(pool_assets_and_checks(), selection=dg.AssetSelection.assets("high_quality_pool", "low_quality_pool"),
-                         partition_key="humaneval", resources=resources, instance=instance, raise_on_error=False)
+    red = dg.materialize(
+        pool_assets_and_checks(),
+        selection=dg.AssetSelection.assets("high_quality_pool", "low_quality_pool"),
+        partition_key="humaneval",
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
     evaluation = checks_by_name(red)["quality_split_accounting"]
     assert evaluation.partition == "humaneval" and not evaluation.passed
     assert "this source" in evaluation.description
@@ -55,13 +65,20 @@ def test_results_carry_their_partition_and_one_source_never_hides_another(home, 
     assert {e.partition for e in other.get_asset_check_evaluations()} == {"chatterbot"}
 
     storage = instance.event_log_storage
-    latest = {p: storage.get_latest_asset_check_execution_by_key([SPLIT], partition_filter=PartitionKeyFilter(key=p))[SPLIT]
-              for p in ("humaneval", "chatterbot")}
+    latest = {
+        p: storage.get_latest_asset_check_execution_by_key([SPLIT], partition_filter=PartitionKeyFilter(key=p))[SPLIT]
+        for p in ("humaneval", "chatterbot")
+    }
     assert latest["humaneval"].status == AssetCheckExecutionRecordStatus.FAILED
     assert latest["chatterbot"].status == AssetCheckExecutionRecordStatus.SUCCEEDED
     assert (latest["humaneval"].partition, latest["chatterbot"].partition) == ("humaneval", "chatterbot")
-    history = storage.get_asset_check_execution_history(SPLIT, limit=10, partition_filter=PartitionKeyFilter(key="humaneval"))
-    assert [r.status for r in history] == [AssetCheckExecutionRecordStatus.FAILED, AssetCheckExecutionRecordStatus.SUCCEEDED]
+    history = storage.get_asset_check_execution_history(
+        SPLIT, limit=10, partition_filter=PartitionKeyFilter(key="humaneval")
+    )
+    assert [r.status for r in history] == [
+        AssetCheckExecutionRecordStatus.FAILED,
+        AssetCheckExecutionRecordStatus.SUCCEEDED,
+    ]
 
 
 def test_a_check_sees_only_its_partition(home, resources):

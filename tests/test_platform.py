@@ -4,10 +4,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 import definitions
@@ -28,8 +26,10 @@ def graph_snapshot() -> dict:
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
             "partitions": node.partitions_def.get_partition_keys() if node.partitions_def else None,
             # A check's flags show in review too: blocking, and partitioned like its asset (one result per partition).
-            "checks": {c.name: {"blocking": specs[c].blocking, "partitioned": specs[c].partitions_def is not None}
-                       for c in sorted(node.check_keys, key=lambda c: c.name)},
+            "checks": {
+                c.name: {"blocking": specs[c].blocking, "partitioned": specs[c].partitions_def is not None}
+                for c in sorted(node.check_keys, key=lambda c: c.name)
+            },
         }
     return out
 
@@ -40,7 +40,9 @@ def test_asset_graph_matches_the_snapshot():
     if os.environ.get("UPDATE_SNAPSHOTS"):
         SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     assert SNAPSHOT.exists(), "no snapshot yet: run UPDATE_SNAPSHOTS=1 pytest tests/test_platform.py"
-    assert current == json.loads(SNAPSHOT.read_text()), "asset graph changed; if intended, refresh with UPDATE_SNAPSHOTS=1"
+    assert current == json.loads(SNAPSHOT.read_text()), (
+        "asset graph changed; if intended, refresh with UPDATE_SNAPSHOTS=1"
+    )
 
 
 def test_jobs_cover_every_stage():
@@ -52,9 +54,13 @@ def test_jobs_cover_every_stage():
     assert {"raw_pool", "rated_pool", "low_quality_clusters", "cluster_inputs"} <= selected
     assert "pool_summary" not in selected
     assert {"distill_job", "long_tail_job", "training_sets_job", "per_arm_job", "report_job"} <= names
-    per_arm = {k.to_user_string() for k in definitions.defs.resolve_job_def("per_arm_job").asset_layer.executable_asset_keys}
+    per_arm = {
+        k.to_user_string() for k in definitions.defs.resolve_job_def("per_arm_job").asset_layer.executable_asset_keys
+    }
     assert per_arm == {"training_sets", "downstream_models", "benchmark_scores"}
-    distill = {k.to_user_string() for k in definitions.defs.resolve_job_def("distill_job").asset_layer.executable_asset_keys}
+    distill = {
+        k.to_user_string() for k in definitions.defs.resolve_job_def("distill_job").asset_layer.executable_asset_keys
+    }
     assert distill == {"distilled_pool", "rated_distilled", "distilled_high"}
     arms = definitions.defs.resolve_job_def("training_sets_job").partitions_def.get_partition_keys()
     assert arms == ["mixup50_ori50", "mixup70_ori30", "mixup30_ori70", "original_high", "random", "full_low"]
@@ -62,8 +68,16 @@ def test_jobs_cover_every_stage():
 
 def test_gpu_steps_carry_pool_and_pod_resources():
     gpu_steps = {a.node_def.name: a.node_def for a in definitions.defs.assets if a.node_def.pool == GPU_POOL}
-    assert {"low_quality_clusters", "sft_checkpoint", "grpo_checkpoint", "distilled_pool", "long_tail_scores",
-            "downstream_models", "benchmark_scores", "base_model_scores"} <= set(gpu_steps)
+    assert {
+        "low_quality_clusters",
+        "sft_checkpoint",
+        "grpo_checkpoint",
+        "distilled_pool",
+        "long_tail_scores",
+        "downstream_models",
+        "benchmark_scores",
+        "base_model_scores",
+    } <= set(gpu_steps)
     for node_def in gpu_steps.values():
         tags = node_def.tags["dagster-k8s/config"]
         tags = json.loads(tags) if isinstance(tags, str) else tags  # Dagster stores dict tags as JSON
@@ -91,8 +105,11 @@ def test_k8s_pods_write_through_a_postgres_catalog_with_credentials_from_a_secre
     monkeypatch.setenv("LM_MIXUP_WAREHOUSE_DATA_PATH", "s3://lm-mixup-lake/tables/")
     monkeypatch.setenv("LM_MIXUP_K8S_WAREHOUSE_SECRET", "lake-credentials")
     cfg = k8s_executor_config()
-    assert {"LM_MIXUP_WAREHOUSE_BACKEND=ducklake", "LM_MIXUP_WAREHOUSE_CATALOG=postgres://lm_mixup@pg.lm-mixup.svc:5432/lake",
-            "LM_MIXUP_WAREHOUSE_DATA_PATH=s3://lm-mixup-lake/tables/"} <= set(cfg["env_vars"])
+    assert {
+        "LM_MIXUP_WAREHOUSE_BACKEND=ducklake",
+        "LM_MIXUP_WAREHOUSE_CATALOG=postgres://lm_mixup@pg.lm-mixup.svc:5432/lake",
+        "LM_MIXUP_WAREHOUSE_DATA_PATH=s3://lm-mixup-lake/tables/",
+    } <= set(cfg["env_vars"])
     assert "lake-credentials" in cfg["env_secrets"]  # PGPASSWORD, AWS_* live there, never in config
     assert not any("PASSWORD" in v or "AWS_" in v for v in cfg["env_vars"])
     monkeypatch.setenv("LM_MIXUP_WAREHOUSE_CATALOG", "/data/lm_mixup/lake/catalog.sqlite")
@@ -117,9 +134,17 @@ sys.exit(0 if r.success else 1)
 
 def three_parallel_source_runs(home, query):
     env = {**os.environ, "LM_MIXUP_HOME": str(home)}
-    procs = [subprocess.Popen([sys.executable, "-c", PARALLEL_RUN, s, str(home)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for s in ("humaneval", "chatterbot", "chitchat")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PARALLEL_RUN, s, str(home)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for s in ("humaneval", "chatterbot", "chitchat")
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
@@ -157,7 +182,8 @@ def test_no_stage_module_imports_another():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = {node.module.removeprefix("lm_mixup_assets.")} | (
-                    {a.name for a in node.names} if node.module == "lm_mixup_assets" else set())
+                    {a.name for a in node.names} if node.module == "lm_mixup_assets" else set()
+                )
             elif isinstance(node, ast.Import):
                 names = {a.name.removeprefix("lm_mixup_assets.") for a in node.names}
             else:

@@ -7,7 +7,13 @@ import dagster as dg
 import pytest
 
 import definitions
-from tests.bad_input import EXPECTED_DUPLICATES, EXPECTED_INGESTED, EXPECTED_INPUT_ROWS, EXPECTED_REJECTIONS, write_bad_jsonl
+from tests.bad_input import (
+    EXPECTED_DUPLICATES,
+    EXPECTED_INGESTED,
+    EXPECTED_INPUT_ROWS,
+    EXPECTED_REJECTIONS,
+    write_bad_jsonl,
+)
 from tests.helpers import checks_by_name, materialize_source
 
 
@@ -28,8 +34,14 @@ def test_humaneval_partition_materialises_with_checks_green(resources, query):
     result = materialize_source("humaneval", resources)
     assert result.success
     checks = checks_by_name(result)
-    assert {"raw_pool_accounting", "rated_pool_accounting", "rated_pool_score_ranges", "rated_pool_no_empty_text",
-            "quality_split_accounting", "raw_pool_unique_ids"} <= set(checks)
+    assert {
+        "raw_pool_accounting",
+        "rated_pool_accounting",
+        "rated_pool_score_ranges",
+        "rated_pool_no_empty_text",
+        "quality_split_accounting",
+        "raw_pool_unique_ids",
+    } <= set(checks)
     assert all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items() if not c.passed}
 
     rated = query("select * from rated_pool where source = 'humaneval'")
@@ -79,7 +91,11 @@ def test_bad_input_file_through_dagster_accounting_exact(tmp_path, resources, qu
     rejected = query("select position, reason from rejected_rows where source = 'chatterbot' order by position")
     assert list(rejected["position"]) == sorted(EXPECTED_REJECTIONS)
     log = query("select * from ingest_log where source = 'chatterbot'").iloc[0]
-    assert (log.input_rows, log.ingested, log.duplicates) == (EXPECTED_INPUT_ROWS, EXPECTED_INGESTED, EXPECTED_DUPLICATES)
+    assert (log.input_rows, log.ingested, log.duplicates) == (
+        EXPECTED_INPUT_ROWS,
+        EXPECTED_INGESTED,
+        EXPECTED_DUPLICATES,
+    )
     assert query("select count(*) n from rated_pool where source = 'chatterbot'")["n"][0] == EXPECTED_INGESTED
 
 
@@ -95,10 +111,13 @@ def test_too_many_rejections_fail_the_partition_with_reasons(tmp_path, resources
     assert query("select count(*) n from failed_ingest_rejections where source = 'chatterbot'")["n"][0] == 9
 
 
-@pytest.mark.parametrize("entry, expected", [
-    ("path: /nonexistent/pool.jsonl", "file not found: /nonexistent/pool.jsonl"),
-    ("hf: nobody/no-such-dataset", "could not load Hugging Face dataset"),
-])
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ("path: /nonexistent/pool.jsonl", "file not found: /nonexistent/pool.jsonl"),
+        ("hf: nobody/no-such-dataset", "could not load Hugging Face dataset"),
+    ],
+)
 def test_source_level_problems_fail_with_an_actionable_error(tmp_path, resources, entry, expected):
     m = tmp_path / "m.yaml"
     m.write_text(f"sources:\n  humaneval:\n    {entry}\n")
@@ -122,8 +141,15 @@ def test_partitions_follow_the_manifest_env(tmp_path):
     m = tmp_path / "m.yaml"
     m.write_text("sources:\n  alpha:\n    path: a.jsonl\n  beta:\n    hf: org/beta\n")
     out = subprocess.run(
-        [sys.executable, "-c", "from lm_mixup_assets.partitions import source_partitions as p; print(p.get_partition_keys())"],
-        env={**__import__("os").environ, "LM_MIXUP_POOL_MANIFEST": str(m)}, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from lm_mixup_assets.partitions import source_partitions as p; print(p.get_partition_keys())",
+        ],
+        env={**__import__("os").environ, "LM_MIXUP_POOL_MANIFEST": str(m)},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == "['alpha', 'beta']"
 
@@ -131,7 +157,11 @@ def test_partitions_follow_the_manifest_env(tmp_path):
 def test_pool_summary_across_sources(resources, query):
     for source in ("humaneval", "chatterbot"):
         materialize_source(source, resources)
-    summary_asset = [a for a in definitions.defs.assets if a.partitions_def is None and "pool_summary" in {k.path[-1] for k in a.keys}]
+    summary_asset = [
+        a
+        for a in definitions.defs.assets
+        if a.partitions_def is None and "pool_summary" in {k.path[-1] for k in a.keys}
+    ]
     result = dg.materialize(summary_asset, resources=resources)
     assert result.success
     s = query("select * from pool_summary order by source").set_index("source")

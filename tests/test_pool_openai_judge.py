@@ -20,15 +20,29 @@ def api_key_in_environment(monkeypatch):
 
 
 def pool_assets():
-    return [*[a for a in definitions.defs.assets if a.partitions_def is not None
-              and set(a.group_names_by_key.values()) == {"pool"}], *definitions.defs.asset_checks]
+    return [
+        *[
+            a
+            for a in definitions.defs.assets
+            if a.partitions_def is not None and set(a.group_names_by_key.values()) == {"pool"}
+        ],
+        *definitions.defs.asset_checks,
+    ]
 
 
 def openai_resources(home, server, **judge):
     return {
         "warehouse": WarehouseResource(home=str(home)),
-        "judge": JudgeResource(backend="openai", model="judge-test", base_url=server.base_url,
-                               concurrency=8, timeout_s=1.5, max_retries=3, max_parse_retries=1, **judge),
+        "judge": JudgeResource(
+            backend="openai",
+            model="judge-test",
+            base_url=server.base_url,
+            concurrency=8,
+            timeout_s=1.5,
+            max_retries=3,
+            max_parse_retries=1,
+            **judge,
+        ),
     }
 
 
@@ -36,7 +50,7 @@ def test_transient_faults_end_ok_and_a_second_run_sends_zero_requests(home, quer
     faults = {
         1: [{"status": 429, "retry_after": 1}],
         2: [{"status": 500}],
-        3: [{"hang": 5}],            # longer than timeout_s: the client times out and retries
+        3: [{"hang": 5}],  # longer than timeout_s: the client times out and retries
         4: [{"content": "I think this is a fine sample!"}],  # garbage: re-asked
         5: [{"drop": True}],
     }
@@ -52,14 +66,21 @@ def test_transient_faults_end_ok_and_a_second_run_sends_zero_requests(home, quer
         assert answers["requests"] == first
         for row in rated.head(20).itertuples():
             from lm_mixup_assets.lib.rubric import render_judge_prompt
-            assert {k: getattr(row, k) for k in ("rarity", "complexity", "informativeness", "overall")} == \
-                expected_scores(render_judge_prompt(row.prompt, row.completion))
+
+            assert {
+                k: getattr(row, k) for k in ("rarity", "complexity", "informativeness", "overall")
+            } == expected_scores(render_judge_prompt(row.prompt, row.completion))
         md = result.asset_materializations_for_node("rated_pool")[0].metadata
         assert md["judge_rows_sent"].value == 164 and md["judge_prompt_tokens"].value > 0
         # rows and HTTP requests apart: every retry and re-ask is a request the server saw
         assert md["judge_http_requests"].value == first > 164
         stats = md["client_stats"].value
-        assert stats["rate_limited"] >= 1 and stats["server_errors"] >= 1 and stats["timeouts"] >= 1 and stats["parse_retries"] >= 1
+        assert (
+            stats["rate_limited"] >= 1
+            and stats["server_errors"] >= 1
+            and stats["timeouts"] >= 1
+            and stats["parse_retries"] >= 1
+        )
 
         again = materialize_source("humaneval", openai_resources(home, server), assets=pool_assets())
         assert again.success
@@ -92,7 +113,9 @@ def test_persistent_failures_are_recorded_never_scored_and_retried_next_run(home
         assert hi + lo == 162  # failures are in neither split
 
         # nothing leaks the key: errors, metadata, the whole warehouse
-        dump = json.dumps([str(v.value) for v in result.asset_materializations_for_node("rated_pool")[0].metadata.values()])
+        dump = json.dumps(
+            [str(v.value) for v in result.asset_materializations_for_node("rated_pool")[0].metadata.values()]
+        )
         assert API_KEY not in dump
         for table in ("rated_pool", "judge_cache"):
             assert API_KEY not in query(f"select * from {table}").to_csv()

@@ -38,7 +38,7 @@ SKIPPED = {
     "dg dev": "starts the UI server and keeps running (`make ui`, test_live_ui.py); options parsed",
     "dg launch --job": "runs every per-source stage (embedding, clustering): minutes; job and partition validated",
     "dagster job backfill": "executing a backfill needs the daemon (`make ui`); options, job and partitions validated, "
-                            "submission run in the slow test",
+    "submission run in the slow test",
     "dagster asset materialize": "materialises with the user's data (e.g. /data/MIXTURE); selection and run config validated",
     "duckdb": "a `duckdb` CLI is not part of the project (PyPI's is older than the package); path and SQL validated",
     "python -m lm_mixup_assets.cli demo": "the whole demo takes minutes; arguments parsed by the CLI's own parser",
@@ -62,8 +62,8 @@ def expand_optional(command: str) -> list[str]:
     match = re.search(r"\s*\[([^\[\]]+)\]", command)
     if not match:
         return [command]
-    without = command[:match.start()] + command[match.end():]
-    with_it = command[:match.start()] + " " + match.group(1) + command[match.end():]
+    without = command[: match.start()] + command[match.end() :]
+    with_it = command[: match.start()] + " " + match.group(1) + command[match.end() :]
     return expand_optional(without) + expand_optional(with_it)
 
 
@@ -212,15 +212,21 @@ def test_every_readme_command_parses_and_names_real_things(command, monkeypatch,
     else:
         program, *argv = shlex.split(command)
         kind = {"dg": validate_dg, "dagster": validate_dagster, "duckdb": validate_duckdb}[program](argv)
-    done = {"query": "run for real on a warehouse holding the tables it names",
-            "dg launch --assets": "validated; also run for real in the slow tests",
-            "python -m lm_mixup_assets.cli sql": "run for real on an empty home (tests/test_warehouse.py: on tables)"}
+    done = {
+        "query": "run for real on a warehouse holding the tables it names",
+        "dg launch --assets": "validated; also run for real in the slow tests",
+        "python -m lm_mixup_assets.cli sql": "run for real on an empty home (tests/test_warehouse.py: on tables)",
+    }
     print(f"{command}: {done.get(kind) or 'validated, not run: ' + SKIPPED[kind]}")
 
 
 def _run_printed(command: str, home: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LM_MIXUP_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "LM_MIXUP_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     (home / "dagster").mkdir(parents=True, exist_ok=True)
     return subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -15,16 +15,43 @@ from tests.helpers import checks_by_name
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mixture_release"
 # What the fixture holds (see its README): data_sft per task and split, data_grpo per split.
-SFT_COUNTS = {("qa", "train"): 3, ("mcq", "train"): 2, ("tfq", "train"): 2, ("cs", "train"): 2, ("paragraph", "train"): 2,
-              ("qa", "test"): 1, ("mcq", "test"): 1, ("tfq", "test"): 1, ("cs", "test"): 1, ("paragraph", "test"): 1}
-GRPO_COUNTS = {("qa", "train"): 1, ("mcq", "train"): 1, ("tfq", "train"): 1, ("cs", "train"): 1, ("paragraph", "train"): 1,
-               ("qa", "test"): 1, ("paragraph", "test"): 1}
+SFT_COUNTS = {
+    ("qa", "train"): 3,
+    ("mcq", "train"): 2,
+    ("tfq", "train"): 2,
+    ("cs", "train"): 2,
+    ("paragraph", "train"): 2,
+    ("qa", "test"): 1,
+    ("mcq", "test"): 1,
+    ("tfq", "test"): 1,
+    ("cs", "test"): 1,
+    ("paragraph", "test"): 1,
+}
+GRPO_COUNTS = {
+    ("qa", "train"): 1,
+    ("mcq", "train"): 1,
+    ("tfq", "train"): 1,
+    ("cs", "train"): 1,
+    ("paragraph", "train"): 1,
+    ("qa", "test"): 1,
+    ("paragraph", "test"): 1,
+}
 
 
 def test_released_task_spellings_map_onto_ours():
-    assert {name: R.task_from_released(name) for name in ["qa", "mcq", "tfq", "cs", "para", "para_mixup", "QA_MIXUP", "paragraph"]} == {
-        "qa": "qa", "mcq": "mcq", "tfq": "tfq", "cs": "cs", "para": "paragraph", "para_mixup": "paragraph",
-        "QA_MIXUP": "qa", "paragraph": "paragraph"}
+    assert {
+        name: R.task_from_released(name)
+        for name in ["qa", "mcq", "tfq", "cs", "para", "para_mixup", "QA_MIXUP", "paragraph"]
+    } == {
+        "qa": "qa",
+        "mcq": "mcq",
+        "tfq": "tfq",
+        "cs": "cs",
+        "para": "paragraph",
+        "para_mixup": "paragraph",
+        "QA_MIXUP": "qa",
+        "paragraph": "paragraph",
+    }
     with pytest.raises(ValueError, match="unknown released task type 'essay_mixup'"):
         R.task_from_released("essay_mixup")
 
@@ -50,11 +77,19 @@ def test_sft_part_loads_with_the_right_counts_per_task_and_lineage():
 def test_grpo_part_reads_task_type_per_row():
     release = R.load_released_mixture(str(FIXTURE), "data_grpo")
     assert Counter((r["task"], r["split"]) for r in release.rows) == GRPO_COUNTS
-    assert {r["origin_task_type"] for r in release.rows} == {"qa_mixup", "mcq_mixup", "tfq_mixup", "cs_mixup", "para_mixup"}
+    assert {r["origin_task_type"] for r in release.rows} == {
+        "qa_mixup",
+        "mcq_mixup",
+        "tfq_mixup",
+        "cs_mixup",
+        "para_mixup",
+    }
     assert all(r["instruction"] == "" and r["cot"] == "" for r in release.rows)
     only = R.load_released_mixture(str(FIXTURE), "data_grpo", tasks=["paragraph"])
     assert [(r["split"], r["origin_file"], r["origin_row"]) for r in only.rows] == [
-        ("train", "data_grpo/train.json", 4), ("test", "data_grpo/test.json", 1)]
+        ("train", "data_grpo/train.json", 4),
+        ("test", "data_grpo/test.json", 1),
+    ]
 
 
 def test_other_layouts_and_bad_rows(tmp_path):
@@ -69,14 +104,21 @@ def test_other_layouts_and_bad_rows(tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(FIXTURE, bad)
     grpo = bad / "data_grpo" / "train.json"
-    rows = json.loads(grpo.read_text()) + [{"input": "x", "output": "", "task_type": "qa_mixup"},
-                                           {"input": "x", "output": "y", "task_type": "essay_mixup"}, "not a record"]
+    rows = json.loads(grpo.read_text()) + [
+        {"input": "x", "output": "", "task_type": "qa_mixup"},
+        {"input": "x", "output": "y", "task_type": "essay_mixup"},
+        "not a record",
+    ]
     grpo.write_text(json.dumps(rows))
     release = R.load_released_mixture(str(bad), "data_grpo")
     assert len(release.rows) == 7
-    assert [(r["origin_file"], r["origin_row"]) for r in release.rejects] == [("data_grpo/train.json", i) for i in (5, 6, 7)]
+    assert [(r["origin_file"], r["origin_row"]) for r in release.rejects] == [
+        ("data_grpo/train.json", i) for i in (5, 6, 7)
+    ]
     reasons = [r["reason"] for r in release.rejects]
-    assert reasons[0] == "empty output" and "essay_mixup" in reasons[1] and reasons[2] == "record is a str, not an object"
+    assert (
+        reasons[0] == "empty output" and "essay_mixup" in reasons[1] and reasons[2] == "record is a str, not an object"
+    )
 
     (bad / "data_sft" / "merged_train_qa_noisy.json").write_text("[]")  # a second qa/train file
     with pytest.raises(ValueError, match="two released files for task 'qa', split 'train'"):
@@ -113,7 +155,11 @@ def test_mixture_asset_reads_the_release_without_upstream_tables(resources, quer
     assert mix["paragraph_id"].isna().all() and mix["origin_row"].notna().all()
     assert set(mix["origin_task_type"]) == {"qa", "mcq", "tfq", "cs", "para"}
     meta = result.asset_materializations_for_node("mixture")[0].metadata
-    assert meta["train"].value == 11 and meta["test"].value == 5 and meta["variants_per_example"].value == {"2": 14, "3": 2}  # qa train row 1 and the tfq test row have 3
+    assert (
+        meta["train"].value == 11
+        and meta["test"].value == 5
+        and meta["variants_per_example"].value == {"2": 14, "3": 2}
+    )  # qa train row 1 and the tfq test row have 3
     # the training stage reads it as it reads a built MIXTURE
     rows = _mixture_rows(resources["warehouse"], "train")
     assert len(rows) == 11 and {"instruction", "input", "output", "cot", "task", "n_variants"} <= set(rows[0])
@@ -124,9 +170,17 @@ def test_mixture_asset_reads_the_release_without_upstream_tables(resources, quer
 def test_mixture_asset_refuses_a_release_with_too_many_bad_rows(resources, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(FIXTURE, bad)
-    (bad / "data_grpo" / "test.json").write_text(json.dumps([{"input": "x", "output": "", "task_type": "qa_mixup"},
-                                                            {"input": "x", "output": "y", "task_type": "qa_mixup"}]))
-    config = {"ops": {"mixture": {"config": {"source": "released", "released_path": str(bad), "released_part": "data_grpo"}}}}
+    (bad / "data_grpo" / "test.json").write_text(
+        json.dumps(
+            [
+                {"input": "x", "output": "", "task_type": "qa_mixup"},
+                {"input": "x", "output": "y", "task_type": "qa_mixup"},
+            ]
+        )
+    )
+    config = {
+        "ops": {"mixture": {"config": {"source": "released", "released_path": str(bad), "released_part": "data_grpo"}}}
+    }
     result = dg.materialize(_mixture_only(), resources=resources, run_config=config, raise_on_error=False)
     assert not result.success
     failure = result.get_step_failure_events()[0].event_specific_data.error.message

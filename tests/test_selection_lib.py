@@ -47,14 +47,17 @@ def test_small_sets():
     assert normalise_unit(np.array([0.3, 0.3])).tolist() == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("name, parts", [
-    ("mixup50_ori50", (("distilled_high", 0.5), ("original_high", 0.5))),
-    ("mixup70_ori30", (("distilled_high", 0.7), ("original_high", 0.3))),
-    ("high30_low70", (("original_high", 0.3), ("original_low", 0.7))),
-    ("original_high", (("original_high", 1.0),)),
-    ("random", (("rated_pool", 1.0),)),
-    ("full_low", (("original_low", 1.0),)),
-])
+@pytest.mark.parametrize(
+    "name, parts",
+    [
+        ("mixup50_ori50", (("distilled_high", 0.5), ("original_high", 0.5))),
+        ("mixup70_ori30", (("distilled_high", 0.7), ("original_high", 0.3))),
+        ("high30_low70", (("original_high", 0.3), ("original_low", 0.7))),
+        ("original_high", (("original_high", 1.0),)),
+        ("random", (("rated_pool", 1.0),)),
+        ("full_low", (("original_low", 1.0),)),
+    ],
+)
 def test_arm_names_parse(name, parts):
     assert parse_arm(name).parts == parts
 
@@ -71,9 +74,15 @@ def test_counts_add_up_exactly():
 
 
 def _pool(prefix: str, n: int, scored: bool = True) -> pd.DataFrame:
-    df = pd.DataFrame({"source": "s", "sample_id": [f"{prefix}{i:03d}" for i in range(n)],
-                       "member_ids": [[f"{prefix}{i:03d}"] for i in range(n)],
-                       "prompt": [f"{prefix} question {i}" for i in range(n)], "completion": [f"answer {i}" for i in range(n)]})
+    df = pd.DataFrame(
+        {
+            "source": "s",
+            "sample_id": [f"{prefix}{i:03d}" for i in range(n)],
+            "member_ids": [[f"{prefix}{i:03d}"] for i in range(n)],
+            "prompt": [f"{prefix} question {i}" for i in range(n)],
+            "completion": [f"answer {i}" for i in range(n)],
+        }
+    )
     if scored:
         df["long_tail_score"] = np.linspace(0, 1, n)
     return df
@@ -90,7 +99,9 @@ def test_mixup_arm_takes_the_rarest_of_each_pool_in_ratio():
 
 
 def test_a_small_pool_gives_a_reported_shortfall_not_a_changed_ratio():
-    arm = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": _pool("d", 3), "original_high": _pool("o", 30)}, n=20)
+    arm = compose_arm(
+        parse_arm("mixup50_ori50"), {"distilled_high": _pool("d", 3), "original_high": _pool("o", 30)}, n=20
+    )
     assert arm.taken == {"distilled_high": 3, "original_high": 10}
     assert arm.shortfall == {"distilled_high": 7} and len(arm.rows) == 13
 
@@ -98,7 +109,9 @@ def test_a_small_pool_gives_a_reported_shortfall_not_a_changed_ratio():
 def test_duplicate_content_is_skipped_and_the_next_row_taken():
     orig = _pool("o", 10)
     dist = _pool("d", 10)
-    dist.loc[9, ["prompt", "completion"]] = orig.loc[9, ["prompt", "completion"]].values  # rarest distilled = rarest original
+    dist.loc[9, ["prompt", "completion"]] = orig.loc[
+        9, ["prompt", "completion"]
+    ].values  # rarest distilled = rarest original
     arm = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=6)
     assert arm.taken == {"distilled_high": 3, "original_high": 3}
     keys = list(zip(arm.rows["prompt"], arm.rows["completion"]))
@@ -138,13 +151,18 @@ def test_original_rank_quality_then_long_tail_by_hand():
     orig = _rated("o", [4, 5, 5, 4], [0.9, 0.1, 0.5, 0.95])
     by_tail = compose_arm(parse_arm("original_high"), {"original_high": orig}, n=3)
     assert by_tail.rows["sample_id"].tolist() == ["o003", "o000", "o002"]
-    by_quality = compose_arm(parse_arm("original_high"), {"original_high": orig}, n=3,
-                             original_rank="quality_then_long_tail")
+    by_quality = compose_arm(
+        parse_arm("original_high"), {"original_high": orig}, n=3, original_rank="quality_then_long_tail"
+    )
     assert by_quality.rows["sample_id"].tolist() == ["o002", "o001", "o003"]  # the 5s (rarest first), then o003
     # the distilled part is always by long-tail score
     dist = _rated("d", [5, 4], [0.2, 0.8])
-    mix = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=4,
-                      original_rank="quality_then_long_tail")
+    mix = compose_arm(
+        parse_arm("mixup50_ori50"),
+        {"distilled_high": dist, "original_high": orig},
+        n=4,
+        original_rank="quality_then_long_tail",
+    )
     assert mix.rows["sample_id"].tolist() == ["d001", "d000", "o002", "o001"]
 
 
@@ -163,13 +181,23 @@ def test_reference_row_order_is_the_merge_scripts_shuffle():
     # [o003, o000, d001, d000] (original part first) the file reads d001, o000, d000, o003.
     orig = _rated("o", [4, 5, 5, 4], [0.9, 0.1, 0.5, 0.95])
     dist = _rated("d", [5, 4], [0.2, 0.8])
-    arm = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=4,
-                      row_order="reference", shuffle_seed=42)
+    arm = compose_arm(
+        parse_arm("mixup50_ori50"),
+        {"distilled_high": dist, "original_high": orig},
+        n=4,
+        row_order="reference",
+        shuffle_seed=42,
+    )
     assert arm.rows["sample_id"].tolist() == ["d001", "o000", "d000", "o003"]
     assert arm.rows["position"].tolist() == [0, 1, 2, 3]
     assert arm.taken == {"distilled_high": 2, "original_high": 2}
-    other = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=4,
-                        row_order="reference", shuffle_seed=7)
+    other = compose_arm(
+        parse_arm("mixup50_ori50"),
+        {"distilled_high": dist, "original_high": orig},
+        n=4,
+        row_order="reference",
+        shuffle_seed=7,
+    )
     assert sorted(other.rows["sample_id"]) == sorted(arm.rows["sample_id"])
     with pytest.raises(ValueError, match="row_order"):
         compose_arm(parse_arm("random"), {"rated_pool": orig}, n=2, row_order="sorted")
@@ -178,8 +206,9 @@ def test_reference_row_order_is_the_merge_scripts_shuffle():
 def test_duplicates_are_kept_when_asked():
     orig, dist = _pool("o", 4), _pool("d", 4)
     dist.loc[3, ["prompt", "completion"]] = orig.loc[3, ["prompt", "completion"]].values
-    arm = compose_arm(parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=4,
-                      drop_duplicate_content=False)
+    arm = compose_arm(
+        parse_arm("mixup50_ori50"), {"distilled_high": dist, "original_high": orig}, n=4, drop_duplicate_content=False
+    )
     assert arm.rows["sample_id"].tolist() == ["d003", "d002", "o003", "o002"]  # o003 repeats d003's content
 
 
@@ -187,15 +216,27 @@ def test_paper_profile_resolves_to_the_reference_selection():
     from lm_mixup_assets.config import resolved_settings
     from lm_mixup_assets.lib.settings.selection import LongTailSettings, TrainingSetSettings
 
-    paper, long_tail = resolved_settings(TrainingSetSettings, "paper")[0], resolved_settings(LongTailSettings, "paper")[0]
+    paper, long_tail = (
+        resolved_settings(TrainingSetSettings, "paper")[0],
+        resolved_settings(LongTailSettings, "paper")[0],
+    )
     assert (long_tail.k, paper.size, paper.shuffle_seed) == (15, 10_000, 42)
     assert (long_tail.prompt_prefix, long_tail.answer_prefix) == ("Instruction: ", "Answer: ")
     assert (paper.original_rank, paper.row_order) == ("quality_then_long_tail", "reference")
     arms = paper.arm_list()
-    assert {"mixup70_ori30", "mixup50_ori50", "mixup30_ori70", "high70_low30", "high50_low50", "high30_low70",
-            "full_low"} <= set(arms)
+    assert {
+        "mixup70_ori30",
+        "mixup50_ori50",
+        "mixup30_ori70",
+        "high70_low30",
+        "high50_low50",
+        "high30_low70",
+        "full_low",
+    } <= set(arms)
     assert [parse_arm(a).counts(10_000) for a in ("mixup70_ori30", "high30_low70")] == [
-        {"distilled_high": 7000, "original_high": 3000}, {"original_high": 3000, "original_low": 7000}]
+        {"distilled_high": 7000, "original_high": 3000},
+        {"original_high": 3000, "original_low": 7000},
+    ]
 
 
 def test_long_tail_equals_the_methods_sklearn_neighbours():

@@ -1,6 +1,5 @@
 """Stage settings: one model per step, presets that validate, resolution at run start, a described launchpad."""
 
-
 import os
 import subprocess
 import sys
@@ -53,7 +52,10 @@ def test_values_resolve_when_the_run_starts(monkeypatch):
     meta = _run({"steps": 3, "layout": "chat"}).asset_materializations_for_node("_toy")[0].metadata
     assert (meta["steps"].value, meta["layout"].value) == (3, "chat")  # the launchpad wins over the environment
     recorded = meta["settings"].value  # what the step ran with, and where each value came from
-    assert recorded["steps"] == {"value": 3, "from": "launchpad"} and recorded["rate"] == {"value": 2e-5, "from": "default"}
+    assert recorded["steps"] == {"value": 3, "from": "launchpad"} and recorded["rate"] == {
+        "value": 2e-5,
+        "from": "default",
+    }
 
 
 def test_bad_values_fail_with_field_value_and_source(monkeypatch):
@@ -98,8 +100,14 @@ def test_cli_config_validates_before_any_run():
     env = {k: v for k, v in os.environ.items() if not k.startswith("LM_MIXUP_")}
     env.update(LM_MIXUP_PROFILE="demo", LM_MIXUP_SFT_MAX_STEPS="abc", LM_MIXUP_HOME=os.environ.get("LM_MIXUP_HOME", ""))
     env = {k: v for k, v in env.items() if v}
-    done = subprocess.run([sys.executable, "-m", "lm_mixup_assets.cli", "config"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lm_mixup_assets.cli", "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stdout + done.stderr  # the code location still loads: nothing read at import
     assert "max_steps='abc' (from LM_MIXUP_SFT_MAX_STEPS)" in done.stderr
     assert "[grpo] GRPOSettings" in done.stdout and "max_completion_length          48" in done.stdout

@@ -37,15 +37,28 @@ from lm_mixup_assets.lib.training import (
 
 
 def _row(task, variants, output, cot=""):
-    return {"task": task, "instruction": DISTILL_INSTRUCTIONS[task], "input": distill_user_turn(task, variants),
-            "output": output, "cot": cot, "n_variants": len(variants)}
+    return {
+        "task": task,
+        "instruction": DISTILL_INSTRUCTIONS[task],
+        "input": distill_user_turn(task, variants),
+        "output": output,
+        "cot": cot,
+        "n_variants": len(variants),
+    }
 
 
 ROWS = [
-    _row("qa", ["Q: capital of France?\nA: Paris", "Q: France capital\nA: paris, a city"],
-         "Q: What is the capital of France?\nA: Paris."),
-    _row("mcq", ["Q: 2+2?\nA) 3\nB) 4\nAnswer: B", "Q: two plus two\nA) 3\nB) 4\nC) 5\nD) 6"],
-         "Q: What is 2+2?\nA) 3\nB) 4\nC) 5\nD) 6\nAnswer: B", cot="Both ask for 2+2; the answer is B."),
+    _row(
+        "qa",
+        ["Q: capital of France?\nA: Paris", "Q: France capital\nA: paris, a city"],
+        "Q: What is the capital of France?\nA: Paris.",
+    ),
+    _row(
+        "mcq",
+        ["Q: 2+2?\nA) 3\nB) 4\nAnswer: B", "Q: two plus two\nA) 3\nB) 4\nC) 5\nD) 6"],
+        "Q: What is 2+2?\nA) 3\nB) 4\nC) 5\nD) 6\nAnswer: B",
+        cot="Both ask for 2+2; the answer is B.",
+    ),
     _row("tfq", ["Q: The sun is a star.\nAnswer: True", "Q: sun = star"], "Q: The Sun is a star.\nAnswer: True"),
     _row("paragraph", ["Paris is in France.", "Paris, capital."], "Paris is the capital of France."),
 ]
@@ -72,13 +85,16 @@ def _reload_and_generate(folder):
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
-    text = tok.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Q: hi"}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Q: hi"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     ids = tok(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids["input_ids"].shape[1]
-    return tok.decode(out[0, ids["input_ids"].shape[1]:])
+    return tok.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 # --------------------------------------------------------------------------- #
@@ -103,11 +119,15 @@ def test_build_sft_dataset_reference_layout():
     """sft/i_t_resume.py: mix-up system prompt; think block only when cot is given; newline-padded tags."""
     records = build_sft_dataset(ROWS)  # the defaults are the reference's
     r = records[0]
-    assert r["prompt"] == [{"role": "system", "content": REFERENCE_SYSTEM_PROMPT},
-                           {"role": "user", "content": ROWS[0]["input"]}]
+    assert r["prompt"] == [
+        {"role": "system", "content": REFERENCE_SYSTEM_PROMPT},
+        {"role": "user", "content": ROWS[0]["input"]},
+    ]
     assert r["completion"] == "<answer>\nQ: What is the capital of France?\nA: Paris.\n</answer>"  # no cot: no think
-    assert records[1]["completion"] == ("<think>\nBoth ask for 2+2; the answer is B.\n</think>\n\n"
-                                        "<answer>\nQ: What is 2+2?\nA) 3\nB) 4\nC) 5\nD) 6\nAnswer: B\n</answer>")
+    assert records[1]["completion"] == (
+        "<think>\nBoth ask for 2+2; the answer is B.\n</think>\n\n"
+        "<answer>\nQ: What is 2+2?\nA) 3\nB) 4\nC) 5\nD) 6\nAnswer: B\n</answer>"
+    )
     # the reference format reward's structure half accepts the newline-padded layout
     assert format_reward(records[1]["completion"], "mcq") == 1.0
     assert REFERENCE_SYSTEM_PROMPT.startswith("You are an expert in data mix-up.")
@@ -116,7 +136,10 @@ def test_build_sft_dataset_reference_layout():
 
 def test_sft_cot_modes():
     row = ROWS[0]  # cot ""
-    assert sft_response(row, "reference", "omit_empty") == "<answer>\nQ: What is the capital of France?\nA: Paris.\n</answer>"
+    assert (
+        sft_response(row, "reference", "omit_empty")
+        == "<answer>\nQ: What is the capital of France?\nA: Paris.\n</answer>"
+    )
     assert sft_response(row, "reference", "empty_think").startswith("<think>\n\n</think>\n\n<answer>\n")
     assert sft_response(row, "reference", "plan").startswith(f"<think>\n{default_think(row)}\n</think>\n\n")
     assert sft_response(row, "chat", "omit_empty") == "<answer>Q: What is the capital of France?\nA: Paris.</answer>"
@@ -148,11 +171,18 @@ def test_trl_keeps_the_reference_labels(tiny_causal_lm, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
-    data = [{k: v for k, v in ex.items() if k != "task"} for ex in tokenize_reference_sft(build_sft_dataset(ROWS[1:2]), tok)]
-    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", completion_only_loss=True,
-                     max_length=2400)
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_causal_lm), args=args,
-                         train_dataset=Dataset.from_list(data), processing_class=tok)
+    data = [
+        {k: v for k, v in ex.items() if k != "task"} for ex in tokenize_reference_sft(build_sft_dataset(ROWS[1:2]), tok)
+    ]
+    args = SFTConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", completion_only_loss=True, max_length=2400
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_causal_lm),
+        args=args,
+        train_dataset=Dataset.from_list(data),
+        processing_class=tok,
+    )
     ex = trainer.train_dataset[0]
     assert ex["input_ids"] == data[0]["input_ids"]
     text = tok.decode([t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100])
@@ -176,8 +206,10 @@ def test_build_grpo_dataset():
     records = build_grpo_dataset(ROWS, layout="chat")
     assert set(records[0]) == {"prompt", "task", "reference"}
     assert records[2]["task"] == "tfq" and records[2]["reference"] == ROWS[2]["output"]
-    assert records[2]["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT},
-                                    {"role": "user", "content": ROWS[2]["input"]}]
+    assert records[2]["prompt"] == [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": ROWS[2]["input"]},
+    ]
 
 
 def test_grpo_reference_prompt_is_the_jinja_rendering():
@@ -196,10 +228,15 @@ def test_sft_loss_is_on_the_completion_only(tiny_causal_lm, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
-    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", completion_only_loss=True,
-                     max_length=2400)
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_causal_lm), args=args,
-                         train_dataset=Dataset.from_list(build_sft_dataset(ROWS[:1], layout="chat", cot_mode="plan")), processing_class=tok)
+    args = SFTConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", completion_only_loss=True, max_length=2400
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_causal_lm),
+        args=args,
+        train_dataset=Dataset.from_list(build_sft_dataset(ROWS[:1], layout="chat", cot_mode="plan")),
+        processing_class=tok,
+    )
     ex = trainer.train_dataset[0]
     learned = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100]
     text = tok.decode(learned)
@@ -229,9 +266,13 @@ def test_grpo_settings_validate():
 def sft_two_steps(tiny_causal_lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
     logs = []
-    result = run_sft(tiny_causal_lm, ROWS, out, SFTSettings(max_steps=2, gradient_accumulation_steps=1, logging_steps=1,
-                                                            save_steps=1, learning_rate=1e-3),
-                     on_log=lambda step, d: logs.append((step, d)))
+    result = run_sft(
+        tiny_causal_lm,
+        ROWS,
+        out,
+        SFTSettings(max_steps=2, gradient_accumulation_steps=1, logging_steps=1, save_steps=1, learning_rate=1e-3),
+        on_log=lambda step, d: logs.append((step, d)),
+    )
     return result, logs
 
 
@@ -254,8 +295,12 @@ def test_sft_resumes_from_latest_checkpoint(sft_two_steps, tmp_path):
     first, _ = sft_two_steps
     out = tmp_path / "sft"
     shutil.copytree(first.output_dir, out)
-    result = run_sft(first.checkpoint, ROWS, out, SFTSettings(max_steps=3, gradient_accumulation_steps=1,
-                                                              logging_steps=1, save_steps=1))
+    result = run_sft(
+        first.checkpoint,
+        ROWS,
+        out,
+        SFTSettings(max_steps=3, gradient_accumulation_steps=1, logging_steps=1, save_steps=1),
+    )
     assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-2")
     assert result.steps == 3  # the global step continues
     assert [s for s, _ in result.loss_history] == [1, 2, 3]  # history carried in the checkpoint
@@ -274,9 +319,16 @@ def test_sft_drops_too_long_examples(tiny_causal_lm, tmp_path):
 def test_grpo_two_steps(sft_two_steps, tmp_path):
     sft, _ = sft_two_steps
     funcs = make_trl_reward_funcs(_libraries(), fake_embed)
-    settings = GRPOSettings(num_generations=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-                            steps_per_generation=0, max_completion_length=12, max_steps=2, save_steps=1,
-                            learning_rate=1e-4)
+    settings = GRPOSettings(
+        num_generations=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        steps_per_generation=0,
+        max_completion_length=12,
+        max_steps=2,
+        save_steps=1,
+        learning_rate=1e-4,
+    )
     logs = []
     result = run_grpo(sft.checkpoint, ROWS, funcs, tmp_path / "grpo", settings, on_log=lambda s, d: logs.append(d))
     assert result.steps == 2 and not result.use_vllm
@@ -306,8 +358,12 @@ def test_sft_smollm2(tmp_path_factory):
     cache = os.environ.get("LM_MIXUP_TEST_MODEL_CACHE") or str(tmp_path_factory.mktemp("smollm2-cache"))
     model = convert_smollm2(cache)
     out = tmp_path_factory.mktemp("sft-smollm2")
-    result = run_sft(model, ROWS, out, SFTSettings(max_steps=3, gradient_accumulation_steps=1, logging_steps=1,
-                                                   save_steps=100, learning_rate=1e-5))
+    result = run_sft(
+        model,
+        ROWS,
+        out,
+        SFTSettings(max_steps=3, gradient_accumulation_steps=1, logging_steps=1, save_steps=100, learning_rate=1e-5),
+    )
     assert result.steps == 3 and len(result.loss_history) == 3
     assert all(np.isfinite(loss) and loss < 10 for _, loss in result.loss_history)  # a trained model, not random
     text = _reload_and_generate(result.checkpoint)

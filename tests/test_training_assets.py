@@ -12,16 +12,22 @@ def group(name):
 
 
 def test_training_group_materialises_with_a_tiny_model(resources, query, home, tiny_causal_lm):
-    mixture_config = {"ops": {"wiki_paragraphs": {"config": {"max_paragraphs": 10}},
-                              "mixture_variants": {"config": {"variants_per_target": 3}},
-                              "mixture": {"config": {"max_variants": 3, "test_fraction": 0.3}}}}
+    mixture_config = {
+        "ops": {
+            "wiki_paragraphs": {"config": {"max_paragraphs": 10}},
+            "mixture_variants": {"config": {"variants_per_target": 3}},
+            "mixture": {"config": {"max_variants": 3, "test_fraction": 0.3}},
+        }
+    }
     assert dg.materialize(group("mixture"), resources=resources, run_config=mixture_config).success
-    config = {"ops": {
-        "base_policy": {"config": {"model": tiny_causal_lm}},
-        "sft_checkpoint": {"config": {"max_steps": 2, "gradient_accumulation_steps": 1, "max_length": 768}},
-        "grpo_checkpoint": {"config": {"max_steps": 1, "max_completion_length": 8, "max_prompt_length": 768}},
-        "mixture_eval": {"config": {"max_examples": 2, "max_new_tokens": 8}},
-    }}
+    config = {
+        "ops": {
+            "base_policy": {"config": {"model": tiny_causal_lm}},
+            "sft_checkpoint": {"config": {"max_steps": 2, "gradient_accumulation_steps": 1, "max_length": 768}},
+            "grpo_checkpoint": {"config": {"max_steps": 1, "max_completion_length": 8, "max_prompt_length": 768}},
+            "mixture_eval": {"config": {"max_examples": 2, "max_new_tokens": 8}},
+        }
+    }
     result = dg.materialize(group("training"), resources=resources, run_config=config)
     assert result.success
     sft = result.asset_materializations_for_node("sft_checkpoint")[0].metadata
@@ -59,8 +65,12 @@ def test_training_group_materialises_with_a_tiny_model(resources, query, home, t
     assert latest_checkpoint(grpo_dir, resumable=True) is None and args.save_only_model
     # Unchanged inputs: the second materialisation reuses both finished runs (same folders, same fingerprints).
     chain = ["base_policy", "sft_checkpoint", "grpo_checkpoint"]
-    again = dg.materialize(group("training"), resources=resources, selection=chain,
-                           run_config={"ops": {op: c for op, c in config["ops"].items() if op in chain}})
+    again = dg.materialize(
+        group("training"),
+        resources=resources,
+        selection=chain,
+        run_config={"ops": {op: c for op, c in config["ops"].items() if op in chain}},
+    )
     assert again.success
     for name in ("sft_checkpoint", "grpo_checkpoint"):
         assert again.asset_materializations_for_node(name)[0].metadata["reused"].value is True
@@ -74,11 +84,19 @@ def test_paper_profile_resolves_the_reference_formats():
     def paper(model):
         return resolved_settings(model, "paper")[0]
 
-    sft, grpo, evaluation = paper(training.SFTSettings), paper(training.GRPOSettings), paper(training.MixtureEvalSettings)
+    sft, grpo, evaluation = (
+        paper(training.SFTSettings),
+        paper(training.GRPOSettings),
+        paper(training.MixtureEvalSettings),
+    )
     assert (sft.target_layout, sft.cot_mode, grpo.prompt_layout) == ("reference", "omit_empty", "reference")
     assert sft.gradient_accumulation_steps == 1 and evaluation.repetition_penalty == 1.3
     distiller = paper(distill.DistillSettings)
-    assert (distiller.prompt_layout, distiller.repetition_penalty, distiller.max_new_tokens) == ("reference", 1.05, 2400)
+    assert (distiller.prompt_layout, distiller.repetition_penalty, distiller.max_new_tokens) == (
+        "reference",
+        1.05,
+        2400,
+    )
     assert paper(clusters.ClusterInputsSettings).input_style == "reference"
     # each profile distils, and evaluates, with the layout its distiller is trained in
     for profile in ("demo", "paper"):

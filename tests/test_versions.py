@@ -22,9 +22,13 @@ def test_every_asset_has_a_code_version():
 
 def test_table_version_is_a_content_hash_of_the_partition():
     con = duckdb.connect()
-    con.execute("create table t (source varchar, sample_id varchar, overall int, from_cache boolean, rated_at timestamp)")
-    con.execute("insert into t values ('a', 'x', 5, false, '2026-01-01'), ('a', 'y', 7, false, '2026-01-01'), "
-                "('b', 'z', 3, false, '2026-01-01')")
+    con.execute(
+        "create table t (source varchar, sample_id varchar, overall int, from_cache boolean, rated_at timestamp)"
+    )
+    con.execute(
+        "insert into t values ('a', 'x', 5, false, '2026-01-01'), ('a', 'y', 7, false, '2026-01-01'), "
+        "('b', 'z', 3, false, '2026-01-01')"
+    )
     a = table_version(con, "t", "source", "a")
     # Same rows in another order, rewritten later and from the cache: the same content, the same version.
     con.execute("delete from t where source = 'a'")
@@ -72,8 +76,14 @@ def test_changed_source_data_marks_rated_pool_stale(tmp_path, resources):
     assets = _pool_front()
 
     def run(instance, selection=None):
-        return dg.materialize(assets, instance=instance, resources=resources, partition_key="chatterbot",
-                              run_config=config, selection=selection)
+        return dg.materialize(
+            assets,
+            instance=instance,
+            resources=resources,
+            partition_key="chatterbot",
+            run_config=config,
+            selection=selection,
+        )
 
     def rated_status(instance):
         return get_stale_status_resolver(instance, assets).get_status(dg.AssetKey("rated_pool"), "chatterbot")

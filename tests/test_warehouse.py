@@ -29,8 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def frame(source: str, n: int, start: int = 0) -> pd.DataFrame:
-    return pd.DataFrame({"source": source, "i": range(start, start + n), "note": [None] * n,
-                         "tags": [[f"t{k}"] for k in range(start, start + n)]})
+    return pd.DataFrame(
+        {
+            "source": source,
+            "i": range(start, start + n),
+            "note": [None] * n,
+            "tags": [[f"t{k}"] for k in range(start, start + n)],
+        }
+    )
 
 
 def test_partitions_replace_read_and_version_alike_on_both_backends(warehouse_backend, home):
@@ -45,10 +51,16 @@ def test_partitions_replace_read_and_version_alike_on_both_backends(warehouse_ba
     assert got.values.tolist() == [["a", 4, 10], ["b", 2, 0], ["c", 1, 0]]
     assert warehouse.read_partition("t", "source", "c")["note"].tolist() == ["text"]
     with warehouse.connect() as con:
-        types = dict(con.execute("select column_name, data_type from information_schema.columns where "
-                                 "table_catalog = current_database() and table_name = 't'").fetchall())
+        types = dict(
+            con.execute(
+                "select column_name, data_type from information_schema.columns where "
+                "table_catalog = current_database() and table_name = 't'"
+            ).fetchall()
+        )
         assert types == {"source": "VARCHAR", "i": "BIGINT", "note": "VARCHAR", "tags": "VARCHAR[]"}
-        assert wh.table_exists(con, "t") and not wh.table_exists(con, "ducklake_snapshot")  # not the lake's catalog tables
+        assert wh.table_exists(con, "t") and not wh.table_exists(
+            con, "ducklake_snapshot"
+        )  # not the lake's catalog tables
         version = table_version(con, "t", "source", "a")
     # The same rows hash to the same data version whatever holds them.
     plain = duckdb.connect()
@@ -91,8 +103,9 @@ def test_snapshots_name_their_run_and_read_the_past(lake_backend, home):
     md = first.asset_materializations_for_node("t")[0].metadata
     snapshot = md["lake_snapshot"].value
     assert md["rows"].value == 2  # the asset's own metadata is kept beside it
-    made = warehouse.query("select author, commit_message, commit_extra_info from lake.snapshots() where snapshot_id = ?",
-                           [snapshot]).iloc[0]
+    made = warehouse.query(
+        "select author, commit_message, commit_extra_info from lake.snapshots() where snapshot_id = ?", [snapshot]
+    ).iloc[0]
     assert made["author"] == "lm-mixup" and first.run_id[:8] in made["commit_message"]
     assert '"partition": "a"' in made["commit_extra_info"] and '"tables": ["t"]' in made["commit_extra_info"]
     assert warehouse.query("select count(*) n from t")["n"][0] == 4
@@ -110,12 +123,18 @@ def test_snapshots_name_their_run_and_read_the_past(lake_backend, home):
     with warehouse.connect() as con:
         for i in range(3):  # small writes: rows inlined in the catalog, flushed to Parquet by compaction
             con.execute("insert into t (source, i) values ('small', ?)", [i])
-        history = {s: con.execute(f"select count(*), sum(i) from t at (version => {s})").fetchone()
-                   for s in range(snapshot, wh.current_snapshot(con) + 1)}
-    done = warehouse_maintenance_job.execute_in_process(resources={"warehouse": warehouse}).output_for_node("compact_warehouse")
+        history = {
+            s: con.execute(f"select count(*), sum(i) from t at (version => {s})").fetchone()
+            for s in range(snapshot, wh.current_snapshot(con) + 1)
+        }
+    done = warehouse_maintenance_job.execute_in_process(resources={"warehouse": warehouse}).output_for_node(
+        "compact_warehouse"
+    )
     assert done["inlined_rows_flushed"] >= 3 and done["snapshots_expired"] == 0  # small writes are inlined
     with warehouse.connect() as con:
-        assert history == {s: con.execute(f"select count(*), sum(i) from t at (version => {s})").fetchone() for s in history}
+        assert history == {
+            s: con.execute(f"select count(*), sum(i) from t at (version => {s})").fetchone() for s in history
+        }
 
 
 def test_cache_tables_have_no_keys_on_a_lake_and_stay_one_row_per_answer(lake_backend, home):
@@ -126,7 +145,9 @@ def test_cache_tables_have_no_keys_on_a_lake_and_stay_one_row_per_answer(lake_ba
     JUDGE_CACHE.store(warehouse.connect, [row])
     JUDGE_CACHE.store(warehouse.connect, [row, {**row, "cache_key": "k2"}])  # k is already there: kept once
     assert warehouse.query("select cache_key, count(*) n from judge_cache group by 1 order by 1").values.tolist() == [
-        ["k", 1], ["k2", 1]]
+        ["k", 1],
+        ["k2", 1],
+    ]
 
 
 # A writer process (lib only: no Dagster import, so three start in about a second). argv: lake fields, part, rounds
@@ -141,8 +162,12 @@ def s3_bucket(monkeypatch):
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    for name, value in {"AWS_ACCESS_KEY_ID": "lake-key", "AWS_SECRET_ACCESS_KEY": "lake-secret",
-                        "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "lake-key",
+        "AWS_SECRET_ACCESS_KEY": "lake-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
         monkeypatch.setenv(name, value)
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     client.create_bucket(Bucket="lm-mixup-lake")
@@ -158,7 +183,10 @@ def test_a_lake_keeps_its_data_in_object_storage(lake_backend, home, s3_bucket, 
     assert warehouse.lake.extensions()[-1] == "httpfs"
     warehouse.replace_partition("t", frame("a", 500), "source", "a")  # over the inlining limit: a Parquet file
     warehouse.replace_partition("t", frame("b", 3), "source", "b")
-    assert warehouse.query("select source, count(*) n from t group by 1 order by 1").values.tolist() == [["a", 500], ["b", 3]]
+    assert warehouse.query("select source, count(*) n from t group by 1 order by 1").values.tolist() == [
+        ["a", 500],
+        ["b", 3],
+    ]
     keys = [o["Key"] for o in s3_bucket.list_objects_v2(Bucket="lm-mixup-lake")["Contents"]]
     assert keys and all(k.startswith("tables/main/t/") and k.endswith(".parquet") for k in keys)
     assert not (home / "lake" / "data").exists()  # nothing on the local disk
@@ -183,10 +211,20 @@ def test_three_processes_replace_their_partitions_of_one_table_at_once(lake_back
 
     rounds = 4
     warehouse = warehouse_resource(home=str(home))
-    warehouse.replace_partition("shared", pd.DataFrame({"part": ["x"], "k": [0], "i": [0]}), "part", "x")  # created once
+    warehouse.replace_partition(
+        "shared", pd.DataFrame({"part": ["x"], "k": [0], "i": [0]}), "part", "x"
+    )  # created once
     lake = json.dumps(dataclasses.asdict(warehouse.lake))
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD_WRITER, lake, part, str(rounds)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for part in "abc"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD_WRITER, lake, part, str(rounds)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for part in "abc"
+    ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
@@ -216,8 +254,10 @@ def test_the_backend_follows_the_profile_and_the_environment(monkeypatch, tmp_pa
     monkeypatch.setenv("LM_MIXUP_WAREHOUSE_CATALOG", "postgres://lm_mixup@db.internal:5432/lake")
     monkeypatch.setenv("LM_MIXUP_WAREHOUSE_DATA_PATH", "s3://bucket/lm-mixup/")
     lake = warehouse_resource("demo", str(tmp_path)).lake
-    assert lake.attach_sql() == ("ATTACH 'ducklake:postgres:postgres://lm_mixup@db.internal:5432/lake' AS lake "
-                                 "(DATA_PATH 's3://bucket/lm-mixup/')")
+    assert lake.attach_sql() == (
+        "ATTACH 'ducklake:postgres:postgres://lm_mixup@db.internal:5432/lake' AS lake "
+        "(DATA_PATH 's3://bucket/lm-mixup/')"
+    )
     assert lake.extensions() == ["ducklake", "postgres_scanner", "httpfs"]
     assert wh.redact("postgres://u:secret@h/db") == "postgres://u:***@h/db"
     monkeypatch.setenv("LM_MIXUP_WAREHOUSE_BACKEND", "spark")
@@ -238,18 +278,23 @@ def test_a_tiny_graph_materialises_and_its_training_set_reads_stay_queryable(war
     """Pool (one source) -> long-tail scores -> one training set, on each backend. On a lake the training set
     records the snapshot it read; after the upstream tables changed, those rows are still there to query.
     (Threshold 6 leaves the high pool empty, so no embedding: the graph runs in seconds.)"""
+
     def split_at(threshold):
         config = {"ops": {"quality_split": {"config": {"quality_threshold": threshold}}}}
         result = materialize_source("humaneval", resources, run_config=config)
         assert result.success
         # Every table asset of the run (Python, multi-asset ingest, SQL step) names the snapshot it wrote.
-        snapshots = {e.asset_key.to_user_string(): e.materialization.metadata.get("lake_snapshot")
-                     for e in result.get_asset_materialization_events()}
+        snapshots = {
+            e.asset_key.to_user_string(): e.materialization.metadata.get("lake_snapshot")
+            for e in result.get_asset_materialization_events()
+        }
         assert set(snapshots) == {"raw_pool", "rejected_rows", "rated_pool", "high_quality_pool", "low_quality_pool"}
         assert all((s is None) == (warehouse_backend == "duckdb") for s in snapshots.values()), snapshots
 
     def training_set():
-        result = dg.materialize(graph_assets(), resources=resources, selection=["training_sets"], partition_key="full_low")
+        result = dg.materialize(
+            graph_assets(), resources=resources, selection=["training_sets"], partition_key="full_low"
+        )
         assert result.success
         return result.asset_materializations_for_node("training_sets")[0].metadata
 
@@ -274,6 +319,8 @@ def test_a_tiny_graph_materialises_and_its_training_set_reads_stay_queryable(war
     assert len(low_now) == 70 and len(low_then) == 164
     assert len(trained_on.merge(low_now)) < len(trained_on) == len(trained_on.merge(low_then))
     # ...and the set itself, as a model was trained on it, at the snapshot its materialisation wrote.
-    again = query(f"select {columns} from training_sets at (version => {written_at}) where arm = 'full_low' order by position")
+    again = query(
+        f"select {columns} from training_sets at (version => {written_at}) where arm = 'full_low' order by position"
+    )
     pd.testing.assert_frame_equal(again, trained_on)
     assert not query(f"select {columns} from training_sets where arm = 'full_low' order by position").equals(trained_on)

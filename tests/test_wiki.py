@@ -63,14 +63,18 @@ def test_positions_count_up_within_article(frame):
 
 
 def test_clean_paragraph_removes_leftovers():
-    raw = ("'''Albedo''' () or ''reflection'' {{IPA|x}} is [[Light|light]] reflected<ref>cite</ref> by a "
-           "surface , e.g. snow.The value  varies.")
+    raw = (
+        "'''Albedo''' () or ''reflection'' {{IPA|x}} is [[Light|light]] reflected<ref>cite</ref> by a "
+        "surface , e.g. snow.The value  varies."
+    )
     out = clean_paragraph(raw)
     assert out == "Albedo or reflection is light reflected by a surface, e.g. snow. The value varies."
 
 
 def test_split_units_drops_headings_lists_and_captions():
-    body = ("Caption of an image|alt=A photo\nA real paragraph of text.\n===Sub===\n* item one\n"
-            "# item two\n{| class=x\n| cell\nSecond paragraph.")
+    body = (
+        "Caption of an image|alt=A photo\nA real paragraph of text.\n===Sub===\n* item one\n"
+        "# item two\n{| class=x\n| cell\nSecond paragraph."
+    )
     assert split_units(body) == ["A real paragraph of text.", "Second paragraph."]
     assert not any(re.search(r"^\W", u) for u in split_units(body))

@@ -18,8 +18,8 @@ does not parse into a pair is a quality outcome with its own, separate budget.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 __all__ = ["BudgetReport", "assess", "assess_outcomes", "describe", "outcome_details", "redact"]
 
@@ -59,13 +59,21 @@ class BudgetReport:
 
     def summary(self) -> str:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.by_status.items())) or "none failed"
-        return (f"{self.what}: {self.failed} of {self.total} failed ({self.fraction:.1%}: {statuses}); "
-                f"budget {self.setting}={self.max_fraction:g}")
+        return (
+            f"{self.what}: {self.failed} of {self.total} failed ({self.fraction:.1%}: {statuses}); "
+            f"budget {self.setting}={self.max_fraction:g}"
+        )
 
 
-def assess(what: str, statuses: Sequence[str], details: Sequence[str | None], failed_statuses: Iterable[str],
-           max_fraction: float, secrets: Iterable[str | None] = (),
-           setting: str = "max_failed_fraction") -> BudgetReport:
+def assess(
+    what: str,
+    statuses: Sequence[str],
+    details: Sequence[str | None],
+    failed_statuses: Iterable[str],
+    max_fraction: float,
+    secrets: Iterable[str | None] = (),
+    setting: str = "max_failed_fraction",
+) -> BudgetReport:
     """Count the rows whose status is in ``failed_statuses``; ``details[i]`` (an error text or the
     answer that did not parse) is kept, redacted and shortened, for the first three failures."""
     if not 0.0 <= max_fraction <= 1.0:
@@ -83,8 +91,15 @@ def assess(what: str, statuses: Sequence[str], details: Sequence[str | None], fa
         if len(samples) < SAMPLES:
             text = redact(str(detail if detail is not None else "(no detail)"), secrets)
             samples.append(f"{status}: {text[:_SAMPLE_CHARS]}")
-    return BudgetReport(what=what, total=len(statuses), failed=sum(by_status.values()), max_fraction=max_fraction,
-                        by_status=by_status, samples=tuple(samples), setting=setting)
+    return BudgetReport(
+        what=what,
+        total=len(statuses),
+        failed=sum(by_status.values()),
+        max_fraction=max_fraction,
+        by_status=by_status,
+        samples=tuple(samples),
+        setting=setting,
+    )
 
 
 def describe(reports: Sequence[BudgetReport]) -> str:
@@ -95,8 +110,10 @@ def describe(reports: Sequence[BudgetReport]) -> str:
             continue
         lines.append(r.summary())
         lines.extend(f"  e.g. {s}" for s in r.samples)
-    lines.append("The rows are written with their status; successful answers are cached, so fixing the cause "
-                 "and re-running pays only for the failed rows; raising the budget accepts them as they are.")
+    lines.append(
+        "The rows are written with their status; successful answers are cached, so fixing the cause "
+        "and re-running pays only for the failed rows; raising the budget accepts them as they are."
+    )
     return "\n".join(lines)
 
 
@@ -119,8 +136,15 @@ def outcome_details(outcomes: Sequence) -> list[str | None]:
     return details
 
 
-def assess_outcomes(what: str, outcomes: Sequence, max_fraction: float, secrets: Iterable[str | None] = (),
-                    failed_statuses: Iterable[str] = JUDGE_FAILED, setting: str = "max_failed_fraction") -> BudgetReport:
+def assess_outcomes(
+    what: str,
+    outcomes: Sequence,
+    max_fraction: float,
+    secrets: Iterable[str | None] = (),
+    failed_statuses: Iterable[str] = JUDGE_FAILED,
+    setting: str = "max_failed_fraction",
+) -> BudgetReport:
     """:func:`assess` over call outcomes (``JudgeOutcome`` or ``GenerationOutcome``)."""
-    return assess(what, [o.status for o in outcomes], outcome_details(outcomes), failed_statuses, max_fraction,
-                  secrets, setting)
+    return assess(
+        what, [o.status for o in outcomes], outcome_details(outcomes), failed_statuses, max_fraction, secrets, setting
+    )

@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -49,12 +50,19 @@ class CacheWriter:
     (``writes``, ``rows_written``, ``write_seconds``) are for the benchmark.
     """
 
-    def __init__(self, write: Callable[[list], None], max_rows: int = DEFAULT_FLUSH_ROWS,
-                 max_delay_s: float = DEFAULT_FLUSH_SECONDS, min_interval_s: float = DEFAULT_MIN_COMMIT_INTERVAL_S,
-                 name: str = "cache-writer"):
+    def __init__(
+        self,
+        write: Callable[[list], None],
+        max_rows: int = DEFAULT_FLUSH_ROWS,
+        max_delay_s: float = DEFAULT_FLUSH_SECONDS,
+        min_interval_s: float = DEFAULT_MIN_COMMIT_INTERVAL_S,
+        name: str = "cache-writer",
+    ):
         if max_rows < 1 or max_delay_s <= 0 or not 0 <= min_interval_s <= max_delay_s:
-            raise ValueError("CacheWriter needs max_rows >= 1 and 0 <= min_interval_s <= max_delay_s > 0, got "
-                             f"{max_rows}, {min_interval_s}, {max_delay_s}")
+            raise ValueError(
+                "CacheWriter needs max_rows >= 1 and 0 <= min_interval_s <= max_delay_s > 0, got "
+                f"{max_rows}, {min_interval_s}, {max_delay_s}"
+            )
         self._write = write
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
@@ -172,8 +180,10 @@ class CacheTable:
                     # No keys on a lake; a plain insert of the keys not yet there never conflicts with another
                     # process's insert (a delete would). A key two processes store at once is kept twice,
                     # with the same answer: lookups read one.
-                    con.execute(f"insert into {self.name} by name select * from _new "
-                                f"where cache_key not in (select cache_key from {self.name})")
+                    con.execute(
+                        f"insert into {self.name} by name select * from _new "
+                        f"where cache_key not in (select cache_key from {self.name})"
+                    )
                 else:
                     con.execute(f"insert or replace into {self.name} by name select * from _new")
                 con.unregister("_new")
@@ -205,8 +215,12 @@ def answer_with_cache(
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
     progress: Callable[[str], None] | None = None,
     progress_seconds: float = 10.0,
-    started_message: Callable[[int, int, int], str] = lambda hits, rows, todo: f"{hits} of {rows} rows from the cache; asking {todo}",
-    progress_message: Callable[[int, int, float], str] = lambda done, todo, rate: f"answered {done}/{todo} ({rate:.1f}/s)",
+    started_message: Callable[[int, int, int], str] = lambda hits, rows, todo: (
+        f"{hits} of {rows} rows from the cache; asking {todo}"
+    ),
+    progress_message: Callable[[int, int, float], str] = lambda done, todo, rate: (
+        f"answered {done}/{todo} ({rate:.1f}/s)"
+    ),
 ) -> CacheResult:
     """Answer from ``table`` where possible; ask ``answer_missing`` for the rest, committing answers as they arrive.
 
@@ -232,9 +246,12 @@ def answer_with_cache(
     done = 0
     started = last_progress = time.monotonic()
     # lookup() created the table: commits skip the DDL.
-    writer = CacheWriter(lambda batch: table.store(connect, batch, ensure_table=False),
-                         max_rows=flush_every or concurrency_of(answer_missing) or DEFAULT_FLUSH_ROWS,
-                         max_delay_s=flush_seconds, name=f"{table.name}-writer")
+    writer = CacheWriter(
+        lambda batch: table.store(connect, batch, ensure_table=False),
+        max_rows=flush_every or concurrency_of(answer_missing) or DEFAULT_FLUSH_ROWS,
+        max_delay_s=flush_seconds,
+        name=f"{table.name}-writer",
+    )
 
     def on_result(i: int, outcome: Any) -> None:
         nonlocal done, last_progress
@@ -251,5 +268,10 @@ def answer_with_cache(
     finally:
         writer.close()  # also when answering failed: what was paid for is kept
     by_key = {**cached, **dict(zip(todo_keys, fresh))}
-    return CacheResult(outcomes=[by_key[k] for k in keys], from_cache=from_cache, requests_made=len(todo_keys),
-                       cache_writes=writer.writes, cache_write_seconds=writer.write_seconds)
+    return CacheResult(
+        outcomes=[by_key[k] for k in keys],
+        from_cache=from_cache,
+        requests_made=len(todo_keys),
+        cache_writes=writer.writes,
+        cache_write_seconds=writer.write_seconds,
+    )

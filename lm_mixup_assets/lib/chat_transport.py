@@ -54,15 +54,23 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import openai
 
 from lm_mixup_assets.lib.budgets import redact
 
-__all__ = ["STAT_KEYS", "AnswerRejected", "BadCompletion", "ChatClient", "ChatReply", "ChatTransport",
-           "parse_completion"]
+__all__ = [
+    "STAT_KEYS",
+    "AnswerRejected",
+    "BadCompletion",
+    "ChatClient",
+    "ChatReply",
+    "ChatTransport",
+    "parse_completion",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -230,8 +238,12 @@ class ChatTransport:
 
     # ------------------------------------------------------------------ sync entry
 
-    def run_all(self, items: list[T], handle: Callable[[Any, T], Awaitable[R]],
-                on_result: Callable[[int, R], None] | None = None) -> list[R]:
+    def run_all(
+        self,
+        items: list[T],
+        handle: Callable[[Any, T], Awaitable[R]],
+        on_result: Callable[[int, R], None] | None = None,
+    ) -> list[R]:
         """``await handle(session, item)`` for every item, ``concurrency`` at a time; results in order.
 
         ``handle`` sends its requests with :meth:`ask` on the ``session`` it is given.
@@ -331,8 +343,14 @@ class ChatTransport:
             return openai.DefaultAioHttpClient(**kwargs)
         return openai.DefaultAsyncHttpxClient(**kwargs)
 
-    async def ask(self, session: Any, messages: list[dict], fields: dict, accept: Callable[[str | None], Any],
-                  max_parse_retries: int = 0) -> ChatReply:
+    async def ask(
+        self,
+        session: Any,
+        messages: list[dict],
+        fields: dict,
+        accept: Callable[[str | None], Any],
+        max_parse_retries: int = 0,
+    ) -> ChatReply:
         """One row: send ``messages`` (plus body ``fields`` such as temperature) until an answer is accepted.
 
         ``accept(content)`` returns the answer's value or raises :class:`AnswerRejected`
@@ -346,8 +364,14 @@ class ChatTransport:
         prompt_tokens = completion_tokens = 0
 
         def reply(status: str, **kw: Any) -> ChatReply:
-            return ChatReply(status=status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                             attempts=attempts, latency_s=time.perf_counter() - started, **kw)
+            return ChatReply(
+                status=status,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                attempts=attempts,
+                latency_s=time.perf_counter() - started,
+                **kw,
+            )
 
         while True:
             attempts += 1
@@ -386,7 +410,9 @@ class ChatTransport:
         try:
             async with asyncio.timeout(self.timeout_s):
                 response = await session.post(
-                    "/chat/completions", body=body, cast_to=_httpx.Response,
+                    "/chat/completions",
+                    body=body,
+                    cast_to=_httpx.Response,
                     options={"headers": {"X-Stainless-Retry-Count": _OMIT, "X-Stainless-Read-Timeout": _OMIT}},
                 )
                 data = response.json()
@@ -414,7 +440,9 @@ class ChatTransport:
         if status == 429:
             headers = exc.response.headers
             wait = _retry_after(headers)
-            return _Retryable(f"{text}: {detail}", "rate_limited", wait if wait is not None else _rate_limit_reset(headers))
+            return _Retryable(
+                f"{text}: {detail}", "rate_limited", wait if wait is not None else _rate_limit_reset(headers)
+            )
         if status >= 500 or status == 408:
             return _Retryable(f"{text}: {detail}", "server_errors", _retry_after(exc.response.headers))
         hint = _HINTS.get(status)
@@ -439,8 +467,9 @@ class ChatClient:
     is how often a row whose answer the client does not accept is asked again.
     """
 
-    def __init__(self, base_url: str, api_key: str, model: str, *, max_parse_retries: int = 2,
-                 **transport_options: Any) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, model: str, *, max_parse_retries: int = 2, **transport_options: Any
+    ) -> None:
         if max_parse_retries < 0:
             raise ValueError("retry counts must be >= 0")
         self.transport = ChatTransport(base_url, api_key, model, **transport_options)
@@ -457,8 +486,10 @@ class ChatClient:
 
     def __repr__(self) -> str:  # keeps the key out of reprs
         t = self.transport
-        return (f"{type(self).__name__}(base_url={t.base_url!r}, model={t.model!r}, "
-                f"concurrency={t.concurrency}, http_backend={t.http_backend!r})")
+        return (
+            f"{type(self).__name__}(base_url={t.base_url!r}, model={t.model!r}, "
+            f"concurrency={t.concurrency}, http_backend={t.http_backend!r})"
+        )
 
     def _redact(self, text: str) -> str:
         return self.transport.redact(text)

@@ -7,7 +7,7 @@ return it, an IO manager stores it as JSON and consumers receive it as a declare
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +18,7 @@ SettingValue = str | int | float | bool
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class ModelCheckpoint(BaseModel):

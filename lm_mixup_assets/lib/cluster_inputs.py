@@ -10,15 +10,23 @@ step records it as skipped with the reason).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 
 from .prompts import check_style, format_member, merge_instruction, merge_members
 
 CLUSTER_INPUT_COLUMNS = [
-    "source", "cluster_id", "part", "n_parts", "member_ids", "n_members", "instruction", "input_text",
-    "input_tokens", "over_max_tokens",
+    "source",
+    "cluster_id",
+    "part",
+    "n_parts",
+    "member_ids",
+    "n_members",
+    "instruction",
+    "input_text",
+    "input_tokens",
+    "over_max_tokens",
 ]
 
 TokenCounter = Callable[[list[str]], list[int]]
@@ -42,8 +50,13 @@ def split_members(token_counts: list[int], max_tokens: int, separator_tokens: in
     return [p for p in parts if p]
 
 
-def build_cluster_inputs(members: pd.DataFrame, count_tokens: TokenCounter, max_tokens: int,
-                         instruction: str | None = None, style: str = "ours") -> pd.DataFrame:
+def build_cluster_inputs(
+    members: pd.DataFrame,
+    count_tokens: TokenCounter,
+    max_tokens: int,
+    instruction: str | None = None,
+    style: str = "ours",
+) -> pd.DataFrame:
     """``members``: source, cluster_id, sample_id, prompt, completion (in member order).
 
     ``style`` (``lib.prompts``) picks the member layout and, unless ``instruction`` is
@@ -59,11 +72,18 @@ def build_cluster_inputs(members: pd.DataFrame, count_tokens: TokenCounter, max_
         parts = split_members(group["_tokens"].tolist(), max_tokens)
         for part_no, idx in enumerate(parts):
             sub = group.iloc[idx]
-            rows.append({
-                "source": source, "cluster_id": int(cluster_id), "part": part_no, "n_parts": len(parts),
-                "member_ids": sub["sample_id"].tolist(), "n_members": len(sub), "instruction": instruction,
-                "input_text": merge_members(list(zip(sub["prompt"], sub["completion"])), style),
-            })
+            rows.append(
+                {
+                    "source": source,
+                    "cluster_id": int(cluster_id),
+                    "part": part_no,
+                    "n_parts": len(parts),
+                    "member_ids": sub["sample_id"].tolist(),
+                    "n_members": len(sub),
+                    "instruction": instruction,
+                    "input_text": merge_members(list(zip(sub["prompt"], sub["completion"])), style),
+                }
+            )
     out = pd.DataFrame(rows)
     out["input_tokens"] = count_tokens(out["input_text"].tolist())
     out["over_max_tokens"] = out["input_tokens"] > max_tokens

@@ -182,17 +182,19 @@ def draw_capacities(
             cand = visit[caps[visit] < hi]
             if len(cand) == 0:  # infeasible: grow beyond max_size
                 cand = visit
-            caps[cand[: diff]] += 1
+            caps[cand[:diff]] += 1
         else:
             cand = visit[caps[visit] > lo]
             if len(cand) == 0:  # infeasible: shrink below min_size
                 cand = visit[caps[visit] > 1]
-            caps[cand[: -diff]] -= 1
+            caps[cand[:-diff]] -= 1
     assert int(caps.sum()) == n
     return caps
 
 
-def _reference_rule_capacities(n: int, lo: int, hi: int, mean_cap: float, std_cap: float, seed: int) -> np.ndarray | None:
+def _reference_rule_capacities(
+    n: int, lo: int, hi: int, mean_cap: float, std_cap: float, seed: int
+) -> np.ndarray | None:
     """The method's capacity rule (see ``draw_capacities``); None where it cannot reach n."""
     # How many draws cover n: a probe generator draws in blocks (the same values
     # as one draw at a time); the real one then draws exactly that many, so the
@@ -244,13 +246,13 @@ def _normalise_rows(x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, int]
     out = np.empty(x.shape, dtype=np.float32)
     n_zero = 0
     for a in range(0, x.shape[0], chunk):
-        xc = np.asarray(x[a: a + chunk], dtype=np.float32)
+        xc = np.asarray(x[a : a + chunk], dtype=np.float32)
         if not np.all(np.isfinite(xc)):
             xc = np.nan_to_num(xc, nan=0.0, posinf=0.0, neginf=0.0)
         norms = np.linalg.norm(xc, axis=1, keepdims=True)
         zero = norms[:, 0] <= 1e-12
         norms[zero] = 1.0
-        np.divide(xc, norms, out=out[a: a + chunk])
+        np.divide(xc, norms, out=out[a : a + chunk])
         n_zero += int(zero.sum())
     return out, n_zero
 
@@ -369,7 +371,11 @@ def _top_m(s, m: int) -> tuple[np.ndarray, np.ndarray]:
     if m == 1:
         idx = s.argmax(axis=1)[:, None]
         return idx, np.take_along_axis(s, idx, 1)
-    idx = np.argpartition(s, s.shape[1] - m, axis=1)[:, -m:] if m < s.shape[1] else np.arange(m)[None, :].repeat(len(s), 0)
+    idx = (
+        np.argpartition(s, s.shape[1] - m, axis=1)[:, -m:]
+        if m < s.shape[1]
+        else np.arange(m)[None, :].repeat(len(s), 0)
+    )
     v = np.take_along_axis(s, idx, 1)
     o = np.argsort(-v, axis=1, kind="stable")
     return np.take_along_axis(idx, o, 1), np.take_along_axis(v, o, 1)
@@ -393,7 +399,7 @@ def _nearest(x: torch.Tensor, centres: torch.Tensor, chunk: int = 16384) -> np.n
     """Index of each row's most similar centre, in row chunks (no N x c matrix)."""
     out = np.empty(x.shape[0], dtype=np.int64)
     for a in range(0, x.shape[0], chunk):
-        out[a: a + chunk] = _to_np(x[a: a + chunk] @ centres.T).argmax(axis=1)
+        out[a : a + chunk] = _to_np(x[a : a + chunk] @ centres.T).argmax(axis=1)
     return out
 
 
@@ -411,7 +417,7 @@ def _unit_means(x: torch.Tensor, labels: np.ndarray, k: int, old: torch.Tensor) 
 def _by_label(labels: np.ndarray, k: int) -> list[np.ndarray]:
     order = np.argsort(labels, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k))])
-    return [order[bounds[j]: bounds[j + 1]] for j in range(k)]
+    return [order[bounds[j] : bounds[j + 1]] for j in range(k)]
 
 
 def _coarse_partition(
@@ -450,7 +456,7 @@ def _coarse_partition(
         if p:
             cent = _unit_means(x, lab, L, cent)
         for a in range(0, n, chunk):
-            probe[a: a + chunk] = _top_m(x[a: a + chunk] @ cent.T, probe.shape[1])[0]
+            probe[a : a + chunk] = _top_m(x[a : a + chunk] @ cent.T, probe.shape[1])[0]
         if lab is not None and np.array_equal(probe[:, 0], lab):
             break
         lab = probe[:, 0].copy()
@@ -522,7 +528,7 @@ def _group_by_leaf(probe: np.ndarray, n_leaves: int) -> list[np.ndarray]:
     valid = flat >= 0
     order = np.argsort(np.where(valid, flat, n_leaves), kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(flat[valid], minlength=n_leaves))])
-    return [order[bounds[li]: bounds[li + 1]] for li in range(n_leaves)]
+    return [order[bounds[li] : bounds[li + 1]] for li in range(n_leaves)]
 
 
 def _probe_search(
@@ -564,8 +570,14 @@ class _Probes:
     (row, probe position) pairs are grouped by leaf once, so a candidate
     lookup is one matmul + topk per leaf."""
 
-    def __init__(self, x: torch.Tensor, leaves: list[np.ndarray], n_probe: int, probe: np.ndarray | None = None,
-                 chunk: int = 16384):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        leaves: list[np.ndarray],
+        n_probe: int,
+        probe: np.ndarray | None = None,
+        chunk: int = 16384,
+    ):
         n = x.shape[0]
         self.n = n
         self.L = len(leaves)
@@ -589,9 +601,9 @@ class _Probes:
         """(N, P) nearest leaves of each row, its own first."""
         probe = np.empty((self.n, P), dtype=np.int64)
         for a in range(0, self.n, chunk):
-            s = x[a: a + chunk] @ self.leaf_cent.T
-            s[torch.arange(s.shape[0]), torch.as_tensor(self.own[a: a + chunk])] = float("inf")
-            probe[a: a + chunk] = _top_m(s, P)[0]
+            s = x[a : a + chunk] @ self.leaf_cent.T
+            s[torch.arange(s.shape[0]), torch.as_tensor(self.own[a : a + chunk])] = float("inf")
+            probe[a : a + chunk] = _top_m(s, P)[0]
         return probe
 
     def attach(self, centres: torch.Tensor, chunk: int = 65536) -> list[np.ndarray]:
@@ -600,7 +612,7 @@ class _Probes:
         cl = _nearest(centres, self.leaf_cent, chunk)
         order = np.argsort(cl, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(cl, minlength=self.L))])
-        return [order[bounds[li]: bounds[li + 1]] for li in range(self.L)]
+        return [order[bounds[li] : bounds[li + 1]] for li in range(self.L)]
 
     def topm(self, x: torch.Tensor, centres: torch.Tensor, m: int) -> tuple[np.ndarray, np.ndarray]:
         """(N, m) candidate centres (-1 = none) and similarities, by decreasing
@@ -609,8 +621,9 @@ class _Probes:
         self.by_leaf = self.attach(centres)
         return _probe_search(x, None, self.seg_slot, self.P, self.by_leaf, centres, m)
 
-    def open_candidates(self, x: torch.Tensor, centres: torch.Tensor, room: np.ndarray, rows: np.ndarray,
-                        n_leaves: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    def open_candidates(
+        self, x: torch.Tensor, centres: torch.Tensor, room: np.ndarray, rows: np.ndarray, n_leaves: int, m: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(len(rows), m) candidates (-1 = none) among the centres that still
         have room: the rows of each leaf search the open centres of the
         ``n_leaves`` leaves whose centroids are nearest to their leaf's (its
@@ -638,9 +651,9 @@ class _Probes:
         if self._nb is None or self._nb.shape[1] != t:
             self._nb = np.empty((self.L, t), dtype=np.int64)
             for a in range(0, self.L, chunk):
-                s = self.leaf_cent[a: a + chunk] @ self.leaf_cent.T
+                s = self.leaf_cent[a : a + chunk] @ self.leaf_cent.T
                 s[torch.arange(s.shape[0]), torch.arange(a, a + s.shape[0])] = float("inf")
-                self._nb[a: a + chunk] = _top_m(s, t)[0]
+                self._nb[a : a + chunk] = _top_m(s, t)[0]
         return self._nb
 
 
@@ -739,10 +752,10 @@ def _fill_leftovers(
         cand = np.empty((len(left), mm), dtype=np.int64)
         cand_sim = np.empty((len(left), mm), dtype=np.float32)
         for a in range(0, len(left), chunk):
-            rs = left[a: a + chunk]
+            rs = left[a : a + chunk]
             ti, tv = _top_m(x[torch.as_tensor(rs)] @ oc_t.T, mm)
-            cand[a: a + len(rs)] = open_c[ti]
-            cand_sim[a: a + len(rs)] = tv
+            cand[a : a + len(rs)] = open_c[ti]
+            cand_sim[a : a + len(rs)] = tv
         order = np.argsort(-cand_sim[:, 0], kind="stable")
         _assign_rounds(left[order], cand[order], cand_sim[order], room, labels)
         placed = len(left) - int((labels[left] < 0).sum())
@@ -761,9 +774,9 @@ def _slot_fill(x, oc_t, open_c, room, labels, left, chunk) -> None:
     best = np.empty(len(left), dtype=np.int64)
     bsim = np.empty(len(left), dtype=np.float32)
     for a in range(0, len(left), chunk):
-        i, v = _top_m(x[torch.as_tensor(left[a: a + chunk])] @ oc_t.T, 1)
-        best[a: a + len(v)] = i[:, 0]
-        bsim[a: a + len(v)] = v[:, 0]
+        i, v = _top_m(x[torch.as_tensor(left[a : a + chunk])] @ oc_t.T, 1)
+        best[a : a + len(v)] = i[:, 0]
+        bsim[a : a + len(v)] = v[:, 0]
     o = np.lexsort((left, -bsim, best))
     slots = np.repeat(open_c, room[open_c])
     take = min(len(slots), len(left))
@@ -827,12 +840,12 @@ def _finish(x: np.ndarray, labels: np.ndarray, notes: list[str], chunk: int = 65
     # normalised in float64, in place and in chunks: no k x d float64 copies
     # (1 GB each at 1M rows); per-row arithmetic, so the values are unchanged
     for a in range(0, k, chunk):
-        s64 = centres[a: a + chunk].astype(np.float64)
+        s64 = centres[a : a + chunk].astype(np.float64)
         norms = np.linalg.norm(s64, axis=1, keepdims=True)
-        centres[a: a + chunk] = s64 / np.maximum(norms, 1e-12)
+        centres[a : a + chunk] = s64 / np.maximum(norms, 1e-12)
     member_cos = np.empty(len(labels), dtype=np.float32)
     for a in range(0, len(labels), chunk):  # no N x d gather of the members' centres
-        member_cos[a: a + chunk] = np.einsum("ij,ij->i", x[a: a + chunk], centres[labels[a: a + chunk]])
+        member_cos[a : a + chunk] = np.einsum("ij,ij->i", x[a : a + chunk], centres[labels[a : a + chunk]])
     return ClusterResult(labels=labels, sizes=sizes, centres=centres, member_cosine=member_cos, notes=notes)
 
 
@@ -865,8 +878,7 @@ def _trivial(xn: np.ndarray, min_size: int, notes: list[str]) -> ClusterResult |
 def _caps_notes(caps: np.ndarray, n: int, min_size: int, max_size: int, notes: list[str]) -> None:
     if len(caps) and (caps.min() < min_size or caps.max() > max_size):
         notes.append(
-            f"no k satisfies k*{min_size} <= {n} <= k*{max_size}: "
-            f"capacities span {int(caps.min())}..{int(caps.max())}"
+            f"no k satisfies k*{min_size} <= {n} <= k*{max_size}: capacities span {int(caps.min())}..{int(caps.max())}"
         )
 
 
@@ -983,7 +995,7 @@ def capacity_constrained_clusters(
             cand = np.empty((n, min(m, k)), dtype=np.int64)
             sims = np.empty((n, min(m, k)), dtype=np.float32)
             for a0 in range(0, n, 8192):
-                cand[a0: a0 + 8192], sims[a0: a0 + 8192] = _top_m(x[a0: a0 + 8192] @ centres.T, min(m, k))
+                cand[a0 : a0 + 8192], sims[a0 : a0 + 8192] = _top_m(x[a0 : a0 + 8192] @ centres.T, min(m, k))
             return cand, sims
 
         # ... then a few Lloyd iterations across leaves (assignment via probes)
@@ -1009,10 +1021,13 @@ def capacity_constrained_clusters(
             n_left = int((new < 0).sum())
             local = None
             if probes is not None and fill_probes > 0:
+
                 def local(rows, room, c=centres):
                     return probes.open_candidates(x, c, room, rows, fill_probes, 2 * n_candidates)
-            _, slot_filled = _fill_leftovers(x, centres, room, new, n_candidates, local=local,
-                                             dense_pairs=fill_dense_pairs)
+
+            _, slot_filled = _fill_leftovers(
+                x, centres, room, new, n_candidates, local=local, dense_pairs=fill_dense_pairs
+            )
             if labels is not None and np.array_equal(new, labels):
                 break
             labels = new

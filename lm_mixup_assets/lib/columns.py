@@ -175,19 +175,28 @@ COLUMNS: dict[str, str] = {
 
 # Columns whose meaning depends on the table.
 TABLE_COLUMNS: dict[str, dict[str, str]] = {
-    "training_sets": {"origin": "original (a pool row) or distilled (a merged pair)",
-                      "position": "the row's place in the arm's training order"},
-    "mixture": {"source": "where the example comes from: built (wiki) or released MIXTURE",
-                "origin": "the example's lineage: built or released"},
-    "mixture_variants": {"origin": "how the variant was made: noise operators or an LLM rewrite",
-                         "status": "outcome of the variant's judge call"},
+    "training_sets": {
+        "origin": "original (a pool row) or distilled (a merged pair)",
+        "position": "the row's place in the arm's training order",
+    },
+    "mixture": {
+        "source": "where the example comes from: built (wiki) or released MIXTURE",
+        "origin": "the example's lineage: built or released",
+    },
+    "mixture_variants": {
+        "origin": "how the variant was made: noise operators or an LLM rewrite",
+        "status": "outcome of the variant's judge call",
+    },
     "mixture_targets": {"status": "outcome of the target's judge call", "error": "why writing or rating failed"},
     "wiki_paragraphs": {"position": "the paragraph's position in its article"},
-    "distilled_pool": {"status": "ok (a parsed pair), parse_error, api_error or skipped",
-                       "reason": "why the cluster was skipped or its answer did not parse",
-                       "sample_id": "id of the distilled pair (empty unless status ok)",
-                       "prompt": "the distilled pair's prompt", "completion": "the distilled pair's answer",
-                       "completion_tokens": "tokens generated (0 when answered from the cache)"},
+    "distilled_pool": {
+        "status": "ok (a parsed pair), parse_error, api_error or skipped",
+        "reason": "why the cluster was skipped or its answer did not parse",
+        "sample_id": "id of the distilled pair (empty unless status ok)",
+        "prompt": "the distilled pair's prompt",
+        "completion": "the distilled pair's answer",
+        "completion_tokens": "tokens generated (0 when answered from the cache)",
+    },
     "rated_distilled": {"quality_threshold": "the compressed-Overall threshold distilled_high accepts from"},
     "distilled_high": {"quality_threshold": "the compressed-Overall threshold the pair was accepted with"},
     "rating_library": {"task": "the task type this library rates", "path": "the library's .npz file"},
@@ -206,7 +215,7 @@ def describe(column: str, table: str | None = None) -> str:
     if column in COLUMNS:
         return COLUMNS[column]
     if column.startswith("delta_vs_"):
-        return f"the average minus that of the {column[len('delta_vs_'):]} arm"
+        return f"the average minus that of the {column[len('delta_vs_') :]} arm"
     if table == "benchmark_report":
         return f"headline metric of task {column}"
     return ""

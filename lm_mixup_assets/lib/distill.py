@@ -63,7 +63,7 @@ def parse_distilled(response: str | None, require_tags: bool = True) -> ParsedPa
         first_q = _NEXT_Q_RE.search(answer)
         if first_q is None:
             return ParsedPair("parse_error", reason=f"{why}, and the text does not start with 'Q:' nor has a 'Q:' line")
-        answer = answer[first_q.start():]
+        answer = answer[first_q.start() :]
     m = _PAIR_RE.search(answer)
     if m is None:
         return ParsedPair("parse_error", reason="answer is not 'Q: <question>' then 'A: <answer>'")
@@ -76,7 +76,9 @@ def parse_distilled(response: str | None, require_tags: bool = True) -> ParsedPa
         return ParsedPair("parse_error", reason="empty question")
     if not reply:
         return ParsedPair("parse_error", reason="empty answer")
-    return ParsedPair("ok", normalise_text(question), normalise_text(reply), well_formed=parse_response(response) is not None)
+    return ParsedPair(
+        "ok", normalise_text(question), normalise_text(reply), well_formed=parse_response(response) is not None
+    )
 
 
 def distilled_sample_id(source: str, prompt: str, completion: str) -> str:

@@ -31,20 +31,45 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-from .training import (OnLog, TrainResult, _common_args, _history, _load_model, _log_callback, _prune_checkpoints,
-                       _quiet, _record_finished, _settings_from, finished_run, free_memory, latest_checkpoint)
+from typing import Any
 
 from .settings.evaluation import DS2_TARGET_MODULES, ChatTemplate, LoraSFTSettings, OverlongRows
+from .training import (
+    OnLog,
+    TrainResult,
+    _common_args,
+    _history,
+    _load_model,
+    _log_callback,
+    _prune_checkpoints,
+    _quiet,
+    _record_finished,
+    _settings_from,
+    finished_run,
+    free_memory,
+    latest_checkpoint,
+)
 
 CHAT_TEMPLATE_MODES = tuple(m.value for m in ChatTemplate)
 OVERLONG_MODES = tuple(m.value for m in OverlongRows)
-__all__ = ["DS2_TARGET_MODULES", "LoraSFTSettings", "CHAT_TEMPLATE_MODES", "OVERLONG_MODES", "run_lora_sft",
-           "build_training_records", "encode_pair", "join_prompt_completion", "check_chat_template_mode",
-           "require_chat_template", "load_downstream_tokenizer", "merge_adapter", "adapter_base",
-           "adapter_model_folder"]
+__all__ = [
+    "DS2_TARGET_MODULES",
+    "LoraSFTSettings",
+    "CHAT_TEMPLATE_MODES",
+    "OVERLONG_MODES",
+    "run_lora_sft",
+    "build_training_records",
+    "encode_pair",
+    "join_prompt_completion",
+    "check_chat_template_mode",
+    "require_chat_template",
+    "load_downstream_tokenizer",
+    "merge_adapter",
+    "adapter_base",
+    "adapter_model_folder",
+]
 
 
 def check_chat_template_mode(mode: str) -> str:
@@ -56,8 +81,10 @@ def check_chat_template_mode(mode: str) -> str:
 def require_chat_template(tokenizer, where: str) -> None:
     """``chat_template="apply"`` needs a tokenizer that has one; say so instead of falling back to plain text."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"{where}: chat_template='apply' but the tokenizer has no chat template; use "
-                         "chat_template='none' (plain prompt + completion, as DS2) or a tokenizer that has one")
+        raise ValueError(
+            f"{where}: chat_template='apply' but the tokenizer has no chat template; use "
+            "chat_template='none' (plain prompt + completion, as DS2) or a tokenizer that has one"
+        )
 
 
 def load_downstream_tokenizer(model_path: str, chat_template: str, padding_side: str = "right"):
@@ -92,8 +119,14 @@ def training_texts(prompt: str, completion: str, tokenizer, chat_template: str) 
     return full, head, False  # the template writes its own BOS
 
 
-def encode_pair(prompt: str, completion: str, tokenizer, max_length: int, chat_template: str = "none",
-                overlong_rows: str = "truncate") -> dict | None:
+def encode_pair(
+    prompt: str,
+    completion: str,
+    tokenizer,
+    max_length: int,
+    chat_template: str = "none",
+    overlong_rows: str = "truncate",
+) -> dict | None:
     """``{"input_ids", "labels"}`` for one row (-100 on the prompt), or None when the row is dropped."""
     if overlong_rows not in OVERLONG_MODES:
         raise ValueError(f"overlong_rows={overlong_rows!r}: choose one of {OVERLONG_MODES}")
@@ -110,8 +143,13 @@ def encode_pair(prompt: str, completion: str, tokenizer, max_length: int, chat_t
     return {"input_ids": list(ids), "labels": labels}
 
 
-def build_training_records(pairs: Sequence[Mapping[str, Any]], tokenizer, max_length: int, chat_template: str = "none",
-                           overlong_rows: str = "truncate") -> tuple[list[dict], int]:
+def build_training_records(
+    pairs: Sequence[Mapping[str, Any]],
+    tokenizer,
+    max_length: int,
+    chat_template: str = "none",
+    overlong_rows: str = "truncate",
+) -> tuple[list[dict], int]:
     """Tokenised training rows and how many were dropped (too long, or nothing left after truncation).
 
     Prompt and completion are used as stored (DS2 does not strip them); an empty one is an error naming the row."""
@@ -128,9 +166,15 @@ def build_training_records(pairs: Sequence[Mapping[str, Any]], tokenizer, max_le
     return records, dropped
 
 
-def run_lora_sft(model_path: str, pairs: Sequence[Mapping[str, Any]], output_dir: str | Path,
-                 settings: LoraSFTSettings | Mapping | None = None, on_log: OnLog | None = None,
-                 reuse_key: str | None = None, merge: bool = False) -> TrainResult:
+def run_lora_sft(
+    model_path: str,
+    pairs: Sequence[Mapping[str, Any]],
+    output_dir: str | Path,
+    settings: LoraSFTSettings | Mapping | None = None,
+    on_log: OnLog | None = None,
+    reuse_key: str | None = None,
+    merge: bool = False,
+) -> TrainResult:
     """LoRA SFT of ``model_path`` on ``pairs``; the adapter and the tokenizer in ``output_dir/adapter``
     (returned as ``checkpoint``). ``merge``: also save the merged model to ``output_dir/merged`` and return
     that. ``reuse_key``: a finished run with the same key in ``output_dir`` is returned as it is
@@ -147,15 +191,34 @@ def run_lora_sft(model_path: str, pairs: Sequence[Mapping[str, Any]], output_dir
     tok = load_downstream_tokenizer(model_path, s.chat_template)
     records, dropped = build_training_records(pairs, tok, s.max_length, s.chat_template, s.overlong_rows)
     if not records:
-        raise ValueError(f"no training rows left ({dropped} dropped: longer than max_length={s.max_length} tokens "
-                         f"with overlong_rows={s.overlong_rows!r}, or no completion token left)")
-    peft_config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                             target_modules=("all-linear" if s.target_modules == ["all-linear"] else s.target_modules), task_type="CAUSAL_LM")
+        raise ValueError(
+            f"no training rows left ({dropped} dropped: longer than max_length={s.max_length} tokens "
+            f"with overlong_rows={s.overlong_rows!r}, or no completion token left)"
+        )
+    peft_config = LoraConfig(
+        r=s.lora_r,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=s.lora_dropout,
+        target_modules=("all-linear" if s.target_modules == ["all-linear"] else s.target_modules),
+        task_type="CAUSAL_LM",
+    )
     # Rows arrive tokenised with their labels, so TRL neither re-renders nor re-masks them.
-    args = SFTConfig(**_common_args(s, out), max_length=s.max_length, max_grad_norm=s.max_grad_norm, packing=False,
-                     include_num_input_tokens_seen="non_padding", **s.extra_args)
-    trainer = SFTTrainer(model=_load_model(model_path), args=args, train_dataset=Dataset.from_list(records),
-                         processing_class=tok, peft_config=peft_config, callbacks=[_log_callback(on_log)])
+    args = SFTConfig(
+        **_common_args(s, out),
+        max_length=s.max_length,
+        max_grad_norm=s.max_grad_norm,
+        packing=False,
+        include_num_input_tokens_seen="non_padding",
+        **s.extra_args,
+    )
+    trainer = SFTTrainer(
+        model=_load_model(model_path),
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=[_log_callback(on_log)],
+    )
     _quiet(trainer, on_log)
     resume = latest_checkpoint(out, resumable=True) if s.resume else None
     t0 = time.perf_counter()
@@ -168,11 +231,19 @@ def run_lora_sft(model_path: str, pairs: Sequence[Mapping[str, Any]], output_dir
     if merge:
         checkpoint = _save_merged(trainer.accelerator.unwrap_model(trainer.model), tok, out / "merged")
     logs = list(trainer.state.log_history)
-    result = TrainResult(checkpoint=checkpoint, output_dir=str(out), steps=int(trainer.state.global_step),
-                         loss_history=_history(logs, "loss"),
-                         tokens_seen=int(trainer.state.num_input_tokens_seen or 0) or None,
-                         wall_seconds=wall, resumed_from=resume, n_examples=len(records), n_dropped_too_long=dropped,
-                         device=str(trainer.args.device), log_history=logs)
+    result = TrainResult(
+        checkpoint=checkpoint,
+        output_dir=str(out),
+        steps=int(trainer.state.global_step),
+        loss_history=_history(logs, "loss"),
+        tokens_seen=int(trainer.state.num_input_tokens_seen or 0) or None,
+        wall_seconds=wall,
+        resumed_from=resume,
+        n_examples=len(records),
+        n_dropped_too_long=dropped,
+        device=str(trainer.args.device),
+        log_history=logs,
+    )
     del trainer
     free_memory()
     _prune_checkpoints(out, s.keep_checkpoints)
@@ -235,8 +306,11 @@ def adapter_model_folder(adapter_dir: str | Path, target: str | Path) -> str:
     tmp.mkdir(parents=True)
     for f in base.iterdir():
         # weights, their index and the model config; the tokenizer comes from the adapter folder
-        if f.is_file() and f.suffix in _BASE_FILES and (f.name.startswith(("model", "pytorch_model"))
-                                                        or f.name in ("config.json", "generation_config.json")):
+        if (
+            f.is_file()
+            and f.suffix in _BASE_FILES
+            and (f.name.startswith(("model", "pytorch_model")) or f.name in ("config.json", "generation_config.json"))
+        ):
             os.symlink(f.resolve(), tmp / f.name)
     for f in adapter_dir.iterdir():
         if f.is_file():

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,8 +31,9 @@ def cache_file(folder: str | Path, model: str) -> Path:
     return Path(folder) / f"{slug}-{hashlib.sha256(model.encode('utf-8')).hexdigest()[:10]}.sqlite"
 
 
-def cached_embed(texts: Sequence[str], model: str, folder: str | Path,
-                 embed: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
+def cached_embed(
+    texts: Sequence[str], model: str, folder: str | Path, embed: Callable[[list[str]], np.ndarray]
+) -> tuple[np.ndarray, int]:
     """``embed(texts)`` with the vectors already stored for ``model`` taken from ``folder``; the new ones
     are stored. Returns the vectors (in order, float32) and how many came from the cache."""
     texts = list(texts)
@@ -44,7 +45,7 @@ def cached_embed(texts: Sequence[str], model: str, folder: str | Path,
         con.execute(_DDL)
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), _CHUNK):
-            chunk = unique[start:start + _CHUNK]
+            chunk = unique[start : start + _CHUNK]
             rows = con.execute(f"select key, vector from vectors where key in ({','.join('?' * len(chunk))})", chunk)
             found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
     todo = [i for i, k in enumerate(keys) if k not in found]
@@ -55,8 +56,10 @@ def cached_embed(texts: Sequence[str], model: str, folder: str | Path,
         new = np.asarray(embed([texts[i] for i in first_of.values()]), dtype=np.float32)
         fresh = dict(zip(first_of, new))
         with sqlite3.connect(path, timeout=120) as con:
-            con.executemany("insert or ignore into vectors values (?, ?, ?)",
-                            [(k, int(v.shape[0]), v.tobytes()) for k, v in fresh.items()])
+            con.executemany(
+                "insert or ignore into vectors values (?, ?, ?)",
+                [(k, int(v.shape[0]), v.tobytes()) for k, v in fresh.items()],
+            )
         found.update(fresh)
     if not texts:
         return embed([]), 0

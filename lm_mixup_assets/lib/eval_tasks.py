@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -75,23 +76,39 @@ TYDIQA_LANGUAGES = ("ar", "bn", "en", "fi", "id", "ko", "ru", "sw", "te")  # all
 # lm-eval's own tasks (downloaded from the hub).
 PAPER_BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
-        "mmlu", ("mmlu",), 0, "mmlu", ("acc", "none"),
+        "mmlu",
+        ("mmlu",),
+        0,
+        "mmlu",
+        ("acc", "none"),
         reference="eval.mmlu --ntrain 0: all 57 subjects, every test item; prompt 'The following are multiple choice "
         "questions (with answers) about <subject>.' + question + A-D + 'Answer:'; argmax over the next-token "
         "probabilities of ' A'..' D'; micro-average over all questions",
-        deviation="matches (lm-eval's default MMLU prompt and log-likelihood of ' A'..' D'; group acc weighted by size)"),
+        deviation="matches (lm-eval's default MMLU prompt and log-likelihood of ' A'..' D'; group acc weighted by size)",
+    ),
     Benchmark(
-        "gsm8k", ("gsm8k_cot",), 8, "gsm8k_cot", ("exact_match", "flexible-extract"),
-        limit_per_task=200, subset="random",
+        "gsm8k",
+        ("gsm8k_cot",),
+        8,
+        "gsm8k_cot",
+        ("exact_match", "flexible-extract"),
+        limit_per_task=200,
+        subset="random",
         gen_kwargs={"until": ["\n"], "max_gen_toks": 512, "do_sample": False},
         reference="eval.gsm --n_shot 8 --max_num_examples 200: 200 test items drawn with random.seed(42), the 8 CoT "
         "exemplars of Wei et al., greedy, at most 512 tokens, stop at the first newline; score = exact match of the "
         "last number in the output",
         deviation="prompt layout: lm-eval's gsm8k_cot writes 'Q: .. A: ..' where DS2 writes 'Answer the following "
-        "questions.' + 'Question: .. Answer: ..'; the same exemplars, subset, decoding and last-number scoring"),
+        "questions.' + 'Question: .. Answer: ..'; the same exemplars, subset, decoding and last-number scoring",
+    ),
     Benchmark(
-        "bbh", ("bbh_cot_fewshot",), 3, "bbh_cot_fewshot", ("exact_match", "get-answer"),
-        limit_per_task=40, subset="random",
+        "bbh",
+        ("bbh_cot_fewshot",),
+        3,
+        "bbh_cot_fewshot",
+        ("exact_match", "get-answer"),
+        limit_per_task=40,
+        subset="random",
         gen_kwargs={"until": ["\n\n"], "max_gen_toks": 512, "do_sample": True, "temperature": 0.8},
         reference="eval.bbh --max_num_examples_per_task 40: 40 items per subtask drawn with random.seed(42) (subtasks "
         "in glob order), the 3 CoT exemplars of Suzgun et al., vLLM sampling at temperature 0.8, at most 512 tokens, "
@@ -99,17 +116,29 @@ PAPER_BENCHMARKS: tuple[Benchmark, ...] = (
         "and punctuation; mean over subtasks",
         deviation="subset: DS2 draws subtasks in filesystem glob order, which no one can reproduce; we draw in sorted "
         "order. Prompt: lm-eval's query ends 'A: Let's think step by step.' where DS2's ends 'A:'. Scoring: lm-eval's get-answer regex and case-sensitive exact match vs DS2's case- and "
-        "punctuation-insensitive match"),
+        "punctuation-insensitive match",
+    ),
     Benchmark(
-        "truthfulqa", ("truthfulqa_mc1", "truthfulqa_mc2"), 0, "truthfulqa_mc2", ("acc", "none"),
+        "truthfulqa",
+        ("truthfulqa_mc1", "truthfulqa_mc2"),
+        0,
+        "truthfulqa_mc2",
+        ("acc", "none"),
         reference="eval.truthfulqa --metrics truth info mc --preset qa: all 817 questions; reported score is "
         "'truth-info acc' of greedy 50-token answers judged by allenai/truthfulqa-{truth,info}-judge-llama2-7B "
         "(read_results.py; MC2 is the commented-out alternative); MC1/MC2 with the 6-shot 'qa' primer",
         deviation="forced: lm-eval has no judge-scored TruthfulQA (truthfulqa_gen scores BLEU/ROUGE), so the "
-        "headline is MC2 (same 'qa' primer, all 817 questions), which DS2 also computes; MC1 is kept alongside"),
+        "headline is MC2 (same 'qa' primer, all 817 questions), which DS2 also computes; MC1 is kept alongside",
+    ),
     Benchmark(
-        "tydiqa", tuple(f"tydiqa_goldp_{lang}" for lang in TYDIQA_LANGUAGES), 1, "tydiqa_goldp", ("f1", "none"),
-        limit_per_task=100, subset="random", gen_kwargs={"until": ["\n"], "max_gen_toks": 50, "do_sample": False},
+        "tydiqa",
+        tuple(f"tydiqa_goldp_{lang}" for lang in TYDIQA_LANGUAGES),
+        1,
+        "tydiqa_goldp",
+        ("f1", "none"),
+        limit_per_task=100,
+        subset="random",
+        gen_kwargs={"until": ["\n"], "max_gen_toks": 50, "do_sample": False},
         aggregate=True,
         reference="eval.tydiqa --n_shot 1 --max_num_examples_per_lang 100 --max_context_length 512: Gold Passage "
         "dev, all 9 languages, 100 items per language drawn with random.seed(42) in sorted language order, one "
@@ -118,12 +147,16 @@ PAPER_BENCHMARKS: tuple[Benchmark, ...] = (
         deviation="prompt: lm-eval's 'Context/Question/Answer' in each language vs DS2's translated instruction + "
         "'Passage/Question/Answer'; lm-eval does not cut passages to 512 tokens; its 1-shot exemplar is drawn by "
         "lm-eval's sampler; F1 uses lm-eval's language-aware normalisation (DS2: SQuAD's English one), on a 0-1 "
-        "scale (DS2 reports 0-100)"),
+        "scale (DS2 reports 0-100)",
+    ),
 )
 PAPER_TASKS = {task: b.num_fewshot for b in PAPER_BENCHMARKS for task in b.tasks}  # name -> shots
 
-_MMLU_ITEM = re.compile(r"^(?P<q>.*?)\n\(A\) (?P<a>.*?) \(B\) (?P<b>.*?) \(C\) (?P<c>.*?) \(D\) (?P<d>.*?)\n"
-                        r"A: .*?The answer is \((?P<ans>[ABCD])\)", re.DOTALL)
+_MMLU_ITEM = re.compile(
+    r"^(?P<q>.*?)\n\(A\) (?P<a>.*?) \(B\) (?P<b>.*?) \(C\) (?P<c>.*?) \(D\) (?P<d>.*?)\n"
+    r"A: .*?The answer is \((?P<ans>[ABCD])\)",
+    re.DOTALL,
+)
 _GSM_ANSWER = re.compile(r"The answer is (-?[0-9][0-9.,]*)")
 
 
@@ -149,8 +182,14 @@ def mmlu_items(lm_eval_root: Path) -> tuple[list[dict], list[str]]:
             if m is None:
                 skipped.append(f"mmlu {subject} #{n}: options not in the '(A) .. (B) .. (C) .. (D) ..' layout")
                 continue
-            items.append({"subject": subject, "question": m.group("q").strip(),
-                          "choices": [m.group(x).strip() for x in "abcd"], "answer": "ABCD".index(m.group("ans"))})
+            items.append(
+                {
+                    "subject": subject,
+                    "question": m.group("q").strip(),
+                    "choices": [m.group(x).strip() for x in "abcd"],
+                    "answer": "ABCD".index(m.group("ans")),
+                }
+            )
     return items, skipped
 
 
@@ -164,7 +203,9 @@ def bbh_items(lm_eval_root: Path) -> tuple[list[dict], list[str]]:
             if not str(sample.get("target", "")).strip():
                 skipped.append(f"bbh {path.stem} #{n}: empty target")
                 continue
-            items.append({"subtask": path.stem, "input": str(sample["input"]).strip(), "target": str(sample["target"]).strip()})
+            items.append(
+                {"subtask": path.stem, "input": str(sample["input"]).strip(), "target": str(sample["target"]).strip()}
+            )
     return items, skipped
 
 
@@ -181,8 +222,14 @@ def gsm8k_items(lm_eval_root: Path) -> tuple[list[dict], list[str]]:
 
 
 def _task_yaml(name: str, data_file: Path, body: dict) -> dict:
-    return {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data_file)}},
-            "test_split": "test", "metadata": {"version": 1.0, "label": SMOKE_LABEL}, **body}
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "metadata": {"version": 1.0, "label": SMOKE_LABEL},
+        **body,
+    }
 
 
 _TASK_BODIES = {
@@ -198,21 +245,49 @@ _TASK_BODIES = {
         "doc_to_text": "Q: {{input}}\nA:",
         "doc_to_target": "{{target}}",
         "generation_kwargs": {"until": ["\n\n", "Q:", "</s>", "<|im_end|>"], "do_sample": False, "max_gen_toks": 32},
-        "filter_list": [{"name": "strip", "filter": [{"function": "regex", "regex_pattern": r"^\s*(.*?)\s*$"},
-                                                     {"function": "take_first"}]}],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
-                         "ignore_case": True, "ignore_punctuation": True}],
+        "filter_list": [
+            {
+                "name": "strip",
+                "filter": [{"function": "regex", "regex_pattern": r"^\s*(.*?)\s*$"}, {"function": "take_first"}],
+            }
+        ],
+        "metric_list": [
+            {
+                "metric": "exact_match",
+                "aggregation": "mean",
+                "higher_is_better": True,
+                "ignore_case": True,
+                "ignore_punctuation": True,
+            }
+        ],
     },
     "smoke_gsm8k": {
         "output_type": "generate_until",
         "doc_to_text": "Q: {{question}}\nA: Let's think step by step.",
         "doc_to_target": "{{answer}}",
         "generation_kwargs": {"until": ["Q:", "\n\n", "</s>", "<|im_end|>"], "do_sample": False, "max_gen_toks": 128},
-        "filter_list": [{"name": "last-number", "filter": [
-            {"function": "regex", "regex_pattern": r"(-?[0-9][0-9,]*(?:\.[0-9]+)?)(?!.*[0-9])", "group_select": 0},
-            {"function": "take_first"}]}],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
-                         "ignore_punctuation": False, "regexes_to_ignore": [",", r"\.0+$"]}],
+        "filter_list": [
+            {
+                "name": "last-number",
+                "filter": [
+                    {
+                        "function": "regex",
+                        "regex_pattern": r"(-?[0-9][0-9,]*(?:\.[0-9]+)?)(?!.*[0-9])",
+                        "group_select": 0,
+                    },
+                    {"function": "take_first"},
+                ],
+            }
+        ],
+        "metric_list": [
+            {
+                "metric": "exact_match",
+                "aggregation": "mean",
+                "higher_is_better": True,
+                "ignore_punctuation": False,
+                "regexes_to_ignore": [",", r"\.0+$"],
+            }
+        ],
     },
 }
 
@@ -250,10 +325,15 @@ def smoke_benchmarks(limit: int | None = None, uncapped: Sequence[str] = ()) -> 
     unknown = set(uncapped) - set(SMOKE_TASKS)
     if unknown:
         raise ValueError(f"uncapped={sorted(unknown)}: not smoke tasks (choose from {SMOKE_TASKS})")
-    headline = {"smoke_mmlu": ("acc", "none"), "smoke_bbh": ("exact_match", "strip"),
-                "smoke_gsm8k": ("exact_match", "last-number")}
-    return tuple(Benchmark(t, (t,), 0, t, headline[t], limit_per_task=None if t in uncapped else limit, subset="first")
-                 for t in SMOKE_TASKS)
+    headline = {
+        "smoke_mmlu": ("acc", "none"),
+        "smoke_bbh": ("exact_match", "strip"),
+        "smoke_gsm8k": ("exact_match", "last-number"),
+    }
+    return tuple(
+        Benchmark(t, (t,), 0, t, headline[t], limit_per_task=None if t in uncapped else limit, subset="first")
+        for t in SMOKE_TASKS
+    )
 
 
 def paper_benchmarks(task_subsets: str = "ds2", generation: str = "ds2") -> tuple[Benchmark, ...]:
@@ -341,10 +421,18 @@ def _cap(benchmark: Benchmark, limit: int | None) -> tuple[int | None, str]:
     return min(caps), benchmark.subset
 
 
-def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Benchmark]",
-                   include_path: str | Path | None = None, limit: int | None = None, batch_size: int = 8,
-                   seed: int = 1234, device: str = "auto", backend: str = "hf", chat_template: str = "none",
-                   per_item: bool = False) -> EvalRun:
+def evaluate_model(
+    model_path: str,
+    tasks: dict[str, int | None] | Sequence[Benchmark],
+    include_path: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    seed: int = 1234,
+    device: str = "auto",
+    backend: str = "hf",
+    chat_template: str = "none",
+    per_item: bool = False,
+) -> EvalRun:
     """``lm_eval.simple_evaluate`` on a local HF folder.
 
     ``tasks``: benchmarks (shots, per-task limits and subsets, DS2 generation settings), or a
@@ -367,8 +455,11 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
         from transformers import AutoTokenizer
 
         require_chat_template(AutoTokenizer.from_pretrained(model_path), model_path)
-    benchmarks = (tuple(tasks) if not isinstance(tasks, Mapping)
-                  else tuple(Benchmark(n, (n,), shots, n, ("", "")) for n, shots in tasks.items()))
+    benchmarks = (
+        tuple(tasks)
+        if not isinstance(tasks, Mapping)
+        else tuple(Benchmark(n, (n,), shots, n, ("", "")) for n, shots in tasks.items())
+    )
     device = pick_device(device)
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
     model_args = {"pretrained": model_path, "dtype": dtype}
@@ -378,8 +469,21 @@ def evaluate_model(model_path: str, tasks: "dict[str, int | None] | Sequence[Ben
     started = time.perf_counter()  # the model's load counts, as it did inside simple_evaluate
     lm = _load_lm(backend, model_args, batch_size)
     try:
-        return _evaluate_loaded(lm, benchmarks, manager, limit, batch_size, seed, apply, per_item, backend, dtype,
-                                device, chat_template, started)
+        return _evaluate_loaded(
+            lm,
+            benchmarks,
+            manager,
+            limit,
+            batch_size,
+            seed,
+            apply,
+            per_item,
+            backend,
+            dtype,
+            device,
+            chat_template,
+            started,
+        )
     finally:
         _release_lm(lm)
         del lm
@@ -402,7 +506,10 @@ def _load_lm(backend: str, model_args: dict, batch_size: int):
         from .generation import fit_gpu_memory_utilization
 
         # lm-eval's own default share, capped to what is free: a model left on the device must not fail the start.
-        model_args = {**model_args, "gpu_memory_utilization": fit_gpu_memory_utilization(0.9, *torch.cuda.mem_get_info())}
+        model_args = {
+            **model_args,
+            "gpu_memory_utilization": fit_gpu_memory_utilization(0.9, *torch.cuda.mem_get_info()),
+        }
     return get_model(backend).create_from_arg_obj(model_args, {"batch_size": batch_size})
 
 
@@ -419,9 +526,21 @@ def _release_lm(lm) -> None:
             setattr(lm, attr, None)
 
 
-def _evaluate_loaded(lm, benchmarks: "tuple[Benchmark, ...]", manager, limit: int | None, batch_size: int, seed: int,
-                     apply: bool, per_item: bool, backend: str, dtype: str, device: str, chat_template: str,
-                     started: float) -> EvalRun:
+def _evaluate_loaded(
+    lm,
+    benchmarks: tuple[Benchmark, ...],
+    manager,
+    limit: int | None,
+    batch_size: int,
+    seed: int,
+    apply: bool,
+    per_item: bool,
+    backend: str,
+    dtype: str,
+    device: str,
+    chat_template: str,
+    started: float,
+) -> EvalRun:
     import json as _json
     import math
     import time
@@ -450,20 +569,36 @@ def _evaluate_loaded(lm, benchmarks: "tuple[Benchmark, ...]", manager, limit: in
             samples.update(picked)
             items.update({leaf: picked.get(leaf) for leaf in sizes})
         tracker = EvaluationTracker()  # no output path: only to read back the chat template lm-eval applied
-        out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots,
-                                      batch_size=batch_size, samples=samples or None, task_manager=manager,
-                                      gen_kwargs=group[0].gen_kwargs, apply_chat_template=apply,
-                                      fewshot_as_multiturn=apply, random_seed=seed, numpy_random_seed=seed,
-                                      torch_random_seed=seed, fewshot_random_seed=seed, log_samples=per_item,
-                                      bootstrap_iters=1000, evaluation_tracker=tracker)
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=names,
+            num_fewshot=shots,
+            batch_size=batch_size,
+            samples=samples or None,
+            task_manager=manager,
+            gen_kwargs=group[0].gen_kwargs,
+            apply_chat_template=apply,
+            fewshot_as_multiturn=apply,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            log_samples=per_item,
+            bootstrap_iters=1000,
+            evaluation_tracker=tracker,
+        )
         applied_template.append(tracker.general_config_tracker.chat_template)
         versions.update({k: str(v) for k, v in out.get("versions", {}).items()})
         if per_item:
             item_scores += _item_rows(out.get("samples") or {}, names)
         for b in group:
             k, subset = caps[b.name]
-            common = {"num_fewshot": shots, "benchmark": b.name, "task_limit": k or 0,
-                      "subset": "all" if not k else (f"random(seed {b.subset_seed})" if subset == "random" else "first")}
+            common = {
+                "num_fewshot": shots,
+                "benchmark": b.name,
+                "task_limit": k or 0,
+                "subset": "all" if not k else (f"random(seed {b.subset_seed})" if subset == "random" else "first"),
+            }
             leaf_rows = []
             for task in b.tasks:
                 metrics = out["results"].get(task)
@@ -475,9 +610,15 @@ def _evaluate_loaded(lm, benchmarks: "tuple[Benchmark, ...]", manager, limit: in
                         continue
                     metric, _, filt = key.partition(",")
                     stderr = metrics.get(f"{metric}_stderr,{filt}")
-                    row = {"task": task, "metric": metric, "filter": filt, "value": float(value),
-                           "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-                           "n_samples": int(n) if n is not None else None, **common}
+                    row = {
+                        "task": task,
+                        "metric": metric,
+                        "filter": filt,
+                        "value": float(value),
+                        "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                        "n_samples": int(n) if n is not None else None,
+                        **common,
+                    }
                     scores.append(row)
                     if (metric, filt) == b.headline:
                         leaf_rows.append(row)
@@ -485,17 +626,39 @@ def _evaluate_loaded(lm, benchmarks: "tuple[Benchmark, ...]", manager, limit: in
                 if len(leaf_rows) != len(b.tasks):
                     raise ValueError(f"{b.name}: {len(leaf_rows)} of {len(b.tasks)} tasks report {b.headline}")
                 errors = [r["stderr"] for r in leaf_rows]
-                scores.append({"task": b.headline_task, "metric": b.headline[0], "filter": b.headline[1],
-                               "value": sum(r["value"] for r in leaf_rows) / len(leaf_rows),  # macro mean, as DS2
-                               "stderr": (math.sqrt(sum(e * e for e in errors)) / len(errors)
-                                          if all(e is not None for e in errors) else None),
-                               "n_samples": sum(r["n_samples"] or 0 for r in leaf_rows), **common})
-    return EvalRun(scores=scores, task_versions=versions, lm_eval_version=version("lm_eval"),
-                   seconds=time.perf_counter() - started,
-                   config={"backend": backend, "dtype": dtype, "device": device, "limit": limit, "seed": seed,
-                           "batch_size": batch_size, "chat_template": chat_template,
-                           "lm_eval_chat_template": applied_template[0] if applied_template else None},
-                   items=items, item_scores=item_scores)
+                scores.append(
+                    {
+                        "task": b.headline_task,
+                        "metric": b.headline[0],
+                        "filter": b.headline[1],
+                        "value": sum(r["value"] for r in leaf_rows) / len(leaf_rows),  # macro mean, as DS2
+                        "stderr": (
+                            math.sqrt(sum(e * e for e in errors)) / len(errors)
+                            if all(e is not None for e in errors)
+                            else None
+                        ),
+                        "n_samples": sum(r["n_samples"] or 0 for r in leaf_rows),
+                        **common,
+                    }
+                )
+    return EvalRun(
+        scores=scores,
+        task_versions=versions,
+        lm_eval_version=version("lm_eval"),
+        seconds=time.perf_counter() - started,
+        config={
+            "backend": backend,
+            "dtype": dtype,
+            "device": device,
+            "limit": limit,
+            "seed": seed,
+            "batch_size": batch_size,
+            "chat_template": chat_template,
+            "lm_eval_chat_template": applied_template[0] if applied_template else None,
+        },
+        items=items,
+        item_scores=item_scores,
+    )
 
 
 def _item_rows(samples: Mapping[str, list[dict]], tasks: Sequence[str]) -> list[dict]:
@@ -508,19 +671,35 @@ def _item_rows(samples: Mapping[str, list[dict]], tasks: Sequence[str]) -> list[
                 value = s.get(metric)
                 # Some metrics log a tuple per item (e.g. perplexities, corpus-level F1): not a per-item score.
                 if isinstance(value, (bool, int, float)):
-                    rows.append({"task": task, "metric": metric, "filter": s.get("filter", "none"),
-                                 "doc_id": int(s["doc_id"]), "sample_id": doc.get("sample_id"), "value": float(value)})
+                    rows.append(
+                        {
+                            "task": task,
+                            "metric": metric,
+                            "filter": s.get("filter", "none"),
+                            "doc_id": int(s["doc_id"]),
+                            "sample_id": doc.get("sample_id"),
+                            "value": float(value),
+                        }
+                    )
     return rows
 
 
 # --------------------------------------------------------------------------- the report
 
 # Which (metric, filter) stands for a task in the report, in order of preference.
-_PRIMARY = [("acc", "none"), ("exact_match", "strip"), ("exact_match", "last-number"), ("exact_match", "strict-match"),
-            ("exact_match", "get-answer"), ("exact_match", "flexible-extract"), ("f1", "none"), ("exact_match", "none")]
+_PRIMARY = [
+    ("acc", "none"),
+    ("exact_match", "strip"),
+    ("exact_match", "last-number"),
+    ("exact_match", "strict-match"),
+    ("exact_match", "get-answer"),
+    ("exact_match", "flexible-extract"),
+    ("f1", "none"),
+    ("exact_match", "none"),
+]
 
 
-def primary_scores(scores: "pd.DataFrame") -> "pd.DataFrame":
+def primary_scores(scores: pd.DataFrame) -> pd.DataFrame:
     """One row per (arm, task): the task's headline metric. ``scores`` has arm, task, metric, filter, value."""
     import pandas as pd
 
@@ -530,8 +709,11 @@ def primary_scores(scores: "pd.DataFrame") -> "pd.DataFrame":
     return pd.DataFrame(df.groupby(["arm", "task"], as_index=False).first()).drop(columns="_rank")
 
 
-def benchmark_table(scores: "pd.DataFrame", baselines: Sequence[str] = ("full_low", "random"),
-                    headline: Mapping[str, tuple[str, str]] | None = None) -> "pd.DataFrame":
+def benchmark_table(
+    scores: pd.DataFrame,
+    baselines: Sequence[str] = ("full_low", "random"),
+    headline: Mapping[str, tuple[str, str]] | None = None,
+) -> pd.DataFrame:
     """Arms x tasks (headline metric), the mean over tasks, and the mean's delta to each baseline arm present.
 
     ``headline``: task -> (metric, filter), one column per benchmark in that order (``headline_metrics``);
@@ -613,14 +795,15 @@ def _bootstrap_interval(x, n_resamples: int, confidence: float, seed: int) -> tu
     step = max(1, 4_000_000 // n)
     for start in range(0, n_resamples, step):
         k = min(step, n_resamples - start)
-        means[start:start + k] = x[rng.integers(0, n, size=(k, n))].mean(axis=1)
+        means[start : start + k] = x[rng.integers(0, n, size=(k, n))].mean(axis=1)
     alpha = 1 - confidence
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
 
 
-def bootstrap_mean_ci(values: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95,
-                      seed: int = 0) -> MeanCI:
+def bootstrap_mean_ci(
+    values: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> MeanCI:
     """The mean of per-item scores with a percentile-bootstrap interval (``n_resamples`` resamples of the
     items with replacement, ``numpy.random.default_rng(seed)``: the same inputs give the same interval)."""
     x = _as_scores(values, "bootstrap_mean_ci")
@@ -628,8 +811,13 @@ def bootstrap_mean_ci(values: Sequence[float], n_resamples: int = 2000, confiden
     return MeanCI(float(x.mean()), low, high, int(x.size), confidence)
 
 
-def paired_bootstrap_diff(a: "Sequence[float] | Mapping", b: "Sequence[float] | Mapping", n_resamples: int = 2000,
-                          confidence: float = 0.95, seed: int = 0) -> PairedDiff:
+def paired_bootstrap_diff(
+    a: Sequence[float] | Mapping,
+    b: Sequence[float] | Mapping,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedDiff:
     """``a - b`` for two models scored on the same items: the mean difference and a paired-bootstrap interval
     (items resampled together, so item difficulty cancels). ``a`` and ``b`` are aligned lists, or
     ``item -> score`` mappings with the same keys."""
@@ -637,8 +825,10 @@ def paired_bootstrap_diff(a: "Sequence[float] | Mapping", b: "Sequence[float] | 
         if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
             raise TypeError("paired_bootstrap_diff: give two lists or two item -> score mappings, not one of each")
         if set(a) != set(b):
-            raise ValueError(f"paired_bootstrap_diff: the two are not scored on the same items "
-                             f"({len(set(a) - set(b))} only in a, {len(set(b) - set(a))} only in b)")
+            raise ValueError(
+                f"paired_bootstrap_diff: the two are not scored on the same items "
+                f"({len(set(a) - set(b))} only in a, {len(set(b) - set(a))} only in b)"
+            )
         keys = sorted(a)
         a, b = [a[k] for k in keys], [b[k] for k in keys]
     x, y = _as_scores(a, "paired_bootstrap_diff a"), _as_scores(b, "paired_bootstrap_diff b")
@@ -652,8 +842,9 @@ def paired_bootstrap_diff(a: "Sequence[float] | Mapping", b: "Sequence[float] | 
 _ITEM_KEYS = ["task", "metric", "filter"]
 
 
-def item_score_intervals(items: "pd.DataFrame", n_resamples: int = 2000, confidence: float = 0.95,
-                         seed: int = 0) -> "pd.DataFrame":
+def item_score_intervals(
+    items: pd.DataFrame, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """One row per (arm, task, metric, filter): n, mean, ci_low, ci_high, ci_width.
 
     ``items``: ``EvalRun.item_scores`` rows with an ``arm`` column (arm, task, metric, filter, doc_id, value)."""
@@ -662,13 +853,29 @@ def item_score_intervals(items: "pd.DataFrame", n_resamples: int = 2000, confide
     rows = []
     for (arm, task, metric, filt), g in items.groupby(["arm", *_ITEM_KEYS], sort=True):
         ci = bootstrap_mean_ci(g["value"], n_resamples, confidence, seed)
-        rows.append({"arm": arm, "task": task, "metric": metric, "filter": filt, "n": ci.n, "mean": ci.mean,
-                     "ci_low": ci.low, "ci_high": ci.high, "ci_width": ci.width})
+        rows.append(
+            {
+                "arm": arm,
+                "task": task,
+                "metric": metric,
+                "filter": filt,
+                "n": ci.n,
+                "mean": ci.mean,
+                "ci_low": ci.low,
+                "ci_high": ci.high,
+                "ci_width": ci.width,
+            }
+        )
     return pd.DataFrame(rows, columns=["arm", *_ITEM_KEYS, "n", "mean", "ci_low", "ci_high", "ci_width"])
 
 
-def paired_comparisons(items: "pd.DataFrame", baselines: Sequence[str] = ("full_low", "random"),
-                       n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> "pd.DataFrame":
+def paired_comparisons(
+    items: pd.DataFrame,
+    baselines: Sequence[str] = ("full_low", "random"),
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Every arm against each baseline arm present, per (task, metric, filter), paired on ``doc_id``:
     arm, baseline, task, metric, filter, n, mean_diff (arm - baseline), diff_low, diff_high, excludes_zero.
 
@@ -689,11 +896,21 @@ def paired_comparisons(items: "pd.DataFrame", baselines: Sequence[str] = ("full_
                 if g["doc_id"].duplicated().any():
                     raise ValueError(f"arm {arm!r}, {key}: an item is scored twice; pairs need one score per item")
                 try:
-                    diff = paired_bootstrap_diff(dict(zip(g["doc_id"], g["value"])), base_scores[key], n_resamples,
-                                                 confidence, seed)
+                    diff = paired_bootstrap_diff(
+                        dict(zip(g["doc_id"], g["value"])), base_scores[key], n_resamples, confidence, seed
+                    )
                 except ValueError as exc:
                     raise ValueError(f"arm {arm!r} vs {base!r}, {key}: {exc}") from exc
-                rows.append({"arm": arm, "baseline": base, **dict(zip(_ITEM_KEYS, key)), "n": diff.n,
-                             "mean_diff": diff.mean_diff, "diff_low": diff.low, "diff_high": diff.high,
-                             "excludes_zero": diff.excludes_zero})
+                rows.append(
+                    {
+                        "arm": arm,
+                        "baseline": base,
+                        **dict(zip(_ITEM_KEYS, key)),
+                        "n": diff.n,
+                        "mean_diff": diff.mean_diff,
+                        "diff_low": diff.low,
+                        "diff_high": diff.high,
+                        "excludes_zero": diff.excludes_zero,
+                    }
+                )
     return pd.DataFrame(rows, columns=columns)

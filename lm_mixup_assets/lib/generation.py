@@ -12,9 +12,10 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .cache import DEFAULT_FLUSH_SECONDS, CacheTable, answer_with_cache
 
@@ -40,8 +41,13 @@ class GenerationOutcome:
 
 OnResult = Callable[[int, GenerationOutcome], None]
 
-GENERATION_CACHE = CacheTable("generation_cache", CACHE_DDL, lambda r: GenerationOutcome(
-    status="ok", raw_answer=r.text, prompt_tokens=int(r.prompt_tokens), completion_tokens=int(r.completion_tokens)))
+GENERATION_CACHE = CacheTable(
+    "generation_cache",
+    CACHE_DDL,
+    lambda r: GenerationOutcome(
+        status="ok", raw_answer=r.text, prompt_tokens=int(r.prompt_tokens), completion_tokens=int(r.completion_tokens)
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,11 @@ def model_fingerprint(model: str) -> str:
     folder = Path(model)
     if not folder.is_dir():
         return model
-    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
-                   if f.is_file() and (f.suffix in {".safetensors", ".bin"} or f.name == "config.json"))
+    stats = sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in folder.iterdir()
+        if f.is_file() and (f.suffix in {".safetensors", ".bin"} or f.name == "config.json")
+    )
     return f"{model}@{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]}"
 
 
@@ -100,16 +109,21 @@ class TransformersGenerator:
         from .models import pick_device
 
         self.device = pick_device(device)
-        torch_dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
-                       "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        torch_dtype = {
+            "auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[dtype]
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device).eval()
         self.batch_size = batch_size
 
-    def generate(self, chats: list[list[dict]], params: GenerationParams,
-                 on_result: OnResult | None = None) -> list[GenerationOutcome]:
+    def generate(
+        self, chats: list[list[dict]], params: GenerationParams, on_result: OnResult | None = None
+    ) -> list[GenerationOutcome]:
         import torch
 
         out: list[GenerationOutcome] = []
@@ -119,23 +133,32 @@ class TransformersGenerator:
         results: dict[int, GenerationOutcome] = {}
         torch.manual_seed(params.seed)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             started = time.perf_counter()
-            enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.device)
+            enc = self.tokenizer(
+                [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
             kwargs = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
-            kwargs.update({"do_sample": False} if params.greedy else
-                          {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p})
+            kwargs.update(
+                {"do_sample": False}
+                if params.greedy
+                else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            )
             if params.repetition_penalty != 1.0:
                 kwargs["repetition_penalty"] = params.repetition_penalty
             with torch.no_grad():
                 generated = self.model.generate(**enc, **kwargs)
-            new = generated[:, enc["input_ids"].shape[1]:]
+            new = generated[:, enc["input_ids"].shape[1] :]
             for row, i in enumerate(idx):
                 n_new = int((new[row] != self.tokenizer.pad_token_id).sum())
-                o = GenerationOutcome(status="ok", raw_answer=self.tokenizer.decode(new[row], skip_special_tokens=True).strip(),
-                                 prompt_tokens=int(enc["attention_mask"][row].sum()), completion_tokens=n_new,
-                                 attempts=1, latency_s=time.perf_counter() - started)
+                o = GenerationOutcome(
+                    status="ok",
+                    raw_answer=self.tokenizer.decode(new[row], skip_special_tokens=True).strip(),
+                    prompt_tokens=int(enc["attention_mask"][row].sum()),
+                    completion_tokens=n_new,
+                    attempts=1,
+                    latency_s=time.perf_counter() - started,
+                )
                 results[i] = o
                 if on_result:
                     on_result(i, o)
@@ -155,8 +178,9 @@ _VLLM_HEADROOM = 0.03
 _VLLM_MIN_SHARE = 0.05
 
 
-def fit_gpu_memory_utilization(requested: float, free_bytes: int, total_bytes: int,
-                               headroom: float = _VLLM_HEADROOM) -> float:
+def fit_gpu_memory_utilization(
+    requested: float, free_bytes: int, total_bytes: int, headroom: float = _VLLM_HEADROOM
+) -> float:
     """The share of the GPU a vLLM engine may reserve: ``requested``, capped to what is free now.
 
     vLLM refuses to start when ``gpu_memory_utilization * total`` exceeds the free memory, so
@@ -168,9 +192,11 @@ def fit_gpu_memory_utilization(requested: float, free_bytes: int, total_bytes: i
     available = free_bytes / total_bytes - headroom
     share = min(requested, math.floor(available * 1000) / 1000)
     if share < _VLLM_MIN_SHARE:
-        raise RuntimeError(f"only {free_bytes / 2**30:.1f} of {total_bytes / 2**30:.1f} GiB of GPU memory are free: "
-                           "another process or model holds the device (release it, or run GPU steps in their own "
-                           "process: LM_MIXUP_EXECUTOR=multiprocess)")
+        raise RuntimeError(
+            f"only {free_bytes / 2**30:.1f} of {total_bytes / 2**30:.1f} GiB of GPU memory are free: "
+            "another process or model holds the device (release it, or run GPU steps in their own "
+            "process: LM_MIXUP_EXECUTOR=multiprocess)"
+        )
     return share
 
 
@@ -197,8 +223,13 @@ def shutdown_vllm(llm: Any) -> None:
 class VllmGenerator:
     """vLLM offline engine (GPU). Imported only when chosen: CI and CPU machines never load it."""
 
-    def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
-                 max_model_len: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+    ):
         try:
             from vllm import LLM
         except ImportError:
@@ -207,8 +238,12 @@ class VllmGenerator:
 
         free, total = torch.cuda.mem_get_info()
         self.gpu_memory_utilization = fit_gpu_memory_utilization(gpu_memory_utilization, free, total)
-        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=max_model_len)
+        self.llm = LLM(
+            model=model_path,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=max_model_len,
+        )
 
     def close(self) -> None:
         """Shut the engine down (see :func:`shutdown_vllm`); the caller then runs ``free_memory``."""
@@ -216,17 +251,28 @@ class VllmGenerator:
         if llm is not None:
             shutdown_vllm(llm)
 
-    def generate(self, chats: list[list[dict]], params: GenerationParams,
-                 on_result: OnResult | None = None) -> list[GenerationOutcome]:
+    def generate(
+        self, chats: list[list[dict]], params: GenerationParams, on_result: OnResult | None = None
+    ) -> list[GenerationOutcome]:
         from vllm import SamplingParams
 
-        sampling = SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                  top_p=params.top_p, seed=params.seed, repetition_penalty=params.repetition_penalty)
+        sampling = SamplingParams(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            repetition_penalty=params.repetition_penalty,
+        )
         outs = self.llm.chat(chats, sampling, use_tqdm=False)
         results = []
         for i, o in enumerate(outs):
-            r = GenerationOutcome(status="ok", raw_answer=o.outputs[0].text.strip(), prompt_tokens=len(o.prompt_token_ids),
-                             completion_tokens=len(o.outputs[0].token_ids), attempts=1)
+            r = GenerationOutcome(
+                status="ok",
+                raw_answer=o.outputs[0].text.strip(),
+                prompt_tokens=len(o.prompt_token_ids),
+                completion_tokens=len(o.outputs[0].token_ids),
+                attempts=1,
+            )
             results.append(r)
             if on_result:
                 on_result(i, r)
@@ -265,8 +311,9 @@ class OpenAIGenerator:
     concurrency = property(lambda self: self.client.concurrency)
     stats = property(lambda self: self.client.stats)
 
-    def generate(self, chats: list[list[dict]], params: GenerationParams,
-                 on_result: OnResult | None = None) -> list[GenerationOutcome]:
+    def generate(
+        self, chats: list[list[dict]], params: GenerationParams, on_result: OnResult | None = None
+    ) -> list[GenerationOutcome]:
         fields: dict[str, Any] = {"temperature": params.temperature, "max_tokens": params.max_new_tokens}
         if params.repetition_penalty != 1.0:
             fields["repetition_penalty"] = params.repetition_penalty
@@ -275,8 +322,15 @@ class OpenAIGenerator:
 
         async def one(session: Any, chat: list[dict]) -> GenerationOutcome:
             r = await transport.ask(session, list(chat), fields, _require_text, self.client.max_parse_retries)
-            return GenerationOutcome(status=r.status, raw_answer=r.content, error=r.error, prompt_tokens=r.prompt_tokens,
-                                     completion_tokens=r.completion_tokens, attempts=r.attempts, latency_s=r.latency_s)
+            return GenerationOutcome(
+                status=r.status,
+                raw_answer=r.content,
+                error=r.error,
+                prompt_tokens=r.prompt_tokens,
+                completion_tokens=r.completion_tokens,
+                attempts=r.attempts,
+                latency_s=r.latency_s,
+            )
 
         return transport.run_all(chats, one, on_result)
 
@@ -307,14 +361,29 @@ def generate_with_cache(
     def row_of(key: str, o: GenerationOutcome) -> dict | None:
         if o.status != "ok":
             return None  # failures are not cached: the next run asks again
-        return {"backend": backend, "model": model, "params": params_json, "text": o.raw_answer,
-                "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
+        return {
+            "backend": backend,
+            "model": model,
+            "params": params_json,
+            "text": o.raw_answer,
+            "prompt_tokens": o.prompt_tokens,
+            "completion_tokens": o.completion_tokens,
+        }
 
     result = answer_with_cache(
-        chats, keys, connect, GENERATION_CACHE, generate_missing, row_of, flush_every=flush_every,
-        flush_seconds=flush_seconds, progress=progress, progress_seconds=progress_seconds,
-        started_message=lambda hits, rows, todo: (f"{hits} of {rows} generations from the cache; "
-                                                  f"generating {todo} with {backend}:{model}"),
+        chats,
+        keys,
+        connect,
+        GENERATION_CACHE,
+        generate_missing,
+        row_of,
+        flush_every=flush_every,
+        flush_seconds=flush_seconds,
+        progress=progress,
+        progress_seconds=progress_seconds,
+        started_message=lambda hits, rows, todo: (
+            f"{hits} of {rows} generations from the cache; generating {todo} with {backend}:{model}"
+        ),
         progress_message=lambda done, todo, rate: f"generated {done}/{todo} ({rate:.2f}/s)",
     )
     return result.outcomes, result.from_cache

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -45,8 +46,10 @@ from .eval_tasks import Benchmark
 
 HELDOUT_TASK = "heldout_instruct"
 HELDOUT_METRICS = ("ll_per_token", "ll_per_byte")
-HELDOUT_LABEL = ("held-out instruction answers: mean per-token log-likelihood of the completion given the prompt "
-                 "(higher is better; comparable only between models sharing a tokenizer)")
+HELDOUT_LABEL = (
+    "held-out instruction answers: mean per-token log-likelihood of the completion given the prompt "
+    "(higher is better; comparable only between models sharing a tokenizer)"
+)
 _UTILS_MODULE = "heldout_utils"
 
 
@@ -69,7 +72,7 @@ def split_for_lm_eval(prompt: str, completion: str) -> tuple[str, str]:
     prompt, with the prompt's trailing whitespace moved to the continuation (lm-eval does the same)."""
     text = join_prompt_completion(prompt, completion)
     context = prompt.rstrip()
-    return context, text[len(context):]
+    return context, text[len(context) :]
 
 
 def continuation_tokens(tokenizer, context: str, continuation: str) -> int:
@@ -78,8 +81,9 @@ def continuation_tokens(tokenizer, context: str, continuation: str) -> int:
     return len(whole) - len(tokenizer.encode(context))
 
 
-def heldout_docs(rows: Sequence[Mapping[str, Any]], tokenizer,
-                 max_tokens: int | None = None) -> tuple[list[dict], list[str]]:
+def heldout_docs(
+    rows: Sequence[Mapping[str, Any]], tokenizer, max_tokens: int | None = None
+) -> tuple[list[dict], list[str]]:
     """The task's JSONL rows (sample_id, context, continuation, n_tokens, n_bytes) and the rows skipped.
 
     ``rows``: sample_id, prompt, completion. An empty prompt or completion, or a repeated sample_id,
@@ -105,8 +109,15 @@ def heldout_docs(rows: Sequence[Mapping[str, Any]], tokenizer,
         if n_tokens <= 0:  # the tokenizer merged the whole completion into the prompt's last token
             skipped.append(f"{sid}: the completion adds no token after the prompt's")
             continue
-        docs.append({"sample_id": sid, "context": context, "continuation": continuation, "n_tokens": n_tokens,
-                     "n_bytes": len(continuation.encode("utf-8"))})
+        docs.append(
+            {
+                "sample_id": sid,
+                "context": context,
+                "continuation": continuation,
+                "n_tokens": n_tokens,
+                "n_bytes": len(continuation.encode("utf-8")),
+            }
+        )
     return docs, skipped
 
 
@@ -118,8 +129,13 @@ def _load_tokenizer(tokenizer):
     return tokenizer
 
 
-def build_heldout_task(folder: str | Path, rows: Sequence[Mapping[str, Any]], tokenizer, name: str = HELDOUT_TASK,
-                       max_tokens: int | None = None) -> BuiltHeldout:
+def build_heldout_task(
+    folder: str | Path,
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer,
+    name: str = HELDOUT_TASK,
+    max_tokens: int | None = None,
+) -> BuiltHeldout:
     """Write ``<name>.jsonl``, ``<name>.yaml`` and ``heldout_utils.py`` into ``folder``.
 
     ``tokenizer``: the evaluated models' tokenizer (an object or a folder), for the exact token counts."""
@@ -133,12 +149,19 @@ def build_heldout_task(folder: str | Path, rows: Sequence[Mapping[str, Any]], to
     data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     # The YAML names its per-item hook by file, so the folder carries a copy of this module's function.
     (out / f"{_UTILS_MODULE}.py").write_text(inspect.getsource(process_results), encoding="utf-8")
-    spec = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
-            "test_split": "test", "output_type": "loglikelihood",
-            # Field names, not templates: lm-eval returns them verbatim, keeping the continuation's leading space.
-            "doc_to_text": "context", "doc_to_target": "continuation", "target_delimiter": "",
-            "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in HELDOUT_METRICS],
-            "metadata": {"version": 1.0, "label": HELDOUT_LABEL, "n_skipped": len(skipped)}}
+    spec = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "loglikelihood",
+        # Field names, not templates: lm-eval returns them verbatim, keeping the continuation's leading space.
+        "doc_to_text": "context",
+        "doc_to_target": "continuation",
+        "target_delimiter": "",
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in HELDOUT_METRICS],
+        "metadata": {"version": 1.0, "label": HELDOUT_LABEL, "n_skipped": len(skipped)},
+    }
     text = yaml.safe_dump(spec, sort_keys=False) + f"process_results: !function {_UTILS_MODULE}.process_results\n"
     (out / f"{name}.yaml").write_text(text, encoding="utf-8")
     return BuiltHeldout(folder=out, task=name, items=len(docs), skipped=skipped)

@@ -64,9 +64,19 @@ def score_pair(prompt: str, completion: str) -> dict[str, int]:
     length = math.log2(1 + f["words"])  # 0 .. ~10
     structure = min(2.0, (f["lines"] >= 3) + f["list"] + f["code"])
     informativeness = 0.5 + 0.75 * length + 2.0 * f["richness"] + 0.6 * structure
-    complexity = 0.5 + 0.55 * math.log2(1 + f["prompt_words"]) + 0.35 * length + 1.2 * max(f["code"], f["prompt_code"]) + 0.4 * f["list"]
+    complexity = (
+        0.5
+        + 0.55 * math.log2(1 + f["prompt_words"])
+        + 0.35 * length
+        + 1.2 * max(f["code"], f["prompt_code"])
+        + 0.4 * f["list"]
+    )
     rarity = 1.0 + 14.0 * f["long_share"] + 4.0 * min(f["digit_share"], 0.3) + 1.5 * f["code"] + 0.25 * length
-    completeness = f["clean_end"] - 2.0 * f["copy_of_prompt"] - (1.0 if f["answer_ratio"] < 0.15 and f["prompt_words"] > 20 else 0.0)
+    completeness = (
+        f["clean_end"]
+        - 2.0 * f["copy_of_prompt"]
+        - (1.0 if f["answer_ratio"] < 0.15 and f["prompt_words"] > 20 else 0.0)
+    )
     overall = 0.55 * informativeness + 0.25 * complexity + 0.2 * rarity + 0.6 * completeness + 0.7
     return {
         "rarity": _clip(rarity),

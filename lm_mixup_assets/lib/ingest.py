@@ -18,9 +18,10 @@ import importlib.util
 import json
 import math
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -30,18 +31,41 @@ from .rubric import JudgeParseError, check_score
 
 RAW_TEXT_LIMIT = 500  # characters of the offending input kept in rejected_rows
 # ``file`` names the input file (or dataset) a row came from; ``position`` counts within that file.
-RAW_POOL_COLUMNS = ["source", "sample_id", "file", "position", "locator", "prompt", "completion", "input_format",
-                    "duplicate_count"]
+RAW_POOL_COLUMNS = [
+    "source",
+    "sample_id",
+    "file",
+    "position",
+    "locator",
+    "prompt",
+    "completion",
+    "input_format",
+    "duplicate_count",
+]
 REJECTED_COLUMNS = ["source", "file", "position", "locator", "reason", "raw_text"]
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
 FILTER_BATCH_ROWS = 5_000  # records evaluated per DuckDB query of a filter expression
 COLUMNS_LISTED = 30  # column names shown in an error about a mapping or filter
 # Ratings a manifest source brings along (its `precomputed:` entry), one row per raw_pool row.
-PRECOMPUTED_COLUMNS = ["source", "sample_id", "rarity", "complexity", "informativeness", "overall",
-                       "overall_compressed", "judge_model", "rubric_version"]
+PRECOMPUTED_COLUMNS = [
+    "source",
+    "sample_id",
+    "rarity",
+    "complexity",
+    "informativeness",
+    "overall",
+    "overall_compressed",
+    "judge_model",
+    "rubric_version",
+]
 PRECOMPUTED_SCORES = ["rarity", "complexity", "informativeness", "overall", "overall_compressed"]
-PRECOMPUTED_TYPES = {**{c: "INTEGER" for c in PRECOMPUTED_SCORES}, "source": "VARCHAR", "sample_id": "VARCHAR",
-                     "judge_model": "VARCHAR", "rubric_version": "VARCHAR"}
+PRECOMPUTED_TYPES = {
+    **{c: "INTEGER" for c in PRECOMPUTED_SCORES},
+    "source": "VARCHAR",
+    "sample_id": "VARCHAR",
+    "judge_model": "VARCHAR",
+    "rubric_version": "VARCHAR",
+}
 
 
 class SourceError(RuntimeError):
@@ -108,8 +132,9 @@ def _check_text(name: str, value: Any) -> str:
     return text
 
 
-def record_to_pair(record: Any, fields: dict[str, str] | None = None,
-                   input_join: str = DEFAULT_INPUT_JOIN) -> tuple[str, str, str]:
+def record_to_pair(
+    record: Any, fields: dict[str, str] | None = None, input_join: str = DEFAULT_INPUT_JOIN
+) -> tuple[str, str, str]:
     """Return (prompt, completion, input_format) for one decoded record, or raise RowError.
 
     Accepted layouts: prompt/completion, instruction/input/output (Alpaca) and
@@ -206,14 +231,18 @@ def resolve_files(spec: SourceSpec) -> list[Path]:
         if GLOB_CHARS & set(pattern):
             matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
             if not matches:
-                raise SourceError(f"source {spec.name!r}: the glob {pattern} matches no files. Fix `path:` in the pool manifest.")
+                raise SourceError(
+                    f"source {spec.name!r}: the glob {pattern} matches no files. Fix `path:` in the pool manifest."
+                )
             files.extend(matches)
             continue
         path = Path(pattern)
         if not path.exists():
             raise SourceError(f"source {spec.name!r}: file not found: {path}. Fix `path:` in the pool manifest.")
         if path.is_dir():
-            raise SourceError(f"source {spec.name!r}: {path} is a folder; point `path:` at a file or a glob such as {path}/*.parquet")
+            raise SourceError(
+                f"source {spec.name!r}: {path} is a folder; point `path:` at a file or a glob such as {path}/*.parquet"
+            )
         files.append(path)
     seen: set[Path] = set()
     unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
@@ -247,12 +276,14 @@ def check_not_lfs_pointer(path: Path, what: str) -> None:
     except (OSError, EOFError):
         return  # not readable as gzip etc.: the format reader reports it
     if head.lstrip(b"\xef\xbb\xbf").startswith(LFS_POINTER_PREFIX):
-        size = next((line.split()[-1] for line in path.read_text(errors="replace").splitlines()
-                     if line.startswith("size ")), "unknown")
+        size = next(
+            (line.split()[-1] for line in path.read_text(errors="replace").splitlines() if line.startswith("size ")),
+            "unknown",
+        )
         raise SourceError(
             f"{what}: {path} is a Git LFS pointer file, not the data (the real file has {size} bytes). "
             "Fetch the real file: in the repository it came from run `git lfs install && git lfs pull "
-            f"--include \"{path.name}\"`, or download it from the hosting site (the file's raw/download link, e.g. "
+            f'--include "{path.name}"`, or download it from the hosting site (the file\'s raw/download link, e.g. '
             "`huggingface-cli download` for a Hugging Face repository), then point the manifest at it."
         )
 
@@ -293,8 +324,10 @@ def _filter_by_value(records: Iterable[RawRecord], spec: SourceSpec) -> Iterator
             kept += 1
         yield rec
     if decoded and not kept and spec.filter_column not in columns:
-        raise SourceError(f"source {spec.name!r}: `filter.column` {spec.filter_column!r} is not a column of any record; "
-                          f"the records have: {_list_columns(columns)}. Fix `filter:` in the pool manifest.")
+        raise SourceError(
+            f"source {spec.name!r}: `filter.column` {spec.filter_column!r} is not a column of any record; "
+            f"the records have: {_list_columns(columns)}. Fix `filter:` in the pool manifest."
+        )
 
 
 def _filter_by_expression(records: Iterable[RawRecord], spec: SourceSpec) -> Iterator[RawRecord]:
@@ -359,13 +392,17 @@ def _run_expression(con, table, spec: SourceSpec, objects: list[RawRecord], per_
         rows = con.execute(f"select coalesce(({spec.filter_expression})::boolean, false) from records").fetchall()
         return [bool(r[0]) for r in rows]
     except duckdb.PermissionException as exc:
-        raise SourceError(f"source {spec.name!r}: `filter.expression` may only use the records' columns, not read files "
-                          f"or the network ({str(exc).splitlines()[0]}). Fix `filter:` in the pool manifest.") from None
+        raise SourceError(
+            f"source {spec.name!r}: `filter.expression` may only use the records' columns, not read files "
+            f"or the network ({str(exc).splitlines()[0]}). Fix `filter:` in the pool manifest."
+        ) from None
     except duckdb.BinderException as exc:
         if per_row:  # this record lacks a column that others have: like SQL NULL, not in the slice
             return [False]
-        raise SourceError(f"source {spec.name!r}: `filter.expression` does not fit the records ({str(exc).splitlines()[0]}); "
-                          f"the records have: {_list_columns(table.column_names)}. Fix `filter:` in the pool manifest.") from None
+        raise SourceError(
+            f"source {spec.name!r}: `filter.expression` does not fit the records ({str(exc).splitlines()[0]}); "
+            f"the records have: {_list_columns(table.column_names)}. Fix `filter:` in the pool manifest."
+        ) from None
     except duckdb.Error as exc:
         if per_row:
             return [f"filter expression failed on this record: {str(exc).splitlines()[0]}"]
@@ -391,7 +428,11 @@ def _decode(raw: bytes) -> str:
 
 def _printable(text: str) -> str:
     # Invalid bytes (kept as lone surrogates) come back as \\xNN, readable and storable.
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")[:RAW_TEXT_LIMIT]
+    return (
+        text.encode("utf-8", "surrogateescape")
+        .decode("utf-8", "backslashreplace")
+        .replace("\x00", "\\x00")[:RAW_TEXT_LIMIT]
+    )
 
 
 def _read_jsonl(path: Path, opener) -> Iterator[RawRecord]:
@@ -404,12 +445,16 @@ def _read_jsonl(path: Path, opener) -> Iterator[RawRecord]:
                 continue  # blank lines are layout, not rows
             loc = f"line {lineno}"
             if any("\udc80" <= ch <= "\udcff" for ch in text):
-                yield RawRecord(lineno, loc, error="line contains bytes that are not valid UTF-8", raw_text=_printable(text))
+                yield RawRecord(
+                    lineno, loc, error="line contains bytes that are not valid UTF-8", raw_text=_printable(text)
+                )
                 continue
             try:
                 yield RawRecord(lineno, loc, record=json.loads(text), raw_text=_printable(text))
             except json.JSONDecodeError as exc:
-                yield RawRecord(lineno, loc, error=f"malformed JSON: {exc.msg} at column {exc.colno}", raw_text=_printable(text))
+                yield RawRecord(
+                    lineno, loc, error=f"malformed JSON: {exc.msg} at column {exc.colno}", raw_text=_printable(text)
+                )
 
 
 def _read_json(path: Path, opener) -> Iterator[RawRecord]:
@@ -418,7 +463,9 @@ def _read_json(path: Path, opener) -> Iterator[RawRecord]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SourceError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); for one object per line use .jsonl") from None
+        raise SourceError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); for one object per line use .jsonl"
+        ) from None
     if isinstance(doc, dict):
         lists = [v for v in doc.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -427,7 +474,9 @@ def _read_json(path: Path, opener) -> Iterator[RawRecord]:
     if not isinstance(doc, list):
         raise SourceError(f"{path}: expected a JSON array of records, got {type(doc).__name__}")
     for i, rec in enumerate(doc, start=1):
-        yield RawRecord(i, f"item {i}", record=rec, raw_text=_printable(json.dumps(rec, ensure_ascii=False, default=str)))
+        yield RawRecord(
+            i, f"item {i}", record=rec, raw_text=_printable(json.dumps(rec, ensure_ascii=False, default=str))
+        )
 
 
 def _read_csv(path: Path, opener) -> Iterator[RawRecord]:
@@ -442,7 +491,12 @@ def _read_csv(path: Path, opener) -> Iterator[RawRecord]:
         rec = {k: v for k, v in row.items() if k is not None}
         raw = ",".join(str(v) for v in row.values() if v is not None)
         if None in row:
-            yield RawRecord(i, f"row {i} (line {reader.line_num})", error="row has more fields than the header", raw_text=_printable(raw))
+            yield RawRecord(
+                i,
+                f"row {i} (line {reader.line_num})",
+                error="row has more fields than the header",
+                raw_text=_printable(raw),
+            )
             continue
         yield RawRecord(i, f"row {i} (line {reader.line_num})", record=rec, raw_text=_printable(raw))
 
@@ -459,7 +513,9 @@ def _records_from_frame(rows: Iterator[dict] | pd.DataFrame) -> Iterator[RawReco
     it = rows.to_dict(orient="records") if isinstance(rows, pd.DataFrame) else rows
     for i, rec in enumerate(it, start=1):
         rec = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in rec.items()}
-        yield RawRecord(i, f"row {i}", record=rec, raw_text=_printable(json.dumps(rec, ensure_ascii=False, default=str)))
+        yield RawRecord(
+            i, f"row {i}", record=rec, raw_text=_printable(json.dumps(rec, ensure_ascii=False, default=str))
+        )
 
 
 def _read_hf(spec: SourceSpec) -> Iterator[RawRecord]:
@@ -479,7 +535,9 @@ def _read_hf(spec: SourceSpec) -> Iterator[RawRecord]:
 def _package_dir(module: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise SourceError(f"package providing {module!r} is not installed; run `pip install -e .` (it is a project dependency)")
+        raise SourceError(
+            f"package providing {module!r} is not installed; run `pip install -e .` (it is a project dependency)"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -497,7 +555,9 @@ def _read_chatterbot() -> Iterator[RawRecord]:
             for t in range(max(len(turns) - 1, 1)):  # consecutive turns: q -> a, a -> follow-up, ...
                 position += 1
                 pair = {"prompt": turns[t], "completion": turns[t + 1] if t + 1 < len(turns) else None}
-                yield RawRecord(position, f"{f.name} conversation {c} turn {t + 1}", record=pair, raw_text=_printable(str(pair)))
+                yield RawRecord(
+                    position, f"{f.name} conversation {c} turn {t + 1}", record=pair, raw_text=_printable(str(pair))
+                )
 
 
 def _read_chitchat() -> Iterator[RawRecord]:
@@ -509,7 +569,9 @@ def _read_chitchat() -> Iterator[RawRecord]:
         for t in range(len(turns) - 1):  # each turn -> the other speaker's reply
             position += 1
             pair = {"prompt": turns[t], "completion": turns[t + 1]}
-            yield RawRecord(position, f"dialogue {dialogue_id} turn {t + 1}", record=pair, raw_text=_printable(str(pair)))
+            yield RawRecord(
+                position, f"dialogue {dialogue_id} turn {t + 1}", record=pair, raw_text=_printable(str(pair))
+            )
 
 
 def _read_humaneval() -> Iterator[RawRecord]:
@@ -537,7 +599,9 @@ def load_scores_file(spec: PrecomputedSpec, source: str) -> list:
     """The entries of a ``scores_file`` (entry N belongs to record N of the source, see RawRecord.ordinal), or SourceError."""
     path = Path(spec.scores_file)
     if not path.exists():
-        raise SourceError(f"source {source!r}: precomputed scores_file not found: {path}. Fix `scores_file.path` in the manifest.")
+        raise SourceError(
+            f"source {source!r}: precomputed scores_file not found: {path}. Fix `scores_file.path` in the manifest."
+        )
     check_not_lfs_pointer(path, f"source {source!r}: precomputed scores_file")
     try:
         if path.suffix.lower() == ".pt":
@@ -548,11 +612,15 @@ def load_scores_file(spec: PrecomputedSpec, source: str) -> list:
         else:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
     except Exception as exc:  # torch and json raise many types for a broken file
-        raise SourceError(f"source {source!r}: could not read scores_file {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        raise SourceError(
+            f"source {source!r}: could not read scores_file {path}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     if hasattr(data, "tolist"):  # a tensor or an array
         data = data.tolist()
     if not isinstance(data, list):
-        raise SourceError(f"source {source!r}: scores_file {path} holds a {type(data).__name__}, expected a list (one entry per record)")
+        raise SourceError(
+            f"source {source!r}: scores_file {path} holds a {type(data).__name__}, expected a list (one entry per record)"
+        )
     return data
 
 
@@ -589,12 +657,16 @@ def precomputed_scores(spec: PrecomputedSpec, record: Any, position: int, file_s
             given[name] = _score(name, value, f"column {column!r}")
     else:
         if position > len(file_scores):
-            raise RowError(f"precomputed scores: scores_file has {len(file_scores)} entries, none for position {position}")
+            raise RowError(
+                f"precomputed scores: scores_file has {len(file_scores)} entries, none for position {position}"
+            )
         entry = file_scores[position - 1]
         where = f"scores_file entry {position}"
         if spec.file_holds == "all_four":
             if not isinstance(entry, (list, tuple)) or len(entry) != 4:
-                raise RowError(f"precomputed scores ({where}) is {entry!r}, expected [rarity, complexity, informativeness, overall]")
+                raise RowError(
+                    f"precomputed scores ({where}) is {entry!r}, expected [rarity, complexity, informativeness, overall]"
+                )
             for name, value in zip(("rarity", "complexity", "informativeness", "overall"), entry):
                 given[name] = _score(name, value, where)
         else:
@@ -612,8 +684,10 @@ def check_fields_match(spec: SourceSpec, columns: set[str]) -> None:
     missing = {ours: theirs for ours, theirs in spec.fields.items() if theirs not in columns}
     if missing:
         pairs = ", ".join(f"{ours} -> {theirs!r}" for ours, theirs in missing.items())
-        raise SourceError(f"source {spec.name!r}: the `fields:` mapping {pairs} matches no column of any record; "
-                          f"the records have: {_list_columns(columns)}. Fix `fields:` in the pool manifest.")
+        raise SourceError(
+            f"source {spec.name!r}: the `fields:` mapping {pairs} matches no column of any record; "
+            f"the records have: {_list_columns(columns)}. Fix `fields:` in the pool manifest."
+        )
 
 
 def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResult:
@@ -631,8 +705,16 @@ def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResul
         input_rows += 1
 
         def reject(reason: str, rec=rec) -> None:  # bound now: the closure is called within this iteration only
-            rejected.append({"source": spec.name, "file": rec.file, "position": rec.position, "locator": rec.locator,
-                             "reason": reason, "raw_text": rec.raw_text[:RAW_TEXT_LIMIT]})
+            rejected.append(
+                {
+                    "source": spec.name,
+                    "file": rec.file,
+                    "position": rec.position,
+                    "locator": rec.locator,
+                    "reason": reason,
+                    "raw_text": rec.raw_text[:RAW_TEXT_LIMIT],
+                }
+            )
 
         if rec.error:
             reject(rec.error)
@@ -665,8 +747,19 @@ def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResul
             scores_by_id[sample_id] = scores
         by_id[sample_id] = len(rows)
         formats[fmt] = formats.get(fmt, 0) + 1
-        rows.append({"source": spec.name, "sample_id": sample_id, "file": rec.file, "position": rec.position, "locator": rec.locator,
-                     "prompt": prompt, "completion": completion, "input_format": fmt, "duplicate_count": 0})
+        rows.append(
+            {
+                "source": spec.name,
+                "sample_id": sample_id,
+                "file": rec.file,
+                "position": rec.position,
+                "locator": rec.locator,
+                "prompt": prompt,
+                "completion": completion,
+                "input_format": fmt,
+                "duplicate_count": 0,
+            }
+        )
     if spec.fields and columns_seen:
         check_fields_match(spec, columns_seen)
     rows_df = pd.DataFrame(rows, columns=RAW_POOL_COLUMNS).astype({"position": "int64", "duplicate_count": "int64"})
@@ -674,7 +767,16 @@ def ingest_source(spec: SourceSpec, max_row_chars: int = 200_000) -> IngestResul
     precomputed = _empty_precomputed()
     if pre is not None and scores_by_id:
         precomputed = pd.DataFrame(
-            [{"source": spec.name, "sample_id": sid, **sc, "judge_model": pre.judge_model, "rubric_version": pre.rubric_version}
-             for sid, sc in scores_by_id.items()], columns=PRECOMPUTED_COLUMNS,
+            [
+                {
+                    "source": spec.name,
+                    "sample_id": sid,
+                    **sc,
+                    "judge_model": pre.judge_model,
+                    "rubric_version": pre.rubric_version,
+                }
+                for sid, sc in scores_by_id.items()
+            ],
+            columns=PRECOMPUTED_COLUMNS,
         ).astype({c: "Int64" for c in PRECOMPUTED_SCORES})
     return IngestResult(rows_df, rejected_df, input_rows, duplicates, formats, precomputed, int(conflicts))

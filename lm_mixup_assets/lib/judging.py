@@ -8,8 +8,9 @@ answers of its last moment).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .cache import DEFAULT_FLUSH_SECONDS, CacheTable, Connect, answer_with_cache
 from .rubric import JudgeOutcome
@@ -23,16 +24,30 @@ create table if not exists judge_cache (
     created_at timestamp
 )"""
 
-JUDGE_CACHE = CacheTable("judge_cache", CACHE_DDL, lambda r: JudgeOutcome(
-    status="ok",
-    scores={"rarity": int(r.rarity), "complexity": int(r.complexity), "informativeness": int(r.informativeness), "overall": int(r.overall)},
-    raw_answer=r.raw_answer,
-    prompt_tokens=int(r.prompt_tokens),
-    completion_tokens=int(r.completion_tokens),
-))
+JUDGE_CACHE = CacheTable(
+    "judge_cache",
+    CACHE_DDL,
+    lambda r: JudgeOutcome(
+        status="ok",
+        scores={
+            "rarity": int(r.rarity),
+            "complexity": int(r.complexity),
+            "informativeness": int(r.informativeness),
+            "overall": int(r.overall),
+        },
+        raw_answer=r.raw_answer,
+        prompt_tokens=int(r.prompt_tokens),
+        completion_tokens=int(r.completion_tokens),
+    ),
+)
 
 # USD per million tokens (input, output), for the cost estimate in metadata.
-PRICE_PER_MTOK = {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1": (2.00, 8.00)}
+PRICE_PER_MTOK = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+}
 
 # Rates rendered prompts (strings or rubric.JudgeRequest), reporting each outcome as it arrives.
 RateFn = Callable[[list[Any], Callable[[int, JudgeOutcome], None]], list[JudgeOutcome]]
@@ -91,14 +106,34 @@ def rate_with_cache(
     def row_of(key: str, o: JudgeOutcome) -> dict | None:
         if o.status != "ok" or not o.scores:
             return None  # failures are not cached: the next run asks again
-        return {"backend": backend, "model": model, "rubric_version": version_of[key], **o.scores,
-                "raw_answer": o.raw_answer, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
+        return {
+            "backend": backend,
+            "model": model,
+            "rubric_version": version_of[key],
+            **o.scores,
+            "raw_answer": o.raw_answer,
+            "prompt_tokens": o.prompt_tokens,
+            "completion_tokens": o.completion_tokens,
+        }
 
     result = answer_with_cache(
-        prompts, keys, connect, JUDGE_CACHE, rate_missing, row_of, flush_every=flush_every,
-        flush_seconds=flush_seconds, progress=progress, progress_seconds=progress_seconds,
+        prompts,
+        keys,
+        connect,
+        JUDGE_CACHE,
+        rate_missing,
+        row_of,
+        flush_every=flush_every,
+        flush_seconds=flush_seconds,
+        progress=progress,
+        progress_seconds=progress_seconds,
         started_message=lambda hits, rows, todo: f"{hits} of {rows} rows answered from the judge cache; rating {todo}",
         progress_message=lambda done, todo, rate: f"rated {done}/{todo} ({rate:.1f} rows/s)",
     )
-    return CachedRating(outcomes=result.outcomes, from_cache=result.from_cache, requests_made=result.requests_made,
-                        cache_writes=result.cache_writes, cache_write_seconds=result.cache_write_seconds)
+    return CachedRating(
+        outcomes=result.outcomes,
+        from_cache=result.from_cache,
+        requests_made=result.requests_made,
+        cache_writes=result.cache_writes,
+        cache_write_seconds=result.cache_write_seconds,
+    )

@@ -61,7 +61,11 @@ def _as_unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def knn_indices(
-    queries: np.ndarray, library: np.ndarray, k: int, exclude_self: bool = False, chunk: int = 4096,
+    queries: np.ndarray,
+    library: np.ndarray,
+    k: int,
+    exclude_self: bool = False,
+    chunk: int = 4096,
 ) -> np.ndarray:
     """(M, k) indices of each query's ``k`` most cosine-similar library rows, best first.
 
@@ -78,7 +82,7 @@ def knn_indices(
     if k <= 0 or q.shape[0] == 0:
         return out
     for start in range(0, q.shape[0], chunk):
-        sims = q[start:start + chunk] @ lib.T
+        sims = q[start : start + chunk] @ lib.T
         if exclude_self:
             rows = torch.arange(sims.shape[0])
             sims[rows, rows + start] = -torch.inf
@@ -86,7 +90,7 @@ def knn_indices(
         # best first; equal similarities in a stable order (topk itself does not promise one)
         order = torch.argsort(-vals, dim=1, stable=True)
         idx = torch.gather(idx, 1, order)
-        out[start:start + idx.shape[0]] = idx.numpy()
+        out[start : start + idx.shape[0]] = idx.numpy()
     return out
 
 
@@ -153,19 +157,30 @@ class KnnBayesLibrary:
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(
-            path, embeddings=self.embeddings, classes=self.classes, T=self.T, prior=self.prior,
-            k_t=np.int64(self.k_t), smoothing=np.float64(self.smoothing), n_classes=np.int64(self.n_classes),
+            path,
+            embeddings=self.embeddings,
+            classes=self.classes,
+            T=self.T,
+            prior=self.prior,
+            k_t=np.int64(self.k_t),
+            smoothing=np.float64(self.smoothing),
+            n_classes=np.int64(self.n_classes),
             name=np.array(self.name),
         )
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "KnnBayesLibrary":
+    def load(cls, path: str | Path) -> KnnBayesLibrary:
         with np.load(Path(path), allow_pickle=False) as z:
             return cls(
-                embeddings=z["embeddings"].astype(np.float32), classes=z["classes"].astype(np.int64),
-                T=z["T"].astype(np.float64), prior=z["prior"].astype(np.float64), k_t=int(z["k_t"]),
-                smoothing=float(z["smoothing"]), n_classes=int(z["n_classes"]), name=str(z["name"]),
+                embeddings=z["embeddings"].astype(np.float32),
+                classes=z["classes"].astype(np.int64),
+                T=z["T"].astype(np.float64),
+                prior=z["prior"].astype(np.float64),
+                k_t=int(z["k_t"]),
+                smoothing=float(z["smoothing"]),
+                n_classes=int(z["n_classes"]),
+                name=str(z["name"]),
             )
 
 
@@ -175,8 +190,13 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:  # row-wise, finite inputs
 
 
 def build_library(
-    embeddings: np.ndarray, classes: np.ndarray, k_t: int = 3, smoothing: float = 1e-2,
-    n_classes: int = N_CLASSES, name: str = "", chunk: int = 4096,
+    embeddings: np.ndarray,
+    classes: np.ndarray,
+    k_t: int = 3,
+    smoothing: float = 1e-2,
+    n_classes: int = N_CLASSES,
+    name: str = "",
+    chunk: int = 4096,
 ) -> KnnBayesLibrary:
     """Estimate ``T`` and the prior from rated samples (embeddings N×d, classes 0..C-1).
 
@@ -206,16 +226,23 @@ def build_library(
     freq = np.bincount(cls_, minlength=n_classes).astype(np.float64)
     prior = freq / freq.sum()  # 0 for absent classes: they are left out of the posterior
     return KnnBayesLibrary(
-        embeddings=emb, classes=cls_, T=T, prior=prior, k_t=int(k_t), smoothing=float(smoothing),
-        n_classes=int(n_classes), name=name,
+        embeddings=emb,
+        classes=cls_,
+        T=T,
+        prior=prior,
+        k_t=int(k_t),
+        smoothing=float(smoothing),
+        n_classes=int(n_classes),
+        name=name,
     )
 
 
 QUALITY_BANDS = ("reference", "interval")
 
 
-def quality_reward(expected, high: float = 4.0, mid: float = 3.0, mid_reward: float = 0.3,
-                   band: str = "reference", tol: float = 1e-6):
+def quality_reward(
+    expected, high: float = 4.0, mid: float = 3.0, mid_reward: float = 0.3, band: str = "reference", tol: float = 1e-6
+):
     """Map the expected class E to the quality reward (scalar in, float out; array in, array out).
 
     ``band="reference"`` (the method's code, ``llm_mixup_bayes.py``): 1.0 if E >= 4,

@@ -137,7 +137,9 @@ def resolve_manifest_location(spec: str) -> Path:
 def load_manifest(spec: str) -> Manifest:
     path = resolve_manifest_location(spec)
     if not path.exists():
-        raise ManifestError(f"pool manifest not found: {path} (set LM_MIXUP_POOL_MANIFEST to a YAML file, or 'demo'/'paper')")
+        raise ManifestError(
+            f"pool manifest not found: {path} (set LM_MIXUP_POOL_MANIFEST to a YAML file, or 'demo'/'paper')"
+        )
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as exc:
@@ -157,8 +159,19 @@ def _parse_entry(name: str, entry: object, manifest_path: Path) -> SourceSpec:
     kinds = [k for k in ("builtin", "path", "hf") if entry.get(k)]
     if len(kinds) != 1:
         raise ManifestError(f"{where}: give exactly one of builtin/path/hf (got {kinds or 'none'})")
-    unknown = set(entry) - {"builtin", "path", "hf", "format", "split", "filter", "fields", "input_join", "limit",
-                            "description", "precomputed"}
+    unknown = set(entry) - {
+        "builtin",
+        "path",
+        "hf",
+        "format",
+        "split",
+        "filter",
+        "fields",
+        "input_join",
+        "limit",
+        "description",
+        "precomputed",
+    }
     if unknown:
         raise ManifestError(f"{where}: unknown keys {sorted(unknown)}")
     if entry.get("builtin") and entry["builtin"] not in BUILTIN_SOURCES:
@@ -205,7 +218,9 @@ def _parse_paths(raw: object, fmt: object, where: str, manifest_path: Path) -> t
             path_obj = manifest_path.parent / path_obj
         found = fmt or _format_from_suffix(path_obj)
         if found not in FILE_FORMATS:
-            raise ManifestError(f"{where}: cannot tell the format of {path_obj}; set `format:` to one of {sorted(FILE_FORMATS)}")
+            raise ManifestError(
+                f"{where}: cannot tell the format of {path_obj}; set `format:` to one of {sorted(FILE_FORMATS)}"
+            )
         paths.append(str(path_obj))
         formats.add(found)
     # Several formats in one list are fine: each file is read by its own extension.
@@ -245,15 +260,21 @@ def check_filter_expression(expression: str, where: str) -> None:
 
 def _parse_input_join(value: object, where: str) -> str:
     if not isinstance(value, str):
-        raise ManifestError(f"{where}: `input_join` is a separator string or a template with {{instruction}} and {{input}}")
+        raise ManifestError(
+            f"{where}: `input_join` is a separator string or a template with {{instruction}} and {{input}}"
+        )
     if "{" not in value and "}" not in value:
         return value
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
     except ValueError as exc:
-        raise ManifestError(f"{where}: `input_join` template {value!r} is malformed ({exc}); write a literal brace as {{{{ or }}}}") from None
+        raise ManifestError(
+            f"{where}: `input_join` template {value!r} is malformed ({exc}); write a literal brace as {{{{ or }}}}"
+        ) from None
     if names != {"instruction", "input"}:
-        raise ManifestError(f"{where}: `input_join` template must name exactly {{instruction}} and {{input}}, got {sorted(names)}")
+        raise ManifestError(
+            f"{where}: `input_join` template must name exactly {{instruction}} and {{input}}, got {sorted(names)}"
+        )
     return value
 
 
@@ -291,12 +312,17 @@ def _parse_precomputed(entry: object, where: str, manifest_path: Path) -> Precom
         if bad:
             raise ManifestError(f"{where}: unknown score names {bad}; known: {list(PRECOMPUTED_SCORE_NAMES)}")
         if ("overall" in columns) == ("overall_compressed" in columns):
-            raise ManifestError(f"{where}: `scores` needs exactly one of `overall` (1-10) or `overall_compressed` (0-5)")
+            raise ManifestError(
+                f"{where}: `scores` needs exactly one of `overall` (1-10) or `overall_compressed` (0-5)"
+            )
         for name, column in columns.items():
             if not isinstance(column, str) or not column.strip():
                 raise ManifestError(f"{where}: the column for {name!r} must be a non-empty string")
-        return PrecomputedSpec(judge_model=judge_model.strip(), rubric_version=rubric_version.strip(),
-                               columns={str(k): v for k, v in columns.items()})
+        return PrecomputedSpec(
+            judge_model=judge_model.strip(),
+            rubric_version=rubric_version.strip(),
+            columns={str(k): v for k, v in columns.items()},
+        )
     spec = entry["scores_file"]
     if not isinstance(spec, dict) or set(spec) != {"path", "holds"}:
         raise ManifestError(f"{where}: `scores_file` needs `path` and `holds` ({'/'.join(PRECOMPUTED_FILE_HOLDS)})")
@@ -306,9 +332,15 @@ def _parse_precomputed(entry: object, where: str, manifest_path: Path) -> Precom
     if not path.is_absolute():
         path = manifest_path.parent / path
     if path.suffix.lower() not in PRECOMPUTED_FILE_FORMATS:
-        raise ManifestError(f"{where}: `scores_file` must end in one of {sorted(PRECOMPUTED_FILE_FORMATS)}, got {path.name}")
-    return PrecomputedSpec(judge_model=judge_model.strip(), rubric_version=rubric_version.strip(),
-                           scores_file=str(path), file_holds=spec["holds"])
+        raise ManifestError(
+            f"{where}: `scores_file` must end in one of {sorted(PRECOMPUTED_FILE_FORMATS)}, got {path.name}"
+        )
+    return PrecomputedSpec(
+        judge_model=judge_model.strip(),
+        rubric_version=rubric_version.strip(),
+        scores_file=str(path),
+        file_holds=spec["holds"],
+    )
 
 
 def _format_from_suffix(path: Path) -> str | None:

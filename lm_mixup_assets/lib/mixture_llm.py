@@ -8,7 +8,7 @@ call lives in the asset.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -87,8 +87,11 @@ def render_degrade_prompt(task: str, target: str, n: int = 3) -> str:
     information, incomplete reasoning), separated by ``VARIANT_SEPARATOR`` lines."""
     _check_task(task)
     return LLM_DEGRADE_TEMPLATE.format(
-        task_name=TASK_NAMES[task], n=int(n), format_hint=FORMAT_SPECS[task].replace("\n", " / "),
-        separator=VARIANT_SEPARATOR, target=target.strip(),
+        task_name=TASK_NAMES[task],
+        n=int(n),
+        format_hint=FORMAT_SPECS[task].replace("\n", " / "),
+        separator=VARIANT_SEPARATOR,
+        target=target.strip(),
     )
 
 
@@ -111,8 +114,12 @@ def parse_degraded_variants(reply: str, target: str | None = None) -> list[str]:
 MAX_CLUSTER_VARIANTS = 20  # the method's upper bound on variants per example (docs/method.md)
 
 
-def draw_cluster_size(rng: "np.random.Generator | int | None", pool_size: int, min_variants: int = 2,
-                      max_variants: int = MAX_CLUSTER_VARIANTS) -> int:
+def draw_cluster_size(
+    rng: np.random.Generator | int | None,
+    pool_size: int,
+    min_variants: int = 2,
+    max_variants: int = MAX_CLUSTER_VARIANTS,
+) -> int:
     """How many of a target's ``pool_size`` variants one example uses: uniform over the
     integers ``min_variants .. min(max_variants, pool_size)``.
 
@@ -121,8 +128,9 @@ def draw_cluster_size(rng: "np.random.Generator | int | None", pool_size: int, m
     enough.  Returns 0 when the pool is smaller than ``min_variants`` (no example).
     """
     if not 2 <= min_variants <= max_variants <= MAX_CLUSTER_VARIANTS:
-        raise ValueError(f"need 2 <= min_variants <= max_variants <= {MAX_CLUSTER_VARIANTS}, "
-                         f"got {min_variants}, {max_variants}")
+        raise ValueError(
+            f"need 2 <= min_variants <= max_variants <= {MAX_CLUSTER_VARIANTS}, got {min_variants}, {max_variants}"
+        )
     if pool_size < min_variants:
         return 0
     return int(_as_rng(rng).integers(min_variants, min(max_variants, pool_size) + 1))
@@ -151,8 +159,13 @@ def render_cot_prompt(task: str, variants: Sequence[str], target: str) -> str:
     example's variants to its target (the ``cot`` column)."""
     _check_task(task)
     blocks = "\n\n".join(f"[{i}] {v.strip()}" for i, v in enumerate(variants, 1))
-    return LLM_COT_TEMPLATE.format(n=len(variants), task_name=TASK_NAMES[task], variants=blocks,
-                                   target=target.strip(), format_hint=FORMAT_SPECS[task].replace("\n", " / "))
+    return LLM_COT_TEMPLATE.format(
+        n=len(variants),
+        task_name=TASK_NAMES[task],
+        variants=blocks,
+        target=target.strip(),
+        format_hint=FORMAT_SPECS[task].replace("\n", " / "),
+    )
 
 
 _THINK_OPEN_RE = re.compile(r"^\s*<think>\s*", re.IGNORECASE)

@@ -7,7 +7,7 @@ Pure Python + numpy. Each operator is text -> text and deterministic given its
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -40,9 +40,13 @@ __all__ = [
 def _tidy(text: str) -> str:
     """Repair spacing/punctuation after words were removed."""
     t = re.sub(r"\(\s*[,;:]?\s*\)", "", text)
-    t = re.sub(r"\b(?:in|on|by|of|from|to|with|and|or|the|a|an|at|since|until|than|about|around|during|between|"
-               r"for|as|into|against|near|under|after|before|via|among|within|such as)\s*(?=[,.;:)])",
-               "", t, flags=re.IGNORECASE)
+    t = re.sub(
+        r"\b(?:in|on|by|of|from|to|with|and|or|the|a|an|at|since|until|than|about|around|during|between|"
+        r"for|as|into|against|near|under|after|before|via|among|within|such as)\s*(?=[,.;:)])",
+        "",
+        t,
+        flags=re.IGNORECASE,
+    )
     t = re.sub(r"\s+([,.;:!?)])", r"\1", t)
     t = re.sub(r"([,;:])(\s*[,;:.])+", lambda m: m.group(0)[-1], t)
     t = re.sub(r"(^|[.!?]\s+)[,;:]\s*", r"\1", t)
@@ -52,7 +56,7 @@ def _tidy(text: str) -> str:
     return t
 
 
-def drop_sentences(text: str, rng: "np.random.Generator | int | None" = None) -> str:
+def drop_sentences(text: str, rng: np.random.Generator | int | None = None) -> str:
     """Remove 1..n-1 sentences (order kept): information loss.  Needs two sentences."""
     rng = _as_rng(rng)
     sents = split_sentences(text)
@@ -63,8 +67,9 @@ def drop_sentences(text: str, rng: "np.random.Generator | int | None" = None) ->
     return " ".join(s for i, s in enumerate(sents) if i not in drop)
 
 
-def truncate(text: str, rng: "np.random.Generator | int | None" = None,
-             min_frac: float = 0.3, max_frac: float = 0.8) -> str:
+def truncate(
+    text: str, rng: np.random.Generator | int | None = None, min_frac: float = 0.3, max_frac: float = 0.8
+) -> str:
     """Cut the text at a word boundary between ``min_frac`` and ``max_frac`` of its length."""
     rng = _as_rng(rng)
     text = text.strip()
@@ -81,7 +86,7 @@ def truncate(text: str, rng: "np.random.Generator | int | None" = None,
 _RESTATE_PREFIXES = ("In other words, ", "That is, ", "Again, ", "To put it another way, ", "As noted, ")
 
 
-def redundant_restatement(text: str, rng: "np.random.Generator | int | None" = None) -> str:
+def redundant_restatement(text: str, rng: np.random.Generator | int | None = None) -> str:
     """Say one sentence twice: verbatim, with its clauses reordered, or behind a filler
     such as "In other words," - redundancy without new information."""
     rng = _as_rng(rng)
@@ -110,7 +115,7 @@ def redundant_restatement(text: str, rng: "np.random.Generator | int | None" = N
     return " ".join(sents[:at] + [restated] + sents[at:])
 
 
-def shuffle_fragments(text: str, rng: "np.random.Generator | int | None" = None) -> str:
+def shuffle_fragments(text: str, rng: np.random.Generator | int | None = None) -> str:
     """Put sentences (or, for a single sentence, its clauses / word groups) out of order."""
     rng = _as_rng(rng)
     units, sep = split_sentences(text), " "
@@ -121,7 +126,7 @@ def shuffle_fragments(text: str, rng: "np.random.Generator | int | None" = None)
         if len(words) < 4:
             return text
         size = max(2, len(words) // 4)
-        units = [" ".join(words[i:i + size]) for i in range(0, len(words), size)]
+        units = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
     if len(units) < 2 or len(set(units)) < 2:
         return text
     for _ in range(10):
@@ -134,8 +139,9 @@ def shuffle_fragments(text: str, rng: "np.random.Generator | int | None" = None)
     return out if out != text else text
 
 
-def split_fragment(text: str, rng: "np.random.Generator | int | None" = None,
-                   min_frac: float = 0.3, max_frac: float = 0.6) -> str:
+def split_fragment(
+    text: str, rng: np.random.Generator | int | None = None, min_frac: float = 0.3, max_frac: float = 0.6
+) -> str:
     """Keep only a fragment from the middle: a run of 30-60% of the words, not
     starting at the first word (a cut-out, where ``truncate`` keeps the head)."""
     rng = _as_rng(rng)
@@ -145,14 +151,36 @@ def split_fragment(text: str, rng: "np.random.Generator | int | None" = None,
     size = max(2, int(round(len(words) * rng.uniform(min_frac, max_frac))))
     size = min(size, len(words) - 1)
     start = int(rng.integers(1, len(words) - size + 1))
-    return " ".join(words[start:start + size])
+    return " ".join(words[start : start + size])
 
 
 _KEY_NEIGHBOURS = {
-    "a": "qwsz", "b": "vghn", "c": "xdfv", "d": "serfcx", "e": "wsdr", "f": "drtgvc", "g": "ftyhbv",
-    "h": "gyujnb", "i": "ujko", "j": "huikmn", "k": "jiolm", "l": "kop", "m": "njk", "n": "bhjm",
-    "o": "iklp", "p": "ol", "q": "wa", "r": "edft", "s": "awedxz", "t": "rfgy", "u": "yhji", "v": "cfgb",
-    "w": "qase", "x": "zsdc", "y": "tghu", "z": "asx",
+    "a": "qwsz",
+    "b": "vghn",
+    "c": "xdfv",
+    "d": "serfcx",
+    "e": "wsdr",
+    "f": "drtgvc",
+    "g": "ftyhbv",
+    "h": "gyujnb",
+    "i": "ujko",
+    "j": "huikmn",
+    "k": "jiolm",
+    "l": "kop",
+    "m": "njk",
+    "n": "bhjm",
+    "o": "iklp",
+    "p": "ol",
+    "q": "wa",
+    "r": "edft",
+    "s": "awedxz",
+    "t": "rfgy",
+    "u": "yhji",
+    "v": "cfgb",
+    "w": "qase",
+    "x": "zsdc",
+    "y": "tghu",
+    "z": "asx",
 }
 
 
@@ -160,17 +188,17 @@ def _typo(word: str, rng: np.random.Generator) -> str:
     i = int(rng.integers(1, len(word) - 1))  # keep the first letter: typos rarely hit it
     op = int(rng.integers(4))
     if op == 0 and word[i] != word[i + 1]:
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]  # swap
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]  # swap
     if op == 1:
         return word[:i] + word[i] + word[i:]  # doubled letter
     if op == 2 and word[i].lower() in _KEY_NEIGHBOURS:
         nb = _KEY_NEIGHBOURS[word[i].lower()]
         c = nb[int(rng.integers(len(nb)))]
-        return word[:i] + (c.upper() if word[i].isupper() else c) + word[i + 1:]  # neighbouring key
-    return word[:i] + word[i + 1:]  # dropped letter
+        return word[:i] + (c.upper() if word[i].isupper() else c) + word[i + 1 :]  # neighbouring key
+    return word[:i] + word[i + 1 :]  # dropped letter
 
 
-def typos(text: str, rng: "np.random.Generator | int | None" = None, rate: float = 0.05) -> str:
+def typos(text: str, rng: np.random.Generator | int | None = None, rate: float = 0.05) -> str:
     """Character-level noise in about ``rate`` of the words of 4+ letters (at least one):
     swapped, doubled, dropped or neighbouring-key letters."""
     rng = _as_rng(rng)
@@ -189,12 +217,13 @@ _CLAUSE_RE = re.compile(
     r",\s+(?:which|who|whom|whose|where|when|while|although|including|such as|known as|especially|"
     r"particularly|i\.e\.|e\.g\.)\b[^,.;]*(?=[,.;])"
 )
-_ATTACH_RE = re.compile(r"\s+(?:in|at|on|of|by|from|to|with|into|near|under|against|the|and|or)\s+(?:the\s+)?$",
-                        re.IGNORECASE)
+_ATTACH_RE = re.compile(
+    r"\s+(?:in|at|on|of|by|from|to|with|into|near|under|against|the|and|or)\s+(?:the\s+)?$", re.IGNORECASE
+)
 _PREP_BEFORE_NUMBER = r"(?:(?:in|on|by|since|from|until|to|of|around|about|during|circa|c\.)\s+)?"
 
 
-def drop_facts(text: str, rng: "np.random.Generator | int | None" = None, frac: float = 0.5) -> str:
+def drop_facts(text: str, rng: np.random.Generator | int | None = None, frac: float = 0.5) -> str:
     """Remove specifics: numbers and years (with their preposition), names, parenthetical
     remarks and subordinate clauses; each candidate goes with probability ``frac``
     (at least one).  The text is then tidied so it still reads as prose."""
@@ -219,7 +248,7 @@ def drop_facts(text: str, rng: "np.random.Generator | int | None" = None, frac: 
         for tok in salient_tokens(sent):
             if tok.kind != "proper":
                 continue
-            m = _ATTACH_RE.search(sent[:tok.start])
+            m = _ATTACH_RE.search(sent[: tok.start])
             if m:
                 spans.append((pos + m.start(), pos + tok.end, ""))
     if not spans:
@@ -246,8 +275,9 @@ def drop_facts(text: str, rng: "np.random.Generator | int | None" = None, frac: 
     return result if result and result != text else text
 
 
-def cross_topic_merge(text: str, other_text: str, rng: "np.random.Generator | int | None" = None,
-                      max_sentences: int = 2) -> str:
+def cross_topic_merge(
+    text: str, other_text: str, rng: np.random.Generator | int | None = None, max_sentences: int = 2
+) -> str:
     """Splice 1-``max_sentences`` sentences of ``other_text`` (a semantically similar sample of
     another topic, chosen by the caller through embeddings) into ``text`` at random places."""
     rng = _as_rng(rng)
@@ -293,8 +323,11 @@ def _split_body(task: str, text: str) -> tuple[str, str, str]:
         m = m or re.match(r"(\s*Q:[ \t]*)(.*?)(\n\s*A\).*)$", text, re.DOTALL)
         if m:
             return m.group(1), m.group(2), m.group(3)
-    if task == "tfq" and (m := re.match(r"(\s*Q:[ \t]*(?:True or false[^:\n]*:[ \t]*)?)(.*?)(\n\s*Answer\s*:.*)$",
-                                        text, re.DOTALL | re.IGNORECASE)):
+    if task == "tfq" and (
+        m := re.match(
+            r"(\s*Q:[ \t]*(?:True or false[^:\n]*:[ \t]*)?)(.*?)(\n\s*Answer\s*:.*)$", text, re.DOTALL | re.IGNORECASE
+        )
+    ):
         return m.group(1), m.group(2), m.group(3)
     return "", text, ""
 
@@ -322,8 +355,13 @@ _STRUCTURAL_OPS: dict[str, dict[str, Callable[[str, np.random.Generator], str]]]
 
 
 def make_variants(
-    target: str, task: str, rng: "np.random.Generator | int | None" = None, n: int = 4,
-    others: Sequence[str] = (), max_ops: int = 3, max_attempts: int | None = None,
+    target: str,
+    task: str,
+    rng: np.random.Generator | int | None = None,
+    n: int = 4,
+    others: Sequence[str] = (),
+    max_ops: int = 3,
+    max_attempts: int | None = None,
     operators: Sequence[str] | None = None,
 ) -> list[tuple[str, str]]:
     """``n`` distinct low-quality variants of ``target``: ``[(variant text, "op1+op2")]``.

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -72,7 +72,7 @@ FORMAT_SPECS = {
 _TASK_GUIDANCE = {
     "qa": "The question must be answerable from the facts, and the answer must state them fully and precisely.",
     "mcq": "Give exactly four options, one of them correct and three plausible but wrong ones of the same kind, "
-           "and name the correct letter.",
+    "and name the correct letter.",
     "tfq": "The statement must be clearly true or clearly false given the facts, and the answer must say which.",
     "cs": "The category names the topic in a few words; the statement is one clear, self-contained fact about it.",
     "paragraph": "Write coherent, well-ordered prose that covers every essential fact once.",
@@ -102,7 +102,7 @@ def distill_user_turn(task: str, variants: Sequence[str]) -> str:
     return DISTILL_INSTRUCTIONS[task] + "\n\n" + "\n\n".join(v.strip() for v in variants)
 
 
-def _as_rng(rng: "np.random.Generator | int | None") -> np.random.Generator:
+def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(rng)
@@ -314,11 +314,11 @@ def split_sentences(text: str) -> list[str]:
     out, start = [], 0
     for m in _BOUNDARY_RE.finditer(text):
         if text[m.start()] == ".":
-            before = text[start:m.start()]
+            before = text[start : m.start()]
             tok = before.rsplit(" ", 1)[-1].lstrip("\"'(\u201c[").lower()
             if tok in _ABBREVIATIONS or len(tok) == 1 or re.fullmatch(r"(?:[a-z]\.)+[a-z]", tok):
                 continue
-        out.append(text[start:m.end()].strip())
+        out.append(text[start : m.end()].strip())
         start = m.end()
     tail = text[start:].strip()
     if tail:
@@ -326,8 +326,20 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-           "October", "November", "December")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 _UP = "A-Z\u00c0-\u00d6\u00d8-\u00de"
 _CAPWORD = rf"[{_UP}][\w'\u2019\-]*\w|[{_UP}]"
 _CONNECTOR = r"(?:of|de|del|della|di|da|du|des|von|van|der|den|la|le|y|al|bin|ibn|upon|on)"
@@ -474,7 +486,9 @@ _SYMMETRIC_GAP_RE = re.compile(
 
 
 def falsify_sentence(
-    sentence: str, rng: "np.random.Generator | int | None" = None, entity_pool: Sequence[str] = (),
+    sentence: str,
+    rng: np.random.Generator | int | None = None,
+    entity_pool: Sequence[str] = (),
 ) -> tuple[str, str] | None:
     """A false copy of a (true) sentence and the method used, or None.
 
@@ -493,29 +507,30 @@ def falsify_sentence(
     def by_number() -> str | None:
         t = numeric[int(rng.integers(len(numeric)))]
         wrong = _synthetic_numbers(t.text, t.kind, rng, 1)
-        return sentence[:t.start] + wrong[0] + sentence[t.end:] if wrong else None
+        return sentence[: t.start] + wrong[0] + sentence[t.end :] if wrong else None
 
     def by_negation() -> str | None:
         m = _NEGATION_RE.search(sentence)
         if m:  # remove an existing negation: "was not" -> "was", "cannot" -> "can"
             repl = "can" if m.group(0) == "cannot" else m.group(1)
-            return sentence[:m.start()] + repl + sentence[m.end():]
+            return sentence[: m.start()] + repl + sentence[m.end() :]
         m = _AUX_RE.search(sentence) or _PERFECT_RE.search(sentence)
         if not m:
             return None
-        return sentence[:m.end()] + " not" + sentence[m.end():]
+        return sentence[: m.end()] + " not" + sentence[m.end() :]
 
     def by_swap() -> str | None:
         # neighbouring names only: in "New York, Chicago, and Los Angeles" any swap is harmless,
         # and a list is recognised by the gap between neighbours
         pairs = [
-            (a, b) for a, b in zip(names, names[1:])
-            if not _overlaps(a.text, b.text) and not _SYMMETRIC_GAP_RE.fullmatch(sentence[a.end:b.start])
+            (a, b)
+            for a, b in zip(names, names[1:])
+            if not _overlaps(a.text, b.text) and not _SYMMETRIC_GAP_RE.fullmatch(sentence[a.end : b.start])
         ]
         if not pairs:
             return None
         a, b = pairs[int(rng.integers(len(pairs)))]
-        return sentence[:a.start] + b.text + sentence[a.end:b.start] + a.text + sentence[b.end:]
+        return sentence[: a.start] + b.text + sentence[a.end : b.start] + a.text + sentence[b.end :]
 
     def by_replace() -> str | None:
         t = names[int(rng.integers(len(names)))]
@@ -524,7 +539,7 @@ def falsify_sentence(
             return None
         same_len = [e for e in cands if abs(len(e.split()) - len(t.text.split())) <= 1] or cands
         other = same_len[int(rng.integers(len(same_len)))]
-        return sentence[:t.start] + other + sentence[t.end:]
+        return sentence[: t.start] + other + sentence[t.end :]
 
     named = []
     if numeric:
@@ -598,14 +613,19 @@ def _write_qa(title: str, section: str, sents: list[str], rng: np.random.Generat
     if intro and _DEFINITIONAL_RE.search(first[:160]) and title.split()[0].lower() in first.lower():
         question = f"What is {title}?"
     elif intro:
-        templates = ["What are some key facts about {t}?", "Could you give some background on {t}?",
-                     "What should one know about {t}?"]
+        templates = [
+            "What are some key facts about {t}?",
+            "Could you give some background on {t}?",
+            "What should one know about {t}?",
+        ]
         question = templates[int(rng.integers(len(templates)))].format(t=title)
     else:
         sec = _section_phrase(section, title, " ".join(sents))
-        templates = ["What does the article on {t} say about {s}?",
-                     "Regarding {t}, what can you tell me about {s}?",
-                     "In the context of {t}, what is known about {s}?"]
+        templates = [
+            "What does the article on {t} say about {s}?",
+            "Regarding {t}, what can you tell me about {s}?",
+            "In the context of {t}, what is known about {s}?",
+        ]
         question = templates[int(rng.integers(len(templates)))].format(t=title, s=sec)
     k = min(len(sents), int(rng.integers(2, 4)))
     answer = " ".join(sents[:k])
@@ -627,7 +647,8 @@ def _write_mcq(title: str, sents: list[str], context: str, rng: np.random.Genera
         si, tok = candidates[int(ci)]
         sent = sents[si]
         distractors = [
-            d for d in pool.get(tok.kind, [])
+            d
+            for d in pool.get(tok.kind, [])
             if not _overlaps(d, tok.text) and d.lower() not in sent.lower() and not _overlaps(d, title)
         ]
         if tok.kind == "proper":
@@ -639,8 +660,11 @@ def _write_mcq(title: str, sents: list[str], context: str, rng: np.random.Genera
         else:
             real = [distractors[int(i)] for i in rng.permutation(len(distractors))] if distractors else []
             # a real value of the same kind first (harder), synthetic ones to fill up
-            picked = real[:1] + [s for s in _synthetic_numbers(tok.text, tok.kind, rng, 6)
-                                 if s not in real[:1] and s.lower() not in sent.lower()]
+            picked = real[:1] + [
+                s
+                for s in _synthetic_numbers(tok.text, tok.kind, rng, 6)
+                if s not in real[:1] and s.lower() not in sent.lower()
+            ]
             picked = picked[:3]
             if len(picked) < 3:
                 continue
@@ -653,15 +677,16 @@ def _write_mcq(title: str, sents: list[str], context: str, rng: np.random.Genera
         cloze = re.sub(rf"(?<![\w\-]){re.escape(tok.text)}(?![\w\-])", "____", sent)
         if "____" not in cloze:
             continue
-        lines = [f"Q: In the article on {title}, which option fills the blank? \"{cloze}\""]
+        lines = [f'Q: In the article on {title}, which option fills the blank? "{cloze}"']
         lines += [f"{letter}) {opt}" for letter, opt in zip("ABCD", options)]
         lines.append(f"Answer: {answer}")
         return "\n".join(lines)
     return None
 
 
-def _write_tfq(title: str, sents: list[str], context: str, rng: np.random.Generator,
-               truth: bool | None = None) -> str | None:
+def _write_tfq(
+    title: str, sents: list[str], context: str, rng: np.random.Generator, truth: bool | None = None
+) -> str | None:
     usable = [s for s in sents if 50 <= len(s) <= 320 and s[-1:] in ".!?\"'\u201d)"]
     if not usable:
         return None
@@ -697,7 +722,11 @@ def _write_paragraph(sents: list[str], max_chars: int = 1200) -> str | None:
 
 
 def write_extractive_target(
-    task: str, paragraph: dict, rng: "np.random.Generator | int | None" = None, *, truth: bool | None = None,
+    task: str,
+    paragraph: dict,
+    rng: np.random.Generator | int | None = None,
+    *,
+    truth: bool | None = None,
 ) -> str | None:
     """A well-formed ``task`` sample built only from ``paragraph``'s own sentences, or None.
 

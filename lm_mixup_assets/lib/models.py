@@ -65,9 +65,18 @@ def embed_texts(name: str, texts: list[str], batch_size: int = 64, device: str =
     """L2-normalised float32 embeddings, shape (len(texts), dim)."""
     model = load_sentence_transformer(name, device)
     if not texts:
-        return np.zeros((0, model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()), dtype=np.float32)
-    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                           show_progress_bar=False)
+        return np.zeros(
+            (
+                0,
+                model.get_embedding_dimension()
+                if hasattr(model, "get_embedding_dimension")
+                else model.get_sentence_embedding_dimension(),
+            ),
+            dtype=np.float32,
+        )
+    vectors = model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     return np.asarray(vectors, dtype=np.float32)
 
 

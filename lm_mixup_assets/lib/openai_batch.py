@@ -35,9 +35,10 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import openai
 import pandas as pd
@@ -116,10 +117,15 @@ class BatchReport:
     garbage_lines: int = 0  # output lines that were not a readable batch record
 
     def stats(self) -> dict[str, int]:
-        return {"batches_created": len(self.created), "batches_resumed": len(self.resumed),
-                "batches_unfinished": len(self.ended_unfinished), "batch_polls": self.polls,
-                "batch_requests": self.requests, "batch_errored_lines": self.errored_lines,
-                "batch_garbage_lines": self.garbage_lines}
+        return {
+            "batches_created": len(self.created),
+            "batches_resumed": len(self.resumed),
+            "batches_unfinished": len(self.ended_unfinished),
+            "batch_polls": self.polls,
+            "batch_requests": self.requests,
+            "batch_errored_lines": self.errored_lines,
+            "batch_garbage_lines": self.garbage_lines,
+        }
 
 
 # --------------------------------------------------------------------------- the file format
@@ -131,8 +137,9 @@ def render_request_line(custom_id: str, body: dict) -> bytes:
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def split_lines(lines: list[tuple[str, bytes]], max_requests: int = MAX_BATCH_REQUESTS,
-                max_bytes: int = MAX_BATCH_BYTES) -> list[list[tuple[str, bytes]]]:
+def split_lines(
+    lines: list[tuple[str, bytes]], max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES
+) -> list[list[tuple[str, bytes]]]:
     """``(custom_id, line)`` pairs cut, in order, into files of at most ``max_requests`` lines and
     ``max_bytes`` bytes (a single longer line gets a file of its own; the API then rejects it)."""
     if max_requests < 1 or max_bytes < 1:
@@ -207,7 +214,6 @@ def serialized(connect: Connect) -> Connect:
     return locked
 
 
-
 class BatchStore:
     """Batches in the warehouse: ``<prefix>_batches`` (one row per batch) and ``<prefix>_batch_requests``
     (its custom_ids), so a later run resumes a batch instead of paying for it twice."""
@@ -240,8 +246,20 @@ class BatchStore:
             con.execute(
                 f"insert or replace into {self.batches} (batch_id, request_set, model, label, input_file_id, status, "
                 "request_count, completed, failed, created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [batch.id, request_set, model, label, batch.input_file_id, batch.status, len(custom_ids),
-                 getattr(counts, "completed", 0) or 0, getattr(counts, "failed", 0) or 0, created, now])
+                [
+                    batch.id,
+                    request_set,
+                    model,
+                    label,
+                    batch.input_file_id,
+                    batch.status,
+                    len(custom_ids),
+                    getattr(counts, "completed", 0) or 0,
+                    getattr(counts, "failed", 0) or 0,
+                    created,
+                    now,
+                ],
+            )
             con.register("_members", pd.DataFrame({"batch_id": batch.id, "custom_id": custom_ids}))
             con.execute(f"insert into {self.requests} select batch_id, custom_id from _members")
             con.unregister("_members")
@@ -254,21 +272,34 @@ class BatchStore:
             con.execute(
                 f"update {self.batches} set status = ?, completed = ?, failed = ?, output_file_id = ?, "
                 "error_file_id = ?, errors = coalesce(?, errors), updated_at = ? where batch_id = ?",
-                [batch.status, getattr(counts, "completed", None), getattr(counts, "failed", None),
-                 getattr(batch, "output_file_id", None), getattr(batch, "error_file_id", None), errors, _now(),
-                 batch.id])
+                [
+                    batch.status,
+                    getattr(counts, "completed", None),
+                    getattr(counts, "failed", None),
+                    getattr(batch, "output_file_id", None),
+                    getattr(batch, "error_file_id", None),
+                    errors,
+                    _now(),
+                    batch.id,
+                ],
+            )
 
     def update_status(self, batch_id: str, status: str, errors: str | None = None) -> None:
         with self.connect() as con:
             self._ensure(con)
-            con.execute(f"update {self.batches} set status = ?, errors = coalesce(?, errors), updated_at = ? "
-                        "where batch_id = ?", [status, errors, _now(), batch_id])
+            con.execute(
+                f"update {self.batches} set status = ?, errors = coalesce(?, errors), updated_at = ? "
+                "where batch_id = ?",
+                [status, errors, _now(), batch_id],
+            )
 
     def mark_collected(self, batch_id: str) -> None:
         with self.connect() as con:
             self._ensure(con)
-            con.execute(f"update {self.batches} set collected_at = ?, updated_at = ? where batch_id = ?",
-                        [_now(), _now(), batch_id])
+            con.execute(
+                f"update {self.batches} set collected_at = ?, updated_at = ? where batch_id = ?",
+                [_now(), _now(), batch_id],
+            )
 
     def open_batches_for(self, custom_ids: list[str]) -> dict[str, list[str]]:
         """{batch id: its custom_ids among ``custom_ids``} of the batches not collected yet, oldest first."""
@@ -280,7 +311,8 @@ class BatchStore:
             df = con.execute(
                 f"select r.batch_id, r.custom_id from {self.requests} r join _wanted w using (custom_id) "
                 f"join {self.batches} b using (batch_id) where b.collected_at is null "
-                "order by b.created_at, b.batch_id").df()
+                "order by b.created_at, b.batch_id"
+            ).df()
             con.unregister("_wanted")
         out: dict[str, list[str]] = {}
         for batch_id, custom_id in zip(df["batch_id"], df["custom_id"]):
@@ -321,11 +353,24 @@ class BatchRunner:
             answers twice.
     """
 
-    def __init__(self, base_url: str, api_key: str, store: BatchStore, *, model: str, label: str = "",
-                 poll_interval_s: float = 60.0, max_wait_s: float = 26 * 3600.0,
-                 max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES,
-                 timeout_s: float = 60.0, max_retries: int = 5, progress: Callable[[str], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, defer_collected: bool = False) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        store: BatchStore,
+        *,
+        model: str,
+        label: str = "",
+        poll_interval_s: float = 60.0,
+        max_wait_s: float = 26 * 3600.0,
+        max_requests: int = MAX_BATCH_REQUESTS,
+        max_bytes: int = MAX_BATCH_BYTES,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        progress: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        defer_collected: bool = False,
+    ) -> None:
         if poll_interval_s < 0 or max_wait_s < 0:
             raise ValueError("poll_interval_s and max_wait_s must be >= 0")
         if not 1 <= max_requests <= MAX_BATCH_REQUESTS or not 1 <= max_bytes <= MAX_BATCH_BYTES:
@@ -382,8 +427,9 @@ class BatchRunner:
                 report.errored_lines += line.error is not None
                 on_line(line)
 
-        with openai.OpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=self.max_retries,
-                           timeout=self.timeout_s) as client:
+        with openai.OpenAI(
+            base_url=self.base_url, api_key=self._api_key, max_retries=self.max_retries, timeout=self.timeout_s
+        ) as client:
             members: dict[str, list[str]] = {}  # open batch id -> its custom_ids this run wants
             covered: set[str] = set()
             for batch_id, cids in self.store.open_batches_for(ids).items():
@@ -404,19 +450,26 @@ class BatchRunner:
             self._poll(client, members, deliver, report)
         return report
 
-    def _create(self, client: Any, chunk: list[tuple[str, bytes]], n: int, of: int,
-                deliver: Callable[[BatchLine], None]) -> str | None:
+    def _create(
+        self, client: Any, chunk: list[tuple[str, bytes]], n: int, of: int, deliver: Callable[[BatchLine], None]
+    ) -> str | None:
         """Upload one file and create its batch, recorded before anything else; None if the API refused it
         (its requests are then errors of this run)."""
         cids = [cid for cid, _ in chunk]
         request_set = request_set_hash(cids, self.model, self.label)
         data = b"".join(line for _, line in chunk)
         try:
-            upload = client.files.create(file=(f"lm-mixup-{request_set[:16]}.jsonl", io.BytesIO(data)),
-                                         purpose="batch", timeout=max(self.timeout_s, _UPLOAD_TIMEOUT_S))
-            batch = client.batches.create(input_file_id=upload.id, endpoint=ENDPOINT,
-                                          completion_window=COMPLETION_WINDOW,
-                                          metadata={"lm_mixup_request_set": request_set[:64]})
+            upload = client.files.create(
+                file=(f"lm-mixup-{request_set[:16]}.jsonl", io.BytesIO(data)),
+                purpose="batch",
+                timeout=max(self.timeout_s, _UPLOAD_TIMEOUT_S),
+            )
+            batch = client.batches.create(
+                input_file_id=upload.id,
+                endpoint=ENDPOINT,
+                completion_window=COMPLETION_WINDOW,
+                metadata={"lm_mixup_request_set": request_set[:64]},
+            )
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
                 raise BatchError(self.redact(_describe(exc, self.base_url))) from None
@@ -429,12 +482,14 @@ class BatchRunner:
             raise BatchError(self.redact(f"could not create batch {n}/{of} at {self.base_url}: {exc}")) from None
         # Recorded before the first poll: from here on a killed run finds this batch again.
         self.store.record(batch, request_set, cids, self.model, self.label)
-        self._say(f"created batch {batch.id} ({n}/{of}): {len(cids)} requests, {len(data)} bytes, "
-                  f"input file {upload.id}")
+        self._say(
+            f"created batch {batch.id} ({n}/{of}): {len(cids)} requests, {len(data)} bytes, input file {upload.id}"
+        )
         return batch.id
 
-    def _poll(self, client: Any, members: dict[str, list[str]], deliver: Callable[[BatchLine], None],
-              report: BatchReport) -> None:
+    def _poll(
+        self, client: Any, members: dict[str, list[str]], deliver: Callable[[BatchLine], None], report: BatchReport
+    ) -> None:
         started = time.monotonic()
         pending = dict(members)
         while pending:
@@ -460,8 +515,10 @@ class BatchRunner:
                 report.polls += 1
                 counts = batch.request_counts
                 done, failed, total = (getattr(counts, k, 0) or 0 for k in ("completed", "failed", "total"))
-                self._say(f"batch {batch_id}: {batch.status}, {done}/{total or len(pending[batch_id])} done, "
-                          f"{failed} failed ({len(pending)} batch(es) open, {time.monotonic() - started:.0f}s)")
+                self._say(
+                    f"batch {batch_id}: {batch.status}, {done}/{total or len(pending[batch_id])} done, "
+                    f"{failed} failed ({len(pending)} batch(es) open, {time.monotonic() - started:.0f}s)"
+                )
                 if batch.status in OPEN_STATUSES:
                     self.store.update(batch)
                     continue
@@ -473,11 +530,14 @@ class BatchRunner:
                 raise BatchPending(
                     f"{len(ids)} batch(es) still running after {self.max_wait_s:g}s (max_wait_s): {', '.join(ids)}. "
                     f"They are recorded in {self.store.batches}; run again to resume polling them (nothing is "
-                    "sent twice)", ids)
+                    "sent twice)",
+                    ids,
+                )
             self._sleep(self.poll_interval_s)
 
-    def _collect(self, client: Any, batch: Any, cids: list[str], deliver: Callable[[BatchLine], None],
-                 report: BatchReport) -> None:
+    def _collect(
+        self, client: Any, batch: Any, cids: list[str], deliver: Callable[[BatchLine], None], report: BatchReport
+    ) -> None:
         """Deliver a finished batch's lines; its requests without a line are errors. Marked collected last
         (or by :meth:`confirm_collected`), so a run killed while collecting collects again."""
         errors = self.redact(_batch_errors(batch))  # error texts may echo the key, as 401s do
@@ -494,7 +554,9 @@ class BatchRunner:
                 text = client.files.content(file_id).text
             except openai.APIError as exc:  # left uncollected: the next run downloads it again
                 detail = _describe(exc, self.base_url) if isinstance(exc, openai.APIStatusError) else str(exc)
-                raise BatchError(self.redact(f"could not download file {file_id} of batch {batch.id}: {detail}")) from None
+                raise BatchError(
+                    self.redact(f"could not download file {file_id} of batch {batch.id}: {detail}")
+                ) from None
             for raw in text.splitlines():
                 if not raw.strip():
                     continue
@@ -511,8 +573,10 @@ class BatchRunner:
         missing = [cid for cid in cids if cid not in seen]
         if unfinished:
             report.ended_unfinished[batch.id] = why
-            self._say(f"{why}; {len(cids) - answered} of its {len(cids)} requests have no answer: they are api_error, "
-                      "a later run sends them in a new batch")
+            self._say(
+                f"{why}; {len(cids) - answered} of its {len(cids)} requests have no answer: they are api_error, "
+                "a later run sends them in a new batch"
+            )
         reason = why if unfinished else f"no line for this request in the output of batch {batch.id}"
         self._fail_rows(missing, reason, batch.id, deliver)
         self._collected(batch.id)

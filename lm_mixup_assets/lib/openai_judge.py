@@ -21,7 +21,8 @@ online judge would have re-asked it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lm_mixup_assets.lib.chat_transport import STAT_KEYS, AnswerRejected, ChatClient
 from lm_mixup_assets.lib.openai_batch import (
@@ -69,8 +70,16 @@ class OpenAIJudgeClient(ChatClient):
         temperature, max_tokens: sent with each request.
     """
 
-    def __init__(self, base_url: str, api_key: str, model: str, *, temperature: float = 0.0, max_tokens: int = 128,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        model: str,
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 128,
+        **options: Any,
+    ) -> None:
         super().__init__(base_url, api_key, model, **options)
         self.fields = {"temperature": temperature, "max_tokens": max_tokens}
 
@@ -90,9 +99,16 @@ class OpenAIJudgeClient(ChatClient):
 
     async def _rate_one(self, session: Any, prompt: str | JudgeRequest) -> JudgeOutcome:
         r = await self.transport.ask(session, _messages(prompt), self.fields, _accept_scores, self.max_parse_retries)
-        return JudgeOutcome(status=r.status, scores=r.value if r.status == "ok" else None, raw_answer=r.content,
-                            error=r.error, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                            attempts=r.attempts, latency_s=r.latency_s)
+        return JudgeOutcome(
+            status=r.status,
+            scores=r.value if r.status == "ok" else None,
+            raw_answer=r.content,
+            error=r.error,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            attempts=r.attempts,
+            latency_s=r.latency_s,
+        )
 
 
 class OpenAIBatchJudgeClient(OpenAIJudgeClient):
@@ -108,17 +124,44 @@ class OpenAIBatchJudgeClient(OpenAIJudgeClient):
         did not parse; ``timeout_s`` and ``max_retries`` also bound each Batch API management call).
     """
 
-    def __init__(self, base_url: str, api_key: str, model: str, *, store: BatchStore, label: str = "",
-                 poll_interval_s: float = 60.0, max_wait_s: float = 26 * 3600.0, max_requests_per_batch: int | None = None,
-                 max_bytes_per_batch: int | None = None, progress: Callable[[str], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, defer_collected: bool = False, **options: Any) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        model: str,
+        *,
+        store: BatchStore,
+        label: str = "",
+        poll_interval_s: float = 60.0,
+        max_wait_s: float = 26 * 3600.0,
+        max_requests_per_batch: int | None = None,
+        max_bytes_per_batch: int | None = None,
+        progress: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        defer_collected: bool = False,
+        **options: Any,
+    ) -> None:
         super().__init__(base_url, api_key, model, **options)
-        limits = {k: v for k, v in (("max_requests", max_requests_per_batch), ("max_bytes", max_bytes_per_batch))
-                  if v is not None}
-        self.runner = BatchRunner(base_url, api_key, store, model=model, label=label, poll_interval_s=poll_interval_s,
-                                  max_wait_s=max_wait_s, timeout_s=self.transport.timeout_s,
-                                  max_retries=self.transport.max_retries, progress=progress, sleep=sleep,
-                                  defer_collected=defer_collected, **limits)
+        limits = {
+            k: v
+            for k, v in (("max_requests", max_requests_per_batch), ("max_bytes", max_bytes_per_batch))
+            if v is not None
+        }
+        self.runner = BatchRunner(
+            base_url,
+            api_key,
+            store,
+            model=model,
+            label=label,
+            poll_interval_s=poll_interval_s,
+            max_wait_s=max_wait_s,
+            timeout_s=self.transport.timeout_s,
+            max_retries=self.transport.max_retries,
+            progress=progress,
+            sleep=sleep,
+            defer_collected=defer_collected,
+            **limits,
+        )
         self._batch_parse_errors = 0
 
     @property
@@ -135,13 +178,20 @@ class OpenAIBatchJudgeClient(OpenAIJudgeClient):
         """The online re-asks' transport counters plus the batches' (``requests_sent`` counts both)."""
         online = self.transport.stats
         batch = self.report.stats()
-        return {**online, **batch, "batch_parse_errors": self._batch_parse_errors,
-                "requests_sent": online["requests_sent"] + batch["batch_requests"],
-                # The first online ask after an unparsable batch answer is a re-ask too.
-                "parse_retries": online["parse_retries"] + (self._batch_parse_errors if self.max_parse_retries else 0)}
+        return {
+            **online,
+            **batch,
+            "batch_parse_errors": self._batch_parse_errors,
+            "requests_sent": online["requests_sent"] + batch["batch_requests"],
+            # The first online ask after an unparsable batch answer is a re-ask too.
+            "parse_retries": online["parse_retries"] + (self._batch_parse_errors if self.max_parse_retries else 0),
+        }
 
-    def rate_all(self, items: list[tuple[str, str | JudgeRequest]],  # type: ignore[override]
-                 on_result: OnResult | None = None) -> list[JudgeOutcome]:
+    def rate_all(
+        self,
+        items: list[tuple[str, str | JudgeRequest]],  # type: ignore[override]
+        on_result: OnResult | None = None,
+    ) -> list[JudgeOutcome]:
         """Judge ``(custom_id, prompt)`` pairs (custom_id: the row's cache key, unique); one outcome each, in order.
 
         ``on_result(index, outcome)`` is called once per row as soon as it is final: when its batch is
@@ -163,8 +213,12 @@ class OpenAIBatchJudgeClient(OpenAIJudgeClient):
 
         def on_line(line: BatchLine) -> None:
             i = index[line.custom_id]
-            common = {"prompt_tokens": line.prompt_tokens, "completion_tokens": line.completion_tokens,
-                      "attempts": 1, "latency_s": time.perf_counter() - started}
+            common = {
+                "prompt_tokens": line.prompt_tokens,
+                "completion_tokens": line.completion_tokens,
+                "attempts": 1,
+                "latency_s": time.perf_counter() - started,
+            }
             if line.error is not None:
                 final(i, JudgeOutcome(status="api_error", error=self._redact(line.error), **common))
                 return
@@ -175,8 +229,12 @@ class OpenAIBatchJudgeClient(OpenAIJudgeClient):
                 if self.max_parse_retries:
                     reask.append((i, line))
                 else:
-                    final(i, JudgeOutcome(status="parse_error", raw_answer=line.content, error=self._redact(str(exc)),
-                                          **common))
+                    final(
+                        i,
+                        JudgeOutcome(
+                            status="parse_error", raw_answer=line.content, error=self._redact(str(exc)), **common
+                        ),
+                    )
                 return
             final(i, JudgeOutcome(status="ok", scores=scores, raw_answer=line.content, **common))
 
@@ -193,18 +251,25 @@ class OpenAIBatchJudgeClient(OpenAIJudgeClient):
                 final(i, JudgeOutcome(status="api_error", error="no answer from the Batch API", attempts=1))
         return outcomes  # type: ignore[return-value]
 
-    def _reask_online(self, items: list, reask: list[tuple[int, BatchLine]],
-                      final: Callable[[int, JudgeOutcome], None]) -> None:
+    def _reask_online(
+        self, items: list, reask: list[tuple[int, BatchLine]], final: Callable[[int, JudgeOutcome], None]
+    ) -> None:
         """Ask the rows whose batch answer did not parse again, online: ``max_parse_retries`` asks in all."""
 
         async def handle(session: Any, job: tuple[int, BatchLine]) -> JudgeOutcome:
             i, line = job
-            r = await self.transport.ask(session, _messages(items[i][1]), self.fields, _accept_scores,
-                                         self.max_parse_retries - 1)
-            return JudgeOutcome(status=r.status, scores=r.value if r.status == "ok" else None,
-                                raw_answer=r.content if r.content is not None else line.content, error=r.error,
-                                prompt_tokens=line.prompt_tokens + r.prompt_tokens,
-                                completion_tokens=line.completion_tokens + r.completion_tokens,
-                                attempts=1 + r.attempts, latency_s=r.latency_s)
+            r = await self.transport.ask(
+                session, _messages(items[i][1]), self.fields, _accept_scores, self.max_parse_retries - 1
+            )
+            return JudgeOutcome(
+                status=r.status,
+                scores=r.value if r.status == "ok" else None,
+                raw_answer=r.content if r.content is not None else line.content,
+                error=r.error,
+                prompt_tokens=line.prompt_tokens + r.prompt_tokens,
+                completion_tokens=line.completion_tokens + r.completion_tokens,
+                attempts=1 + r.attempts,
+                latency_s=r.latency_s,
+            )
 
         self.transport.run_all(reask, handle, lambda k, o: final(reask[k][0], o))

@@ -64,7 +64,7 @@ def cross_group_neighbours(
         while a < len(todo):
             kk = int(depth[todo[a]])
             step = max(1, max_entries // kk)
-            rows = todo[a: a + step]
+            rows = todo[a : a + step]
             rows = rows[depth[rows] == kk]
             a += len(rows)
             sims, ids = index.search(x[rows], kk)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import functools
 import io
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -48,8 +49,14 @@ def _axes(figsize: tuple[float, float], ncols: int = 1, **kwargs):
 
 
 @_markdown
-def histogram_grid(series_by_label: dict[str, list[float]], bins: list[float], title: str, xlabel: str,
-                   threshold: float | None = None, threshold_label: str = "threshold"):
+def histogram_grid(
+    series_by_label: dict[str, list[float]],
+    bins: list[float],
+    title: str,
+    xlabel: str,
+    threshold: float | None = None,
+    threshold_label: str = "threshold",
+):
     """One small bar histogram per label, side by side; ``threshold``: a dashed line where the rows are
     split (e.g. high = Overall >= 8), named in a legend, with each panel's count on either side."""
     labels = list(series_by_label) or ["(none)"]
@@ -117,9 +124,16 @@ def labelled_bars(values: dict[str, int | float], title: str, alt: str):
 
 
 @_markdown
-def grouped_bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: str, alt: str,
-                 ylim: tuple[float, float] | None = None, figsize: tuple[float, float] = (6, 2.8),
-                 legend_columns: int = 1, legend_fontsize: int = LEGEND_SIZE):
+def grouped_bars(
+    groups: dict[str, Sequence[float]],
+    categories: Sequence[str],
+    title: str,
+    alt: str,
+    ylim: tuple[float, float] | None = None,
+    figsize: tuple[float, float] = (6, 2.8),
+    legend_columns: int = 1,
+    legend_fontsize: int = LEGEND_SIZE,
+):
     """Per category, one bar for each group (e.g. each model's or arm's score on each metric), with a legend."""
     fig, ax = _axes(figsize)
     width = 0.8 / max(1, len(groups))

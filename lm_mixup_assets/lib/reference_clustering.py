@@ -73,8 +73,9 @@ def reference_clusters(
     caps = draw_capacities(n, min_size, max_size, mean_cap, std_cap, seed, rule="reference")
     _caps_notes(caps, n, min_size, max_size, notes)
     k = len(caps)
-    km = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=kmeans_batch_size,
-                         max_iter=kmeans_max_iter, n_init=1)
+    km = MiniBatchKMeans(
+        n_clusters=k, random_state=seed, batch_size=kmeans_batch_size, max_iter=kmeans_max_iter, n_init=1
+    )
     with warnings.catch_warnings():
         # init_size < n_clusters is the normal case at k ~ N/3; scikit-learn then uses 3k rows and says so
         warnings.filterwarnings("ignore", message=".*init_size.*")
@@ -114,14 +115,14 @@ def sequential_capacity_assign(
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
     ct = torch.from_numpy(np.ascontiguousarray(centres, dtype=np.float32)).to(device)
     with torch.no_grad():
-        top1 = torch.cat([(xt[a: a + block] @ ct.T).max(dim=1).values for a in range(0, n, block)])
+        top1 = torch.cat([(xt[a : a + block] @ ct.T).max(dim=1).values for a in range(0, n, block)])
     order = np.argsort(-_to_np(top1).astype(np.float64), kind="stable")
     room = caps.tolist()
     labels = np.full(n, -1, dtype=np.int64)
     pos = 0
     while pos < n:
         open_c = np.flatnonzero(np.asarray(room) > 0)
-        rows = order[pos: pos + block]
+        rows = order[pos : pos + block]
         m = min(n_candidates, len(open_c))
         with torch.no_grad():
             sims = xt[torch.as_tensor(rows, device=xt.device)] @ ct[torch.as_tensor(open_c, device=xt.device)].T
@@ -138,5 +139,3 @@ def sequential_capacity_assign(
             done += 1
         pos += done
     return labels
-
-

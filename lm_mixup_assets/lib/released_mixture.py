@@ -67,8 +67,10 @@ def task_from_released(name: str) -> str:
     ``qa_mixup`` -> ``qa``; anything else raises ``ValueError``."""
     key = str(name or "").strip().lower().removesuffix("_mixup")
     if key not in _RELEASED_TO_OURS:
-        raise ValueError(f"unknown released task type {name!r}; expected one of "
-                         f"{sorted(set(_RELEASED_TO_OURS) - {'paragraph'})} (optionally with '_mixup')")
+        raise ValueError(
+            f"unknown released task type {name!r}; expected one of "
+            f"{sorted(set(_RELEASED_TO_OURS) - {'paragraph'})} (optionally with '_mixup')"
+        )
     task = _RELEASED_TO_OURS[key]
     assert task in TASK_TYPES
     return task
@@ -111,25 +113,32 @@ def resolve_release_root(path: str) -> tuple[Path, str]:
     """(local folder, label) for a local path or ``hf:<owner>/<name>[@revision]``."""
     path = (path or "").strip()
     if not path:
-        raise ValueError("no released MIXTURE path: give a local folder in the dokiik/MIXTURE layout "
-                         "or hf:dokiik/MIXTURE")
+        raise ValueError(
+            "no released MIXTURE path: give a local folder in the dokiik/MIXTURE layout or hf:dokiik/MIXTURE"
+        )
     if not path.startswith(HF_PREFIX):
         root = Path(path).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"released MIXTURE folder {root} does not exist")
         return root.resolve(), str(root.resolve())
-    repo, _, revision = path[len(HF_PREFIX):].partition("@")
+    repo, _, revision = path[len(HF_PREFIX) :].partition("@")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - datasets brings it
         raise ImportError("reading hf: paths needs huggingface_hub (installed with `datasets`)") from exc
     try:
-        local = snapshot_download(repo_id=repo, repo_type="dataset", revision=revision or None,
-                                  allow_patterns=[f"{p}/**" for p in RELEASED_PARTS])
+        local = snapshot_download(
+            repo_id=repo,
+            repo_type="dataset",
+            revision=revision or None,
+            allow_patterns=[f"{p}/**" for p in RELEASED_PARTS],
+        )
     except Exception as exc:  # offline, unknown repo, auth: say which and why
-        raise FileNotFoundError(f"could not fetch the dataset {repo!r} from the Hugging Face hub "
-                                f"({type(exc).__name__}: {exc}); download it once while online or point "
-                                f"released_path at a local copy") from None
+        raise FileNotFoundError(
+            f"could not fetch the dataset {repo!r} from the Hugging Face hub "
+            f"({type(exc).__name__}: {exc}); download it once while online or point "
+            f"released_path at a local copy"
+        ) from None
     local_path = Path(local)
     # snapshot folders are named by the commit they hold
     return local_path, f"{HF_PREFIX}{repo}@{local_path.name}"
@@ -157,7 +166,9 @@ def find_release_files(root: Path, part: str = "data_sft") -> list[ReleaseFile]:
         for f in files:
             key = (f.tag, f.split)
             if key in seen:
-                raise ValueError(f"two released files for task {f.tag!r}, split {f.split!r}: {seen[key]} and {f.relative}")
+                raise ValueError(
+                    f"two released files for task {f.tag!r}, split {f.split!r}: {seen[key]} and {f.relative}"
+                )
             seen[key] = f.relative
     else:
         for split in SPLITS:
@@ -191,6 +202,7 @@ def read_release_file(f: ReleaseFile) -> tuple[list[dict[str, Any]], list[dict[s
     position and the reason (the reference's SFT script also drops empty outputs)."""
     rows, rejects = [], []
     for i, record in enumerate(_load_json_list(f.path, f.relative)):
+
         def reject(reason: str, row: int = i) -> None:
             rejects.append({"origin_file": f.relative, "origin_row": row, "reason": reason})
 
@@ -211,12 +223,20 @@ def read_release_file(f: ReleaseFile) -> tuple[list[dict[str, Any]], list[dict[s
             reject("empty input")
             continue
         instruction = _text(record, "instruction").strip()
-        rows.append({
-            "task": task, "split": f.split, "instruction": instruction,
-            "input": reference_user_turn(instruction, inp), "output": output,
-            "cot": _text(record, "cot").strip(), "n_variants": count_variant_blocks(inp),
-            "origin_file": f.relative, "origin_row": i, "origin_task_type": raw_task,
-        })
+        rows.append(
+            {
+                "task": task,
+                "split": f.split,
+                "instruction": instruction,
+                "input": reference_user_turn(instruction, inp),
+                "output": output,
+                "cot": _text(record, "cot").strip(),
+                "n_variants": count_variant_blocks(inp),
+                "origin_file": f.relative,
+                "origin_row": i,
+                "origin_task_type": raw_task,
+            }
+        )
     return rows, rejects
 
 
@@ -226,7 +246,9 @@ def _row_id(label_free_file: str, row: int, inp: str, output: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
 
-def load_released_mixture(path: str, part: str = "data_sft", tasks: tuple[str, ...] | list[str] | None = None) -> ReleasedMixture:
+def load_released_mixture(
+    path: str, part: str = "data_sft", tasks: tuple[str, ...] | list[str] | None = None
+) -> ReleasedMixture:
     """Every row of one part of the release at ``path`` (a folder or ``hf:<repo>``),
     with ``example_id`` and lineage; ``tasks`` keeps only those task types."""
     root, label = resolve_release_root(path)

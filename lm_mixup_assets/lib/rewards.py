@@ -53,9 +53,10 @@ from __future__ import annotations
 import functools
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +122,9 @@ _REF_MARKERS = {
     "cs": r"C:.*?S:",
     "tfq": r"Answer:",
 }
-_REF_PATTERN_RE = {t: re.compile(rf"<answer>.*?{m}.*?</answer>", re.DOTALL | re.IGNORECASE) for t, m in _REF_MARKERS.items()}
+_REF_PATTERN_RE = {
+    t: re.compile(rf"<answer>.*?{m}.*?</answer>", re.DOTALL | re.IGNORECASE) for t, m in _REF_MARKERS.items()
+}
 
 
 def _check_rules(rules: str) -> None:
@@ -244,8 +247,13 @@ def _embed_unique(texts: Sequence[str], embed_fn: EmbedFn) -> dict[str, np.ndarr
     return dict(zip(unique, vecs))
 
 
-def alignment_reward(answers: Sequence[str | None], references: Sequence[str], embed_fn: EmbedFn,
-                     threshold: float = ALIGNMENT_THRESHOLD, rules: str = "reference") -> list[float]:
+def alignment_reward(
+    answers: Sequence[str | None],
+    references: Sequence[str],
+    embed_fn: EmbedFn,
+    threshold: float = ALIGNMENT_THRESHOLD,
+    rules: str = "reference",
+) -> list[float]:
     """1.0 where cos(answer, reference) ≥ ``threshold``, else 0.0; no answer → 0.0."""
     if len(answers) != len(references):
         raise ValueError(f"{len(answers)} answers but {len(references)} references")
@@ -261,9 +269,15 @@ def alignment_reward(answers: Sequence[str | None], references: Sequence[str], e
     return out
 
 
-def quality_reward_batch(answers: Sequence[str | None], tasks: Sequence[str],
-                         libraries: Mapping[str, KnnBayesLibrary], embed_fn: EmbedFn, k: int = 16,
-                         rules: str = "reference", band: str = "reference") -> list[float]:
+def quality_reward_batch(
+    answers: Sequence[str | None],
+    tasks: Sequence[str],
+    libraries: Mapping[str, KnnBayesLibrary],
+    embed_fn: EmbedFn,
+    k: int = 16,
+    rules: str = "reference",
+    band: str = "reference",
+) -> list[float]:
     """Quality reward per answer: expected class under its task's library → 1.0 / 0.3 / 0.0
     (``band``: see ``knn_bayes.quality_reward``).
 
@@ -343,11 +357,18 @@ class RewardBreakdown:
         return asdict(self)
 
 
-def combined_reward(responses: Sequence[str], tasks: Sequence[str], references: Sequence[str],
-                    libraries: Mapping[str, KnnBayesLibrary], embed_fn: EmbedFn,
-                    weights: Mapping[str, Any] | None = None, k: int = 16,
-                    threshold: float = ALIGNMENT_THRESHOLD, rules: str = "reference",
-                    band: str = "reference") -> list[RewardBreakdown]:
+def combined_reward(
+    responses: Sequence[str],
+    tasks: Sequence[str],
+    references: Sequence[str],
+    libraries: Mapping[str, KnnBayesLibrary],
+    embed_fn: EmbedFn,
+    weights: Mapping[str, Any] | None = None,
+    k: int = 16,
+    threshold: float = ALIGNMENT_THRESHOLD,
+    rules: str = "reference",
+    band: str = "reference",
+) -> list[RewardBreakdown]:
     """Total reward and its three raw components for each response (all computed, even
     where a component's weight is 0, so they can be reported)."""
     n = len(responses)
@@ -362,8 +383,15 @@ def combined_reward(responses: Sequence[str], tasks: Sequence[str], references: 
     for i in range(n):
         w = resolve_weights(tasks[i], weights)
         total = w["quality"] * qual[i] + w["alignment"] * ali[i] + w["format"] * fmt[i]
-        out.append(RewardBreakdown(total=float(total), quality=qual[i], alignment=ali[i], format=fmt[i],
-                                   weights=(w["quality"], w["alignment"], w["format"])))
+        out.append(
+            RewardBreakdown(
+                total=float(total),
+                quality=qual[i],
+                alignment=ali[i],
+                format=fmt[i],
+                weights=(w["quality"], w["alignment"], w["format"]),
+            )
+        )
     return out
 
 
@@ -426,9 +454,17 @@ class TrlRewardComponent:
     that it pickles; ``__name__`` is what TRL logs (``rewards/<name>/mean``).
     """
 
-    def __init__(self, component: str, libraries: Mapping[str, KnnBayesLibrary] | None, embed_fn: EmbedFn | None,
-                 weights: Mapping[str, Any] | None = None, k: int = 16, threshold: float = ALIGNMENT_THRESHOLD,
-                 rules: str = "reference", band: str = "reference"):
+    def __init__(
+        self,
+        component: str,
+        libraries: Mapping[str, KnnBayesLibrary] | None,
+        embed_fn: EmbedFn | None,
+        weights: Mapping[str, Any] | None = None,
+        k: int = 16,
+        threshold: float = ALIGNMENT_THRESHOLD,
+        rules: str = "reference",
+        band: str = "reference",
+    ):
         if component not in COMPONENTS:
             raise ValueError(f"unknown reward component {component!r}; expected one of {COMPONENTS}")
         _check_rules(rules)
@@ -452,8 +488,9 @@ class TrlRewardComponent:
         answers = [extract_answer(t, self.rules) for t in texts]
         if self.component == "alignment":
             return alignment_reward(answers, references, self.embed_fn, threshold=self.threshold, rules=self.rules)
-        return quality_reward_batch(answers, tasks, self.libraries, self.embed_fn, k=self.k, rules=self.rules,
-                                    band=self.band)
+        return quality_reward_batch(
+            answers, tasks, self.libraries, self.embed_fn, k=self.k, rules=self.rules, band=self.band
+        )
 
     def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
         completions = list(completions or [])
@@ -480,18 +517,25 @@ class TrlRewardComponent:
         return [float(w * r) for w, r in zip(weights, raw)]
 
 
-def make_trl_reward_funcs(libraries: Mapping[str, KnnBayesLibrary], embed_fn: EmbedFn,
-                          weights: Mapping[str, Any] | None = None, k: int = 16,
-                          threshold: float = ALIGNMENT_THRESHOLD, rules: str = "reference",
-                          band: str = "reference") -> list[TrlRewardComponent]:
+def make_trl_reward_funcs(
+    libraries: Mapping[str, KnnBayesLibrary],
+    embed_fn: EmbedFn,
+    weights: Mapping[str, Any] | None = None,
+    k: int = 16,
+    threshold: float = ALIGNMENT_THRESHOLD,
+    rules: str = "reference",
+    band: str = "reference",
+) -> list[TrlRewardComponent]:
     """``[reward_quality, reward_alignment, reward_format]`` for ``GRPOTrainer(reward_funcs=...)``.
 
     Each is weighted per sample by its task (``resolve_weights``); their sum is the
     method's reward.  The quality and alignment functions share one embedding cache.
     """
     embed = _CachedEmbed(embed_fn)
-    return [TrlRewardComponent(c, libraries, embed, weights=weights, k=k, threshold=threshold, rules=rules, band=band)
-            for c in COMPONENTS]
+    return [
+        TrlRewardComponent(c, libraries, embed, weights=weights, k=k, threshold=threshold, rules=rules, band=band)
+        for c in COMPONENTS
+    ]
 
 
 # --------------------------------------------------------------------------- #

@@ -38,8 +38,14 @@ _REGISTRY_FILE = _RUBRIC_DIR / "rubrics.yaml"
 _PLACEHOLDER = re.compile(r"\{(prompt|completion)\}")
 
 # MIXTURE / distiller task names -> the per-task re-rating rubric of the reference.
-_TASK_RUBRICS = {"qa": "per_task_qa", "mcq": "per_task_mcq", "tfq": "per_task_tfq", "cs": "per_task_cs",
-                 "paragraph": "per_task_para", "para": "per_task_para"}
+_TASK_RUBRICS = {
+    "qa": "per_task_qa",
+    "mcq": "per_task_mcq",
+    "tfq": "per_task_tfq",
+    "cs": "per_task_cs",
+    "paragraph": "per_task_para",
+    "para": "per_task_para",
+}
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,14 @@ def _registry() -> dict[str, Rubric]:
             # newline="" keeps the file's bytes exactly (ds2.txt is verbatim, whitespace included).
             with open(_RUBRIC_DIR / entry["instructions_file"], encoding="utf-8", newline="") as fh:
                 template = template.replace("{instructions}", fh.read())
-        rubrics[version] = Rubric(version=version, description=str(entry.get("description", "")),
-                                  system=entry.get("system"), template=template,
-                                  source=str(entry.get("source", "")), licence=str(entry.get("licence", "")))
+        rubrics[version] = Rubric(
+            version=version,
+            description=str(entry.get("description", "")),
+            system=entry.get("system"),
+            template=template,
+            source=str(entry.get("source", "")),
+            licence=str(entry.get("licence", "")),
+        )
     return rubrics
 
 
@@ -117,7 +128,9 @@ def render_judge_prompt(prompt: str, completion: str, version: str = RUBRIC_VERS
     return render_judge_request(prompt, completion, version).user
 
 
-def judge_cache_key(backend: str, model: str, rubric_version: str, rendered_prompt: str, temperature: float = 0.0) -> str:
+def judge_cache_key(
+    backend: str, model: str, rubric_version: str, rendered_prompt: str, temperature: float = 0.0
+) -> str:
     """Hash of everything that determines a judge answer (the "pay once" key).
 
     The version stands for the system message. A non-zero sampling temperature

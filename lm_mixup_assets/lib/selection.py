@@ -36,7 +36,12 @@ from .settings.selection import OriginalRank, RowOrder
 # Candidate pools an arm draws from, and how each is ordered.
 POOLS = ("distilled_high", "original_high", "original_low", "rated_pool")
 LONG_TAIL_RANKED = {"distilled_high", "original_high"}
-ORIGIN = {"distilled_high": "distilled", "original_high": "original", "original_low": "original", "rated_pool": "original"}
+ORIGIN = {
+    "distilled_high": "distilled",
+    "original_high": "original",
+    "original_low": "original",
+    "rated_pool": "original",
+}
 # How the original high pool is ranked: by long-tail score alone, or as the method's
 # long-tail script ranks a rated set (judge score first, long-tail score within a score).
 ORIGINAL_RANKS = tuple(m.value for m in OriginalRank)
@@ -109,8 +114,12 @@ class ArmRecipe:
 
 
 _TWO_PART = re.compile(r"^(mixup|high)(\d{1,3})_(ori|low)(\d{1,3})$")
-_SINGLE = {"original_high": "original_high", "distilled_high": "distilled_high", "random": "rated_pool",
-           "full_low": "original_low"}
+_SINGLE = {
+    "original_high": "original_high",
+    "distilled_high": "distilled_high",
+    "random": "rated_pool",
+    "full_low": "original_low",
+}
 
 
 def parse_arm(name: str) -> ArmRecipe:
@@ -121,10 +130,13 @@ def parse_arm(name: str) -> ArmRecipe:
         a, b = int(m.group(2)), int(m.group(4))
         if a + b != 100:
             raise ValueError(f"arm {name!r}: the two percentages must add up to 100 (got {a} + {b})")
-        first, second = ("distilled_high", "original_high") if m.group(1) == "mixup" else ("original_high", "original_low")
+        first, second = (
+            ("distilled_high", "original_high") if m.group(1) == "mixup" else ("original_high", "original_low")
+        )
         return ArmRecipe(name, ((first, a / 100), (second, b / 100)))
-    raise ValueError(f"arm {name!r} is not a recipe: use mixupA_oriB, highA_lowB (A + B = 100), "
-                     f"or one of {sorted(_SINGLE)}")
+    raise ValueError(
+        f"arm {name!r} is not a recipe: use mixupA_oriB, highA_lowB (A + B = 100), or one of {sorted(_SINGLE)}"
+    )
 
 
 def content_key(prompt: str, completion: str) -> str:
@@ -141,11 +153,16 @@ def order_candidates(pool: str, candidates: pd.DataFrame, seed: int, original_ra
         return candidates
     if pool == "original_high" and original_rank == "quality_then_long_tail":
         if "overall_compressed" not in candidates or candidates["overall_compressed"].isna().any():
-            missing = candidates["sample_id"][candidates.get("overall_compressed", pd.Series(index=candidates.index)).isna()]
-            raise ValueError(f"original_rank='quality_then_long_tail' needs overall_compressed on every original "
-                             f"high row; missing for {len(missing)} rows, e.g. {missing.head(3).tolist()}")
-        return candidates.sort_values(["overall_compressed", "long_tail_score", "sample_id"],
-                                      ascending=[False, False, True], kind="stable")
+            missing = candidates["sample_id"][
+                candidates.get("overall_compressed", pd.Series(index=candidates.index)).isna()
+            ]
+            raise ValueError(
+                f"original_rank='quality_then_long_tail' needs overall_compressed on every original "
+                f"high row; missing for {len(missing)} rows, e.g. {missing.head(3).tolist()}"
+            )
+        return candidates.sort_values(
+            ["overall_compressed", "long_tail_score", "sample_id"], ascending=[False, False, True], kind="stable"
+        )
     if pool in LONG_TAIL_RANKED:
         return candidates.sort_values(["long_tail_score", "sample_id"], ascending=[False, True], kind="stable")
     ordered = candidates.sort_values("sample_id", kind="stable")  # input order must not change the draw
@@ -164,9 +181,17 @@ class ComposedArm:
         return {p: self.wanted[p] - self.taken[p] for p in self.wanted if self.wanted[p] > self.taken[p]}
 
 
-def compose_arm(recipe: ArmRecipe, candidates: dict[str, pd.DataFrame], n: int, seed: int = 0, *,
-                original_rank: str = "long_tail", row_order: str = "by_part", shuffle_seed: int = 42,
-                drop_duplicate_content: bool = True) -> ComposedArm:
+def compose_arm(
+    recipe: ArmRecipe,
+    candidates: dict[str, pd.DataFrame],
+    n: int,
+    seed: int = 0,
+    *,
+    original_rank: str = "long_tail",
+    row_order: str = "by_part",
+    shuffle_seed: int = 42,
+    drop_duplicate_content: bool = True,
+) -> ComposedArm:
     """Take each part's share from its pool in order (``order_candidates``), skipping rows whose content
     is already in the arm unless ``drop_duplicate_content`` is off.
 

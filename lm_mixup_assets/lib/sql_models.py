@@ -53,14 +53,18 @@ class SqlModel:
     def refs(self) -> list[str]:
         return list(dict.fromkeys(_REF.findall(self.body)))
 
-    def render(self, var_values: dict[str, object] | None = None, partition_value: str | None = None) -> tuple[str, dict]:
+    def render(
+        self, var_values: dict[str, object] | None = None, partition_value: str | None = None
+    ) -> tuple[str, dict]:
         """Return (select_sql, named_params) for DuckDB."""
         values = {name: default for name, (_, default) in self.vars.items()}
         values.update(var_values or {})
         params: dict[str, object] = {}
         for name in _VAR.findall(self.body):
             if name not in self.vars:
-                raise SqlModelError(f"{self.path.name}: var {name!r} is used but not declared (-- var: {name} int <default>)")
+                raise SqlModelError(
+                    f"{self.path.name}: var {name!r} is used but not declared (-- var: {name} int <default>)"
+                )
             kind = self.vars[name][0]
             try:
                 params[f"var_{name}"] = kind(values[name])
@@ -68,7 +72,9 @@ class SqlModel:
                 raise SqlModelError(f"{self.path.name}: var {name}={values[name]!r} is not a {kind.__name__}") from None
         if self.partitioned_by:
             if partition_value is None:
-                raise SqlModelError(f"{self.path.name} is partitioned by {self.partitioned_by}; a partition value is required")
+                raise SqlModelError(
+                    f"{self.path.name} is partitioned by {self.partitioned_by}; a partition value is required"
+                )
             params["partition"] = partition_value
             col = self.partitioned_by
             sql = _REF.sub(lambda m: f'(select * from "{m.group(1)}" where "{col}" = $partition)', self.body)
@@ -91,7 +97,9 @@ def parse_model(path: Path) -> SqlModel:
                 spec, _, description = value.partition("|")
                 parts = spec.split(None, 2)
                 if len(parts) != 3 or parts[1] not in _VAR_TYPES:
-                    raise SqlModelError(f"{path.name}: write vars as `-- var: name int|float|str default | description` (got {value!r})")
+                    raise SqlModelError(
+                        f"{path.name}: write vars as `-- var: name int|float|str default | description` (got {value!r})"
+                    )
                 kind = _VAR_TYPES[parts[1]]
                 model.vars[parts[0]] = (kind, kind(parts[2].strip()))
                 if description.strip():
@@ -165,14 +173,18 @@ def group_steps(models: list[SqlModel]) -> list[SqlStep]:
         for model in step.models:
             where = f"{model.path.name} (step {step.name!r})"
             if (model.group, model.partitioned_by) != (first.group, first.partitioned_by):
-                raise SqlModelError(f"{where}: group/partitioned_by differ from {first.path.name}'s; one step has one of each")
+                raise SqlModelError(
+                    f"{where}: group/partitioned_by differ from {first.path.name}'s; one step has one of each"
+                )
             if members & set(model.refs):
                 raise SqlModelError(f"{where}: reads {sorted(members & set(model.refs))}, built in the same step")
             for var, spec in model.vars.items():
                 other = next((m for m in step.models if var in m.vars and m.vars[var] != spec), None)
                 if other is not None:
-                    raise SqlModelError(f"{where}: var {var} is {spec[0].__name__} {spec[1]!r} here but "
-                                        f"{other.vars[var][0].__name__} {other.vars[var][1]!r} in {other.path.name}")
+                    raise SqlModelError(
+                        f"{where}: var {var} is {spec[0].__name__} {spec[1]!r} here but "
+                        f"{other.vars[var][0].__name__} {other.vars[var][1]!r} in {other.path.name}"
+                    )
     return list(steps.values())
 
 
@@ -181,8 +193,13 @@ def materialise_model(con, model: SqlModel, var_values: dict | None = None, part
     return materialise_step(con, [model], var_values, partition_value)[model.name]
 
 
-def materialise_step(con, models: list[SqlModel], var_values: dict | None = None,
-                     partition_value: str | None = None, in_transaction: bool = False) -> dict[str, int]:
+def materialise_step(
+    con,
+    models: list[SqlModel],
+    var_values: dict | None = None,
+    partition_value: str | None = None,
+    in_transaction: bool = False,
+) -> dict[str, int]:
     """Replace every model's partition (or whole table) in ONE transaction, with the same var values.
 
     Either all tables change or none does. Returns rows per table (in the partition).
@@ -197,14 +214,19 @@ def materialise_step(con, models: list[SqlModel], var_values: dict | None = None
             table = model.name
             con.execute(f'create table if not exists "{table}" as select * from ({sql}) limit 0', params)
             if model.partitioned_by:
-                con.execute(f'delete from "{table}" where "{model.partitioned_by}" = $partition', {"partition": partition_value})
+                con.execute(
+                    f'delete from "{table}" where "{model.partitioned_by}" = $partition', {"partition": partition_value}
+                )
             else:
                 con.execute(f'delete from "{table}"')
             con.execute(f'insert into "{table}" by name select * from ({sql})', params)
-            counts[table] = int(con.execute(
-                f'select count(*) from "{table}"' + (f' where "{model.partitioned_by}" = $partition' if model.partitioned_by else ""),
-                {"partition": partition_value} if model.partitioned_by else {},
-            ).fetchall()[0][0])
+            counts[table] = int(
+                con.execute(
+                    f'select count(*) from "{table}"'
+                    + (f' where "{model.partitioned_by}" = $partition' if model.partitioned_by else ""),
+                    {"partition": partition_value} if model.partitioned_by else {},
+                ).fetchall()[0][0]
+            )
         if not in_transaction:
             con.execute("commit")
     except Exception:

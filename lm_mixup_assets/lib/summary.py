@@ -14,20 +14,41 @@ ok (answers that parsed into a pair) -> accepted (re-rated at or above the thres
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import duckdb
 import pandas as pd
 
 from .warehouse import table_exists
 
-FUNNEL_COLUMNS = ["input_rows", "rejected", "duplicates", "rated_ok", "high", "low", "clusters", "distilled",
-                  "distilled_ok", "accepted", "original_in_training_sets", "distilled_in_training_sets"]
+FUNNEL_COLUMNS = [
+    "input_rows",
+    "rejected",
+    "duplicates",
+    "rated_ok",
+    "high",
+    "low",
+    "clusters",
+    "distilled",
+    "distilled_ok",
+    "accepted",
+    "original_in_training_sets",
+    "distilled_in_training_sets",
+]
 # Plain words for each column (the CLI's header and the plot's labels).
 FUNNEL_LABELS = {
-    "input_rows": "input", "rejected": "rejected", "duplicates": "duplicates", "rated_ok": "rated ok",
-    "high": "high", "low": "low", "clusters": "clusters", "distilled": "distilled", "distilled_ok": "parsed",
-    "accepted": "accepted", "original_in_training_sets": "orig. in sets", "distilled_in_training_sets": "dist. in sets",
+    "input_rows": "input",
+    "rejected": "rejected",
+    "duplicates": "duplicates",
+    "rated_ok": "rated ok",
+    "high": "high",
+    "low": "low",
+    "clusters": "clusters",
+    "distilled": "distilled",
+    "distilled_ok": "parsed",
+    "accepted": "accepted",
+    "original_in_training_sets": "orig. in sets",
+    "distilled_in_training_sets": "dist. in sets",
 }
 
 
@@ -38,17 +59,31 @@ def _counts(con: duckdb.DuckDBPyConnection, table: str, sql: str) -> pd.DataFram
 def source_funnel(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """One row per source (and a ``total`` row): how many rows reached each stage (``FUNNEL_COLUMNS``)."""
     parts = [
-        _counts(con, "pool_summary", """select source, input_rows, rejected, duplicates, rated_ok, high, low
-                                        from pool_summary"""),
-        _counts(con, "cluster_inputs", "select source, count(distinct cluster_id) clusters from cluster_inputs group by 1"),
-        _counts(con, "distilled_pool", """select source, count(*) filter (where status <> 'skipped') distilled,
+        _counts(
+            con,
+            "pool_summary",
+            """select source, input_rows, rejected, duplicates, rated_ok, high, low
+                                        from pool_summary""",
+        ),
+        _counts(
+            con, "cluster_inputs", "select source, count(distinct cluster_id) clusters from cluster_inputs group by 1"
+        ),
+        _counts(
+            con,
+            "distilled_pool",
+            """select source, count(*) filter (where status <> 'skipped') distilled,
                                                  count(*) filter (where status = 'ok') distilled_ok
-                                          from distilled_pool group by 1"""),
+                                          from distilled_pool group by 1""",
+        ),
         _counts(con, "distilled_high", "select source, count(*) accepted from distilled_high group by 1"),
-        _counts(con, "training_sets", """select source,
+        _counts(
+            con,
+            "training_sets",
+            """select source,
                                                 count(distinct sample_id) filter (where origin = 'original') original_in_training_sets,
                                                 count(distinct sample_id) filter (where origin = 'distilled') distilled_in_training_sets
-                                         from training_sets group by 1"""),
+                                         from training_sets group by 1""",
+        ),
     ]
     funnel = pd.DataFrame({"source": pd.Series(sorted({s for p in parts for s in p["source"].dropna()}), dtype=object)})
     for part in parts:
@@ -73,7 +108,9 @@ def arm_origins(con: duckdb.DuckDBPyConnection, shortfall: bool = True) -> pd.Da
     if not shortfall:
         return arms[columns]
     if table_exists(con, "training_set_composition"):
-        short = con.execute("select arm, sum(shortfall)::bigint shortfall from training_set_composition group by 1").df()
+        short = con.execute(
+            "select arm, sum(shortfall)::bigint shortfall from training_set_composition group by 1"
+        ).df()
         arms = arms.merge(short, on="arm", how="left")
     return arms.reindex(columns=columns).fillna(0)
 
@@ -81,12 +118,19 @@ def arm_origins(con: duckdb.DuckDBPyConnection, shortfall: bool = True) -> pd.Da
 def length_correlation(overall: Sequence[float], completions: Sequence[str]) -> dict[str, float]:
     """How much a judge's Overall follows answer length: Spearman and Pearson correlation of Overall with
     log(characters of the completion), over the rows given (``n``); NaN when fewer than 3 rows or no spread."""
-    frame = pd.DataFrame({"overall": pd.to_numeric(pd.Series(list(overall)), errors="coerce"),
-                          "log_len": [math.log(max(1, len(str(c or "")))) for c in completions]}).dropna()
+    frame = pd.DataFrame(
+        {
+            "overall": pd.to_numeric(pd.Series(list(overall)), errors="coerce"),
+            "log_len": [math.log(max(1, len(str(c or "")))) for c in completions],
+        }
+    ).dropna()
     if len(frame) < 3 or frame["overall"].nunique() < 2 or frame["log_len"].nunique() < 2:
         return {"spearman": float("nan"), "pearson": float("nan"), "n": len(frame)}
-    return {"spearman": float(frame["overall"].corr(frame["log_len"], method="spearman")),
-            "pearson": float(frame["overall"].corr(frame["log_len"], method="pearson")), "n": len(frame)}
+    return {
+        "spearman": float(frame["overall"].corr(frame["log_len"], method="spearman")),
+        "pearson": float(frame["overall"].corr(frame["log_len"], method="pearson")),
+        "n": len(frame),
+    }
 
 
 def pool_length_correlation(con: duckdb.DuckDBPyConnection) -> dict[str, float]:

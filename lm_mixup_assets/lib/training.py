@@ -73,14 +73,15 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .mixture_tasks import TASK_NAMES, TASK_TYPES
 from .prompts import REFERENCE_SYSTEM_PROMPT, render_grpo_format_prompt
 from .rewards import SYSTEM_PROMPT, format_response
-from .settings.training import CotMode, GRPOSettings, GrpoPromptLayout, SFTSettings, TargetLayout
+from .settings.training import CotMode, GrpoPromptLayout, GRPOSettings, SFTSettings, TargetLayout
 
 __all__ = [
     "TrainResult",
@@ -144,7 +145,7 @@ class TrainResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainResult":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainResult:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         # JSON has no tuples: the histories come back as lists of [step, value]
         known["loss_history"] = [tuple(p) for p in known.get("loss_history", [])]
@@ -244,10 +245,15 @@ def default_think(row: Mapping[str, Any]) -> str:
     task = _row_task(row)
     name = TASK_NAMES[task]
     n = _n_variants(row)
-    head = (f"{_NUMBER_WORDS.get(n, str(n))} weak versions of one {name}." if n and n > 1
-            else f"Several weak versions of one {name}.")
-    return (f"{head} I keep the facts they share, repair typos and gaps, drop repetition and sentences from "
-            f"unrelated topics, and write one complete {name} in the requested format.")
+    head = (
+        f"{_NUMBER_WORDS.get(n, str(n))} weak versions of one {name}."
+        if n and n > 1
+        else f"Several weak versions of one {name}."
+    )
+    return (
+        f"{head} I keep the facts they share, repair typos and gaps, drop repetition and sentences from "
+        f"unrelated topics, and write one complete {name} in the requested format."
+    )
 
 
 def _text(value: Any) -> str:
@@ -275,8 +281,9 @@ def sft_response(row: Mapping[str, Any], layout: str = "reference", cot_mode: st
     return f"{think}<answer>\n{output}\n</answer>"
 
 
-def build_sft_dataset(rows: Iterable[Mapping[str, Any]], layout: str = "reference",
-                      cot_mode: str = "omit_empty") -> list[dict]:
+def build_sft_dataset(
+    rows: Iterable[Mapping[str, Any]], layout: str = "reference", cot_mode: str = "omit_empty"
+) -> list[dict]:
     """MIXTURE rows → records with ``prompt`` ([system, user] messages), ``completion``
     and ``task``.  ``chat``: ``completion`` is ``[assistant message]`` (TRL conversational);
     ``reference``: ``completion`` is the response text, to be appended to the rendered
@@ -306,8 +313,13 @@ def tokenize_reference_sft(records: Sequence[Mapping[str, Any]], tokenizer) -> l
         n_prompt = min(len(head), len(ids))
         if n_prompt >= len(ids):
             raise ValueError(f"task {r.get('task')!r}: the SFT response tokenised to nothing")
-        out.append({"input_ids": list(ids), "completion_mask": [0] * n_prompt + [1] * (len(ids) - n_prompt),
-                    "task": r.get("task")})
+        out.append(
+            {
+                "input_ids": list(ids),
+                "completion_mask": [0] * n_prompt + [1] * (len(ids) - n_prompt),
+                "task": r.get("task"),
+            }
+        )
     return out
 
 
@@ -331,8 +343,14 @@ def _drop_long(records: list[dict], tokenizer, max_tokens: int, kind: str) -> tu
     if kind == "tokenized":
         lengths = [len(r["input_ids"]) for r in records]
     else:
-        texts = [tokenizer.apply_chat_template(r["prompt"] + r["completion"] if kind == "sft_chat" else r["prompt"],
-                                               tokenize=False, add_generation_prompt=kind == "grpo") for r in records]
+        texts = [
+            tokenizer.apply_chat_template(
+                r["prompt"] + r["completion"] if kind == "sft_chat" else r["prompt"],
+                tokenize=False,
+                add_generation_prompt=kind == "grpo",
+            )
+            for r in records
+        ]
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     kept = [r for r, n in zip(records, lengths) if n <= max_tokens]
     return kept, len(records) - len(kept)
@@ -345,8 +363,11 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _has_weights(folder: Path) -> bool:
-    return any(f.suffix == ".safetensors" or (f.suffix == ".bin" and f.name != "training_args.bin")
-               for f in folder.iterdir() if f.is_file())
+    return any(
+        f.suffix == ".safetensors" or (f.suffix == ".bin" and f.name != "training_args.bin")
+        for f in folder.iterdir()
+        if f.is_file()
+    )
 
 
 def latest_checkpoint(output_dir: str | Path, resumable: bool = False) -> str | None:
@@ -356,9 +377,14 @@ def latest_checkpoint(output_dir: str | Path, resumable: bool = False) -> str | 
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name)) and (p / "trainer_state.json").exists()
-             and (not resumable or _has_weights(p))]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if p.is_dir()
+        and (m := _CHECKPOINT_RE.match(p.name))
+        and (p / "trainer_state.json").exists()
+        and (not resumable or _has_weights(p))
+    ]
     return str(max(found)[1]) if found else None
 
 
@@ -405,8 +431,13 @@ def _record_finished(result: TrainResult, key: str | None) -> None:
         return
     target = Path(result.output_dir) / RESULT_FILE
     tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"key": key, "fingerprint": _weights_fingerprint(result.checkpoint),
-                               "result": result.to_dict()}, default=str), encoding="utf-8")
+    tmp.write_text(
+        json.dumps(
+            {"key": key, "fingerprint": _weights_fingerprint(result.checkpoint), "result": result.to_dict()},
+            default=str,
+        ),
+        encoding="utf-8",
+    )
     tmp.replace(target)
 
 
@@ -478,19 +509,37 @@ def _common_args(s, output_dir: Path) -> dict:
         bf16 = bool(s.bf16)
     gc = (cuda and not use_cpu) if s.gradient_checkpointing is None else bool(s.gradient_checkpointing)
     return dict(
-        output_dir=str(output_dir), learning_rate=s.learning_rate, num_train_epochs=s.num_train_epochs,
-        max_steps=s.max_steps, warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay,
-        lr_scheduler_type=s.lr_scheduler_type, per_device_train_batch_size=s.per_device_train_batch_size,
-        gradient_accumulation_steps=s.gradient_accumulation_steps, seed=s.seed, logging_steps=s.logging_steps,
-        logging_first_step=True, save_strategy="steps", save_steps=s.save_steps, save_total_limit=s.save_total_limit or None,
-        bf16=bf16, fp16=False, use_cpu=use_cpu, gradient_checkpointing=gc, report_to="none",
-        disable_tqdm=s.disable_tqdm, dataloader_num_workers=0,
+        output_dir=str(output_dir),
+        learning_rate=s.learning_rate,
+        num_train_epochs=s.num_train_epochs,
+        max_steps=s.max_steps,
+        warmup_steps=s.warmup_ratio,
+        weight_decay=s.weight_decay,
+        lr_scheduler_type=s.lr_scheduler_type,
+        per_device_train_batch_size=s.per_device_train_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        seed=s.seed,
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit or None,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=use_cpu,
+        gradient_checkpointing=gc,
+        report_to="none",
+        disable_tqdm=s.disable_tqdm,
+        dataloader_num_workers=0,
     )
 
 
 def _history(log_history: list[dict], key: str) -> list[tuple[int, float]]:
-    return [(int(h["step"]), float(h[key])) for h in log_history
-            if key in h and h[key] is not None and "step" in h and not math.isnan(float(h[key]))]
+    return [
+        (int(h["step"]), float(h[key]))
+        for h in log_history
+        if key in h and h[key] is not None and "step" in h and not math.isnan(float(h[key]))
+    ]
 
 
 def _quiet(trainer, on_log: OnLog | None) -> None:
@@ -517,9 +566,14 @@ def _finish(trainer, tokenizer, output_dir: Path) -> str:
 # --------------------------------------------------------------------------- #
 # SFT
 # --------------------------------------------------------------------------- #
-def run_sft(model_path: str, rows: Sequence[Mapping[str, Any]], output_dir: str | Path,
-            settings: SFTSettings | Mapping | None = None, on_log: OnLog | None = None,
-            reuse_key: str | None = None) -> TrainResult:
+def run_sft(
+    model_path: str,
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: str | Path,
+    settings: SFTSettings | Mapping | None = None,
+    on_log: OnLog | None = None,
+    reuse_key: str | None = None,
+) -> TrainResult:
     """Cold-start SFT of ``model_path`` (an HF folder or id) on MIXTURE ``rows``.
 
     Full fine-tune with TRL's ``SFTTrainer``, loss on the response only, in
@@ -540,15 +594,27 @@ def run_sft(model_path: str, rows: Sequence[Mapping[str, Any]], output_dir: str 
         records = [{k: v for k, v in r.items() if k != "task"} for r in tokenize_reference_sft(records, tok)]
     dropped = 0
     if s.drop_too_long:
-        records, dropped = _drop_long(records, tok, s.max_length,
-                                      "tokenized" if s.target_layout == "reference" else "sft_chat")
+        records, dropped = _drop_long(
+            records, tok, s.max_length, "tokenized" if s.target_layout == "reference" else "sft_chat"
+        )
     if not records:
         raise ValueError(f"no SFT examples left ({dropped} longer than max_length={s.max_length} tokens)")
-    args = SFTConfig(**_common_args(s, out), max_length=s.max_length, completion_only_loss=True,
-                     assistant_only_loss=False, packing=False, include_num_input_tokens_seen="non_padding",
-                     **s.extra_args)
-    trainer = SFTTrainer(model=_load_model(model_path), args=args, train_dataset=Dataset.from_list(records),
-                         processing_class=tok, callbacks=[_log_callback(on_log)])
+    args = SFTConfig(
+        **_common_args(s, out),
+        max_length=s.max_length,
+        completion_only_loss=True,
+        assistant_only_loss=False,
+        packing=False,
+        include_num_input_tokens_seen="non_padding",
+        **s.extra_args,
+    )
+    trainer = SFTTrainer(
+        model=_load_model(model_path),
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tok,
+        callbacks=[_log_callback(on_log)],
+    )
     _quiet(trainer, on_log)
     resume = latest_checkpoint(out, resumable=True) if s.resume else None
     t0 = time.perf_counter()
@@ -557,10 +623,19 @@ def run_sft(model_path: str, rows: Sequence[Mapping[str, Any]], output_dir: str 
     final = _finish(trainer, tok, out)
     logs = list(trainer.state.log_history)
     tokens = int(trainer.state.num_input_tokens_seen or 0) or None
-    result = TrainResult(checkpoint=final, output_dir=str(out), steps=int(trainer.state.global_step),
-                         loss_history=_history(logs, "loss"), tokens_seen=tokens, wall_seconds=wall,
-                         resumed_from=resume, n_examples=len(records), n_dropped_too_long=dropped,
-                         device=str(trainer.args.device), log_history=logs)
+    result = TrainResult(
+        checkpoint=final,
+        output_dir=str(out),
+        steps=int(trainer.state.global_step),
+        loss_history=_history(logs, "loss"),
+        tokens_seen=tokens,
+        wall_seconds=wall,
+        resumed_from=resume,
+        n_examples=len(records),
+        n_dropped_too_long=dropped,
+        device=str(trainer.args.device),
+        log_history=logs,
+    )
     del trainer
     free_memory()
     _prune_checkpoints(out, s.keep_checkpoints)
@@ -577,9 +652,15 @@ def _reward_names(reward_funcs: Sequence[Callable]) -> list[str]:
     return [get_callable_name(f) for f in reward_funcs]
 
 
-def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: Sequence[Callable],
-             output_dir: str | Path, settings: GRPOSettings | Mapping | None = None,
-             on_log: OnLog | None = None, reuse_key: str | None = None) -> TrainResult:
+def run_grpo(
+    model_path: str,
+    rows: Sequence[Mapping[str, Any]],
+    reward_funcs: Sequence[Callable],
+    output_dir: str | Path,
+    settings: GRPOSettings | Mapping | None = None,
+    on_log: OnLog | None = None,
+    reuse_key: str | None = None,
+) -> TrainResult:
     """GRPO of ``model_path`` (normally the SFT checkpoint) on MIXTURE ``rows``.
 
     ``reward_funcs``: TRL reward functions (``rewards.make_trl_reward_funcs``); their
@@ -609,16 +690,41 @@ def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: S
         use_vllm = cuda_available() and not common["use_cpu"] and vllm_available()
     else:
         use_vllm = bool(s.use_vllm)
-    vllm_args = dict(vllm_mode=s.vllm_mode, vllm_gpu_memory_utilization=s.vllm_gpu_memory_utilization,
-                     vllm_max_model_length=s.max_prompt_length + s.max_completion_length) if use_vllm else {}
-    args = GRPOConfig(**common, num_generations=s.num_generations, temperature=s.temperature, beta=s.beta,
-                      max_completion_length=s.max_completion_length, steps_per_generation=s.steps_per_generation or None,
-                      epsilon=s.epsilon, epsilon_high=s.epsilon_high, delta=s.delta or None,
-                      loss_type=s.loss_type, scale_rewards=s.scale_rewards, use_vllm=use_vllm,
-                      reward_weights=[1.0] * len(reward_funcs), log_completions=False, **vllm_args, **s.extra_args)
-    trainer = GRPOTrainer(model=_load_model(model_path), reward_funcs=reward_funcs, args=args,
-                          train_dataset=Dataset.from_list(records), processing_class=tok,
-                          callbacks=[_log_callback(on_log)])
+    vllm_args = (
+        dict(
+            vllm_mode=s.vllm_mode,
+            vllm_gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+            vllm_max_model_length=s.max_prompt_length + s.max_completion_length,
+        )
+        if use_vllm
+        else {}
+    )
+    args = GRPOConfig(
+        **common,
+        num_generations=s.num_generations,
+        temperature=s.temperature,
+        beta=s.beta,
+        max_completion_length=s.max_completion_length,
+        steps_per_generation=s.steps_per_generation or None,
+        epsilon=s.epsilon,
+        epsilon_high=s.epsilon_high,
+        delta=s.delta or None,
+        loss_type=s.loss_type,
+        scale_rewards=s.scale_rewards,
+        use_vllm=use_vllm,
+        reward_weights=[1.0] * len(reward_funcs),
+        log_completions=False,
+        **vllm_args,
+        **s.extra_args,
+    )
+    trainer = GRPOTrainer(
+        model=_load_model(model_path),
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tok,
+        callbacks=[_log_callback(on_log)],
+    )
     _quiet(trainer, on_log)
     resume = latest_checkpoint(out, resumable=True) if s.resume else None
     t0 = time.perf_counter()
@@ -629,11 +735,21 @@ def run_grpo(model_path: str, rows: Sequence[Mapping[str, Any]], reward_funcs: S
     rewards = {name: _history(logs, f"rewards/{name}/mean") for name in _reward_names(reward_funcs)}
     rewards["reward"] = _history(logs, "reward")
     tokens = int(trainer.state.num_input_tokens_seen or 0) or None
-    result = TrainResult(checkpoint=final, output_dir=str(out), steps=int(trainer.state.global_step),
-                         loss_history=_history(logs, "loss"), tokens_seen=tokens, wall_seconds=wall,
-                         resumed_from=resume, reward_history=rewards, n_examples=len(records),
-                         n_dropped_too_long=dropped, device=str(trainer.args.device), use_vllm=use_vllm,
-                         log_history=logs)
+    result = TrainResult(
+        checkpoint=final,
+        output_dir=str(out),
+        steps=int(trainer.state.global_step),
+        loss_history=_history(logs, "loss"),
+        tokens_seen=tokens,
+        wall_seconds=wall,
+        resumed_from=resume,
+        reward_history=rewards,
+        n_examples=len(records),
+        n_dropped_too_long=dropped,
+        device=str(trainer.args.device),
+        use_vllm=use_vllm,
+        log_history=logs,
+    )
     # TRL's colocated vLLM engine and the process group it set up would outlive the step and block the next engine
     # of this process; a multi-process launch (WORLD_SIZE > 1) ends with its processes instead.
     llm = getattr(trainer, "llm", None)

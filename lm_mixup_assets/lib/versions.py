@@ -30,18 +30,27 @@ _TIME_TYPES = ("TIMESTAMP", "DATE", "TIME")
 VERSION_CHARS = 16
 
 
-def content_columns(con: duckdb.DuckDBPyConnection, table: str, ignore: frozenset[str] | set[str] = frozenset()) -> list[str]:
+def content_columns(
+    con: duckdb.DuckDBPyConnection, table: str, ignore: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
     """``table``'s columns that carry content: not time-typed, not bookkeeping, not in ``ignore``."""
     rows = con.execute(
         "select column_name, data_type from information_schema.columns "
         "where table_catalog = current_database() and table_schema = 'main' and table_name = ? "
-        "order by ordinal_position", [table]).fetchall()
+        "order by ordinal_position",
+        [table],
+    ).fetchall()
     skip = BOOKKEEPING_COLUMNS | set(ignore)
     return [name for name, kind in rows if name not in skip and not str(kind).upper().startswith(_TIME_TYPES)]
 
 
-def table_version(con: duckdb.DuckDBPyConnection, table: str, partition_column: str | None = None,
-                  partition_value: str | None = None, ignore: frozenset[str] | set[str] = frozenset()) -> str:
+def table_version(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    partition_column: str | None = None,
+    partition_value: str | None = None,
+    ignore: frozenset[str] | set[str] = frozenset(),
+) -> str:
     """A hash of the rows of ``table`` (where ``partition_column = partition_value``, if given).
 
     Independent of row order. An empty partition has a version too (it is a
@@ -51,7 +60,9 @@ def table_version(con: duckdb.DuckDBPyConnection, table: str, partition_column: 
         raise LookupError(f"table {table!r} does not exist: cannot compute its data version")
     columns = content_columns(con, table, ignore)
     if partition_column is not None and partition_column not in columns:
-        raise ValueError(f"table {table!r} has no column {partition_column!r} to select partition {partition_value!r} by")
+        raise ValueError(
+            f"table {table!r} has no column {partition_column!r} to select partition {partition_value!r} by"
+        )
     if not columns:
         raise ValueError(f"table {table!r} has no content columns to hash (all are bookkeeping or time columns)")
     selected = ", ".join(f'"{c}"' for c in columns)
@@ -59,7 +70,8 @@ def table_version(con: duckdb.DuckDBPyConnection, table: str, partition_column: 
     n, total = con.execute(
         # hugeint: a sum of 2^64-range hashes does not overflow for any table this platform holds.
         f'select count(*), coalesce(sum(hash(r)::hugeint), 0)::varchar from (select {selected} from "{table}"{where}) r',
-        [partition_value] if partition_column is not None else []).fetchone()
+        [partition_value] if partition_column is not None else [],
+    ).fetchone()
     return _short_hash([table, columns, n, total])
 
 

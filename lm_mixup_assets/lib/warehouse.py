@@ -118,7 +118,9 @@ def _literal(text: str) -> str:
 
 # --- Extensions, loaded from their Python packages (no download at run time) ------------------------
 
-EXTENSION_PACKAGES = {name: f"duckdb_extension_{name}" for name in ("ducklake", "sqlite_scanner", "postgres_scanner", "httpfs")}
+EXTENSION_PACKAGES = {
+    name: f"duckdb_extension_{name}" for name in ("ducklake", "sqlite_scanner", "postgres_scanner", "httpfs")
+}
 
 
 def extension_path(name: str) -> Path:
@@ -131,7 +133,9 @@ def extension_path(name: str) -> Path:
     path = Path(spec.origin).parent / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
     if not path.exists():
         found = sorted(p.parent.name for p in Path(spec.origin).parent.glob("extensions/*/*.duckdb_extension"))
-        raise RuntimeError(f"{package} has no build for duckdb {duckdb.__version__} (it has {found}): pip install {wheel}")
+        raise RuntimeError(
+            f"{package} has no build for duckdb {duckdb.__version__} (it has {found}): pip install {wheel}"
+        )
     return path
 
 
@@ -153,8 +157,11 @@ def _s3_secret_sql() -> str | None:
         parts.append(f"REGION {_literal(region)}")
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:  # an S3-compatible store (MinIO, Ceph, R2...): host[:port], path-style URLs
-        parts += [f"ENDPOINT {_literal(re.sub(r'^https?://', '', endpoint).rstrip('/'))}", "URL_STYLE 'path'",
-                  f"USE_SSL {str(not endpoint.startswith('http://')).lower()}"]
+        parts += [
+            f"ENDPOINT {_literal(re.sub(r'^https?://', '', endpoint).rstrip('/'))}",
+            "URL_STYLE 'path'",
+            f"USE_SSL {str(not endpoint.startswith('http://')).lower()}",
+        ]
     return f"CREATE OR REPLACE SECRET lm_mixup_s3 (TYPE s3, {', '.join(parts)})"
 
 
@@ -186,7 +193,9 @@ def open_lake(lake: Lake) -> duckdb.DuckDBPyConnection:
     except BaseException as exc:
         con.close()
         if isinstance(exc, duckdb.Error):
-            raise type(exc)(f"attaching the lake (catalog {redact(lake.catalog)}, data {lake.data_path}): {exc}") from exc
+            raise type(exc)(
+                f"attaching the lake (catalog {redact(lake.catalog)}, data {lake.data_path}): {exc}"
+            ) from exc
         raise
     return con
 
@@ -234,8 +243,9 @@ def drop_postgres_schema(dsn: str, schema: str) -> None:
 
 
 @contextmanager
-def connect(where: str | Path | Lake, read_only: bool = False,
-            lock_timeout_s: float = 300.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(
+    where: str | Path | Lake, read_only: bool = False, lock_timeout_s: float = 300.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short connection to a DuckDB file (waiting, with jittered backoff, while another process
     holds its lock) or to a lake (a cursor on this process's attached lake; ``read_only`` is
     ignored there: use ``Lake(snapshot=...)`` for a read-only view)."""
@@ -272,8 +282,15 @@ def connect(where: str | Path | Lake, read_only: bool = False,
 
 # A lake commit that lost a race (another commit changed the same table), a SQLite catalog busy with
 # another writer, a DuckDB write-write conflict between two connections of one process.
-_CONFLICT_MARKERS = ("transaction conflict", "database is locked", "write-write conflict", "conflict on tuple",
-                     "could not serialize", "deadlock detected", "failed to query most recent snapshot")
+_CONFLICT_MARKERS = (
+    "transaction conflict",
+    "database is locked",
+    "write-write conflict",
+    "conflict on tuple",
+    "could not serialize",
+    "deadlock detected",
+    "failed to query most recent snapshot",
+)
 
 
 def is_conflict(exc: BaseException) -> bool:
@@ -343,13 +360,22 @@ def maintain(con, expire_older_than_days: float | None = None) -> dict[str, int]
         con.execute("checkpoint")
         return {"checkpoints": 1}
     name = _literal(con.execute("select current_database()").fetchone()[0])
-    done = {"inlined_rows_flushed": int(sum(r[-1] or 0 for r in con.execute(f"call ducklake_flush_inlined_data({name})").fetchall())),
-            "files_merged": int(sum(r[2] or 0 for r in con.execute(f"call ducklake_merge_adjacent_files({name})").fetchall())),
-            "snapshots_expired": 0}
+    done = {
+        "inlined_rows_flushed": int(
+            sum(r[-1] or 0 for r in con.execute(f"call ducklake_flush_inlined_data({name})").fetchall())
+        ),
+        "files_merged": int(
+            sum(r[2] or 0 for r in con.execute(f"call ducklake_merge_adjacent_files({name})").fetchall())
+        ),
+        "snapshots_expired": 0,
+    }
     if expire_older_than_days is not None:
         cutoff = pd.Timestamp.now("UTC") - pd.Timedelta(days=float(expire_older_than_days))
-        done["snapshots_expired"] = len(con.execute(f"call ducklake_expire_snapshots({name}, older_than => ?::timestamptz)",
-                                                    [cutoff.to_pydatetime()]).fetchall())
+        done["snapshots_expired"] = len(
+            con.execute(
+                f"call ducklake_expire_snapshots({name}, older_than => ?::timestamptz)", [cutoff.to_pydatetime()]
+            ).fetchall()
+        )
     done["files_deleted"] = len(con.execute(f"call ducklake_cleanup_old_files({name}, cleanup_all => true)").fetchall())
     return done
 
@@ -361,8 +387,12 @@ def rollback_quietly(con) -> None:
         pass
 
 
-def write_transaction(connect: Callable[[], object], work: Callable[[duckdb.DuckDBPyConnection], T],
-                      timeout_s: float = 300.0, commit_info: dict | None = None) -> tuple[T, int | None]:
+def write_transaction(
+    connect: Callable[[], object],
+    work: Callable[[duckdb.DuckDBPyConnection], T],
+    timeout_s: float = 300.0,
+    commit_info: dict | None = None,
+) -> tuple[T, int | None]:
     """Run ``work(con)`` in one transaction, retried whole on conflict; returns its result and, on a
     lake, the snapshot the commit created. ``commit_info`` (author, message, extra JSON) is stored
     with a lake snapshot (``select * from lake.snapshots()``)."""
@@ -374,9 +404,14 @@ def write_transaction(connect: Callable[[], object], work: Callable[[duckdb.Duck
             try:
                 if lake and commit_info:
                     name = con.execute("select current_database()").fetchone()[0]
-                    con.execute(f"call {name}.set_commit_message(?, ?, extra_info => ?)",
-                                [commit_info.get("author", "lm-mixup"), commit_info.get("message", ""),
-                                 json.dumps(commit_info.get("extra", {}), sort_keys=True, default=str)])
+                    con.execute(
+                        f"call {name}.set_commit_message(?, ?, extra_info => ?)",
+                        [
+                            commit_info.get("author", "lm-mixup"),
+                            commit_info.get("message", ""),
+                            json.dumps(commit_info.get("extra", {}), sort_keys=True, default=str),
+                        ],
+                    )
                 out = work(con)
                 con.execute("commit")
             except BaseException:
@@ -507,7 +542,7 @@ def tables_read(sql: str) -> set[str]:
         text = statement.query
         prefix = _WRITE_PREFIX.match(text)
         if prefix:
-            text = text[prefix.end():]
+            text = text[prefix.end() :]
         elif not _QUERY_START.match(text):
             continue
         tree = _serialized_select(text)

@@ -37,9 +37,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 
@@ -64,10 +64,25 @@ PACKAGED_SAMPLE_NAME = "enwiki-latest-pages-articles1.xml-p000000010p000030302-s
 SKIP_SECTIONS = frozenset(
     s.lower()
     for s in (
-        "References", "External links", "Further reading", "See also", "Notes", "Bibliography",
-        "Sources", "Citations", "Footnotes", "Works cited", "Notes and references",
-        "References and notes", "Literature", "Selected bibliography", "Works", "Discography",
-        "Filmography", "Publications", "Gallery",
+        "References",
+        "External links",
+        "Further reading",
+        "See also",
+        "Notes",
+        "Bibliography",
+        "Sources",
+        "Citations",
+        "Footnotes",
+        "Works cited",
+        "Notes and references",
+        "References and notes",
+        "Literature",
+        "Selected bibliography",
+        "Works",
+        "Discography",
+        "Filmography",
+        "Publications",
+        "Gallery",
     )
 )
 
@@ -299,8 +314,12 @@ def iter_wiki_paragraphs(
                         continue
                     seen.add(key)
                     yield WikiParagraph(
-                        paragraph_id=paragraph_id(title, section, text), title=title, section=section,
-                        position=position, text=text, n_chars=len(text),
+                        paragraph_id=paragraph_id(title, section, text),
+                        title=title,
+                        section=section,
+                        position=position,
+                        text=text,
+                        n_chars=len(text),
                     )
                     position += 1
     finally:
@@ -321,8 +340,7 @@ def wiki_paragraphs_frame(
     """
     path = packaged_wiki_sample() if dump_path is None else dump_path
     rows = [
-        vars(p)
-        for p in iter_wiki_paragraphs(path, min_chars, max_chars, min_article_chars, limit_articles, workers)
+        vars(p) for p in iter_wiki_paragraphs(path, min_chars, max_chars, min_article_chars, limit_articles, workers)
     ]
     frame = pd.DataFrame(rows, columns=WIKI_PARAGRAPH_COLUMNS)
     return frame.astype({"position": "int64", "n_chars": "int64"})

@@ -6,4 +6,13 @@ One module per stage; the asset, its lib functions and the benchmarks all take t
 
 from .base import Choice, SettingsError, StageSettings, budget, env_overrides, env_var, internal, resolve_settings
 
-__all__ = ["Choice", "SettingsError", "budget", "StageSettings", "env_overrides", "env_var", "internal", "resolve_settings"]
+__all__ = [
+    "Choice",
+    "SettingsError",
+    "budget",
+    "StageSettings",
+    "env_overrides",
+    "env_var",
+    "internal",
+    "resolve_settings",
+]

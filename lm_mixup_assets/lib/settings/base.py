@@ -18,13 +18,22 @@ from __future__ import annotations
 
 import enum
 import os
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["StageSettings", "Choice", "SettingsError", "env_var", "env_overrides", "resolve_settings",
-           "internal", "budget"]
+__all__ = [
+    "StageSettings",
+    "Choice",
+    "SettingsError",
+    "env_var",
+    "env_overrides",
+    "resolve_settings",
+    "internal",
+    "budget",
+]
 
 
 class Choice(str, enum.Enum):
@@ -60,10 +69,16 @@ def internal(default: Any, description: str, **kwargs) -> Any:
 
 def budget(default: float, what: str) -> Any:
     """A failure-budget field (``what``: the calls it covers)."""
-    return Field(default, ge=0.0, le=1.0, description=(
-        f"Failure budget: the materialisation fails when more than this share of {what} fails. The rows are "
-        "written first, with their status; successful answers stay cached, so a re-run after fixing the cause "
-        "pays only for the failures. 1.0 = never fail on failed calls."))
+    return Field(
+        default,
+        ge=0.0,
+        le=1.0,
+        description=(
+            f"Failure budget: the materialisation fails when more than this share of {what} fails. The rows are "
+            "written first, with their status; successful answers stay cached, so a re-run after fixing the cause "
+            "pays only for the failures. 1.0 = never fail on failed calls."
+        ),
+    )
 
 
 class SettingsError(ValueError):
@@ -93,8 +108,9 @@ def env_overrides(model: type[BaseModel], prefix: str, skip: frozenset[str] = fr
     return {k: v for k, v in values.items() if k in present}
 
 
-def resolve_settings(model: type[StageSettings], preset: Mapping[str, Any] | None = None,
-                     explicit: Mapping[str, Any] | None = None) -> tuple[StageSettings, dict[str, str]]:
+def resolve_settings(
+    model: type[StageSettings], preset: Mapping[str, Any] | None = None, explicit: Mapping[str, Any] | None = None
+) -> tuple[StageSettings, dict[str, str]]:
     """Resolve one step's settings: model defaults < ``preset`` < environment < ``explicit``.
 
     Returns the validated model and, per field, where its value came from
@@ -119,8 +135,13 @@ def resolve_settings(model: type[StageSettings], preset: Mapping[str, Any] | Non
     return settings, sources
 
 
-def _explain(exc: ValidationError, sources: Mapping[str, str], from_env: bool = False,
-             values: Mapping[str, Any] | None = None, name: str = "") -> str:
+def _explain(
+    exc: ValidationError,
+    sources: Mapping[str, str],
+    from_env: bool = False,
+    values: Mapping[str, Any] | None = None,
+    name: str = "",
+) -> str:
     lines = []
     env = {k.upper(): v for k, v in os.environ.items()} if from_env else {}
     for err in exc.errors():

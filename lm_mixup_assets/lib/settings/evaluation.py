@@ -46,17 +46,24 @@ class Generation(Choice):
     task = "task"
 
 
-CHAT_TEMPLATE_HELP = ("Text format of training AND evaluation (one value, both sides): 'none' = plain prompt + ' ' + "
-                      "completion + eos, plain prompts in lm-eval (DS2, paper); 'apply' = the tokenizer's chat "
-                      "template in both (an error if the tokenizer has none).")
+CHAT_TEMPLATE_HELP = (
+    "Text format of training AND evaluation (one value, both sides): 'none' = plain prompt + ' ' + "
+    "completion + eos, plain prompts in lm-eval (DS2, paper); 'apply' = the tokenizer's chat "
+    "template in both (an error if the tokenizer has none)."
+)
 
 
 class LoraSFTSettings(TrainerSettings):
     """The downstream model of one arm: TRL SFT with a LoRA adapter (peft) on the arm's training set."""
 
     preset = "downstream"
-    base_model: str = Field("meta-llama/Llama-3.1-8B", min_length=1, description=(
-        "The downstream base model: 'smollm2' (packaged, offline) or any Hugging Face id or local folder."))
+    base_model: str = Field(
+        "meta-llama/Llama-3.1-8B",
+        min_length=1,
+        description=(
+            "The downstream base model: 'smollm2' (packaged, offline) or any Hugging Face id or local folder."
+        ),
+    )
     learning_rate: float = Field(1e-4, gt=0, description="Learning rate (DS2 1e-4).")
     num_train_epochs: float = Field(5.0, gt=0, description="Epochs over the arm's training set (DS2 5).")
     max_length: int = Field(2048, ge=16, description="Longest example in tokens (DS2 2048); see overlong_rows.")
@@ -64,44 +71,82 @@ class LoraSFTSettings(TrainerSettings):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (DS2 0).")
     lr_scheduler_type: str = Field("linear", description="transformers scheduler name (DS2: linear).")
     per_device_train_batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
-    gradient_accumulation_steps: int = Field(32, ge=1, description=(
-        "Micro-batches per optimizer step (4 x 32 = the paper's effective batch of 128 on one device)."))
+    gradient_accumulation_steps: int = Field(
+        32,
+        ge=1,
+        description=("Micro-batches per optimizer step (4 x 32 = the paper's effective batch of 128 on one device)."),
+    )
     max_grad_norm: float = Field(0.0, ge=0, description="Gradient-norm clip; 0 = none (DS2: --clip_grad_norm -1).")
     lora_r: int = Field(64, ge=1, description="LoRA rank (DS2 64).")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (DS2 16).")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (DS2 0.1).")
-    target_modules: list[str] = Field(list(DS2_TARGET_MODULES), min_length=1, description=(
-        "Module names that get adapters (DS2: every attention and MLP projection); ['all-linear'] = peft's shortcut."))
+    target_modules: list[str] = Field(
+        list(DS2_TARGET_MODULES),
+        min_length=1,
+        description=(
+            "Module names that get adapters (DS2: every attention and MLP projection); ['all-linear'] = peft's shortcut."
+        ),
+    )
     chat_template: ChatTemplate = Field(ChatTemplate.none, description=CHAT_TEMPLATE_HELP)
-    overlong_rows: OverlongRows = Field(OverlongRows.truncate, description=(
-        "Rows longer than max_length tokens: 'truncate' (DS2: cut to max_length, drop a row with no completion "
-        "token left) or 'drop'."))
-    keep_checkpoints: bool = internal(True, (
-        "When a run finishes, keep its checkpoint-N folders whole (adapter and optimizer state); false keeps "
-        "only their trainer state and training arguments, adapter/ holding the weights."))
+    overlong_rows: OverlongRows = Field(
+        OverlongRows.truncate,
+        description=(
+            "Rows longer than max_length tokens: 'truncate' (DS2: cut to max_length, drop a row with no completion "
+            "token left) or 'drop'."
+        ),
+    )
+    keep_checkpoints: bool = internal(
+        True,
+        (
+            "When a run finishes, keep its checkpoint-N folders whole (adapter and optimizer state); false keeps "
+            "only their trainer state and training arguments, adapter/ holding the weights."
+        ),
+    )
 
 
 class LmEvalSettings(StageSettings):
     """One lm-eval protocol for every arm and the base model (the check ``same_eval_settings`` holds them to it)."""
 
     preset = "lm_eval"
-    base_model: str = Field("meta-llama/Llama-3.1-8B", min_length=1, description=(
-        "The untuned model base_model_scores scores; benchmark_scores warns when an arm was trained from another."))
-    tasks: TaskSet = Field(TaskSet.paper, description=(
-        "'smoke': small offline tasks built from the lm-eval package (bbh, gsm8k, mmlu items); 'paper': the "
-        "paper's MMLU, TruthfulQA, GSM8K, BBH and TyDiQA."))
+    base_model: str = Field(
+        "meta-llama/Llama-3.1-8B",
+        min_length=1,
+        description=(
+            "The untuned model base_model_scores scores; benchmark_scores warns when an arm was trained from another."
+        ),
+    )
+    tasks: TaskSet = Field(
+        TaskSet.paper,
+        description=(
+            "'smoke': small offline tasks built from the lm-eval package (bbh, gsm8k, mmlu items); 'paper': the "
+            "paper's MMLU, TruthfulQA, GSM8K, BBH and TyDiQA."
+        ),
+    )
     limit: int = Field(0, ge=0, description="Items per task (smoke tasks); 0 = all.")
     batch_size: int = Field(16, ge=1, description="lm-eval batch size.")
     backend: EvalBackend = Field(EvalBackend.vllm, description="'hf' (transformers, any device) or 'vllm' (GPU).")
     seed: int = Field(1234, description="lm-eval's seeds (random, numpy, torch, fewshot).")
-    chat_template: ChatTemplate = Field(ChatTemplate.none, description=(
-        CHAT_TEMPLATE_HELP + " Must equal the downstream model's training setting (benchmark_scores fails otherwise)."))
-    task_subsets: TaskSubsets = Field(TaskSubsets.ds2, description=(
-        "Paper task set only: 'ds2' = DS2's per-task limits (GSM8K 200, BBH 40 per subtask, TyDiQA 100 per "
-        "language, random with seed 42; MMLU and TruthfulQA whole) or 'all' = every item."))
-    generation: Generation = Field(Generation.ds2, description=(
-        "Paper task set only: 'ds2' = DS2's decoding (GSM8K greedy 512 tokens stop at newline; BBH sampled at "
-        "temperature 0.8, 512 tokens; TyDiQA greedy 50 tokens) or 'task' = lm-eval's task defaults."))
+    chat_template: ChatTemplate = Field(
+        ChatTemplate.none,
+        description=(
+            CHAT_TEMPLATE_HELP
+            + " Must equal the downstream model's training setting (benchmark_scores fails otherwise)."
+        ),
+    )
+    task_subsets: TaskSubsets = Field(
+        TaskSubsets.ds2,
+        description=(
+            "Paper task set only: 'ds2' = DS2's per-task limits (GSM8K 200, BBH 40 per subtask, TyDiQA 100 per "
+            "language, random with seed 42; MMLU and TruthfulQA whole) or 'all' = every item."
+        ),
+    )
+    generation: Generation = Field(
+        Generation.ds2,
+        description=(
+            "Paper task set only: 'ds2' = DS2's decoding (GSM8K greedy 512 tokens stop at newline; BBH sampled at "
+            "temperature 0.8, 512 tokens; TyDiQA greedy 50 tokens) or 'task' = lm-eval's task defaults."
+        ),
+    )
 
     def protocol(self) -> dict:
         """The fields that must be equal across arms and the base model."""

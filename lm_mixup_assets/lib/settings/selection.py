@@ -6,8 +6,9 @@ from pydantic import Field
 
 from .base import Choice, StageSettings, internal
 
-PAPER_ARMS = ("mixup50_ori50,mixup70_ori30,mixup30_ori70,high70_low30,high50_low50,high30_low70,"
-              "original_high,random,full_low")
+PAPER_ARMS = (
+    "mixup50_ori50,mixup70_ori30,mixup30_ori70,high70_low30,high50_low50,high30_low70,original_high,random,full_low"
+)
 
 
 class OriginalRank(Choice):
@@ -25,35 +26,56 @@ class LongTailSettings(StageSettings):
 
     preset = "long_tail"
     k: int = Field(15, ge=1, description="Neighbours in the kNN long-tail score (the method: 15).")
-    prompt_prefix: str = Field("Instruction: ", description=(
-        "Put before the prompt in the text embedded for the long-tail score, "
-        "'{prompt_prefix}{prompt}\\n{answer_prefix}{completion}' (stripped); the method's code uses 'Instruction: '."))
-    answer_prefix: str = Field("Answer: ", description=(
-        "Put before the completion in the long-tail text; the method's code uses 'Answer: '."))
+    prompt_prefix: str = Field(
+        "Instruction: ",
+        description=(
+            "Put before the prompt in the text embedded for the long-tail score, "
+            "'{prompt_prefix}{prompt}\\n{answer_prefix}{completion}' (stripped); the method's code uses 'Instruction: '."
+        ),
+    )
+    answer_prefix: str = Field(
+        "Answer: ", description=("Put before the completion in the long-tail text; the method's code uses 'Answer: '.")
+    )
 
 
 class TrainingSetSettings(StageSettings):
     """One arm's training set."""
 
     preset = "training_sets"
-    arms: str = internal(PAPER_ARMS, (
-        "Comma-separated arms, each a partition of training_sets and the evaluation assets: mixupA_oriB, "
-        "highA_lowB, original_high, random, full_low. It fixes the partitions, so it is read when the code "
-        "location loads and is not a launchpad field: set it by profile or LM_MIXUP_TRAINING_SETS_ARMS."),
-        min_length=1)
+    arms: str = internal(
+        PAPER_ARMS,
+        (
+            "Comma-separated arms, each a partition of training_sets and the evaluation assets: mixupA_oriB, "
+            "highA_lowB, original_high, random, full_low. It fixes the partitions, so it is read when the code "
+            "location loads and is not a launchpad field: set it by profile or LM_MIXUP_TRAINING_SETS_ARMS."
+        ),
+        min_length=1,
+    )
     size: int = Field(10_000, ge=1, description="Rows per arm (paper 10,000: about 3% of a 300k pool).")
     seed: int = Field(0, description="Seed of the uniform draws (random, full_low, the low part of highA_lowB).")
-    original_rank: OriginalRank = Field(OriginalRank.quality_then_long_tail, description=(
-        "How original high rows are ranked: 'long_tail' (rarest first) or 'quality_then_long_tail' (judge score "
-        "first, rarest first within a score: the order the method's long-tail script writes). Distilled rows "
-        "always go by long-tail score."))
-    row_order: RowOrder = Field(RowOrder.reference, description=(
-        "Order of an arm's rows (position, JSONL): 'by_part' = each part in rank order, recipe order; 'reference' "
-        "= original part then distilled part, shuffled as the method's merge script does (seeded shuffle_seed)."))
+    original_rank: OriginalRank = Field(
+        OriginalRank.quality_then_long_tail,
+        description=(
+            "How original high rows are ranked: 'long_tail' (rarest first) or 'quality_then_long_tail' (judge score "
+            "first, rarest first within a score: the order the method's long-tail script writes). Distilled rows "
+            "always go by long-tail score."
+        ),
+    )
+    row_order: RowOrder = Field(
+        RowOrder.reference,
+        description=(
+            "Order of an arm's rows (position, JSONL): 'by_part' = each part in rank order, recipe order; 'reference' "
+            "= original part then distilled part, shuffled as the method's merge script does (seeded shuffle_seed)."
+        ),
+    )
     shuffle_seed: int = Field(42, description="Seed of the row_order 'reference' shuffle (the merge script's --seed).")
-    drop_duplicate_content: bool = Field(True, description=(
-        "Skip a row whose (normalised) prompt and completion are already in the arm and take the next one; the "
-        "method's merge keeps duplicates."))
+    drop_duplicate_content: bool = Field(
+        True,
+        description=(
+            "Skip a row whose (normalised) prompt and completion are already in the arm and take the next one; the "
+            "method's merge keeps duplicates."
+        ),
+    )
 
     def arm_list(self) -> list[str]:
         return [a.strip() for a in self.arms.split(",") if a.strip()]

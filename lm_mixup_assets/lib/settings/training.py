@@ -46,15 +46,21 @@ _LAYOUT_HELP = (
     "'reference': the reference's mix-up system prompt, instruction and input joined by a newline, target "
     "'<think>\\n{cot}\\n</think>\\n\\n<answer>\\n{output}\\n</answer>' with no end-of-turn token trained. 'chat': our "
     "system prompt and a chat-template assistant turn '<think>{cot}</think>\\n<answer>{output}</answer>' "
-    "(end-of-turn trained).")
+    "(end-of-turn trained)."
+)
 
 
 class BasePolicySettings(StageSettings):
     """The distiller's starting model."""
 
     preset = "base_policy"
-    model: str = Field("Qwen/Qwen2.5-1.5B-Instruct", min_length=1, description=(
-        "'smollm2' (SmolLM2-135M-Instruct, packaged and offline) or any Hugging Face id or local model folder."))
+    model: str = Field(
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        min_length=1,
+        description=(
+            "'smollm2' (SmolLM2-135M-Instruct, packaged and offline) or any Hugging Face id or local model folder."
+        ),
+    )
 
 
 class TrainerSettings(StageSettings):
@@ -66,17 +72,22 @@ class TrainerSettings(StageSettings):
     save_total_limit: int = Field(2, ge=0, description="Checkpoints kept in the output folder; 0 = all.")
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 = run the full epochs.")
     bf16: bool | None = internal(None, "bfloat16 training; null = on when CUDA supports it.")
-    gradient_checkpointing: bool | None = internal(None, "Recompute activations; null = on with CUDA (memory), "
-                                                         "off on CPU (speed).")
+    gradient_checkpointing: bool | None = internal(
+        None, "Recompute activations; null = on with CUDA (memory), off on CPU (speed)."
+    )
     use_cpu: bool | None = internal(None, "Train on the CPU; null = when CUDA is absent.")
     resume: bool = internal(True, "Resume from the latest checkpoint in the output folder after a crash.")
-    keep_checkpoints: bool = internal(True, (
-        "When a run finishes, keep its checkpoint-N folders whole (weights and optimizer state, to train on from "
-        "them); false keeps only their trainer state and training arguments, final/ holding the weights."))
+    keep_checkpoints: bool = internal(
+        True,
+        (
+            "When a run finishes, keep its checkpoint-N folders whole (weights and optimizer state, to train on from "
+            "them); false keeps only their trainer state and training arguments, final/ holding the weights."
+        ),
+    )
     disable_tqdm: bool = internal(True, "No progress bars (the asset logs each logging step instead).")
     extra_args: dict = internal({}, "Passed through to TRL's trainer config as keyword arguments.")
 
-    def validate(self) -> "TrainerSettings":  # kept for callers that validated dataclasses explicitly
+    def validate(self) -> TrainerSettings:  # kept for callers that validated dataclasses explicitly
         return self
 
 
@@ -92,15 +103,30 @@ class SFTSettings(TrainerSettings):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (reference 0.01).")
     lr_scheduler_type: str = Field("linear", description="transformers scheduler name (not published; its default).")
     per_device_train_batch_size: int = Field(1, ge=1, description="Examples per device per micro-batch (reference 1).")
-    gradient_accumulation_steps: int = Field(1, ge=1, description=(
-        "Micro-batches per optimizer step; with per_device_train_batch_size 1 the effective batch (reference 1)."))
-    target_layout: TargetLayout = Field(TargetLayout.reference, description=(
-        _LAYOUT_HELP + " Distil with the same layout (distilled_pool's prompt_layout)."))
-    cot_mode: CotMode = Field(CotMode.omit_empty, description=(
-        "A row with an empty cot: 'omit_empty' (reference) trains no think block; 'plan' a short fact-free plan "
-        "built from the row; 'empty_think' an empty think block."))
-    drop_too_long: bool = Field(True, description=(
-        "Drop examples over max_length (counted in the metadata); false truncates them as the reference does."))
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Micro-batches per optimizer step; with per_device_train_batch_size 1 the effective batch (reference 1)."
+        ),
+    )
+    target_layout: TargetLayout = Field(
+        TargetLayout.reference,
+        description=(_LAYOUT_HELP + " Distil with the same layout (distilled_pool's prompt_layout)."),
+    )
+    cot_mode: CotMode = Field(
+        CotMode.omit_empty,
+        description=(
+            "A row with an empty cot: 'omit_empty' (reference) trains no think block; 'plan' a short fact-free plan "
+            "built from the row; 'empty_think' an empty think block."
+        ),
+    )
+    drop_too_long: bool = Field(
+        True,
+        description=(
+            "Drop examples over max_length (counted in the metadata); false truncates them as the reference does."
+        ),
+    )
 
 
 class GRPOSettings(TrainerSettings):
@@ -118,19 +144,33 @@ class GRPOSettings(TrainerSettings):
     learning_rate: float = Field(1e-6, gt=0, description="Learning rate (reference 1e-6).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (reference optim.weight_decay 1e-2).")
     epsilon: float = Field(0.2, gt=0, lt=1, description="Lower clip of the policy ratio, 1 - epsilon (reference 0.2).")
-    epsilon_high: float = Field(0.3, gt=0, description="Upper clip of the policy ratio, 1 + epsilon_high (reference 0.3).")
-    delta: float = Field(3.0, ge=0, description=(
-        "Dual clip: for a negative advantage the ratio counts at most delta (EasyR1's clip_ratio_dual 3.0); must "
-        "exceed 1 + epsilon_high; 0 = off."))
-    prompt_layout: GrpoPromptLayout = Field(GrpoPromptLayout.reference, description=(
-        "'reference': one user turn, the reference's format prompt (examples/format_prompt/mixup.jinja) then the "
-        "user turn, no system turn; 'chat': our system prompt + user turn, as SFT's 'chat' layout."))
+    epsilon_high: float = Field(
+        0.3, gt=0, description="Upper clip of the policy ratio, 1 + epsilon_high (reference 0.3)."
+    )
+    delta: float = Field(
+        3.0,
+        ge=0,
+        description=(
+            "Dual clip: for a negative advantage the ratio counts at most delta (EasyR1's clip_ratio_dual 3.0); must "
+            "exceed 1 + epsilon_high; 0 = off."
+        ),
+    )
+    prompt_layout: GrpoPromptLayout = Field(
+        GrpoPromptLayout.reference,
+        description=(
+            "'reference': one user turn, the reference's format prompt (examples/format_prompt/mixup.jinja) then the "
+            "user turn, no system turn; 'chat': our system prompt + user turn, as SFT's 'chat' layout."
+        ),
+    )
     max_prompt_length: int = Field(2400, ge=16, description="Longest prompt in tokens; longer prompts are dropped.")
     max_completion_length: int = Field(2400, ge=1, description="Longest rollout in tokens.")
     per_device_train_batch_size: int = Field(8, ge=1, description="Completions per device per micro-batch.")
     gradient_accumulation_steps: int = Field(8, ge=1, description="Micro-batches per optimizer step.")
-    steps_per_generation: int = Field(64, ge=0, description=(
-        "Micro-batches generated per rollout round; 0 = TRL's default (gradient_accumulation_steps)."))
+    steps_per_generation: int = Field(
+        64,
+        ge=0,
+        description=("Micro-batches generated per rollout round; 0 = TRL's default (gradient_accumulation_steps)."),
+    )
     num_train_epochs: float = Field(1.0, gt=0, description="Epochs over the MIXTURE train prompts.")
     lr_scheduler_type: str = Field("constant", description="transformers scheduler name (not published; constant).")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Share of steps warming up the learning rate.")
@@ -139,33 +179,51 @@ class GRPOSettings(TrainerSettings):
     weight_quality: float = Field(0.5, ge=0, description="Weight of the kNN-Bayes quality reward, every task (0.5).")
     weight_alignment: float = Field(0.4, ge=0, description="Weight of the alignment reward, every task (0.4).")
     weight_format: float = Field(0.1, ge=0, description="Weight of the format reward, every task (0.1).")
-    reward_weight_overrides: str = Field("{}", description=(
-        'Per-task weight overrides as JSON, component by component, e.g. {"mcq": {"alignment": 0.0}} (the '
-        "reference's task_specific_config overrides nothing). Tasks: qa, mcq, tfq, cs, paragraph."))
-    reward_rules: RewardRules = Field(RewardRules.reference, description=(
-        "'reference': the format/answer rules of the method's reward code (case-insensitive layout check, first "
-        "<answer> block or the whole response judged); 'strict': one think then one non-blank answer block, "
-        "nothing else, and no answer block scores 0 on alignment and quality."))
-    reward_quality_band: QualityBand = Field(QualityBand.reference, description=(
-        "'reference': quality 1.0 if E >= 4, 0.3 only if E == 3 exactly, else 0; 'interval': 0.3 for 3 <= E < 4."))
+    reward_weight_overrides: str = Field(
+        "{}",
+        description=(
+            'Per-task weight overrides as JSON, component by component, e.g. {"mcq": {"alignment": 0.0}} (the '
+            "reference's task_specific_config overrides nothing). Tasks: qa, mcq, tfq, cs, paragraph."
+        ),
+    )
+    reward_rules: RewardRules = Field(
+        RewardRules.reference,
+        description=(
+            "'reference': the format/answer rules of the method's reward code (case-insensitive layout check, first "
+            "<answer> block or the whole response judged); 'strict': one think then one non-blank answer block, "
+            "nothing else, and no answer block scores 0 on alignment and quality."
+        ),
+    )
+    reward_quality_band: QualityBand = Field(
+        QualityBand.reference,
+        description=(
+            "'reference': quality 1.0 if E >= 4, 0.3 only if E == 3 exactly, else 0; 'interval': 0.3 for 3 <= E < 4."
+        ),
+    )
     drop_too_long: bool = Field(True, description="Drop prompts over max_prompt_length (counted in the metadata).")
     use_vllm: bool | None = internal(None, "vLLM rollouts; null = when CUDA is present and vLLM imports.")
     vllm_mode: str = internal("colocate", "TRL's vLLM mode: 'colocate' (same process) or 'server'.")
     vllm_gpu_memory_utilization: float = internal(0.3, "GPU memory share of the colocated vLLM engine.", gt=0, le=1)
 
     @model_validator(mode="after")
-    def _batches_fit(self) -> "GRPOSettings":
+    def _batches_fit(self) -> GRPOSettings:
         if self.delta and self.delta <= 1 + self.epsilon_high:
-            raise ValueError(f"delta = {self.delta} must exceed 1 + epsilon_high = {1 + self.epsilon_high} "
-                             "(below it the dual clip would also cut ordinary positive-advantage updates)")
+            raise ValueError(
+                f"delta = {self.delta} must exceed 1 + epsilon_high = {1 + self.epsilon_high} "
+                "(below it the dual clip would also cut ordinary positive-advantage updates)"
+            )
         per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if per_step % self.num_generations:
-            raise ValueError(f"per_device_train_batch_size x gradient_accumulation_steps = {per_step} must be a "
-                             f"multiple of num_generations = {self.num_generations}")
+            raise ValueError(
+                f"per_device_train_batch_size x gradient_accumulation_steps = {per_step} must be a "
+                f"multiple of num_generations = {self.num_generations}"
+            )
         gen_batch = self.per_device_train_batch_size * (self.steps_per_generation or self.gradient_accumulation_steps)
         if gen_batch % self.num_generations:
-            raise ValueError(f"generation batch {gen_batch} (per-device batch x steps_per_generation) must be a "
-                             f"multiple of num_generations = {self.num_generations}")
+            raise ValueError(
+                f"generation batch {gen_batch} (per-device batch x steps_per_generation) must be a "
+                f"multiple of num_generations = {self.num_generations}"
+            )
         return self
 
 
@@ -175,14 +233,27 @@ class MixtureEvalSettings(StageSettings):
     preset = "mixture_eval"
     max_examples: int = Field(0, ge=0, description="Test examples evaluated; 0 = the whole test split.")
     max_new_tokens: int = Field(2400, ge=1, description="Longest answer generated per example.")
-    prompt_layout: TargetLayout = Field(TargetLayout.reference, description=(
-        "The prompt the models are asked with; keep it equal to sft_checkpoint's target_layout (the reference's "
-        "MIXTURE evaluation, sft/batch_infer_split.py, uses its SFT prompt)."))
-    repetition_penalty: float = Field(1.3, gt=0, description=(
-        "Greedy decoding's repetition penalty (1 = off); the reference's evaluation script default is 1.3."))
-    reward_rules: RewardRules = Field(RewardRules.reference, description="The reward rules the answers are scored "
-                                      "with (as grpo_checkpoint's reward_rules).")
-    reward_quality_band: QualityBand = Field(QualityBand.reference, description="The quality band of the reward "
-                                             "(as grpo_checkpoint's reward_quality_band).")
+    prompt_layout: TargetLayout = Field(
+        TargetLayout.reference,
+        description=(
+            "The prompt the models are asked with; keep it equal to sft_checkpoint's target_layout (the reference's "
+            "MIXTURE evaluation, sft/batch_infer_split.py, uses its SFT prompt)."
+        ),
+    )
+    repetition_penalty: float = Field(
+        1.3,
+        gt=0,
+        description=(
+            "Greedy decoding's repetition penalty (1 = off); the reference's evaluation script default is 1.3."
+        ),
+    )
+    reward_rules: RewardRules = Field(
+        RewardRules.reference,
+        description="The reward rules the answers are scored with (as grpo_checkpoint's reward_rules).",
+    )
+    reward_quality_band: QualityBand = Field(
+        QualityBand.reference, description="The quality band of the reward (as grpo_checkpoint's reward_quality_band)."
+    )
     max_failed_fraction: float = budget(
-        0.05, "each model's generations, and apart from them of the judge's calls on its parsed answers")
+        0.05, "each model's generations, and apart from them of the judge's calls on its parsed answers"
+    )
