@@ -11,27 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import dagster as dg
-from pydantic import Field
 
 from lm_mixup_assets.lib.budgets import BudgetReport, describe
 
 DEFAULT_MAX_FAILED_FRACTION = 0.05
 
-__all__ = ["DEFAULT_MAX_FAILED_FRACTION", "budget_field", "budget_metadata", "enforce_budgets"]
-
-
-def budget_field(default: float, what: str):
-    """The config field of one asset's failure budget (``what``: the calls it covers)."""
-    return Field(
-        default,
-        ge=0.0,
-        le=1.0,
-        description=(
-            f"Failure budget: the materialisation fails when more than this share of {what} fails. The rows are "
-            "written first, with their status; successful answers stay cached, so a re-run after fixing the cause "
-            "pays only for the failures. 1.0 = never fail on failed calls."
-        ),
-    )
+__all__ = ["DEFAULT_MAX_FAILED_FRACTION", "budget_metadata", "enforce_budgets"]
 
 
 def budget_metadata(prefix: str, report: BudgetReport) -> dict:
