@@ -32,7 +32,7 @@ from resources.embedder import EmbedderResource
 
 GROUP = "clusters"
 # Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
-CODE_VERSION = code_version("1")
+CODE_VERSION = code_version("2")  # 2: the fast clustering's flat coarse split (sources above 8192 rows)
 
 CLUSTER_INPUT_TYPES = {
     "member_ids": "VARCHAR[]",

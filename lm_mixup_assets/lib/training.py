@@ -465,6 +465,14 @@ def free_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
+    # glibc keeps freed heap pages (torch's CPU tensors among them) for reuse; hand them back to the OS, so the
+    # next step starts from what is live rather than from the last step's peak.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): nothing to trim
 
 
 def _log_callback(on_log: OnLog | None):
