@@ -39,14 +39,13 @@ from .settings.evaluation import DS2_TARGET_MODULES, ChatTemplate, LoraSFTSettin
 from .training import (
     OnLog,
     TrainResult,
+    _close_run,
     _common_args,
-    _history,
     _load_model,
     _log_callback,
-    _prune_checkpoints,
     _quiet,
-    _record_finished,
     _settings_from,
+    _train_result,
     finished_run,
     free_memory,
     latest_checkpoint,
@@ -230,25 +229,17 @@ def run_lora_sft(
     checkpoint = str(adapter)
     if merge:
         checkpoint = _save_merged(trainer.accelerator.unwrap_model(trainer.model), tok, out / "merged")
-    logs = list(trainer.state.log_history)
-    result = TrainResult(
+    result = _train_result(
+        trainer,
         checkpoint=checkpoint,
-        output_dir=str(out),
-        steps=int(trainer.state.global_step),
-        loss_history=_history(logs, "loss"),
-        tokens_seen=int(trainer.state.num_input_tokens_seen or 0) or None,
-        wall_seconds=wall,
-        resumed_from=resume,
+        out=out,
+        wall=wall,
+        resume=resume,
         n_examples=len(records),
-        n_dropped_too_long=dropped,
-        device=str(trainer.args.device),
-        log_history=logs,
+        n_dropped=dropped,
     )
     del trainer
-    free_memory()
-    _prune_checkpoints(out, s.keep_checkpoints)
-    _record_finished(result, reuse_key)
-    return result
+    return _close_run(result, s.keep_checkpoints, reuse_key)
 
 
 def _save_merged(peft_model, tokenizer, target: Path) -> str:

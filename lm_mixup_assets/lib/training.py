@@ -455,6 +455,43 @@ def _prune_checkpoints(output_dir: Path, keep: bool) -> None:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
+def _train_result(
+    trainer,
+    *,
+    checkpoint: str,
+    out: Path,
+    wall: float,
+    resume: str | None,
+    n_examples: int,
+    n_dropped: int,
+    **extra: Any,
+) -> TrainResult:
+    """What a finished trainer reports, the same for SFT, GRPO and LoRA runs (``extra``: the run kind's own fields)."""
+    logs = list(trainer.state.log_history)
+    return TrainResult(
+        checkpoint=checkpoint,
+        output_dir=str(out),
+        steps=int(trainer.state.global_step),
+        loss_history=_history(logs, "loss"),
+        tokens_seen=int(trainer.state.num_input_tokens_seen or 0) or None,
+        wall_seconds=wall,
+        resumed_from=resume,
+        n_examples=n_examples,
+        n_dropped_too_long=n_dropped,
+        device=str(trainer.args.device),
+        log_history=logs,
+        **extra,
+    )
+
+
+def _close_run(result: TrainResult, keep_checkpoints: bool, reuse_key: str | None) -> TrainResult:
+    """After the trainer is dropped: free its memory, prune the checkpoint folders, record the run as finished."""
+    free_memory()
+    _prune_checkpoints(Path(result.output_dir), keep_checkpoints)
+    _record_finished(result, reuse_key)
+    return result
+
+
 def free_memory() -> None:
     """Give back what a finished step held (models, optimizer state): a long process runs many steps."""
     gc.collect()
@@ -628,27 +665,17 @@ def run_sft(
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
-    final = _finish(trainer, tok, out)
-    logs = list(trainer.state.log_history)
-    tokens = int(trainer.state.num_input_tokens_seen or 0) or None
-    result = TrainResult(
-        checkpoint=final,
-        output_dir=str(out),
-        steps=int(trainer.state.global_step),
-        loss_history=_history(logs, "loss"),
-        tokens_seen=tokens,
-        wall_seconds=wall,
-        resumed_from=resume,
+    result = _train_result(
+        trainer,
+        checkpoint=_finish(trainer, tok, out),
+        out=out,
+        wall=wall,
+        resume=resume,
         n_examples=len(records),
-        n_dropped_too_long=dropped,
-        device=str(trainer.args.device),
-        log_history=logs,
+        n_dropped=dropped,
     )
     del trainer
-    free_memory()
-    _prune_checkpoints(out, s.keep_checkpoints)
-    _record_finished(result, reuse_key)
-    return result
+    return _close_run(result, s.keep_checkpoints, reuse_key)
 
 
 # --------------------------------------------------------------------------- #
@@ -739,24 +766,19 @@ def run_grpo(
     trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
     final = _finish(trainer, tok, out)
-    logs = list(trainer.state.log_history)
+    logs = trainer.state.log_history
     rewards = {name: _history(logs, f"rewards/{name}/mean") for name in _reward_names(reward_funcs)}
     rewards["reward"] = _history(logs, "reward")
-    tokens = int(trainer.state.num_input_tokens_seen or 0) or None
-    result = TrainResult(
+    result = _train_result(
+        trainer,
         checkpoint=final,
-        output_dir=str(out),
-        steps=int(trainer.state.global_step),
-        loss_history=_history(logs, "loss"),
-        tokens_seen=tokens,
-        wall_seconds=wall,
-        resumed_from=resume,
-        reward_history=rewards,
+        out=out,
+        wall=wall,
+        resume=resume,
         n_examples=len(records),
-        n_dropped_too_long=dropped,
-        device=str(trainer.args.device),
+        n_dropped=dropped,
+        reward_history=rewards,
         use_vllm=use_vllm,
-        log_history=logs,
     )
     # TRL's colocated vLLM engine and the process group it set up would outlive the step and block the next engine
     # of this process; a multi-process launch (WORLD_SIZE > 1) ends with its processes instead.
@@ -766,7 +788,4 @@ def run_grpo(
 
         shutdown_vllm(llm)
     del llm, trainer
-    free_memory()
-    _prune_checkpoints(out, s.keep_checkpoints)
-    _record_finished(result, reuse_key)
-    return result
+    return _close_run(result, s.keep_checkpoints, reuse_key)
