@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,12 +42,11 @@ from .training import (
     _common_args,
     _load_model,
     _log_callback,
-    _quiet,
     _settings_from,
+    _train,
     _train_result,
     finished_run,
     free_memory,
-    latest_checkpoint,
 )
 
 CHAT_TEMPLATE_MODES = tuple(m.value for m in ChatTemplate)
@@ -218,11 +216,7 @@ def run_lora_sft(
         peft_config=peft_config,
         callbacks=[_log_callback(on_log)],
     )
-    _quiet(trainer, on_log)
-    resume = latest_checkpoint(out, resumable=True) if s.resume else None
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - t0
+    resume, wall = _train(trainer, out, s.resume, on_log)
     adapter = out / "adapter"
     trainer.save_model(str(adapter))  # the LoRA weights and adapter_config.json
     tok.save_pretrained(str(adapter))

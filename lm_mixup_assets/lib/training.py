@@ -455,6 +455,16 @@ def _prune_checkpoints(output_dir: Path, keep: bool) -> None:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
+def _train(trainer, out: Path, resume: bool, on_log: OnLog | None) -> tuple[str | None, float]:
+    """Train (from the newest resumable checkpoint in ``out`` when ``resume``): the checkpoint resumed from and
+    the wall seconds."""
+    _quiet(trainer, on_log)
+    start = latest_checkpoint(out, resumable=True) if resume else None
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=start)
+    return start, time.perf_counter() - t0
+
+
 def _train_result(
     trainer,
     *,
@@ -660,11 +670,7 @@ def run_sft(
         processing_class=tok,
         callbacks=[_log_callback(on_log)],
     )
-    _quiet(trainer, on_log)
-    resume = latest_checkpoint(out, resumable=True) if s.resume else None
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - t0
+    resume, wall = _train(trainer, out, s.resume, on_log)
     result = _train_result(
         trainer,
         checkpoint=_finish(trainer, tok, out),
@@ -760,11 +766,7 @@ def run_grpo(
         processing_class=tok,
         callbacks=[_log_callback(on_log)],
     )
-    _quiet(trainer, on_log)
-    resume = latest_checkpoint(out, resumable=True) if s.resume else None
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - t0
+    resume, wall = _train(trainer, out, s.resume, on_log)
     final = _finish(trainer, tok, out)
     logs = trainer.state.log_history
     rewards = {name: _history(logs, f"rewards/{name}/mean") for name in _reward_names(reward_funcs)}
