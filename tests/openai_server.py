@@ -487,27 +487,7 @@ class _ServerCore:
                 await asyncio.sleep(self.latency_s)
             if content is None:
                 content = self.answer_fn(user_message)
-            prompt_tokens = sum(_count_tokens(str(m.get("content") or "")) for m in messages)
-            completion_tokens = _count_tokens(content)
-            payload = {
-                "id": f"chatcmpl-local-{n}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": req.get("model") or self.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            }
+            payload = _chat_completion(f"chatcmpl-local-{n}", req.get("model") or self.model, messages, content)
             self.status_counts["200"] += 1
             await self._write(writer, 200, payload, close)
             return True
@@ -711,32 +691,37 @@ class _ServerCore:
                 content = str(fault["content"])
         if content is None:
             content = self.answer_fn(user_message)
-        prompt_tokens = sum(_count_tokens(str(m.get("content") or "")) for m in messages)
-        completion_tokens = _count_tokens(content)
         record["response"] = {
             "status_code": 200,
             "request_id": f"req-{i}",
-            "body": {
-                "id": f"chatcmpl-batch-{i}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model") or self.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            },
+            "body": _chat_completion(f"chatcmpl-batch-{i}", body.get("model") or self.model, messages, content),
         }
         return "ok", record
+
+
+def _chat_completion(completion_id: str, model: str, messages: list, content: str) -> dict:
+    """A ``chat.completion`` object answering ``messages`` with ``content`` (token counts by whitespace words)."""
+    prompt_tokens = sum(_count_tokens(str(m.get("content") or "")) for m in messages)
+    completion_tokens = _count_tokens(content)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 def _user_message(messages: list) -> str:
