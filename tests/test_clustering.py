@@ -136,6 +136,53 @@ def test_flat_partition_quality_and_old_tree_path():
         capacity_constrained_clusters(x, leaf_size=128, partition="ivf")
 
 
+def test_coarse_cells_split_into_leaves_at_20k_rows():
+    # the default path above 8192 rows: leaves of 512; max_cells=8 makes the coarse cells
+    # (2500 rows) larger than 2 x leaf_size, so they are split again and each row's probes are
+    # its nearest leaves among those of its probed cells (what 300k+ rows do at the default 256)
+    from lm_mixup_assets.lib.clustering import _Probes
+
+    x, topic = _topics(20000, 1500, d=32, seed=21)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cells = capacity_constrained_clusters(x, max_cells=8, seed=7)
+    again = capacity_constrained_clusters(x, max_cells=8, seed=7)
+    flat = capacity_constrained_clusters(x, seed=7)  # 39 cells of <= 1024 rows: the cells are the leaves
+    _check_valid(cells, 20000, 2, 5)
+    _check_valid(flat, 20000, 2, 5)
+    np.testing.assert_array_equal(cells.labels, again.labels)  # deterministic under the seed
+    np.testing.assert_array_equal(cells.centres, again.centres)
+    assert cells.sizes.min() >= 2 and cells.sizes.max() <= 5
+    assert mean_cosine_to_cluster_mean(x, cells.labels) > mean_cosine_to_cluster_mean(x, flat.labels) - 0.02
+    # probes from the cells: own leaf first, no leaf twice, the best leaf of the probed cells next
+    leaves = np.array_split(np.arange(2000), 8)
+    cell_of_leaf = np.repeat(np.arange(4), 2)
+    cell_probe = np.stack([np.arange(2000) // 500, (np.arange(2000) // 500 + 1) % 4], axis=1)
+    probes = _Probes(x[:2000], leaves, 3, cells=(cell_of_leaf, cell_probe))
+    table = np.full((2000, 3), -1)
+    for a in range(0, 2000, 500):  # dense reference: the row's probed cells' leaves, own leaf first
+        cand = np.flatnonzero(np.isin(cell_of_leaf, cell_probe[a]))
+        sims = x[a : a + 500] @ probes.leaf_cent[cand].T
+        sims[np.arange(500), np.searchsorted(cand, probes.own[a : a + 500])] = np.inf
+        table[a : a + 500] = cand[np.argsort(-sims, axis=1, kind="stable")[:, :3]]
+    got = probes.leaves_in_cells(x[:2000], 3, cell_of_leaf, cell_probe)
+    np.testing.assert_array_equal(got, table)
+
+
+def test_unit_float32_input_is_used_without_a_copy():
+    from lm_mixup_assets.lib.clustering import _normalise_rows
+
+    x, _ = _topics(3000, 200, d=32, seed=5)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert _normalise_rows(x)[0] is x  # an embedder's output: no N x d copy
+    assert _normalise_rows(x.astype(np.float64))[0] is not x
+    scaled = _normalise_rows(3.0 * x)[0]
+    np.testing.assert_allclose(scaled, x, atol=1e-6)
+    a = capacity_constrained_clusters(x, leaf_size=128)
+    b = capacity_constrained_clusters(3.0 * x, leaf_size=128)
+    _check_valid(a, 3000, 2, 5)
+    np.testing.assert_allclose(a.member_cosine.mean(), b.member_cosine.mean(), atol=2e-3)
+
+
 def test_leftovers_through_nearby_leaves():
     # fill_dense_pairs=0: rows whose 16 candidates filled up always search the open centres of their
     # nearest leaves first (what happens at scale, where rows x open centres is too large to score)
