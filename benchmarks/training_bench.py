@@ -96,29 +96,12 @@ def make_rows(n: int = 8, seed: int = 0) -> list[dict]:
 
 
 def tiny_model(cache_dir: str) -> str:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from lm_mixup_assets.lib.models import load_tokenizer
+    from lm_mixup_assets.lib.models import save_tiny_llama
 
     folder = os.path.join(cache_dir, "models", "tiny-llama-smollm2-tok")
     if os.path.exists(os.path.join(folder, "config.json")):
         return folder
-    tok = load_tokenizer("smollm2", cache_dir)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(folder, cache_dir, max_position_embeddings=2048)
 
 
 class RolloutTimer:

@@ -84,27 +84,10 @@ def warehouse_backend(request, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_causal_lm(tmp_path_factory):
     """A ~3M-parameter random Llama with the SmolLM2 tokenizer: real code paths in seconds."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from lm_mixup_assets.lib.models import load_tokenizer
+    from lm_mixup_assets.lib.models import save_tiny_llama
 
     folder = tmp_path_factory.mktemp("tiny-lm")
-    tok = load_tokenizer("smollm2", str(tmp_path_factory.getbasetemp() / "tokcache"))
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return str(folder)
+    return save_tiny_llama(folder, str(tmp_path_factory.getbasetemp() / "tokcache"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -98,6 +98,29 @@ def load_tokenizer(name: str, cache_dir: str | None = None):
     return tok
 
 
+def save_tiny_llama(folder: str | Path, cache_dir: str, max_position_embeddings: int = 512) -> str:
+    """A ~3M-parameter random Llama with the SmolLM2 tokenizer saved to ``folder``: the real training and
+    evaluation code paths in seconds (tests, benchmarks), never a model to judge quality by."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tok = load_tokenizer("smollm2", cache_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return str(folder)
+
+
 def gguf_sha256(path: str, chunk: int = 1 << 20) -> str:
     import hashlib
 
