@@ -17,7 +17,6 @@ tables, so materialise it alone (``dagster asset materialize --select mixture``)
 
 import hashlib
 import json
-import time
 
 import dagster as dg
 import numpy as np
@@ -53,7 +52,7 @@ from lm_mixup_assets.lib.settings.mixture import (
     VariantsSettings,
     WikiSettings,
 )
-from lm_mixup_assets.lib.wiki import wiki_paragraphs_frame
+from lm_mixup_assets.lib.wiki import sample_wiki_paragraphs
 from lm_mixup_assets.metadata import (
     code_version,
     column_schema,
@@ -99,26 +98,32 @@ def wiki_paragraphs(
     context: dg.AssetExecutionContext, config: WikiConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     config = config.resolve(context)
-    started = time.monotonic()
     try:
-        df = wiki_paragraphs_frame(config.dump_path or None, min_chars=config.min_chars, max_chars=config.max_chars)
+        df, read = sample_wiki_paragraphs(
+            config.dump_path or None,
+            max_paragraphs=config.max_paragraphs,
+            seed=config.seed,
+            min_chars=config.min_chars,
+            max_chars=config.max_chars,
+            limit_articles=config.max_articles or None,
+            progress=lambda state: context.log.info(state.message()),
+        )
     except FileNotFoundError as exc:
         raise dg.Failure(
             description=f"Wikipedia dump not found: {exc}. Set dump_path to a pages-articles .xml.bz2"
         ) from None
-    total = len(df)
-    if config.max_paragraphs and total > config.max_paragraphs:
-        # A seeded sample across articles rather than the first N, so topics vary.
-        df = df.sample(n=config.max_paragraphs, random_state=config.seed).sort_values(["title", "position"])
+    total = read.paragraphs_seen
     warehouse.replace_partition("wiki_paragraphs", df.reset_index(drop=True))
     context.log.info(
-        f"{total} paragraphs parsed from {df['title'].nunique()} articles in {time.monotonic() - started:.1f}s; kept {len(df)}"
+        f"{total} paragraphs parsed from {read.articles} articles in {read.seconds:.1f}s; kept {len(df)} "
+        f"from {df['title'].nunique()} articles"
     )
     return dg.MaterializeResult(
         data_version=table_data_version(warehouse, "wiki_paragraphs"),
         metadata={
             **table_metadata(df, ["title", "section", "text"], table="wiki_paragraphs"),
             "paragraphs_parsed": total,
+            "articles_read": read.articles,
             "articles": int(df["title"].nunique()),
             "mean_chars": float(df["n_chars"].mean()) if len(df) else 0.0,
             "source": config.dump_path or "gensim packaged enwiki sample",

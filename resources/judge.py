@@ -92,6 +92,13 @@ class JudgeResource(dg.ConfigurableResource):
         2, ge=0, description="Re-asks when an answer has no parsable scores; then the row is parse_error."
     )
     max_tokens: int = Field(128, ge=1, description="Longest judge answer in tokens.")
+    chunk_rows: int = Field(
+        4096,
+        ge=1,
+        description="Rows rendered, looked up in the cache and sent per step (heuristic and online openai "
+        "backends): memory holds one chunk's prompts, not the pool's; progress is logged per chunk. Keep it "
+        ">= 32 x concurrency so the drain at each chunk's end costs little throughput.",
+    )
     batch: bool = Field(
         default=False,
         description="openai backend: rate through the OpenAI Batch API (LM_MIXUP_JUDGE_BATCH=true) at half the "
@@ -175,6 +182,8 @@ class JudgeResource(dg.ConfigurableResource):
 
         ``rubric_version``: None = :attr:`rubric_version`; a version name for every
         row; or one version per row (e.g. the per-task rubric of each MIXTURE target).
+        Online and heuristic rows are rendered, looked up and sent :attr:`chunk_rows` at a time
+        (``progress`` gets a line per chunk); the Batch API path takes every row at once.
         """
         self.validate()
         if rubric_version is None or isinstance(rubric_version, str):
@@ -187,50 +196,34 @@ class JudgeResource(dg.ConfigurableResource):
             rubrics = {v: get_rubric(v) for v in set(versions)}
         except ValueError as exc:
             raise dg.Failure(str(exc)) from None
-        requests = [rubrics[v].render(p, c) for v, p, c in zip(versions, prompts, completions)]
         temperature = self.temperature if self.backend == "openai" else 0.0  # the heuristic has no sampling
-        keys = [judge_cache_key(self.backend, self.model, v, r.user, temperature) for v, r in zip(versions, requests)]
 
-        connect = warehouse.connect
-        batch_client = None
+        def render(lo: int, hi: int) -> tuple[list, list[str]]:
+            requests = [rubrics[v].render(p, c) for v, p, c in zip(versions[lo:hi], prompts[lo:hi], completions[lo:hi])]
+            keys = [
+                judge_cache_key(self.backend, self.model, v, r.user, temperature)
+                for v, r in zip(versions[lo:hi], requests)
+            ]
+            return requests, keys
+
         if self.backend == "openai" and self.batch:
-            connect = serialized(warehouse.connect)  # batch records and cache commits come from two threads
-            from lm_mixup_assets.lib.openai_judge import OpenAIBatchJudgeClient
+            return self._rate_through_batches(*render(0, len(prompts)), versions, warehouse, progress)
 
-            client = OpenAIBatchJudgeClient(
-                base_url=self.base_url,
-                api_key=self.api_key(),
-                model=self.model,
-                store=BatchStore(connect),
-                label=",".join(sorted(set(versions))),
-                poll_interval_s=self.batch_poll_interval_s,
-                max_wait_s=self.batch_max_wait_s,
-                max_requests_per_batch=self.batch_max_requests,
-                progress=progress,
-                defer_collected=True,  # confirmed below, once the cache writer has committed the answers
-                concurrency=self.concurrency,
-                timeout_s=self.timeout_s,
-                max_retries=self.max_retries,
-                max_parse_retries=self.max_parse_retries,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-            )
-            # The cache key is the batch's custom_id: each request travels with it.
-            requests = list(zip(keys, requests))
-            rate_missing = client.rate_all
-            stats_source = batch_client = client
-        elif self.backend == "heuristic":
-            pair_of = {r: (p, c) for r, p, c in zip(requests, prompts, completions)}
+        if self.backend == "heuristic":
+            client = None
 
-            def rate_missing(todo: list, on_result) -> list[JudgeOutcome]:
-                out = []
-                for i, r in enumerate(todo):
-                    o = JudgeOutcome(status="ok", scores=score_pair(*pair_of[r]), attempts=1)
-                    on_result(i, o)
-                    out.append(o)
-                return out
+            def rate_chunk(lo: int, hi: int, requests: list) -> Callable:
+                pair_of = {r: pair for r, pair in zip(requests, zip(prompts[lo:hi], completions[lo:hi]))}
 
-            stats_source = None
+                def rate_missing(todo: list, on_result) -> list[JudgeOutcome]:
+                    out = []
+                    for i, r in enumerate(todo):
+                        o = JudgeOutcome(status="ok", scores=score_pair(*pair_of[r]), attempts=1)
+                        on_result(i, o)
+                        out.append(o)
+                    return out
+
+                return rate_missing
         else:
             from lm_mixup_assets.lib.openai_judge import OpenAIJudgeClient
 
@@ -245,31 +238,96 @@ class JudgeResource(dg.ConfigurableResource):
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
             )
-            rate_missing = client.rate_all
-            stats_source = client
 
-        try:
+            def rate_chunk(lo: int, hi: int, requests: list) -> Callable:
+                return client.rate_all
+
+        # Rendered prompts exist for one chunk at a time: memory follows chunk_rows, not the pool.
+        total = CachedRating(outcomes=[], from_cache=[])
+        all_keys: list[str] = []
+        stats: dict[str, int] = {}
+        n_chunks = max(1, -(-len(prompts) // self.chunk_rows))
+        for n, lo in enumerate(range(0, max(len(prompts), 1), self.chunk_rows), start=1):
+            hi = min(lo + self.chunk_rows, len(prompts))
+            requests, keys = render(lo, hi)
+            if progress and n_chunks > 1:
+                progress(f"judge chunk {n}/{n_chunks}: rows {lo}-{hi - 1} of {len(prompts)}")
             result = rate_with_cache(
                 requests,
                 keys,
+                warehouse.connect,
+                rate_chunk(lo, hi, requests),
+                backend=self.backend,
+                model=self.model,
+                rubric_version=versions[lo:hi],
+                progress=progress,
+                flush_every=self.concurrency,  # durable within one concurrency's worth of answers (or 0.5 s)
+            )
+            del requests  # before the next chunk renders its own
+            total.outcomes += result.outcomes
+            total.from_cache += result.from_cache
+            total.requests_made += result.requests_made
+            total.cache_writes += result.cache_writes
+            total.cache_write_seconds += result.cache_write_seconds
+            all_keys += keys
+            if client is not None and result.requests_made:  # a chunk answered by the cache sent nothing: its
+                for k, v in client.stats.items():  # client still holds the previous chunk's counters
+                    stats[k] = stats.get(k, 0) + v
+        if client is not None:
+            total.stats = stats
+        return total, all_keys
+
+    def _rate_through_batches(
+        self,
+        requests: list,
+        keys: list[str],
+        versions: list[str],
+        warehouse: WarehouseResource,
+        progress: Callable[[str], None] | None,
+    ) -> tuple[CachedRating, list[str]]:
+        """The Batch API path: every row at once (the runner splits them into batches of its own)."""
+        from lm_mixup_assets.lib.openai_judge import OpenAIBatchJudgeClient
+
+        connect = serialized(warehouse.connect)  # batch records and cache commits come from two threads
+        client = OpenAIBatchJudgeClient(
+            base_url=self.base_url,
+            api_key=self.api_key(),
+            model=self.model,
+            store=BatchStore(connect),
+            label=",".join(sorted(set(versions))),
+            poll_interval_s=self.batch_poll_interval_s,
+            max_wait_s=self.batch_max_wait_s,
+            max_requests_per_batch=self.batch_max_requests,
+            progress=progress,
+            defer_collected=True,  # confirmed below, once the cache writer has committed the answers
+            concurrency=self.concurrency,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            max_parse_retries=self.max_parse_retries,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+        )
+        try:
+            # The cache key is the batch's custom_id: each request travels with it.
+            result = rate_with_cache(
+                list(zip(keys, requests)),
+                keys,
                 connect,
-                rate_missing,
+                client.rate_all,
                 backend=self.backend,
                 model=self.model,
                 rubric_version=versions,
                 progress=progress,
-                flush_every=self.concurrency,  # durable within one concurrency's worth of answers (or 0.5 s)
+                flush_every=self.concurrency,
             )
         except BatchPending as exc:
-            batch_client.confirm_collected()  # rate_with_cache closed its writer: what was collected is cached
+            client.confirm_collected()  # rate_with_cache closed its writer: what was collected is cached
             raise dg.Failure(description=str(exc), metadata={"pending_batches": ", ".join(exc.batch_ids)}) from None
         except BatchError as exc:  # already redacted
-            batch_client.confirm_collected()
+            client.confirm_collected()
             raise dg.Failure(description=f"the judge's Batch API calls failed: {exc}") from None
-        if batch_client is not None:
-            batch_client.confirm_collected()
-        if stats_source is not None:
-            result.stats = dict(stats_source.stats)
+        client.confirm_collected()
+        result.stats = dict(client.stats)
         return result, keys
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float | None:

@@ -4,9 +4,11 @@ Pure Python (gensim's dump reader + regexes); no Dagster.
 
 The pipeline
 ------------
-1. ``gensim.scripts.segment_wiki.segment_all_articles`` streams a
-   ``*-pages-articles*.xml.bz2`` dump and yields ``(title, [(section, text)])``
-   per article (redirects, stubs and non-article namespaces dropped).  The
+1. A ``*-pages-articles*.xml.bz2`` dump is streamed page by page in constant
+   memory and each page goes through gensim's ``segment_wiki.segment`` (in a
+   process pool for a full dump), giving ``(title, [(section, text)])`` per
+   article with gensim's ``segment_all_articles`` filters (redirects, stubs and
+   non-article namespaces dropped).  The
    section text has already been through ``gensim.corpora.wikicorpus.filter_wiki``;
    sections whose text still holds link/template/ref markup get a second pass
    (the filter works outside-in, so nested markup can survive one pass).
@@ -36,10 +38,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import random
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import pandas as pd
 
@@ -52,9 +57,14 @@ __all__ = [
     "split_units",
     "iter_wiki_paragraphs",
     "wiki_paragraphs_frame",
+    "WikiReadProgress",
+    "sample_wiki_paragraphs",
+    "Reservoir",
     "normalised_hash",
     "paragraph_id",
 ]
+
+T = TypeVar("T")
 
 WIKI_PARAGRAPH_COLUMNS = ["paragraph_id", "title", "section", "position", "text", "n_chars"]
 
@@ -244,23 +254,62 @@ def _filter_again(text: str) -> str:
     return filter_wiki(text)
 
 
-def _segment_serial(dump_path: str, min_article_chars: int) -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    """``segment_all_articles`` without processes: the same gensim steps (``extract_page_xmls``,
-    ``segment``) and the same article filters (non-article namespaces, redirects, stubs)."""
-    import gensim.utils
+def _page_xmls(fileobj) -> Iterator[bytes]:
+    """Each ``<page>`` of a MediaWiki dump as XML bytes, as gensim's ``extract_page_xmls``, in constant memory.
+
+    gensim clears each page but leaves the empty element attached to the root, ~200 bytes per
+    page (~4 GB over the ~20 M pages of a full English dump); here the root drops them too.
+    """
+    from xml.etree import ElementTree
+
+    from gensim.corpora.wikicorpus import get_namespace
+
+    events = ElementTree.iterparse(fileobj, events=("start", "end"))
+    _, root = next(events)
+    page_tag = f"{{{get_namespace(root.tag)}}}page"
+    for event, elem in events:
+        if event == "end" and elem.tag == page_tag:
+            yield ElementTree.tostring(elem)
+            root.clear()  # the page and any siteinfo before it
+
+
+def _is_article(title: str, sections: list[tuple[str, str]], min_article_chars: int) -> bool:
+    """gensim's article filters: no non-article namespaces, redirects or stubs."""
     from gensim.corpora.wikicorpus import IGNORED_NAMESPACES
-    from gensim.scripts.segment_wiki import extract_page_xmls, segment
+
+    if any(title.startswith(ns + ":") for ns in IGNORED_NAMESPACES):
+        return False
+    if not sections or sections[0][1].lstrip().lower().startswith("#redirect"):
+        return False
+    return sum(len(body.strip()) for _, body in sections) >= min_article_chars
+
+
+def _segment_articles(
+    dump_path: str, min_article_chars: int, workers: int
+) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """``(title, sections)`` of each article, as ``segment_all_articles`` gives them: gensim's
+    ``segment`` per page, in this process (``workers=0``) or in a pool of ``workers`` processes
+    fed one bounded group of pages at a time (a pool given the whole stream would read it all
+    into memory). Stopping early is safe: the pool is terminated on close."""
+    import multiprocessing
+
+    import gensim.utils
+    from gensim.scripts.segment_wiki import segment
 
     with gensim.utils.open(dump_path, "rb") as fileobj:
-        for page_xml in extract_page_xmls(fileobj):
-            title, sections = segment(page_xml)
-            if any(title.startswith(ns + ":") for ns in IGNORED_NAMESPACES):
-                continue
-            if not sections or sections[0][1].lstrip().lower().startswith("#redirect"):
-                continue
-            if sum(len(body.strip()) for _, body in sections) < min_article_chars:
-                continue
-            yield title, sections
+        pages = _page_xmls(fileobj)
+        if workers == 0:
+            for page_xml in pages:
+                title, sections = segment(page_xml)
+                if _is_article(title, sections, min_article_chars):
+                    yield title, sections
+            return
+        group_size = 64 * workers
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            while group := [page for _, page in zip(range(group_size), pages)]:
+                for title, sections in pool.imap(segment, group, chunksize=16):
+                    if _is_article(title, sections, min_article_chars):
+                        yield title, sections
 
 
 def iter_wiki_paragraphs(
@@ -270,23 +319,30 @@ def iter_wiki_paragraphs(
     min_article_chars: int = 200,
     limit_articles: int | None = None,
     workers: int | None = None,
+    on_article: Callable[[int], None] | None = None,
 ) -> Iterator[WikiParagraph]:
     """Clean prose paragraphs of a Wikipedia ``pages-articles`` dump, in dump order.
 
-    ``workers``: None or >= 1 reads through ``segment_all_articles`` (gensim's process
-    pool; None = cpu_count - 1 workers), the choice for a full dump; 0 runs the same
-    gensim steps in this process (faster for small dumps, no helper processes).
-    ``limit_articles`` stops after that many (non-stub) articles and always reads
-    in-process: gensim's pool path starts a reader process that stays blocked until
-    the interpreter exits when its consumer stops early.
-    """
-    from gensim.scripts.segment_wiki import segment_all_articles
+    ``workers``: None or >= 1 segments pages in a process pool (None = cpu_count - 1
+    workers), the choice for a full dump; 0 runs the same gensim steps in this process
+    (faster for small dumps, no helper processes). ``limit_articles`` stops after that
+    many (non-stub) articles and always reads in-process.
+    ``on_article(n)`` is called after the n-th article (1-based) has been read, also
+    when it gave no paragraph (for progress reports).
 
-    if workers == 0 or limit_articles is not None:
-        articles = _segment_serial(str(dump_path), min_article_chars)
-    else:
-        articles = segment_all_articles(str(dump_path), min_article_character=min_article_chars, workers=workers)
-    seen: set[str] = set()
+    Memory: one article at a time plus the dedup set, one 64-bit key per paragraph
+    yielded (~60 bytes each: ~0.6 GB for the ~10 M paragraphs of a full English dump).
+    """
+    import multiprocessing
+
+    if limit_articles is not None:
+        workers = 0
+    elif workers is None:
+        workers = max(1, multiprocessing.cpu_count() - 1)
+    articles = _segment_articles(str(dump_path), min_article_chars, workers)
+    # 64 bits of the normalised-text hash: a collision among 10^7 paragraphs has odds ~3e-6,
+    # and an int is half the memory of the hex string.
+    seen: set[int] = set()
     try:
         for n_article, article in enumerate(articles):
             if limit_articles is not None and n_article >= limit_articles:
@@ -309,7 +365,7 @@ def iter_wiki_paragraphs(
                         continue
                     if _LEFTOVER_MARKUP_RE.search(text):
                         continue  # markup we could not clean: not worth a sample
-                    key = normalised_hash(text)
+                    key = int(normalised_hash(text)[:16], 16)
                     if key in seen:
                         continue
                     seen.add(key)
@@ -322,6 +378,8 @@ def iter_wiki_paragraphs(
                         n_chars=len(text),
                     )
                     position += 1
+            if on_article is not None:
+                on_article(n_article + 1)
     finally:
         articles.close()
 
@@ -344,3 +402,107 @@ def wiki_paragraphs_frame(
     ]
     frame = pd.DataFrame(rows, columns=WIKI_PARAGRAPH_COLUMNS)
     return frame.astype({"position": "int64", "n_chars": "int64"})
+
+
+class Reservoir(Generic[T]):
+    """A seeded uniform sample of ``capacity`` items of a stream of unknown length (Algorithm R).
+
+    Holds at most ``capacity`` items; after ``seen`` items each has had the same chance,
+    ``capacity / seen``, to be in :attr:`items`; the same stream and ``seed`` give the
+    same sample. ``capacity=0`` keeps every item.
+    """
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self.items: list[T] = []
+        self.seen = 0
+        self._rng = random.Random(seed)
+
+    def add(self, item: T) -> None:
+        if not self.capacity or self.seen < self.capacity:
+            self.items.append(item)
+        else:
+            slot = self._rng.randrange(self.seen + 1)  # the (seen+1)-th item stays with chance capacity/(seen+1)
+            if slot < self.capacity:
+                self.items[slot] = item
+        self.seen += 1
+
+
+@dataclass(frozen=True)
+class WikiReadProgress:
+    """Where a dump read stands: articles read, paragraphs seen (kept by the filters), kept in the sample."""
+
+    articles: int
+    paragraphs_seen: int
+    kept: int
+    seconds: float
+
+    @property
+    def articles_per_s(self) -> float:
+        return self.articles / max(self.seconds, 1e-9)
+
+    def message(self) -> str:
+        return (
+            f"wikipedia: {self.articles} articles read, {self.paragraphs_seen} paragraphs seen, {self.kept} kept "
+            f"({self.articles_per_s:.0f} articles/s, {self.seconds:.0f}s)"
+        )
+
+
+def sample_wiki_paragraphs(
+    dump_path: str | Path | None = None,
+    max_paragraphs: int = 0,
+    seed: int = 42,
+    min_chars: int = 200,
+    max_chars: int = 2000,
+    min_article_chars: int = 200,
+    limit_articles: int | None = None,
+    workers: int | None = None,
+    progress: Callable[[WikiReadProgress], None] | None = None,
+    progress_every_articles: int = 10_000,
+    progress_every_s: float = 30.0,
+) -> tuple[pd.DataFrame, WikiReadProgress]:
+    """A seeded uniform sample of ``max_paragraphs`` paragraphs of the dump, read as a stream.
+
+    Reservoir sampling (Algorithm R): memory holds at most ``max_paragraphs``
+    paragraphs whatever the dump's size, every paragraph of the dump has the same
+    chance to be kept, and the same dump, filters and ``seed`` give the same
+    sample. ``max_paragraphs=0`` keeps every paragraph (memory grows with the
+    dump: ~10 M paragraphs, several GB, for a full English dump).
+    ``limit_articles`` stops after that many articles (the sample is then of those).
+    ``progress(WikiReadProgress)`` is called every ``progress_every_articles``
+    articles or ``progress_every_s`` seconds, whichever comes first, and once at the end.
+    Returns the sample (columns ``WIKI_PARAGRAPH_COLUMNS``; a sample is sorted by
+    title and position, every paragraph stays in dump order) and the final counts. ``dump_path=None`` reads the sample packaged with gensim.
+    """
+    path = packaged_wiki_sample() if dump_path is None else dump_path
+    reservoir: Reservoir[WikiParagraph] = Reservoir(max_paragraphs, seed)
+    articles = 0
+    started = last_report = time.monotonic()
+
+    def state() -> WikiReadProgress:
+        return WikiReadProgress(articles, reservoir.seen, len(reservoir.items), time.monotonic() - started)
+
+    def on_article(n: int) -> None:
+        nonlocal articles, last_report
+        articles = n
+        if progress is None:
+            return
+        now = time.monotonic()
+        if n % progress_every_articles == 0 or now - last_report >= progress_every_s:
+            last_report = now
+            progress(state())
+
+    for paragraph in iter_wiki_paragraphs(
+        path, min_chars, max_chars, min_article_chars, limit_articles, workers, on_article=on_article
+    ):
+        reservoir.add(paragraph)
+    final = state()
+    if progress is not None:
+        progress(final)
+    kept = reservoir.items
+    if reservoir.seen > len(kept):  # a sample: grouped by article; the whole dump stays in dump order
+        kept = sorted(kept, key=lambda p: (p.title, p.position))
+    frame = pd.DataFrame([vars(p) for p in kept], columns=WIKI_PARAGRAPH_COLUMNS)
+    return frame.astype({"position": "int64", "n_chars": "int64"}), final

@@ -46,7 +46,23 @@ class WikiSettings(StageSettings):
         "enwiki-latest-pages-articles.xml.bz2",
         description=("A Wikipedia XML dump (.xml or .xml.bz2); empty = gensim's packaged enwiki sample (offline)."),
     )
-    max_paragraphs: int = Field(0, ge=0, description="Paragraphs kept; 0 = all.")
+    max_paragraphs: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Paragraphs kept: a seeded uniform sample of the whole dump, read as a stream (memory holds at most "
+            "this many); 0 = all, the method's choice: a full English dump is ~10 M paragraphs, several GB in "
+            "memory and ~5 LLM calls each downstream (see docs/scaling.md)."
+        ),
+    )
+    max_articles: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Stop reading after this many articles (0 = the whole dump); the sample is then drawn from the first "
+            "articles only. Reads in this process, without gensim's worker pool."
+        ),
+    )
     min_chars: int = Field(200, ge=1, description="Shortest paragraph kept, in characters.")
     max_chars: int = Field(2000, ge=1, description="Longest paragraph kept, in characters.")
     seed: int = Field(42, description="Seed of the paragraph sample.")
