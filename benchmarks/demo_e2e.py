@@ -138,6 +138,10 @@ def main() -> None:
     report("cold", cold, cold_requests)
     report("warm", warm, warm_requests)
     print(f"warm_over_cold={warm['seconds'] / cold['seconds']:.2f}")
+    # What a person reads at the end of the cold run: the funnel, the training sets, the report with intervals.
+    summary = cold["stdout"].split("\ndone in ", 1)
+    if len(summary) == 2:
+        print("demo_cold_summary:\n" + summary[1].split("\n", 1)[1] if "\n" in summary[1] else summary[1])
 
 
 if __name__ == "__main__":

@@ -254,7 +254,13 @@ def demo_summary(db: Path, artifacts: Path) -> str:
     known bias, and where to look next (the UI, one SQL query, the exported JSONL)."""
     import duckdb
 
-    from lm_mixup_assets.lib.summary import arm_origins, funnel_text, pool_length_correlation, source_funnel
+    from lm_mixup_assets.lib.summary import (
+        arm_origins,
+        funnel_text,
+        pool_length_correlation,
+        report_intervals,
+        source_funnel,
+    )
     from lm_mixup_assets.lib.warehouse import table_exists
 
     lines: list[str] = []
@@ -278,16 +284,25 @@ def demo_summary(db: Path, artifacts: Path) -> str:
             if table_exists(con, "benchmark_report"):
                 smoke = (
                     table_exists(con, "benchmark_scores")
-                    and con.execute("select bool_or(task_set = 'smoke') from benchmark_scores").fetchone()[0]
+                    and con.execute(
+                        "select bool_or(task_set = 'smoke' and starts_with(task, 'smoke_')) from benchmark_scores"
+                    ).fetchone()[0]
                 )
+                report = report_intervals(con)
                 lines += [
                     "Benchmark report"
                     + (
-                        " (smoke-level: a few items per task, the loop runs; not comparable with published scores):"
+                        " (smoke-level items from the lm-eval package; not comparable with published scores)"
                         if smoke
-                        else ":"
-                    ),
-                    con.execute("select * from benchmark_report").df().round(3).to_string(index=False),
+                        else ""
+                    )
+                    + ": each score with its 95% bootstrap interval over the items; 'vs base' / 'vs full_low' = "
+                    "the paired difference on the same items, 'differs' when its interval excludes 0. "
+                    "heldout_instruct = mean per-token log-likelihood (nats, higher is better) of held-out "
+                    "high-quality answers no training set contains.",
+                    report.to_string(index=False)
+                    if len(report)
+                    else con.execute("select * from benchmark_report").df().round(3).to_string(index=False),
                     "",
                 ]
             if table_exists(con, "rated_pool"):
@@ -299,8 +314,8 @@ def demo_summary(db: Path, artifacts: Path) -> str:
                 )
                 bias = pool_length_correlation(con)
                 lines += [
-                    f"Judge {', '.join(judges)}: Overall vs log(answer length) Spearman {bias['spearman']:.2f} over "
-                    f"{bias['n']} rows"
+                    f"Judge {', '.join(judges)}: Overall vs log(answer length) Pearson {bias['pearson']:.2f}, "
+                    f"Spearman {bias['spearman']:.2f} over {bias['n']} rows"
                     + (
                         " (the heuristic judge is mostly a length meter)."
                         if any(j.startswith("heuristic") for j in judges)
@@ -318,7 +333,8 @@ def demo_summary(db: Path, artifacts: Path) -> str:
     exports = sorted((artifacts / "training_sets").glob("*.jsonl"))
     lines += [
         "Look next:",
-        "  UI     : make ui, then http://127.0.0.1:3000 (Assets; benchmark_report shows the funnel plot)",
+        "  UI     : make ui, then http://127.0.0.1:3000 (Assets; benchmark_report shows the funnel plot and "
+        "the scores with their intervals)",
         f'  SQL    : {sys.executable} -c "{query}"',
         f"  JSONL  : {exports[0] if exports else artifacts / 'training_sets' / '<arm>.jsonl'}"
         + (f" (and {len(exports) - 1} more arms)" if len(exports) > 1 else ""),

@@ -5,7 +5,10 @@
 Every arm and the base model are scored with one evaluation setting (the
 ``LmEvalSettings``, lib/settings/evaluation.py), which a check verifies. Training and evaluation share
 one text format (``chat_template``): ``benchmark_scores`` refuses to score a model with a format
-other than the one it was trained in.
+other than the one it was trained in. Besides lm-eval's tasks, every model is scored on the held-out
+instruction task built from ``heldout_instructions`` (rows no training set contains). Each score row
+keeps its per-item values, so the report puts a bootstrap interval on every score and on the paired
+difference of each arm to the base model and to ``full_low``.
 """
 
 import hashlib
@@ -22,15 +25,18 @@ from lm_mixup_assets.lib.downstream import adapter_base, adapter_model_folder, m
 from lm_mixup_assets.lib.eval_tasks import (
     SMOKE_LABEL,
     benchmark_table,
+    bootstrap_mean_ci,
     build_smoke_tasks,
+    compare_stored_scores,
     evaluate_model,
     headline_metrics,
     paper_benchmarks,
     smoke_benchmarks,
 )
 from lm_mixup_assets.lib.generation import model_fingerprint
+from lm_mixup_assets.lib.heldout import HELDOUT_METRICS, HELDOUT_TASK, build_heldout_task, heldout_benchmark
 from lm_mixup_assets.lib.models import resolve_causal_lm
-from lm_mixup_assets.lib.plots import curve_plot, funnel_panels, grouped_bars
+from lm_mixup_assets.lib.plots import curve_plot, funnel_panels, grouped_bars, interval_panels
 from lm_mixup_assets.lib.settings.evaluation import LmEvalSettings, LoraSFTSettings
 from lm_mixup_assets.lib.summary import (
     FUNNEL_COLUMNS,
@@ -44,7 +50,6 @@ from lm_mixup_assets.lib.warehouse import table_exists
 from lm_mixup_assets.metadata import (
     code_version,
     column_schema,
-    preview_md,
     table_data_version,
     table_metadata,
 )
@@ -55,7 +60,7 @@ from resources.checkpoint_store import CHECKPOINT_IO_MANAGER
 
 GROUP = "evaluation"
 # Bump when this stage writes different data for the same inputs (rule: metadata.code_version).
-CODE_VERSION = code_version("1")
+CODE_VERSION = code_version("2")
 _GPU = {"pool": GPU_POOL, "op_tags": gpu_op_tags(), "kinds": {"pytorch"}}
 
 DownstreamConfig = launchpad_config(LoraSFTSettings)
@@ -188,15 +193,44 @@ def _loadable_model(path: str, backend: str) -> str:
     return merge_adapter(folder, folder.parent / "merged", dtype="bfloat16" if backend == "vllm" else "float32")
 
 
+def _tasks_folder(warehouse: WarehouseResource) -> Path:
+    return warehouse.artifacts_dir / "eval_tasks"
+
+
 def _protocol_key(cfg: LmEvalSettings, backend: str, model_fp: str, warehouse: WarehouseResource) -> str:
-    """What decides the scores: the model's files, the protocol, lm-eval's version and the smoke task files."""
+    """What decides the scores: the model's files, the protocol, lm-eval's version and the task files
+    (smoke tasks, held-out task)."""
     from importlib.metadata import version as package_version
 
-    tasks = []
-    if cfg.tasks == "smoke":
-        folder = warehouse.artifacts_dir / "eval_tasks"
-        tasks = sorted((f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in folder.glob("*") if f.is_file())
+    folder = _tasks_folder(warehouse)
+    tasks = sorted((f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in folder.glob("*") if f.is_file())
     return run_key(model_fp, cfg.protocol(), backend, package_version("lm_eval"), tasks, CODE_VERSION)
+
+
+def _build_heldout(cfg: LmEvalSettings, warehouse: WarehouseResource, model_path: str) -> int:
+    """Write the held-out task from heldout_instructions into the task folder; 0 items (and no task files)
+    when it is off or the asset holds no rows. Token counts use the scored model's tokenizer (an adapter folder
+    carries its base's), so every arm fine-tuned from one base gets the same task files."""
+    folder = _tasks_folder(warehouse)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in (folder / f"{HELDOUT_TASK}.jsonl", folder / f"{HELDOUT_TASK}.yaml"):
+        stale.unlink(missing_ok=True)  # a task from other rows must not outlive them
+    if not cfg.heldout:
+        return 0
+    with warehouse.connect() as con:
+        rows = (
+            con.execute("select sample_id, prompt, completion from heldout_instructions order by position").df()
+            if table_exists(con, "heldout_instructions")
+            else pd.DataFrame()
+        )
+    if rows.empty:
+        return 0
+    folder_of_model = Path(model_path)
+    base = Path(adapter_base(folder_of_model)) if (folder_of_model / "adapter_config.json").is_file() else None
+    config = (base or folder_of_model) / "config.json"
+    # lm-eval cuts a longer row's left end: such rows are skipped instead (named in the task's metadata).
+    max_tokens = json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None
+    return build_heldout_task(folder, rows.to_dict("records"), model_path, max_tokens=max_tokens).items
 
 
 def _stored_scores(warehouse: WarehouseResource, table: str, arm: str, key: str) -> pd.DataFrame | None:
@@ -210,6 +244,18 @@ def _stored_scores(warehouse: WarehouseResource, table: str, arm: str, key: str)
     return rows if len(rows) and (rows["eval_key"] == key).all() else None
 
 
+# Columns added since the first scores tables: a warehouse from before gains them, typed.
+_ADDED_COLUMNS = {
+    "eval_key": "VARCHAR",
+    "scale": "VARCHAR",
+    "headline": "BOOLEAN",
+    "ci_low": "DOUBLE",
+    "ci_high": "DOUBLE",
+    "item_ids": "VARCHAR[]",
+    "item_values": "DOUBLE[]",
+}
+
+
 def _scores(
     context, cfg: LmEvalSettings, model_path: str, model_fp: str, warehouse: WarehouseResource, table: str, arm: str
 ) -> dg.MaterializeResult:
@@ -217,7 +263,8 @@ def _scores(
     and the protocol are unchanged (lm-eval is the slow part of a re-run)."""
     backend = _eval_backend(context, cfg)
     if cfg.tasks == "smoke":
-        build_smoke_tasks(warehouse.artifacts_dir / "eval_tasks")  # the task files are part of the key
+        build_smoke_tasks(_tasks_folder(warehouse))  # the task files are part of the key
+    heldout_items = _build_heldout(cfg, warehouse, model_path)
     key = _protocol_key(cfg, backend, model_fp, warehouse)
     stored = _stored_scores(warehouse, table, arm, key)
     if stored is not None:
@@ -228,11 +275,14 @@ def _scores(
         info = {"seconds": 0.0, "label": str(stored["label"].iat[0]), "reused": True}
         df = stored
     else:
-        df, info = _run_eval(context, cfg, _loadable_model(model_path, backend), warehouse, arm)
+        df, info = _run_eval(context, cfg, _loadable_model(model_path, backend), warehouse, arm, heldout_items)
         df = df.assign(model_path=model_path, eval_key=key)
-        with warehouse.connect() as con:  # a warehouse from before the column existed gains it
-            con.execute(f'alter table if exists "{table}" add column if not exists eval_key VARCHAR')
-        warehouse.replace_partition(table, df, "arm", arm)
+        with warehouse.connect() as con:
+            for column, kind in _ADDED_COLUMNS.items():
+                con.execute(f'alter table if exists "{table}" add column if not exists {column} {kind}')
+        warehouse.replace_partition(
+            table, df, "arm", arm, column_types={"item_ids": "VARCHAR[]", "item_values": "DOUBLE[]"}
+        )
         free_memory()
     return dg.MaterializeResult(
         data_version=table_data_version(warehouse, table, "arm", arm),
@@ -240,35 +290,70 @@ def _scores(
     )
 
 
+def _with_items(df: pd.DataFrame, items: list[dict], cfg: LmEvalSettings) -> pd.DataFrame:
+    """Each score row with its items (ids and values, in doc order) and the bootstrap interval of their mean."""
+    by_key: dict[tuple, list[tuple[str, float]]] = {}
+    for it in items:
+        item_id = str(it["sample_id"]) if it.get("sample_id") is not None else str(it["doc_id"])
+        by_key.setdefault((it["task"], it["metric"], it["filter"]), []).append((it["doc_id"], item_id, it["value"]))
+    ids, values, lows, highs = [], [], [], []
+    for r in df.itertuples():
+        got = sorted(by_key.get((r.task, r.metric, r.filter), []))
+        ids.append([g[1] for g in got])
+        values.append([float(g[2]) for g in got])
+        if got:
+            ci = bootstrap_mean_ci(values[-1], cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
+            lows.append(ci.low)
+            highs.append(ci.high)
+        else:  # an aggregate row (a benchmark's mean over leaves): no items of its own
+            lows.append(None)
+            highs.append(None)
+    return df.assign(item_ids=ids, item_values=values, ci_low=lows, ci_high=highs)
+
+
 def _run_eval(
-    context, cfg: LmEvalSettings, model_path: str, warehouse: WarehouseResource, arm: str
+    context, cfg: LmEvalSettings, model_path: str, warehouse: WarehouseResource, arm: str, heldout_items: int = 0
 ) -> tuple[pd.DataFrame, dict]:
+    folder = _tasks_folder(warehouse)
     if cfg.tasks == "smoke":
-        built = build_smoke_tasks(warehouse.artifacts_dir / "eval_tasks")
+        built = build_smoke_tasks(folder)
         for name, reasons in built.skipped.items():
             context.log.info(
                 f"{name}: {built.items[name]} items, {len(reasons)} exemplars not usable (e.g. {reasons[0]})"
             )
-        benchmarks, include = smoke_benchmarks(), built.folder
+        try:
+            benchmarks = smoke_benchmarks(cfg.limit or None, cfg.uncapped_list(), cfg.smoke_task_list())
+        except ValueError as err:
+            raise dg.Failure(description=f"lm_eval settings: {err}") from err
+        include, limit = folder, None  # the cap is per benchmark: uncapped tasks keep every item
     elif cfg.tasks == "paper":
-        benchmarks, include = paper_benchmarks(cfg.task_subsets, cfg.generation), None
+        benchmarks, include, limit = paper_benchmarks(cfg.task_subsets, cfg.generation), None, cfg.limit or None
     else:
         raise dg.Failure(description=f"tasks={cfg.tasks!r}: choose 'smoke' or 'paper'")
+    if heldout_items:
+        benchmarks, include = (*benchmarks, heldout_benchmark()), folder
+    if not benchmarks:
+        raise dg.Failure(
+            description=f"{arm}: nothing to score: smoke_tasks is empty and heldout_instructions holds no rows "
+            "(materialise it, or name smoke tasks)"
+        )
     backend = _eval_backend(context, cfg)
     context.log.info(
         f"{arm}: lm-eval {[b.name for b in benchmarks]} on {model_path} (limit {cfg.limit or 'per task'}, "
-        f"backend {backend}, chat_template {cfg.chat_template})"
+        f"uncapped {cfg.uncapped_list() or 'none'}, held-out items {heldout_items}, backend {backend}, "
+        f"chat_template {cfg.chat_template})"
     )
     try:
         run = evaluate_model(
             model_path,
             benchmarks,
             include_path=include,
-            limit=cfg.limit or None,
+            limit=limit,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
             backend=backend,
             chat_template=cfg.chat_template,
+            per_item=True,
         )
     except ValueError as err:
         raise dg.Failure(description=f"{arm}: evaluation of {model_path} failed: {err}") from err
@@ -276,6 +361,7 @@ def _run_eval(
     df = pd.DataFrame(run.scores)
     reported = {t for b in benchmarks for t in (*b.tasks, b.headline_task)}
     df = df[df["task"].isin(reported) & (df["metric"] != "sample_len")]
+    headline = headline_metrics(benchmarks)
     df = df.assign(
         arm=arm,
         model_path=model_path,
@@ -287,10 +373,17 @@ def _run_eval(
         backend=backend,
         chat_template=cfg.chat_template,
         label=label,
+        # Log-likelihoods are <= 0 nats, not a share: kept out of [0, 1] checks and accuracy averages.
+        scale=["log_likelihood" if m in HELDOUT_METRICS else "unit" for m in df["metric"]],
+        headline=[headline.get(t) == (m, f) for t, m, f in zip(df["task"], df["metric"], df["filter"])],
         evaluated_at=pd.Timestamp.now("UTC").tz_localize(None),
     )
+    df = _with_items(df, run.item_scores, cfg)
     for r in df.itertuples():
-        context.log.info(f"{arm} {r.task} {r.metric}/{r.filter}: {r.value:.4f} ± {r.stderr or 0:.4f} (n={r.n_samples})")
+        ci = f" [{r.ci_low:.4f}, {r.ci_high:.4f}]" if pd.notna(r.ci_low) else ""
+        context.log.info(
+            f"{arm} {r.task} {r.metric}/{r.filter}: {r.value:.4f} ± {r.stderr or 0:.4f}{ci} (n={r.n_samples})"
+        )
     return df, {"seconds": round(run.seconds, 1), "label": label}
 
 
@@ -312,11 +405,15 @@ def _scores_metadata(df: pd.DataFrame, info: dict) -> dict:
     code_version=CODE_VERSION,
     partitions_def=arm_partitions,
     group_name=GROUP,
+    deps=["heldout_instructions"],
     **_GPU,
-    description="lm-eval scores of one arm's downstream model, per task and metric, with stderr, lm-eval and task "
-    "versions, seed and limit. Demo: offline smoke tasks built from the lm-eval package (smoke-level numbers); "
-    "paper, as DS2's run_eval.sh: MMLU 0-shot (all), GSM8K 8-shot CoT (200), BBH 3-shot CoT (40 per subtask), "
-    "TruthfulQA MC2 (all), TyDiQA 1-shot (9 languages, 100 each); the model's training text format.",
+    description="lm-eval scores of one arm's downstream model, per task and metric, with stderr, a bootstrap 95% "
+    "interval and the per-item values (for paired comparisons), lm-eval and task versions, seed and limit. Every "
+    "model also scores heldout_instruct: the mean per-token log-likelihood of the heldout_instructions answers "
+    "(<= 0, higher is better; scale log_likelihood). Demo: all 273 MMLU dev items shipped with lm-eval "
+    "(smoke_mmlu, smoke-level numbers) and the held-out task; paper, as DS2's run_eval.sh: MMLU 0-shot (all), "
+    "GSM8K 8-shot CoT (200), BBH 3-shot CoT (40 per subtask), TruthfulQA MC2 (all), TyDiQA 1-shot (9 languages, "
+    "100 each); the model's training text format.",
 )
 def benchmark_scores(
     context: dg.AssetExecutionContext,
@@ -349,8 +446,10 @@ def benchmark_scores(
 @dg.asset(
     code_version=CODE_VERSION,
     group_name=GROUP,
+    deps=["heldout_instructions"],
     **_GPU,
-    description="The untuned downstream base model scored with the same lm-eval protocol as every arm.",
+    description="The untuned downstream base model scored with the same protocol as every arm (the held-out task "
+    "included): the report's reference for whether fine-tuning moved a score beyond its interval.",
 )
 def base_model_scores(
     context: dg.AssetExecutionContext, config: LmEvalConfig, warehouse: WarehouseResource
@@ -358,6 +457,49 @@ def base_model_scores(
     config = config.resolve(context)
     path = resolve_causal_lm(config.base_model, str(warehouse.artifacts_dir))
     return _scores(context, config, path, model_fingerprint(path), warehouse, "base_model_scores", "base")
+
+
+REPORT_BASELINES = ("base", "full_low")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:+.3f}" if pd.notna(x) else "-"
+
+
+def _primary_rows(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arm, task): its headline score (stored with the scores; older rows: by task set)."""
+    if "headline" in scores.columns and scores["headline"].notna().all():
+        return scores[scores["headline"].astype(bool)]
+    task_set = scores["task_set"].iat[0]
+    headline = headline_metrics(smoke_benchmarks() if task_set == "smoke" else paper_benchmarks())
+    keys = zip(scores["task"], scores["metric"], scores["filter"])
+    return scores[[headline.get(t) == (m, f) for t, m, f in keys]]
+
+
+def _interval_table(primary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
+    """Per arm and task: the score with its interval, then its paired difference to each baseline."""
+    lines = [
+        "| arm | task | score [95% CI] | n | "
+        + " | ".join(f"vs {b} (paired diff [95% CI])" for b in REPORT_BASELINES)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(REPORT_BASELINES),
+    ]
+    diffs = {(r.arm, r.baseline, r.task): r for r in comparisons.itertuples()}
+    order = sorted(primary.itertuples(), key=lambda r: (r.arm != "base", r.arm, r.task))
+    for r in order:
+        ci = f" [{r.ci_low:.3f}, {r.ci_high:.3f}]" if pd.notna(r.ci_low) else ""
+        cells = []
+        for b in REPORT_BASELINES:
+            d = diffs.get((r.arm, b, r.task))
+            cells.append(
+                "-"
+                if d is None
+                else f"{_fmt(d.mean_diff)} [{_fmt(d.diff_low)}, {_fmt(d.diff_high)}] "
+                + ("**differs**" if d.differs else "within the interval")
+            )
+        n = len(r.item_ids) if r.item_ids is not None else r.n_samples
+        lines.append(f"| {r.arm} | {r.task} ({r.metric}) | {r.value:.3f}{ci} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @dg.asset(
@@ -375,10 +517,12 @@ def base_model_scores(
         "distilled_high",
         "training_sets",
     ],
-    description="Arms x tasks (headline metric per task) with the average, the base model row and the delta to the "
-    "full_low and random arms; a bar plot, a markdown summary of the protocol (and of the judge's known length "
-    "bias), and the funnel per source: input rows -> rejected / duplicates -> high / low -> clusters -> distilled "
-    "-> accepted -> rows in the training sets.",
+    description="Arms x tasks (headline metric per task, with its bootstrap 95% interval) with the average over the "
+    "accuracy-scale tasks (never the held-out log-likelihood), the base model row and the delta to the full_low and "
+    "random arms; per arm and task, the paired-bootstrap difference to the base model and to full_low and whether "
+    "it lies beyond its interval (table benchmark_comparisons); plots of the scores with their intervals, a markdown "
+    "summary of the protocol (and of the judge's known length bias), and the funnel per source: input rows -> "
+    "rejected / duplicates -> high / low -> clusters -> distilled -> accepted -> rows in the training sets.",
 )
 def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     scores = warehouse.query("select * from benchmark_scores union all by name select * from base_model_scores")
@@ -386,12 +530,27 @@ def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         raise dg.Failure(
             description="no benchmark scores yet: materialise benchmark_scores for some arms and base_model_scores"
         )
-    task_set = scores["task_set"].iat[0]
-    headline = headline_metrics(smoke_benchmarks() if task_set == "smoke" else paper_benchmarks())
-    table = benchmark_table(scores, headline=headline)
-    warehouse.replace_partition("benchmark_report", table)
+    if "scale" not in scores.columns:
+        scores["scale"] = "unit"
+    for column in ("item_ids", "item_values", "ci_low", "ci_high"):
+        if column not in scores.columns:
+            scores[column] = None
+    scores["scale"] = scores["scale"].fillna("unit")
+    primary = _primary_rows(scores)
+    headline = {t: (m, f) for t, m, f in primary[["task", "metric", "filter"]].drop_duplicates("task").values}
+    unit_tasks = sorted(set(primary.loc[primary["scale"] == "unit", "task"]))
+    table = benchmark_table(scores, headline=headline, average_over=unit_tasks)
     tasks = [c for c in table.columns if c not in ("arm", "average") and not c.startswith("delta_vs_")]
-    smoke = (scores["task_set"] == "smoke").any()
+    bounds = primary.pivot_table(index="arm", columns="task", values=["ci_low", "ci_high"], aggfunc="first")
+    for task in tasks:
+        for side in ("ci_low", "ci_high"):
+            if (side, task) in bounds.columns:
+                table[f"{task}_{side}"] = table["arm"].map(bounds[(side, task)])
+    comparisons = compare_stored_scores(primary, REPORT_BASELINES, seed=int(scores["seed"].iat[0]))
+    warehouse.replace_partition("benchmark_report", table)
+    warehouse.replace_partition("benchmark_comparisons", comparisons)
+    # Smoke-level = a task built from lm-eval's exemplars was scored (the held-out task is the pool's own rows).
+    smoke = bool(((scores["task_set"] == "smoke") & scores["task"].str.startswith("smoke_")).any())
     protocol = scores[scores["task"].isin(tasks)].drop_duplicates(["task"])
     with warehouse.connect() as con:
         funnel = source_funnel(con)
@@ -406,15 +565,22 @@ def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         )
     judge_line = (
         f"**Judge**: {', '.join(sorted(j[0] for j in judges)) or 'none yet'}; its Overall correlates "
-        f"{bias['spearman']:.2f} (Spearman; Pearson {bias['pearson']:.2f}) with log(answer length) over the "
+        f"{bias['pearson']:.2f} (Pearson; Spearman {bias['spearman']:.2f}) with log(answer length) over the "
         f"{bias['n']} rated pool rows"
         + (
-            ": the heuristic judge is mostly a length meter, not a judge of correctness."
+            ": the heuristic judge is mostly a length meter, not a judge of correctness, so 'high quality' here "
+            "mostly means 'long'."
             if any(j[0].startswith("heuristic") for j in judges)
             else "."
         )
     )
     flow = ", ".join(f"{r.arm} {r.rows} rows ({r.distilled} distilled)" for r in arms.itertuples())
+    moved = comparisons[comparisons["differs"]]
+    verdict = (
+        "; ".join(f"{r.arm} vs {r.baseline} on {r.task}: {_fmt(r.mean_diff)}" for r in moved.itertuples())
+        if len(moved)
+        else "no arm differs from the base model or full_low beyond the interval"
+    )
     summary = "\n".join(
         [
             "**Protocol**: lm-eval "
@@ -428,6 +594,18 @@ def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
             + f"; seed {int(scores['seed'].iat[0])}; backend {scores['backend'].iat[0]}; chat template "
             + f"{scores['chat_template'].iat[0]} (training and evaluation). Same settings for every arm and the base model.",
             "",
+            "**Intervals**: every score carries a 95% percentile-bootstrap interval over its items; each arm is "
+            "compared with the base model and with full_low on the same items (paired bootstrap of the per-item "
+            "difference): it *differs* when that interval excludes 0. "
+            + (
+                f"{HELDOUT_TASK} is the mean per-token log-likelihood (nats, <= 0, higher is better) of held-out "
+                "high-quality answers no training set contains; it is not an accuracy and is left out of the average."
+                if HELDOUT_TASK in tasks
+                else ""
+            ),
+            "",
+            f"**Beyond the interval**: {verdict}.",
+            "",
             (
                 f"**These numbers are {SMOKE_LABEL}.** They show the loop runs end to end; do not compare them with published scores."
                 if smoke
@@ -438,20 +616,38 @@ def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
             "",
             f"**Training sets**: {flow or 'none yet'}.",
             "",
-            preview_md(table.round(4), n=len(table), max_chars=30).value,
+            _interval_table(primary, comparisons),
         ]
     )
     context.log.info(f"benchmark report over {len(table)} rows (arms + base), tasks {tasks}")
 
-    plot = grouped_bars(
-        {r.arm: [getattr(r, t) for t in tasks] + [r.average] for r in table.itertuples(index=False)},
-        [*tasks, "average"],
-        "benchmark scores per arm" + (" (smoke-level)" if smoke else ""),
-        "benchmark scores",
-        ylim=(0, 1),
-        figsize=(7, 3),
-        legend_columns=2,
-        legend_fontsize=6,
+    unit_columns = [t for t in tasks if t in unit_tasks]
+    plot = (
+        "(no accuracy-scale task scored: see the intervals plot)"
+        if not unit_columns
+        else grouped_bars(
+            {r["arm"]: [r[t] for t in unit_columns] + [r["average"]] for r in table.to_dict("records")},
+            [*unit_columns, "average"],
+            "benchmark scores per arm" + (" (smoke-level)" if smoke else ""),
+            "benchmark scores",
+            ylim=(0, 1),
+            figsize=(7, 3),
+            legend_columns=2,
+            legend_fontsize=6,
+        )
+    )
+    intervals = interval_panels(
+        {
+            task: {
+                r.arm: (r.value, r.ci_low, r.ci_high)
+                for r in primary[primary["task"] == task].sort_values("arm").itertuples()
+                if pd.notna(r.ci_low)
+            }
+            for task in tasks
+            if primary.loc[primary["task"] == task, "ci_low"].notna().any()
+        },
+        "scores with 95% bootstrap intervals",
+        "score intervals",
     )
     by_source = funnel[funnel["source"] != "total"]
     funnel_plot = funnel_panels(
@@ -466,11 +662,21 @@ def benchmark_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
             "dagster/column_schema": column_schema(table, "benchmark_report"),
             "report": dg.MetadataValue.md(summary),
             "plot": dg.MetadataValue.md(plot),
+            "intervals": dg.MetadataValue.md(intervals),
+            "comparisons": dg.MetadataValue.md(
+                comparisons.round(4).to_markdown(index=False) if len(comparisons) else "(no pair to compare yet)"
+            ),
             "funnel": dg.MetadataValue.md(funnel_plot),
             "funnel_table": dg.MetadataValue.md(funnel.rename(columns=FUNNEL_LABELS).to_markdown(index=False)),
+            "judge_length_pearson": round(bias["pearson"], 3) if bias["n"] >= 3 else None,
             "judge_length_spearman": round(bias["spearman"], 3) if bias["n"] >= 3 else None,
+            "differs_beyond_interval": int(comparisons["differs"].sum()) if len(comparisons) else 0,
             "smoke_level": bool(smoke),
-            **{f"average/{r.arm}": round(float(r.average), 4) for r in table.itertuples()},
+            **{
+                f"average/{r['arm']}": round(float(r["average"]), 4)
+                for r in table.to_dict("records")
+                if pd.notna(r["average"])
+            },
         },
     )
 
@@ -526,15 +732,18 @@ def same_eval_settings(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset="benchmark_scores",
     partitions_def=arm_partitions,
-    description="Every score (and stderr) of this arm is within [0, 1].",
+    description="Every accuracy-scale score (and stderr) of this arm is within [0, 1]; every log-likelihood score "
+    "(the held-out task, scale log_likelihood) is finite and <= 0 with a non-negative stderr.",
 )
 def scores_in_unit_range(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     return no_offenders(
         context,
         warehouse,
         """select arm, task, metric, filter, value, stderr from benchmark_scores
-                             where value is null or value < 0 or value > 1 or stderr < 0 or stderr > 1""",
-        "all in [0, 1]",
+           where value is null or isnan(value) or stderr < 0
+              or (coalesce(scale, 'unit') = 'unit' and (value < 0 or value > 1 or stderr > 1))
+              or (scale = 'log_likelihood' and value > 0)""",
+        "all in range ([0, 1]; log-likelihoods <= 0)",
         "{n} scores out of range",
         column="arm",
     )

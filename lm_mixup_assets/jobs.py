@@ -5,7 +5,7 @@ The whole method, in order (``lm-mixup demo`` runs exactly this):
 1. ``per_source_job`` for every source (a backfill over ``[source]``): ingest, rate, split, cluster;
 2. ``all_sources_job``: the pool summary, MIXTURE, and the distiller's SFT + GRPO training;
 3. ``distill_job`` for every source: distil the clusters, re-rate, keep the high ones;
-4. ``long_tail_job``: rank the original and distilled high rows by rarity;
+4. ``long_tail_job``: rank the original and distilled high rows by rarity; reserve the held-out rows;
 5. ``per_arm_job`` for every arm (a backfill over ``[arm]``): training set, downstream model, benchmark scores;
 6. ``report_job``: the base model's scores and the report over all arms.
 """
@@ -69,9 +69,10 @@ distill_job = dg.define_asset_job(
 )
 long_tail_job = dg.define_asset_job(
     LONG_TAIL_JOB,
-    selection=dg.AssetSelection.assets("long_tail_scores"),
+    selection=dg.AssetSelection.assets("long_tail_scores", "heldout_instructions"),
     description="Step 4 of 6 (after distill_job for every source): rank the original and distilled high-quality rows "
-    "by long-tail score. Next: per_arm_job per arm.",
+    "by long-tail score, and hold out the high-quality rows the evaluation scores (no training set gets them). "
+    "Next: per_arm_job per arm.",
 )
 training_sets_job = dg.define_asset_job(
     TRAINING_SETS_JOB,

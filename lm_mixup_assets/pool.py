@@ -225,9 +225,10 @@ RatedPoolConfig = launchpad_config(RatedPoolSettings)
     description="The judge's Rarity, Complexity, Informativeness and Overall (1-10) for every raw_pool row, "
     "overall_compressed (0-5), and a status: ok, parse_error or api_error. Failures carry no scores. A source "
     "with precomputed ratings (manifest `precomputed:`) is recorded as judge_backend 'precomputed', no calls made. "
-    "Known bias of the demo's heuristic judge: its Overall is mostly a length meter (Spearman 0.92 with "
-    "log(answer length) on real Alpaca/Dolly rows); each materialisation reports that correlation for its rows "
-    "(overall_vs_log_length_spearman).",
+    "Known bias of the demo's heuristic judge: its Overall is mostly a length meter, not a judge of correctness: "
+    "Pearson 0.92 (Spearman 0.91) with log(answer length) over the 2,840 rated rows of the demo pool, 0.92 on real "
+    "Alpaca/Dolly rows; each materialisation reports that correlation for its rows "
+    "(overall_vs_log_length_pearson, overall_vs_log_length_spearman).",
 )
 def rated_pool(
     context: dg.AssetExecutionContext, config: RatedPoolConfig, judge: JudgeResource, warehouse: WarehouseResource
@@ -357,6 +358,7 @@ def pool_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource
                 else "none: every source of the manifest is in the summary"
             ),
             "overall_vs_log_length_spearman": round(bias["spearman"], 3),
+            "overall_vs_log_length_pearson": round(bias["pearson"], 3),
         },
     )
 

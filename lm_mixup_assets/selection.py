@@ -4,7 +4,8 @@
 high pool by rarity (mean cosine distance to the 15 nearest neighbours within
 the set); ``training_sets[arm]`` draws each recipe's rows from them (or from
 the rated / low pool for the baselines) and exports the JSONL a user takes to
-any trainer.
+any trainer. ``heldout_instructions`` reserves high-quality rows for the evaluation's held-out
+task first: no training set contains them (``training_sets_exclude_heldout``).
 """
 
 import json
@@ -19,15 +20,17 @@ import pandas as pd
 from lm_mixup_assets.checks import no_offenders, partition_rows
 from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib import warehouse as wh
+from lm_mixup_assets.lib.heldout import draw_heldout
 from lm_mixup_assets.lib.plots import BLUE, ORANGE, overlaid_histograms, stacked_barh
 from lm_mixup_assets.lib.selection import (
     LONG_TAIL_RANKED,
     compose_arm,
+    content_key,
     long_tail_text,
     parse_arm,
 )
 from lm_mixup_assets.lib.selection import long_tail_scores as score_long_tail
-from lm_mixup_assets.lib.settings.selection import LongTailSettings, TrainingSetSettings
+from lm_mixup_assets.lib.settings.selection import HeldoutSettings, LongTailSettings, TrainingSetSettings
 from lm_mixup_assets.metadata import (
     code_version,
     preview_md,
@@ -70,9 +73,11 @@ TRAINING_SET_COLUMNS = [
     "long_tail_score",
 ]
 LIST_TYPES = {"member_ids": "VARCHAR[]"}
+HELDOUT_COLUMNS = ["position", "source", "sample_id", "prompt", "completion", "overall", "overall_compressed"]
 
 
 LongTailConfig = launchpad_config(LongTailSettings)
+HeldoutConfig = launchpad_config(HeldoutSettings)
 
 
 def _table_or_empty(warehouse: WarehouseResource, table: str, sql: str, columns: list[str]) -> pd.DataFrame:
@@ -178,14 +183,82 @@ def long_tail_scores(
     )
 
 
+@dg.asset(
+    code_version=CODE_VERSION,
+    group_name=GROUP,
+    deps=["high_quality_pool"],
+    kinds={"duckdb", "pandas"},
+    description="High-quality pool rows held out of every training set: the evaluation scores how likely each "
+    "model finds these answers (mean per-token log-likelihood, benchmark_scores' heldout_instruct task). A seeded "
+    "uniform draw of `size` rows, at most max_source_fraction of a source's high rows, optionally only rows up to "
+    "max_chars; each row keeps its source and sample_id (lineage to raw_pool). Demo: 48 rows of at most 1,200 "
+    "characters; paper: none (the method evaluates on public benchmarks only).",
+)
+def heldout_instructions(
+    context: dg.AssetExecutionContext, config: HeldoutConfig, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    config = config.resolve(context)
+    high = _table_or_empty(
+        warehouse,
+        "high_quality_pool",
+        "select source, sample_id, prompt, completion, overall, overall_compressed from high_quality_pool",
+        HELDOUT_COLUMNS[1:],
+    )
+    rows = draw_heldout(high, config.size, config.seed, config.max_source_fraction, config.max_chars)
+    rows = rows.assign(position=range(len(rows))).reindex(columns=HELDOUT_COLUMNS)
+    rows["position"] = rows["position"].astype("int64")
+    warehouse.replace_partition("heldout_instructions", rows)
+    if config.size and len(rows) < config.size:
+        context.log.warning(
+            f"held out {len(rows)} of the {config.size} rows asked for: {len(high)} high-quality rows, at most "
+            f"{config.max_source_fraction:.0%} per source"
+            + (f", up to {config.max_chars} characters" if config.max_chars else "")
+        )
+    per_source = (
+        pd.DataFrame(
+            {
+                "high rows": high.groupby("source").size(),
+                "held out": rows.groupby("source").size() if len(rows) else pd.Series(dtype="int64"),
+            }
+        )
+        .fillna(0)
+        .astype("int64")
+        .rename_axis("source")
+        .reset_index()
+    )
+    context.log.info(f"held out {len(rows)} high-quality rows: {per_source.to_dict('records')}")
+    return dg.MaterializeResult(
+        data_version=table_data_version(warehouse, "heldout_instructions"),
+        metadata={
+            **table_metadata(rows, ["source", "overall", "prompt", "completion"], table="heldout_instructions"),
+            "per_source": dg.MetadataValue.md(per_source.to_markdown(index=False)),
+            "size": config.size,
+        },
+    )
+
+
 TrainingSetConfig = launchpad_config(TrainingSetSettings)
 
 
-CANDIDATE_TABLES = ("long_tail_scores", "low_quality_pool", "rated_pool")
+CANDIDATE_TABLES = ("long_tail_scores", "low_quality_pool", "rated_pool", "heldout_instructions")
+
+
+def _without_heldout(frame: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` less the held-out rows: by (source, sample_id) and by content (a copy in another source too)."""
+    if heldout.empty or frame.empty:
+        return frame
+    ids = set(zip(heldout["source"], heldout["sample_id"]))
+    contents = {content_key(p, c) for p, c in zip(heldout["prompt"], heldout["completion"])}
+    keep = [
+        (src, sid) not in ids and content_key(p, c) not in contents
+        for src, sid, p, c in zip(frame["source"], frame["sample_id"], frame["prompt"], frame["completion"])
+    ]
+    return frame[keep]
 
 
 def _candidates(warehouse: WarehouseResource) -> tuple[dict[str, pd.DataFrame], int | None]:
-    """The candidate pools, all read at one state of the warehouse, and that state's lake snapshot (None: duckdb)."""
+    """The candidate pools less the held-out rows, all read at one state of the warehouse, and that state's
+    lake snapshot (None: duckdb)."""
     with warehouse.reading_snapshot() as (con, snapshot):
         if not wh.table_exists(con, "long_tail_scores"):
             raise dg.Failure(description="long_tail_scores is missing: materialise it first")
@@ -194,10 +267,15 @@ def _candidates(warehouse: WarehouseResource) -> tuple[dict[str, pd.DataFrame], 
                              from low_quality_pool""").df()
         rated = con.execute("""select source, sample_id, [sample_id] member_ids, prompt, completion
                                from rated_pool where status = 'ok'""").df()
+        heldout = (
+            con.execute("select source, sample_id, prompt, completion from heldout_instructions").df()
+            if wh.table_exists(con, "heldout_instructions")
+            else pd.DataFrame(columns=["source", "sample_id", "prompt", "completion"])
+        )
     out = {name: ranked[ranked["set_name"] == name].drop(columns=["set_name"]) for name in LONG_TAIL_RANKED}
     out["original_low"] = low
     out["rated_pool"] = rated
-    return out, snapshot
+    return {name: _without_heldout(frame, heldout) for name, frame in out.items()}, snapshot
 
 
 def _export_jsonl(rows: pd.DataFrame, path: Path) -> None:
@@ -213,11 +291,12 @@ def _export_jsonl(rows: pd.DataFrame, path: Path) -> None:
     code_version=CODE_VERSION,
     partitions_def=arm_partitions,
     group_name=GROUP,
-    deps=["long_tail_scores", "rated_pool", "low_quality_pool"],
+    deps=["long_tail_scores", "rated_pool", "low_quality_pool", "heldout_instructions"],
     kinds={"duckdb", "pandas"},
     description="One training set per recipe: mixupA_oriB (distilled/original high by long-tail rank), original_high, "
     "random (uniform over the rated pool), full_low (uniform over the low pool), highA_lowB. Every row names its origin, "
-    "source and member ids; exported as JSONL (prompt, completion) under artifacts/training_sets/.",
+    "source and member ids; the held-out rows (heldout_instructions) are never drawn. Exported as JSONL (prompt, "
+    "completion) under artifacts/training_sets/.",
 )
 def training_sets(
     context: dg.AssetExecutionContext, config: TrainingSetConfig, warehouse: WarehouseResource
@@ -346,6 +425,36 @@ def training_sets_ratios(context: dg.AssetCheckExecutionContext, warehouse: Ware
         else "shortfall: "
         + ", ".join(f"{r.arm}/{r.pool} {r.taken} of {r.wanted} ({r.available} available)" for r in short.itertuples()),
         metadata={"composition": preview_md(comp, 20, max_chars=30)},
+    )
+
+
+@dg.asset_check(
+    asset="training_sets",
+    partitions_def=arm_partitions,
+    blocking=True,
+    description="No held-out row (heldout_instructions) is in this arm: not by source and sample id, not as a member "
+    "of a distilled pair, not by content.",
+)
+def training_sets_exclude_heldout(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    with warehouse.connect() as con:
+        missing = not wh.table_exists(con, "heldout_instructions")
+    if missing:
+        return dg.AssetCheckResult(passed=True, description="no held-out set materialised")
+    return no_offenders(
+        context,
+        warehouse,
+        """
+        with m as (select arm, position, source, sample_id, unnest(member_ids) member_id, prompt, completion
+                   from training_sets)
+        select distinct m.arm, m.position, m.source, m.sample_id, h.sample_id heldout_id
+        from m join heldout_instructions h
+          on (h.source = m.source and (h.sample_id = m.sample_id or h.sample_id = m.member_id))
+          or (trim(h.prompt) = trim(m.prompt) and trim(h.completion) = trim(m.completion))""",
+        "no held-out row in this arm",
+        "{n} held-out rows in the training set",
+        column="arm",
     )
 
 

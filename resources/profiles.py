@@ -89,19 +89,29 @@ _DEMO_STAGES: dict[str, dict[str, Any]] = {
     "rescue_yield": {"quality_threshold": 2},
     # The demo keeps its earlier selection (plain prompt/completion text, long-tail rank, rows part by part).
     "long_tail": {"prompt_prefix": "", "answer_prefix": ""},
+    # 48 held-out high rows of at most 1,200 characters (the demo pool has 191 high rows; at most 30% of a
+    # source's are held out, so original_high still has its 100 rows): about 20 s of scoring per model.
+    "heldout": {"size": 48, "max_chars": 1200},
+    # Three arms (plus the base model): the mixup recipe, the high rows alone and the low rows alone. Measured, each
+    # arm's LoRA run and evaluation cost 2-3 CPU minutes, so six arms would not fit ten minutes; the other recipes
+    # run with LM_MIXUP_TRAINING_SETS_ARMS.
     "training_sets": {
-        "arms": "mixup50_ori50,mixup70_ori30,mixup30_ori70,original_high,random,full_low",
+        "arms": "mixup50_ori50,original_high,full_low",
         "size": 100,
         "original_rank": "long_tail",
         "row_order": "by_part",
     },
-    # A few LoRA steps per arm and a handful of smoke items per task: minutes, smoke-level numbers. Rank 16 with
+    # A dozen LoRA steps per arm, scored on the held-out answers: minutes on CPU. Rank 16 with
     # alpha 4 keeps DS2's alpha/r = 0.25 at a quarter of the adapter (20 MB instead of 78 MB per arm). Two rows
     # per step as one row twice accumulated, with gradient checkpointing: measured peak 2.2 GB instead of 4.5 GB
     # for the LoRA step alone (frozen fp32 base, activations and LoRA dropout copies of 512-token rows).
     "downstream": {
         "base_model": "smollm2",
-        "max_steps": 4,
+        # 8 steps at 1e-3 (16 rows). Measured (benchmarks/demo_e2e.py): every arm beyond the base model on the
+        # held-out task, full_low +0.002 [+0.001, +0.003], mixup50_ori50 +0.033 [+0.030, +0.037], original_high
+        # +0.061 [+0.053, +0.069] nats/token; cold demo 564 s (12 steps: 703 s).
+        "max_steps": 8,
+        "learning_rate": 1e-3,
         "max_length": 512,
         "per_device_train_batch_size": 1,
         "gradient_accumulation_steps": 2,
@@ -113,8 +123,20 @@ _DEMO_STAGES: dict[str, dict[str, Any]] = {
         "keep_checkpoints": False,
         "extra_args": {"save_only_model": True},
     },
-    # Batches of 8: the 8 generated items of a smoke task decode together (1.4 GB peak).
-    "lm_eval": {"base_model": "smollm2", "tasks": "smoke", "limit": 8, "backend": "hf", "batch_size": 8},
+    # The held-out answers only. Measured on CPU: all 273 MMLU dev items cost 67 s per model and gave the same
+    # accuracy, 0.242 [0.190, 0.293], to the base model and to two arms after 16 LoRA steps (the same items right);
+    # the held-out task costs 32 s and moved (base -0.550, arms -0.519 and -0.485 nats/token). The 8-item generation
+    # tasks (bbh, gsm8k) resolve 1/8. LM_MIXUP_LM_EVAL_SMOKE_TASKS=smoke_mmlu adds MMLU (uncapped).
+    "lm_eval": {
+        "base_model": "smollm2",
+        "tasks": "smoke",
+        "smoke_tasks": "",
+        "uncapped": "smoke_mmlu",
+        "limit": 8,
+        "backend": "hf",
+        # Batches of 4: the held-out rows vary in length, less padding (measured 25 s instead of 32 s per model).
+        "batch_size": 4,
+    },
 }
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {

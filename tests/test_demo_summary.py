@@ -120,11 +120,71 @@ def test_demo_summary_reads_as_what_flowed_where_and_where_to_look_next(tmp_path
     text = demo_summary(tmp_path / "w.duckdb", tmp_path / "artifacts")
     assert "What flowed where" in text and "accepted" in text and "dist. in sets" in text
     assert "Training sets" in text and "shortfall" in text
-    assert "Judge heuristic:h: Overall vs log(answer length) Spearman 1.00" in text and "length meter" in text
+    assert "Judge heuristic:h: Overall vs log(answer length) Pearson" in text and "Spearman 1.00" in text
+    assert "length meter" in text
     assert "http://127.0.0.1:3000" in text and "select source, status, count(*) from distilled_pool" in text
     assert str(tmp_path / "artifacts" / "training_sets" / "mix.jsonl") in text
     # Before anything ran, it still says where to look.
     assert "Look next" in demo_summary(tmp_path / "none.duckdb", tmp_path / "artifacts")
+
+
+def test_the_summary_shows_every_score_with_its_interval_and_the_paired_verdicts(tmp_path):
+    from lm_mixup_assets.lib.eval_tasks import compare_stored_scores
+
+    con = _small_warehouse(tmp_path / "w.duckdb")
+    ids = [f"h{i}" for i in range(30)]
+    base = np.linspace(-2.0, -1.0, 30)
+
+    def scores(arm, shift):
+        values = (base + shift).tolist()
+        return pd.DataFrame(
+            [
+                {
+                    "arm": arm,
+                    "task": "heldout_instruct",
+                    "metric": "ll_per_token",
+                    "filter": "none",
+                    "value": float(np.mean(values)),
+                    "headline": True,
+                    "scale": "log_likelihood",
+                    "ci_low": float(np.mean(values)) - 0.1,
+                    "ci_high": float(np.mean(values)) + 0.1,
+                    "item_ids": ids,
+                    "item_values": values,
+                    "task_set": "smoke",
+                },
+                {  # not a headline metric: not shown
+                    "arm": arm,
+                    "task": "heldout_instruct",
+                    "metric": "ll_per_byte",
+                    "filter": "none",
+                    "value": -0.5,
+                    "headline": False,
+                    "scale": "log_likelihood",
+                    "ci_low": None,
+                    "ci_high": None,
+                    "item_ids": ids,
+                    "item_values": [-0.5] * 30,
+                    "task_set": "smoke",
+                },
+            ]
+        )
+
+    wh.replace_partition(con, "base_model_scores", scores("base", 0.0))
+    arms = pd.concat([scores("mix", 0.2), scores("full_low", 0.0)], ignore_index=True)
+    wh.replace_partition(con, "benchmark_scores", arms)
+    primary = pd.concat([scores("base", 0.0), arms]).query("headline")
+    wh.replace_partition(con, "benchmark_comparisons", compare_stored_scores(primary))
+    wh.replace_partition(con, "benchmark_report", pd.DataFrame({"arm": ["base", "mix", "full_low"]}))
+    con.close()
+    text = demo_summary(tmp_path / "w.duckdb", tmp_path / "artifacts")
+    assert "95% bootstrap interval" in text and "heldout_instruct = mean per-token log-likelihood" in text
+    report = text.split("Benchmark report", 1)[1].splitlines()
+    line = next(x for x in report if x.strip().startswith("mix "))
+    # A constant +0.2 on every item: the paired interval is exactly +0.2, beyond zero; full_low equals base.
+    assert "-1.300" in line and "+0.200 [+0.200, +0.200] differs" in line
+    assert "+0.000 [+0.000, +0.000] within" in next(x for x in report if x.strip().startswith("full_low "))
+    assert "ll_per_byte" not in text
 
 
 def test_length_correlation_is_rank_based_and_honest_about_too_few_rows():

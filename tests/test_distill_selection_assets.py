@@ -117,8 +117,15 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm, monkey
         "original_high": len(query("select * from high_quality_pool")),
     }
     assert scores["long_tail_score"].between(0, 1).all()
+    # The held-out rows: high-quality pool rows (lineage: source, sample_id), at most 30% of the source's (demo).
+    heldout = query("select * from heldout_instructions order by position")
+    pool_high = query("select source, sample_id, prompt, completion from high_quality_pool")
+    assert len(heldout) == min(48, int(0.3 * len(pool_high))) > 0
+    assert set(zip(heldout["source"], heldout["sample_id"])) <= set(zip(pool_high["source"], pool_high["sample_id"]))
+    assert ((heldout["prompt"].str.len() + heldout["completion"].str.len()) <= 1200).all()
+    held_ids = set(heldout["sample_id"])
     arm_assets = [*[a for a in selection if a.partitions_def is arm_partitions], *definitions.defs.asset_checks]
-    for arm, size in (("mixup50_ori50", 20), ("original_high", 20), ("random", 30)):
+    for arm, size in (("mixup50_ori50", 20), ("original_high", 20), ("full_low", 30)):
         r = dg.materialize(
             arm_assets,
             resources=resources,
@@ -129,6 +136,7 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm, monkey
         arm_checks = checks_by_name(r)
         assert arm_checks["training_sets_no_duplicates"].passed and arm_checks["training_sets_trace_to_pool"].passed
         rows = query("select * from training_sets where arm = ? order by position", [arm])
+        assert arm_checks["training_sets_exclude_heldout"].passed and not held_ids & set(rows["sample_id"])
         lines = [
             json.loads(x) for x in (home / "artifacts" / "training_sets" / f"{arm}.jsonl").read_text().splitlines()
         ]
@@ -150,7 +158,7 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm, monkey
                 len(rows) == size and arm_checks["training_sets_ratios"].passed and (rows["origin"] == "original").all()
             )
     comp = query("select arm, pool, wanted, taken from training_set_composition order by arm, pool")
-    assert set(comp["arm"]) == {"mixup50_ori50", "original_high", "random"}
+    assert set(comp["arm"]) == {"mixup50_ori50", "original_high", "full_low"}
 
     # The paper profile's merge (data_process/merged.py): originals as the long-tail script ranks them (judge score,
     # then rarity), distilled by rarity; original part first, then random.seed(42); random.shuffle.
@@ -161,7 +169,7 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm, monkey
         partition_key="mixup50_ori50",
         run_config={"ops": {"training_sets": {"config": paper_merge}}},
     ).success
-    originals = scores[scores["set_name"] == "original_high"].sort_values(
+    originals = scores[(scores["set_name"] == "original_high") & ~scores["sample_id"].isin(held_ids)].sort_values(
         ["overall_compressed", "long_tail_score", "sample_id"], ascending=[False, False, True]
     )
     distilled_ranked = scores[scores["set_name"] == "distilled_high"].sort_values("long_tail_score", ascending=False)

@@ -17,6 +17,7 @@ from lm_mixup_assets.lib.eval_tasks import (
     evaluate_model,
     primary_scores,
 )
+from lm_mixup_assets.lib.heldout import HELDOUT_TASK
 from resources import WarehouseResource
 from tests.helpers import assets_of_groups, checks_by_name
 
@@ -85,7 +86,7 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
         ]
     )
     rows = pool.assign(
-        arm="random",
+        arm="full_low",
         position=range(6),
         pool="rated_pool",
         origin="original",
@@ -93,15 +94,32 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
         long_tail_score=None,
     )
     WarehouseResource(home=str(home)).replace_partition(
-        "training_sets", rows, "arm", "random", column_types={"member_ids": "VARCHAR[]"}
+        "training_sets", rows, "arm", "full_low", column_types={"member_ids": "VARCHAR[]"}
     )
+    # Held-out answers no training row holds: every model also scores their log-likelihood.
+    heldout = pd.DataFrame(
+        [
+            {
+                "position": i,
+                "source": "s",
+                "sample_id": f"held{i}",
+                "prompt": f"What is {i} times {i}?",
+                "completion": f"{i} times {i} is {i * i}.",
+                "overall": 8,
+                "overall_compressed": 4,
+            }
+            for i in range(7, 11)
+        ]
+    )
+    WarehouseResource(home=str(home)).replace_partition("heldout_instructions", heldout)
     group = assets_of_groups("evaluation", checks=False)
-    eval_cfg = {"limit": 2, "batch_size": 2}
+    # Every smoke task, 2 items each (the demo preset scores smoke_mmlu uncapped: 273 items).
+    eval_cfg = {"limit": 2, "batch_size": 2, "smoke_tasks": ",".join(SMOKE_TASKS), "uncapped": ""}
     per_arm = [a for a in group if a.partitions_def is not None]
     result = dg.materialize(
         [*per_arm, *definitions.defs.asset_checks],
         resources=resources,
-        partition_key="random",
+        partition_key="full_low",
         run_config={
             "ops": {
                 "downstream_models": {
@@ -121,7 +139,7 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     assert result.success and checks_by_name(result)["scores_in_unit_range"].passed
     model = query("select * from downstream_models")
     assert model["rows"].tolist() == [6] and model["steps"].tolist() == [2]
-    # benchmark_scores got the adapter (no merged copy on disk) as downstream_models[random]'s value, with its
+    # benchmark_scores got the adapter (no merged copy on disk) as downstream_models[full_low]'s value, with its
     # training format; lm-eval loaded base + adapter.
     value = result.output_for_node("downstream_models")
     assert value.path == model["adapter_path"].iat[0] and value.steps == 2 and model["merged_path"].iat[0] == ""
@@ -131,7 +149,7 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     again = dg.materialize(
         per_arm,
         resources=resources,
-        partition_key="random",
+        partition_key="full_low",
         run_config={
             "ops": {
                 "downstream_models": {
@@ -153,27 +171,27 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
         assert again.asset_materializations_for_node(name)[0].metadata["reused"].value is True
     assert query("select max(evaluated_at) t from benchmark_scores")["t"].iat[0] == evaluated_at
     assert value.training_settings["chat_template"] == "none" and value.data_version == model["data_version"].iat[0]
-    assert (home / "artifacts" / "asset_values" / "downstream_models" / "random.json").is_file()
+    assert (home / "artifacts" / "asset_values" / "downstream_models" / "full_low.json").is_file()
     assert (
         model["chat_template"].tolist() == ["none"]
         and (query("select * from benchmark_scores")["chat_template"] == "none").all()
     )
     # Scoring in another format than the model was trained in is refused, not run.
-    # The stored downstream_models[random] value is loaded, not retrained: only benchmark_scores is selected.
+    # The stored downstream_models[full_low] value is loaded, not retrained: only benchmark_scores is selected.
     mismatch = dg.materialize(
         per_arm,
         selection=["benchmark_scores"],
         resources=resources,
-        partition_key="random",
+        partition_key="full_low",
         raise_on_error=False,
         run_config={"ops": {"benchmark_scores": {"config": {**eval_cfg, "chat_template": "apply"}}}},
     )
     assert not mismatch.success
     failure = next(e for e in mismatch.all_events if e.is_step_failure).step_failure_data.error.message
     assert "trained with chat_template='none'" in failure and "chat_template='apply'" in failure
-    assert (home / "artifacts" / "downstream" / "random").is_dir()
+    assert (home / "artifacts" / "downstream" / "full_low").is_dir()
     assert "adapter_config.json" in {
-        p.name for p in (next((home / "artifacts" / "downstream" / "random").iterdir()) / "adapter").iterdir()
+        p.name for p in (next((home / "artifacts" / "downstream" / "full_low").iterdir()) / "adapter").iterdir()
     }
     unpartitioned = [a for a in group if a.partitions_def is None]
     report = dg.materialize(
@@ -183,19 +201,40 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     )
     assert report.success and checks_by_name(report)["same_eval_settings"].passed
     table = query("select * from benchmark_report order by arm")
-    assert table["arm"].tolist() == ["base", "random"] and "delta_vs_random" in table.columns
+    assert table["arm"].tolist() == ["base", "full_low"] and "delta_vs_full_low" in table.columns
     scores = query("select * from benchmark_scores")
-    assert set(scores["task"]) == set(SMOKE_TASKS) and (scores["limit_items"] == 2).all()
+    assert set(scores["task"]) == {*SMOKE_TASKS, HELDOUT_TASK} and (scores["limit_items"] == 2).all()
     assert (scores["label"] == SMOKE_LABEL).all()
+    # The held-out task: one log-likelihood per held-out row, <= 0, with its interval; accuracies keep [0, 1].
+    ll = scores[(scores["task"] == HELDOUT_TASK) & (scores["metric"] == "ll_per_token")].iloc[0]
+    assert ll["scale"] == "log_likelihood" and ll["headline"] and ll["value"] < 0
+    assert list(ll["item_ids"]) == heldout["sample_id"].tolist() and len(ll["item_values"]) == 4
+    assert ll["ci_low"] <= ll["value"] <= ll["ci_high"] and ll["value"] == pytest.approx(sum(ll["item_values"]) / 4)
+    mmlu = scores[(scores["task"] == "smoke_mmlu") & (scores["metric"] == "acc")].iloc[0]
+    assert mmlu["scale"] == "unit" and len(mmlu["item_values"]) == 2 and set(mmlu["item_values"]) <= {0.0, 1.0}
+    # The average covers the accuracies only; each score has its interval; the arm is compared with base.
+    row = table.set_index("arm").loc["full_low"]
+    assert row["average"] == pytest.approx(row[list(SMOKE_TASKS)].mean()) and HELDOUT_TASK in table.columns
+    assert row[f"{HELDOUT_TASK}_ci_low"] <= row[HELDOUT_TASK] <= row[f"{HELDOUT_TASK}_ci_high"]
+    comparisons = query("select * from benchmark_comparisons")
+    assert set(comparisons["task"]) == {*SMOKE_TASKS, HELDOUT_TASK} and set(comparisons["baseline"]) == {"base"}
+    pair = comparisons.set_index("task").loc[HELDOUT_TASK]
+    base_ll = query(
+        "select item_values from base_model_scores where task = ? and metric = 'll_per_token'", [HELDOUT_TASK]
+    )["item_values"].iat[0]
+    assert pair["n"] == 4 and pair["mean_diff"] == pytest.approx(ll["value"] - sum(base_ll) / 4)
+    assert pair["diff_low"] <= pair["mean_diff"] <= pair["diff_high"]
+    assert pair["differs"] == (pair["diff_low"] > 0 or pair["diff_high"] < 0)
     md = report.asset_materializations_for_node("benchmark_report")[0].metadata
     assert "smoke-level" in md["report"].value and md["plot"].value.startswith("![")
+    assert "vs base (paired diff [95% CI])" in md["report"].value and md["intervals"].value.startswith("![")
     # A model folder deleted since training is named, not evaluated; an arm never trained says what to run.
     import shutil
 
     shutil.rmtree(value.path)
     for arm, expected in (
-        ("random", "no longer exists (deleted or moved?): rematerialise downstream_models[random]"),
-        ("full_low", "materialise downstream_models[full_low] first"),
+        ("full_low", "no longer exists (deleted or moved?): rematerialise downstream_models[full_low]"),
+        ("original_high", "materialise downstream_models[original_high] first"),
     ):
         gone = dg.materialize(
             per_arm,

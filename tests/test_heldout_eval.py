@@ -211,3 +211,37 @@ def test_lm_eval_scores_the_heldout_task_per_item(tmp_path, tiny_causal_lm):
     assert acc["sample_id"].isna().all()
     ci = bootstrap_mean_ci(per_token)
     assert ci.low <= ci.mean <= ci.high < 0
+
+
+def test_heldout_draw_is_seeded_capped_per_source_and_by_length():
+    from lm_mixup_assets.lib.heldout import draw_heldout
+
+    high = pd.DataFrame(
+        [{"source": "a", "sample_id": f"a{i:02d}", "prompt": "p" * 10, "completion": "c" * (10 + i)} for i in range(20)]
+        + [{"source": "b", "sample_id": f"b{i}", "prompt": "q", "completion": "d" * 500} for i in range(10)]
+    )
+    drawn = draw_heldout(high, 8, seed=3, max_source_fraction=0.3)
+    assert len(drawn) == 8 and drawn["source"].value_counts().max() <= 6  # a: 6 of 20, b: 3 of 10 at most
+    assert (drawn["source"] == "b").sum() <= 3
+    again = draw_heldout(high.sample(frac=1, random_state=1), 8, seed=3, max_source_fraction=0.3)
+    assert drawn["sample_id"].tolist() == again["sample_id"].tolist()  # the input's order does not matter
+    assert draw_heldout(high, 8, seed=4)["sample_id"].tolist() != drawn["sample_id"].tolist()
+    short = draw_heldout(high, 100, seed=3, max_source_fraction=1.0, max_chars=30)
+    assert set(short["source"]) == {"a"} and len(short) == 11  # completions of 10..20 chars with a 10-char prompt
+    assert draw_heldout(high, 0).empty and len(draw_heldout(high, 100, max_source_fraction=0.3)) == 9
+
+
+def test_training_candidates_lose_the_heldout_rows_by_id_and_by_content():
+    from lm_mixup_assets.selection import _without_heldout
+
+    heldout = pd.DataFrame({"source": ["a"], "sample_id": ["a1"], "prompt": ["Why?"], "completion": ["Because."]})
+    pool = pd.DataFrame(
+        {
+            "source": ["a", "a", "b", "b"],
+            "sample_id": ["a1", "a2", "a1", "b9"],
+            "prompt": ["Why?", "How?", "Other", "  Why?"],
+            "completion": ["Because.", "So.", "Text", "Because. "],  # b9: the same content in another source
+        }
+    )
+    assert _without_heldout(pool, heldout)["sample_id"].tolist() == ["a2", "a1"]  # b/a1 is another row
+    assert _without_heldout(pool, heldout.iloc[:0]).equals(pool)

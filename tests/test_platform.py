@@ -63,7 +63,7 @@ def test_jobs_cover_every_stage():
     }
     assert distill == {"distilled_pool", "rated_distilled", "distilled_high"}
     arms = definitions.defs.resolve_job_def("training_sets_job").partitions_def.get_partition_keys()
-    assert arms == ["mixup50_ori50", "mixup70_ori30", "mixup30_ori70", "original_high", "random", "full_low"]
+    assert arms == ["mixup50_ori50", "original_high", "full_low"]
 
 
 def test_gpu_steps_carry_pool_and_pod_resources():

@@ -163,7 +163,18 @@ COLUMNS: dict[str, str] = {
     "label": "what the numbers are (smoke-level or paper protocol)",
     "evaluated_at": "when the model was scored (UTC)",
     "eval_key": "hash of the model's files and the protocol: a re-run with the same key reuses these scores",
-    "average": "the mean of the headline metrics",
+    "average": "the mean of the accuracy-scale headline metrics (the held-out log-likelihood is left out)",
+    "scale": "unit (a share in [0, 1]) or log_likelihood (nats, <= 0, higher is better)",
+    "headline": "whether this metric is the task's headline score (the one the report shows)",
+    "ci_low": "lower end of the 95% percentile-bootstrap interval of the score (over its items)",
+    "ci_high": "upper end of the 95% percentile-bootstrap interval of the score (over its items)",
+    "item_ids": "the scored items (held-out: sample_id; lm-eval tasks: doc id), in doc order",
+    "item_values": "each item's score, aligned with item_ids (paired comparisons between models use them)",
+    "baseline": "the model the arm is compared with (base or full_low)",
+    "mean_diff": "mean per-item difference, arm minus baseline, on the same items",
+    "diff_low": "lower end of the paired-bootstrap 95% interval of mean_diff",
+    "diff_high": "upper end of the paired-bootstrap 95% interval of mean_diff",
+    "differs": "true when the interval of mean_diff excludes 0: the arm differs from the baseline",
     # the funnel (lib/summary.py)
     "clusters": "clusters of the source's low-quality rows",
     "distilled": "clusters the distiller answered (not skipped)",
@@ -204,6 +215,19 @@ TABLE_COLUMNS: dict[str, dict[str, str]] = {
     "mixture_eval": {"model": "base, sft or grpo"},
     "mixture_eval_responses": {"model": "base, sft or grpo"},
     "benchmark_report": {"arm": "the arm (or base): one row per model"},
+    "benchmark_scores": {"task": "the lm-eval task (heldout_instruct: the held-out instruction answers)"},
+    "base_model_scores": {"task": "the lm-eval task (heldout_instruct: the held-out instruction answers)"},
+    "benchmark_comparisons": {
+        "arm": "the arm compared",
+        "task": "the task both were scored on",
+        "metric": "the task's headline metric",
+        "n": "items in the pair",
+    },
+    "heldout_instructions": {
+        "position": "the row's place in the draw (and in the held-out task file)",
+        "prompt": "the held-out prompt",
+        "completion": "the held-out high-quality answer the evaluation scores the likelihood of",
+    },
 }
 
 
@@ -217,5 +241,8 @@ def describe(column: str, table: str | None = None) -> str:
     if column.startswith("delta_vs_"):
         return f"the average minus that of the {column[len('delta_vs_') :]} arm"
     if table == "benchmark_report":
+        for suffix, side in (("_ci_low", "lower"), ("_ci_high", "upper")):
+            if column.endswith(suffix):
+                return f"{side} end of the 95% bootstrap interval of task {column[: -len(suffix)]}"
         return f"headline metric of task {column}"
     return ""

@@ -315,16 +315,18 @@ def build_smoke_tasks(folder: str | Path, lm_eval_root: Path | None = None) -> B
 # --------------------------------------------------------------------------- running lm-eval
 
 
-def smoke_benchmarks(limit: int | None = None, uncapped: Sequence[str] = ()) -> tuple[Benchmark, ...]:
+def smoke_benchmarks(
+    limit: int | None = None, uncapped: Sequence[str] = (), tasks: Sequence[str] = SMOKE_TASKS
+) -> tuple[Benchmark, ...]:
     """The demo's smoke tasks as benchmarks: 0-shot, the first ``limit`` items each (None: all).
 
     ``uncapped``: tasks scored on every item whatever ``limit`` says. ``smoke_mmlu`` has 273
     items (all MMLU CoT dev items lm-eval ships): enough to resolve differences between arms
     that the 8-item cap cannot. Pass the cap here, not as ``evaluate_model(limit=...)``,
-    which caps every benchmark."""
-    unknown = set(uncapped) - set(SMOKE_TASKS)
+    which caps every benchmark. ``tasks``: which smoke tasks (in ``SMOKE_TASKS`` order; none: ())."""
+    unknown = (set(uncapped) | set(tasks)) - set(SMOKE_TASKS)
     if unknown:
-        raise ValueError(f"uncapped={sorted(unknown)}: not smoke tasks (choose from {SMOKE_TASKS})")
+        raise ValueError(f"{sorted(unknown)}: not smoke tasks (choose from {SMOKE_TASKS})")
     headline = {
         "smoke_mmlu": ("acc", "none"),
         "smoke_bbh": ("exact_match", "strip"),
@@ -333,6 +335,7 @@ def smoke_benchmarks(limit: int | None = None, uncapped: Sequence[str] = ()) -> 
     return tuple(
         Benchmark(t, (t,), 0, t, headline[t], limit_per_task=None if t in uncapped else limit, subset="first")
         for t in SMOKE_TASKS
+        if t in tasks
     )
 
 
@@ -713,11 +716,13 @@ def benchmark_table(
     scores: pd.DataFrame,
     baselines: Sequence[str] = ("full_low", "random"),
     headline: Mapping[str, tuple[str, str]] | None = None,
+    average_over: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Arms x tasks (headline metric), the mean over tasks, and the mean's delta to each baseline arm present.
 
     ``headline``: task -> (metric, filter), one column per benchmark in that order (``headline_metrics``);
-    without it every task gets its preferred metric (``_PRIMARY``)."""
+    without it every task gets its preferred metric (``_PRIMARY``). ``average_over``: the tasks the
+    average covers (None: all) — scores on one scale only (accuracies, not log-likelihoods)."""
     if headline:
         keys = list(zip(scores["task"], scores["metric"], scores["filter"]))
         primary = scores[[headline.get(t) == (m, f) for t, m, f in keys]]
@@ -727,7 +732,8 @@ def benchmark_table(
     if headline:
         table = table[[t for t in headline if t in table.columns]]
     table.columns.name = None
-    table["average"] = table.mean(axis=1)
+    averaged = list(table.columns) if average_over is None else [t for t in table.columns if t in average_over]
+    table["average"] = table[averaged].mean(axis=1) if averaged else float("nan")
     for base in baselines:
         if base in table.index:
             table[f"delta_vs_{base}"] = table["average"] - table.loc[base, "average"]
@@ -914,3 +920,46 @@ def paired_comparisons(
                     }
                 )
     return pd.DataFrame(rows, columns=columns)
+
+
+COMPARISON_COLUMNS = ["arm", "baseline", "task", "metric", "n", "mean_diff", "diff_low", "diff_high", "differs"]
+
+
+def compare_stored_scores(
+    primary: pd.DataFrame,
+    baselines: Sequence[str] = ("base", "full_low"),
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Each arm against each baseline present, per task, from stored score rows (one per arm and task:
+    arm, task, metric, item_ids, item_values): the paired-bootstrap difference (arm - baseline) and
+    ``differs``, True when its interval excludes 0. A pair whose items differ (other task files) is left out;
+    the untuned model (arm ``base``) is only ever a baseline, never the arm compared."""
+    import pandas as pd
+
+    rows = []
+    by_key = {(r.arm, r.task): r for r in primary.itertuples()}
+    for base in baselines:
+        for (arm, task), r in sorted(by_key.items()):
+            b = by_key.get((base, task))
+            if arm in (base, "base") or b is None or r.item_ids is None or b.item_ids is None or not len(r.item_ids):
+                continue
+            a_items, b_items = dict(zip(r.item_ids, r.item_values)), dict(zip(b.item_ids, b.item_values))
+            if set(a_items) != set(b_items):
+                continue
+            diff = paired_bootstrap_diff(a_items, b_items, n_resamples, confidence, seed)
+            rows.append(
+                {
+                    "arm": arm,
+                    "baseline": base,
+                    "task": task,
+                    "metric": r.metric,
+                    "n": diff.n,
+                    "mean_diff": diff.mean_diff,
+                    "diff_low": diff.low,
+                    "diff_high": diff.high,
+                    "differs": diff.excludes_zero,
+                }
+            )
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)

@@ -28,6 +28,12 @@ lengths are stored in each JSONL row at build time):
 Both are <= 0; higher is better. Aggregation is the mean over items (lm-eval reports its
 stderr); ``evaluate_model(..., per_item=True)`` returns the per-item values for bootstrap
 intervals and paired comparisons (``eval_tasks.bootstrap_mean_ci``, ``paired_bootstrap_diff``).
+
+**Which rows.** ``draw_heldout`` reserves them from the high-quality pool (the
+``heldout_instructions`` asset): a seeded uniform draw, at most a share of each source's high
+rows, optionally only rows up to a length. ``training_sets`` leaves those rows out (by id and by
+content), so the score measures generalisation to answers of the kind the arms were selected
+for, never memorisation.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from .downstream import join_prompt_completion
@@ -51,6 +58,36 @@ HELDOUT_LABEL = (
     "(higher is better; comparable only between models sharing a tokenizer)"
 )
 _UTILS_MODULE = "heldout_utils"
+
+
+def draw_heldout(
+    high: pd.DataFrame, size: int, seed: int = 0, max_source_fraction: float = 0.3, max_chars: int = 0
+) -> pd.DataFrame:
+    """``size`` rows of ``high`` (source, sample_id, prompt, completion, ...) drawn uniformly with
+    ``numpy.random.default_rng(seed)`` over the rows sorted by (source, sample_id), taking at most
+    ``floor(max_source_fraction * high rows of the source)`` per source and, when ``max_chars`` > 0,
+    only rows whose prompt + completion are at most that many characters. Fewer when too few qualify;
+    the rows come back in draw order."""
+    import numpy as np
+
+    if size < 0 or not 0 < max_source_fraction <= 1 or max_chars < 0:
+        raise ValueError(f"size={size} (>= 0), max_source_fraction={max_source_fraction} (0, 1], max_chars={max_chars}")
+    frame = high.sort_values(["source", "sample_id"], kind="stable").reset_index(drop=True)
+    if size == 0 or frame.empty:
+        return frame.iloc[:0]
+    caps = {src: int(max_source_fraction * n) for src, n in frame["source"].value_counts().items()}
+    length = frame["prompt"].fillna("").str.len() + frame["completion"].fillna("").str.len()
+    eligible = (length <= max_chars) if max_chars else pd.Series(True, index=frame.index)
+    taken: list[int] = []
+    per_source: dict[str, int] = {}
+    for i in np.random.default_rng(seed).permutation(len(frame)):
+        if len(taken) == size:
+            break
+        src = frame.at[i, "source"]
+        if eligible.iat[i] and per_source.get(src, 0) < caps[src]:
+            per_source[src] = per_source.get(src, 0) + 1
+            taken.append(int(i))
+    return frame.iloc[taken].reset_index(drop=True)
 
 
 def process_results(doc: dict, results: list) -> dict:

@@ -203,3 +203,26 @@ def funnel_panels(funnels: dict[str, dict[str, int]], title: str, alt: str):
     axes[0][0].invert_yaxis()  # the first stage on top; once, since the panels share the y axis
     fig.suptitle(title, fontsize=SUPTITLE_SIZE)
     return fig, alt
+
+
+@_markdown
+def interval_panels(panels: dict[str, dict[str, tuple[float, float, float]]], title: str, alt: str):
+    """One panel per task (each on its own scale): per model a point at its score with its interval as a bar,
+    ``panels[task][model] = (value, low, high)``."""
+    fig, axes = _axes(
+        (3.2 * max(1, len(panels)), 0.5 + 0.35 * max((len(p) for p in panels.values()), default=1)),
+        ncols=max(1, len(panels)),
+        squeeze=False,
+    )
+    for ax, (task, models) in zip(axes[0], panels.items()):
+        names = list(models)
+        y = np.arange(len(names))
+        values = np.array([models[n][0] for n in names], dtype=float)
+        lows = np.array([models[n][1] for n in names], dtype=float)
+        highs = np.array([models[n][2] for n in names], dtype=float)
+        ax.errorbar(values, y, xerr=[values - lows, highs - values], fmt="o", color=BLUE, capsize=3)
+        ax.set_yticks(y, names, fontsize=TICK_SIZE)
+        ax.tick_params(axis="x", labelsize=TICK_SIZE)
+        ax.set_title(task, fontsize=LABEL_SIZE)
+    fig.suptitle(title, fontsize=SUPTITLE_SIZE)
+    return fig, alt

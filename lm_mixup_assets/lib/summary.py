@@ -146,3 +146,41 @@ def funnel_text(funnel: pd.DataFrame) -> str:
     if funnel.empty:
         return "(no pool rows yet)"
     return funnel.rename(columns=FUNNEL_LABELS).to_string(index=False)
+
+
+def report_intervals(con: duckdb.DuckDBPyConnection, baselines: Sequence[str] = ("base", "full_low")) -> pd.DataFrame:
+    """The report as a person reads it: per model and task the headline score with its 95% interval, and per
+    baseline the paired difference with its interval and whether it lies beyond it (``differs``). Empty before
+    any model is scored; scores stored without intervals (older runs) show the score alone."""
+    columns = ["arm", "task", "metric", "score", "ci", *[f"vs {b}" for b in baselines]]
+    tables = [t for t in ("base_model_scores", "benchmark_scores") if table_exists(con, t)]
+    if not tables:
+        return pd.DataFrame(columns=columns)
+    scores = con.execute(" union all by name ".join(f"select * from {t}" for t in tables)).df()
+    if "headline" not in scores.columns or scores["headline"].isna().any():
+        return pd.DataFrame(columns=columns)
+    primary = scores[scores["headline"].astype(bool)]
+    diffs = (
+        {(r.arm, r.baseline, r.task): r for r in con.execute("select * from benchmark_comparisons").df().itertuples()}
+        if table_exists(con, "benchmark_comparisons")
+        else {}
+    )
+    rows = []
+    for r in sorted(primary.itertuples(), key=lambda r: (r.task, r.arm != "base", r.arm)):
+        row = {
+            "arm": r.arm,
+            "task": r.task,
+            "metric": r.metric,
+            "score": f"{r.value:.3f}",
+            "ci": f"[{r.ci_low:.3f}, {r.ci_high:.3f}]" if pd.notna(r.ci_low) else "",
+        }
+        for b in baselines:
+            d = diffs.get((r.arm, b, r.task))
+            row[f"vs {b}"] = (
+                ""
+                if d is None
+                else f"{d.mean_diff:+.3f} [{d.diff_low:+.3f}, {d.diff_high:+.3f}] "
+                + ("differs" if d.differs else "within")
+            )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)

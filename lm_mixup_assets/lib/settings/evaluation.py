@@ -148,6 +148,42 @@ class LmEvalSettings(StageSettings):
         ),
     )
 
+    smoke_tasks: str = Field(
+        "smoke_mmlu,smoke_bbh,smoke_gsm8k",
+        description=(
+            "Smoke task set only: the comma-separated smoke tasks to score (smoke_mmlu, smoke_bbh, smoke_gsm8k); "
+            "empty = none, only the held-out task."
+        ),
+    )
+    uncapped: str = Field(
+        "",
+        description=(
+            "Smoke task set only: comma-separated smoke tasks scored on every item whatever limit says (smoke_mmlu "
+            "has 273 items: enough to resolve differences between arms that 8 items cannot)."
+        ),
+    )
+    heldout: bool = Field(
+        True,
+        description=(
+            "Also score the held-out instruction task (mean per-token log-likelihood of the heldout_instructions "
+            "answers, which no training set contains) when that asset holds rows."
+        ),
+    )
+    confidence: float = Field(
+        0.95, gt=0, lt=1, description="Confidence of the bootstrap intervals on every score and paired difference."
+    )
+    bootstrap_resamples: int = Field(
+        2000,
+        ge=100,
+        description="Bootstrap resamples of the items for each interval (seeded: same items, same interval).",
+    )
+
+    def smoke_task_list(self) -> list[str]:
+        return [t.strip() for t in self.smoke_tasks.split(",") if t.strip()]
+
+    def uncapped_list(self) -> list[str]:
+        return [t.strip() for t in self.uncapped.split(",") if t.strip()]
+
     def protocol(self) -> dict:
         """The fields that must be equal across arms and the base model."""
         return {k: v for k, v in self.values().items() if k != "base_model"}

@@ -79,3 +79,36 @@ class TrainingSetSettings(StageSettings):
 
     def arm_list(self) -> list[str]:
         return [a.strip() for a in self.arms.split(",") if a.strip()]
+
+
+class HeldoutSettings(StageSettings):
+    """The held-out instruction set: high-quality pool rows no training set may contain, scored by the evaluation."""
+
+    preset = "heldout"
+    size: int = Field(
+        0,
+        ge=0,
+        description=(
+            "High-quality pool rows reserved as held-out answers (a seeded uniform draw); 0 = none. The method has no "
+            "held-out set (it evaluates on public benchmarks only), so the paper profile reserves none and its "
+            "training sets are the method's; set e.g. 1000 to add the held-out log-likelihood task."
+        ),
+    )
+    seed: int = Field(0, description="Seed of the draw (numpy default_rng).")
+    max_source_fraction: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description=(
+            "At most this share of each source's high-quality rows is held out, so no source loses its high rows to "
+            "the evaluation."
+        ),
+    )
+    max_chars: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Only rows whose prompt + completion have at most this many characters are drawn (scoring cost grows "
+            "with length); 0 = any length."
+        ),
+    )
