@@ -261,11 +261,7 @@ class JudgeResource(dg.ConfigurableResource):
                 model=self.model,
                 rubric_version=versions[lo:hi],
                 progress=progress,
-                # A commit to a DuckDB file costs ~170 ms at 300k cached rows whatever its size (closing checkpoints
-                # the key index; measured 128 rows 176 ms, 2,048 rows 315 ms): commit at most every 2 s or 1,024
-                # answers, not per concurrency's worth (2.9 commits/s at 370 requests/s took half a core).
-                flush_every=max(self.concurrency, 1024),
-                flush_seconds=2.0,
+                flush_every=self.concurrency,  # durable within one concurrency's worth of answers (or 0.5 s)
             )
             del requests  # before the next chunk renders its own
             total.outcomes += result.outcomes

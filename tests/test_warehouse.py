@@ -308,7 +308,8 @@ def test_a_tiny_graph_materialises_and_its_training_set_reads_stay_queryable(war
         assert "read_snapshots" not in md and "lake_snapshot" not in md
         return
     read_at, written_at = md["read_snapshots"].value, md["lake_snapshot"].value
-    assert set(read_at) == {"long_tail_scores", "low_quality_pool", "rated_pool"} and written_at > read_at["rated_pool"]
+    assert set(read_at) == {"long_tail_scores", "low_quality_pool", "rated_pool", "heldout_instructions"}
+    assert written_at > read_at["rated_pool"]
     assert "at (version =>" in md["read_again"].value
 
     # Weeks later: the pool is re-split at another threshold (70 low rows now) and the set drawn again.
