@@ -13,10 +13,9 @@ from lm_mixup_assets.lib.eval_tasks import (
     Benchmark,
     bootstrap_mean_ci,
     build_smoke_tasks,
+    compare_stored_scores,
     evaluate_model,
-    item_score_intervals,
     paired_bootstrap_diff,
-    paired_comparisons,
     smoke_benchmarks,
 )
 from lm_mixup_assets.lib.heldout import (
@@ -138,33 +137,33 @@ def test_paired_diff_known_answers():
         paired_bootstrap_diff([1.0, 2.0], [1.0])
 
 
-def test_interval_tables_on_constructed_items():
+def test_stored_scores_compared_to_each_baseline_on_constructed_items():
     rng = np.random.default_rng(3)
     hard = rng.normal(-2.0, 1.0, 200)
-    rows = []
-    for arm, shift in {"random": 0.0, "full_low": 0.0, "mixup": 0.2}.items():
-        for doc_id, v in enumerate(hard):
-            rows.append(
-                {
-                    "arm": arm,
-                    "task": "t",
-                    "metric": "ll_per_token",
-                    "filter": "none",
-                    "doc_id": doc_id,
-                    "value": v + shift,
-                }
-            )
-    items = pd.DataFrame(rows)
-    intervals = item_score_intervals(items).set_index("arm")
-    assert intervals.loc["mixup", "mean"] == pytest.approx(hard.mean() + 0.2)
-    assert (intervals["n"] == 200).all() and (intervals["ci_width"] > 0).all()
-    pairs = paired_comparisons(items, baselines=("full_low", "random", "absent")).set_index(["arm", "baseline"])
-    assert len(pairs) == 4  # two baselines x two other arms; an absent baseline is skipped
-    assert pairs.loc[("mixup", "random"), "excludes_zero"]
-    assert pairs.loc[("mixup", "random"), "mean_diff"] == pytest.approx(0.2)
-    assert not pairs.loc[("random", "full_low"), "excludes_zero"]  # identical scores: [0, 0]
-    with pytest.raises(ValueError, match="arm 'mixup' vs 'full_low'"):
-        paired_comparisons(items[(items["arm"] != "mixup") | (items["doc_id"] > 0)], baselines=("full_low",))
+    ids = list(range(200))
+    shifts = {"base": 0.0, "full_low": 0.0, "mixup": 0.2}
+    primary = pd.DataFrame(
+        [
+            {"arm": arm, "task": "t", "metric": "ll_per_token", "item_ids": ids, "item_values": list(hard + s)}
+            for arm, s in shifts.items()
+        ]
+        + [
+            {
+                "arm": "other_files",
+                "task": "t",
+                "metric": "ll_per_token",
+                "item_ids": ids[1:],
+                "item_values": list(hard[1:]),
+            }
+        ]
+    )
+    pairs = compare_stored_scores(primary, baselines=("base", "full_low", "absent")).set_index(["arm", "baseline"])
+    # full_low and mixup against base, mixup against full_low; base is never the compared arm, an absent
+    # baseline is skipped, and an arm scored on other items is left out rather than paired wrongly
+    assert sorted(pairs.index) == [("full_low", "base"), ("mixup", "base"), ("mixup", "full_low")]
+    assert pairs.loc[("mixup", "base"), "differs"] and pairs.loc[("mixup", "base"), "n"] == 200
+    assert pairs.loc[("mixup", "full_low"), "mean_diff"] == pytest.approx(0.2)
+    assert not pairs.loc[("full_low", "base"), "differs"]  # identical scores: [0, 0]
 
 
 # --------------------------------------------------------------------------- end to end on a tiny model

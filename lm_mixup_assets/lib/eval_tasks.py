@@ -19,8 +19,7 @@ training; they are not leaderboard numbers, and every output says so.
 ``smoke_mmlu`` run uncapped (all 273 items, ``smoke_benchmarks(uncapped=...)``) and the
 held-out log-likelihood task (``heldout.py``) are the ones with enough items to tell arms
 apart: ``evaluate_model(per_item=True)`` returns every item's score, and the bootstrap helpers
-at the end (``bootstrap_mean_ci``, ``paired_bootstrap_diff``, ``item_score_intervals``,
-``paired_comparisons``) put 95 % intervals on means and on paired differences between arms.
+at the end (``bootstrap_mean_ci``, ``paired_bootstrap_diff``, ``compare_stored_scores``) put 95 % intervals on means and on paired differences between arms.
 """
 
 from __future__ import annotations
@@ -445,7 +444,7 @@ def evaluate_model(
     with (lm_mixup_assets.lib.downstream). ``backend``: ``hf`` (transformers, CPU or GPU) or
     ``vllm`` (GPU, the ``gpu`` extra). ``per_item``: also return every item's score
     (``EvalRun.item_scores``, from lm-eval's logged samples) for confidence intervals and paired
-    comparisons (``bootstrap_mean_ci``, ``paired_bootstrap_diff``, ``item_score_intervals``).
+    comparisons (``bootstrap_mean_ci``, ``paired_bootstrap_diff``, ``compare_stored_scores``).
     One lm-eval model (one vLLM engine) serves every call and is released before this returns.
     """
     import time
@@ -843,83 +842,6 @@ def paired_bootstrap_diff(
     d = x - y
     low, high = _bootstrap_interval(d, n_resamples, confidence, seed)
     return PairedDiff(float(d.mean()), low, high, int(d.size), confidence)
-
-
-_ITEM_KEYS = ["task", "metric", "filter"]
-
-
-def item_score_intervals(
-    items: pd.DataFrame, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> pd.DataFrame:
-    """One row per (arm, task, metric, filter): n, mean, ci_low, ci_high, ci_width.
-
-    ``items``: ``EvalRun.item_scores`` rows with an ``arm`` column (arm, task, metric, filter, doc_id, value)."""
-    import pandas as pd
-
-    rows = []
-    for (arm, task, metric, filt), g in items.groupby(["arm", *_ITEM_KEYS], sort=True):
-        ci = bootstrap_mean_ci(g["value"], n_resamples, confidence, seed)
-        rows.append(
-            {
-                "arm": arm,
-                "task": task,
-                "metric": metric,
-                "filter": filt,
-                "n": ci.n,
-                "mean": ci.mean,
-                "ci_low": ci.low,
-                "ci_high": ci.high,
-                "ci_width": ci.width,
-            }
-        )
-    return pd.DataFrame(rows, columns=["arm", *_ITEM_KEYS, "n", "mean", "ci_low", "ci_high", "ci_width"])
-
-
-def paired_comparisons(
-    items: pd.DataFrame,
-    baselines: Sequence[str] = ("full_low", "random"),
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Every arm against each baseline arm present, per (task, metric, filter), paired on ``doc_id``:
-    arm, baseline, task, metric, filter, n, mean_diff (arm - baseline), diff_low, diff_high, excludes_zero.
-
-    Both arms must have scored the same items of a task (the same task files and limits)."""
-    import pandas as pd
-
-    columns = ["arm", "baseline", *_ITEM_KEYS, "n", "mean_diff", "diff_low", "diff_high", "excludes_zero"]
-    rows = []
-    by_arm = {arm: g for arm, g in items.groupby("arm", sort=True)}
-    for base in [b for b in baselines if b in by_arm]:
-        base_scores = {k: dict(zip(g["doc_id"], g["value"])) for k, g in by_arm[base].groupby(_ITEM_KEYS)}
-        for arm, frame in by_arm.items():
-            if arm == base:
-                continue
-            for key, g in frame.groupby(_ITEM_KEYS, sort=True):
-                if key not in base_scores:
-                    continue  # the baseline did not run this task / metric
-                if g["doc_id"].duplicated().any():
-                    raise ValueError(f"arm {arm!r}, {key}: an item is scored twice; pairs need one score per item")
-                try:
-                    diff = paired_bootstrap_diff(
-                        dict(zip(g["doc_id"], g["value"])), base_scores[key], n_resamples, confidence, seed
-                    )
-                except ValueError as exc:
-                    raise ValueError(f"arm {arm!r} vs {base!r}, {key}: {exc}") from exc
-                rows.append(
-                    {
-                        "arm": arm,
-                        "baseline": base,
-                        **dict(zip(_ITEM_KEYS, key)),
-                        "n": diff.n,
-                        "mean_diff": diff.mean_diff,
-                        "diff_low": diff.low,
-                        "diff_high": diff.high,
-                        "excludes_zero": diff.excludes_zero,
-                    }
-                )
-    return pd.DataFrame(rows, columns=columns)
 
 
 COMPARISON_COLUMNS = ["arm", "baseline", "task", "metric", "n", "mean_diff", "diff_low", "diff_high", "differs"]
