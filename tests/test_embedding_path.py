@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from lm_mixup_assets.lib.embedding_cache import cache_file
@@ -43,6 +44,7 @@ def test_pipeline_embedding_matches_standalone_encode_and_keeps_torch_threads(tm
     assert torch.get_num_threads() == threads  # the path never lowers torch's thread count
 
 
+@pytest.mark.slow  # a benchmark's smoke run; compares rates
 def test_embed_bench_prints_both_rates_and_the_ratio(capsys):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_bench.py"
     spec = importlib.util.spec_from_file_location("embed_bench", path)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 LINE = re.compile(
     r"^stage (?P<name>\w+) rows=(?P<rows>\d+) seconds=(?P<seconds>[\d.]+) peak_rss_mb=(?P<rss>\d+)(?P<rest>.*)$"
@@ -24,6 +26,7 @@ STAGES = [
 ]
 
 
+@pytest.mark.slow  # a benchmark's smoke run (15 s): make test-all
 def test_rehearsal_at_2000_rows(tmp_path):
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "paper_rehearsal.py"), "--rows", "2000", "--targets", "3000"],

@@ -167,6 +167,7 @@ def _write_dump(path, n_articles: int) -> None:
         f.write("</mediawiki>\n")
 
 
+@pytest.mark.slow  # measures memory over 8,000 pages (7 s)
 def test_stream_memory_is_bounded_by_the_cap_not_the_dump(tmp_path):
     dump = tmp_path / "synthetic-pages-articles.xml.bz2"
     _write_dump(dump, 1500)
