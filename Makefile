@@ -29,8 +29,10 @@ init: setup ## create and migrate $(LM_MIXUP_HOME) (Dagster storage); safe to ru
 demo: setup ## materialise every stage built so far (offline demo profile)
 	$(PY) -m lm_mixup_assets.cli demo
 
+# Two workers, a test file per worker at a time (module fixtures stay in one process): 4:11 instead of 5:33 on 2 cores.
+TEST_WORKERS ?= 2
 test: setup ## the default (fast) test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: setup ## also the slow tests (real SmolLM2, longer runs)
 	$(PY) -m pytest -q -m "slow or not slow"
