@@ -256,9 +256,9 @@ def _without_heldout(frame: pd.DataFrame, heldout: pd.DataFrame) -> pd.DataFrame
     return frame[keep]
 
 
-def _candidates(warehouse: WarehouseResource) -> tuple[dict[str, pd.DataFrame], int | None]:
-    """The candidate pools less the held-out rows, all read at one state of the warehouse, and that state's
-    lake snapshot (None: duckdb)."""
+def _candidates(warehouse: WarehouseResource) -> tuple[dict[str, pd.DataFrame], int | None, int | None]:
+    """The candidate pools less the held-out rows, all read at one state of the warehouse, that state's
+    lake snapshot (None: duckdb) and the number of held-out rows left out (None: no held-out set materialised)."""
     with warehouse.reading_snapshot() as (con, snapshot):
         if not wh.table_exists(con, "long_tail_scores"):
             raise dg.Failure(description="long_tail_scores is missing: materialise it first")
@@ -267,15 +267,17 @@ def _candidates(warehouse: WarehouseResource) -> tuple[dict[str, pd.DataFrame], 
                              from low_quality_pool""").df()
         rated = con.execute("""select source, sample_id, [sample_id] member_ids, prompt, completion
                                from rated_pool where status = 'ok'""").df()
+        has_heldout = wh.table_exists(con, "heldout_instructions")
         heldout = (
             con.execute("select source, sample_id, prompt, completion from heldout_instructions").df()
-            if wh.table_exists(con, "heldout_instructions")
+            if has_heldout
             else pd.DataFrame(columns=["source", "sample_id", "prompt", "completion"])
         )
     out = {name: ranked[ranked["set_name"] == name].drop(columns=["set_name"]) for name in LONG_TAIL_RANKED}
     out["original_low"] = low
     out["rated_pool"] = rated
-    return {name: _without_heldout(frame, heldout) for name, frame in out.items()}, snapshot
+    n_heldout = len(heldout) if has_heldout else None
+    return {name: _without_heldout(frame, heldout) for name, frame in out.items()}, snapshot, n_heldout
 
 
 def _export_jsonl(rows: pd.DataFrame, path: Path) -> None:
@@ -304,7 +306,15 @@ def training_sets(
     config = config.resolve(context)
     arm = context.partition_key
     recipe = parse_arm(arm)
-    candidates, read_snapshot = _candidates(warehouse)
+    candidates, read_snapshot, n_heldout = _candidates(warehouse)
+    if n_heldout is None:
+        # Not an error (the paper profile holds none out), but a later held-out draw could pick rows this set holds.
+        context.log.warning(
+            "heldout_instructions is not materialised: no held-out row excluded; materialise it first if the "
+            "evaluation scores a held-out task"
+        )
+    else:
+        context.log.info(f"{n_heldout} held-out rows (heldout_instructions) excluded from the candidates")
     composed = compose_arm(
         recipe,
         candidates,
@@ -364,6 +374,7 @@ def training_sets(
             "size": config.size,
             "original_rank": config.original_rank,
             "row_order": config.row_order,
+            "heldout_rows_excluded": dg.MetadataValue.int(n_heldout) if n_heldout is not None else "not materialised",
             # A lake keeps the exact rows this set was drawn from: query them at these snapshots.
             **snapshot_metadata({table: read_snapshot for table in CANDIDATE_TABLES}),
         },

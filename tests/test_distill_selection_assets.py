@@ -137,6 +137,8 @@ def test_distil_rerate_and_select(resources, query, home, tiny_causal_lm, monkey
         assert arm_checks["training_sets_no_duplicates"].passed and arm_checks["training_sets_trace_to_pool"].passed
         rows = query("select * from training_sets where arm = ? order by position", [arm])
         assert arm_checks["training_sets_exclude_heldout"].passed and not held_ids & set(rows["sample_id"])
+        md = r.asset_materializations_for_node("training_sets")[0].metadata
+        assert md["heldout_rows_excluded"].value == len(heldout)
         lines = [
             json.loads(x) for x in (home / "artifacts" / "training_sets" / f"{arm}.jsonl").read_text().splitlines()
         ]
