@@ -115,26 +115,21 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     group = assets_of_groups("evaluation", checks=False)
     # Every smoke task, 2 items each (the demo preset scores smoke_mmlu uncapped: 273 items).
     eval_cfg = {"limit": 2, "batch_size": 2, "smoke_tasks": ",".join(SMOKE_TASKS), "uncapped": ""}
+    lora = {
+        "base_model": tiny_causal_lm,
+        "max_steps": 2,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+    }
+    run_config = {"ops": {"downstream_models": {"config": lora}, "benchmark_scores": {"config": eval_cfg}}}
     per_arm = [a for a in group if a.partitions_def is not None]
     result = dg.materialize(
         [*per_arm, *definitions.defs.asset_checks],
         resources=resources,
         partition_key="full_low",
-        run_config={
-            "ops": {
-                "downstream_models": {
-                    "config": {
-                        "base_model": tiny_causal_lm,
-                        "max_steps": 2,
-                        "lora_r": 4,
-                        "lora_alpha": 8,
-                        "per_device_train_batch_size": 2,
-                        "gradient_accumulation_steps": 1,
-                    }
-                },
-                "benchmark_scores": {"config": eval_cfg},
-            }
-        },
+        run_config=run_config,
     )
     assert result.success and checks_by_name(result)["scores_in_unit_range"].passed
     model = query("select * from downstream_models")
@@ -150,21 +145,7 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
         per_arm,
         resources=resources,
         partition_key="full_low",
-        run_config={
-            "ops": {
-                "downstream_models": {
-                    "config": {
-                        "base_model": tiny_causal_lm,
-                        "max_steps": 2,
-                        "lora_r": 4,
-                        "lora_alpha": 8,
-                        "per_device_train_batch_size": 2,
-                        "gradient_accumulation_steps": 1,
-                    }
-                },
-                "benchmark_scores": {"config": eval_cfg},
-            }
-        },
+        run_config=run_config,
     )
     assert again.success and again.output_for_node("downstream_models").fingerprint == value.fingerprint
     for name in ("downstream_models", "benchmark_scores"):
