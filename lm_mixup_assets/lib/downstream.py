@@ -39,10 +39,10 @@ from .training import (
     OnLog,
     TrainResult,
     _close_run,
-    _common_args,
     _load_model,
     _log_callback,
     _settings_from,
+    _sft_config,
     _train,
     _train_result,
     finished_run,
@@ -181,7 +181,7 @@ def run_lora_sft(
         return done
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,14 +200,7 @@ def run_lora_sft(
         task_type="CAUSAL_LM",
     )
     # Rows arrive tokenised with their labels, so TRL neither re-renders nor re-masks them.
-    args = SFTConfig(
-        **_common_args(s, out),
-        max_length=s.max_length,
-        max_grad_norm=s.max_grad_norm,
-        packing=False,
-        include_num_input_tokens_seen="non_padding",
-        **s.extra_args,
-    )
+    args = _sft_config(s, out, max_grad_norm=s.max_grad_norm)
     trainer = SFTTrainer(
         model=_load_model(model_path),
         args=args,

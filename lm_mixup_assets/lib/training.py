@@ -455,6 +455,21 @@ def _prune_checkpoints(output_dir: Path, keep: bool) -> None:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
+def _sft_config(s, out: Path, **specific: Any):
+    """TRL's SFTConfig for one of our SFT runs (distiller SFT, downstream LoRA): the shared trainer arguments,
+    unpacked rows of at most ``max_length`` tokens, non-padding tokens counted; ``specific``: the run's own."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **_common_args(s, out),
+        max_length=s.max_length,
+        packing=False,
+        include_num_input_tokens_seen="non_padding",
+        **specific,
+        **s.extra_args,
+    )
+
+
 def _train(trainer, out: Path, resume: bool, on_log: OnLog | None) -> tuple[str | None, float]:
     """Train (from the newest resumable checkpoint in ``out`` when ``resume``): the checkpoint resumed from and
     the wall seconds."""
@@ -639,7 +654,7 @@ def run_sft(
     if reuse_key and (done := finished_run(output_dir, reuse_key)) is not None:
         return done
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -654,15 +669,7 @@ def run_sft(
         )
     if not records:
         raise ValueError(f"no SFT examples left ({dropped} longer than max_length={s.max_length} tokens)")
-    args = SFTConfig(
-        **_common_args(s, out),
-        max_length=s.max_length,
-        completion_only_loss=True,
-        assistant_only_loss=False,
-        packing=False,
-        include_num_input_tokens_seen="non_padding",
-        **s.extra_args,
-    )
+    args = _sft_config(s, out, completion_only_loss=True, assistant_only_loss=False)
     trainer = SFTTrainer(
         model=_load_model(model_path),
         args=args,
