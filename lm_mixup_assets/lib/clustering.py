@@ -78,6 +78,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cluster_capacities import CAPACITY_RULES, draw_capacities
+from .spherical_kmeans import (
+    _mm,
+    _normalise_rows,
+    _segment_sums,
+    _spherical_kmeans,
+    _take,
+    _to_np,
+    _top_m,
+    _unit_means,
+    _unit_rows,
+)
+
 __all__ = [
     "ALGORITHMS",
     "CAPACITY_RULES",
@@ -88,7 +101,6 @@ __all__ = [
 ]
 
 
-CAPACITY_RULES = ("ours", "reference")
 # "fast": ours (module docstring); "reference": the method's code (``reference_clustering.reference_clusters``).
 ALGORITHMS = ("fast", "reference")
 
@@ -116,318 +128,6 @@ class ClusterResult:
 
 
 # --------------------------------------------------------------------------- #
-# Capacities
-# --------------------------------------------------------------------------- #
-def draw_capacities(
-    n: int,
-    min_size: int = 2,
-    max_size: int = 5,
-    mean_cap: float = 3.0,
-    std_cap: float = 1.0,
-    seed: int = 42,
-    rule: str = "ours",
-) -> np.ndarray:
-    """Cluster capacities drawn from N(mean_cap, std_cap), rounded and clipped to
-    [min_size, max_size], adjusted to sum to exactly ``n``.
-
-    ``rule`` says how the sum is brought to ``n`` (docs/method.md, clustering):
-
-    * ``"ours"``: draw until the sum covers n, then +-1 on entries visited in a
-      seeded random order;
-    * ``"reference"``: the method's code: draw one value at a time until the
-      sum covers n, take the excess off the last draws (each down to
-      min_size, last first), then shuffle the list with the same generator.
-      Same draws, same result for the same seed.  Where that cannot reach n
-      (every draw already at min_size, e.g. n=5 drawn as 2, 2, 2, on which the
-      method's code never finishes) the ``"ours"`` rule is used instead.
-
-    * n == 0: empty array; n < min_size: ``[n]`` (a single, undersized cluster).
-    * Otherwise every entry is within [min_size, max_size] whenever that is
-      arithmetically possible (some k with k*min_size <= n <= k*max_size exists;
-      always true when max_size >= 2*min_size - 1, e.g. the 2..5 default).
-      If it is impossible, the sum is still n and the bounds are violated as
-      little as possible (see ``_feasible_k``).
-    """
-    if rule not in CAPACITY_RULES:
-        raise ValueError(f"capacity rule {rule!r}: choose one of {CAPACITY_RULES}")
-    n = int(n)
-    if n < 0:
-        raise ValueError("n must be >= 0")
-    lo, hi = int(min_size), int(max_size)
-    lo = max(lo, 1)
-    if hi < lo:
-        raise ValueError(f"max_size ({max_size}) < min_size ({min_size})")
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if n < lo:
-        return np.array([n], dtype=np.int64)
-    if rule == "reference":
-        caps = _reference_rule_capacities(n, lo, hi, mean_cap, std_cap, seed)
-        if caps is not None:
-            return caps
-
-    rng = np.random.default_rng(seed)
-    # Draw until the running sum covers n (an upper bound on the count needed
-    # is ceil(n / lo) draws, so draw that many at once).
-    n_draw = -(-n // lo) + 1
-    caps = np.clip(np.rint(rng.normal(mean_cap, std_cap, size=n_draw)), lo, hi).astype(np.int64)
-    k = int(np.searchsorted(np.cumsum(caps), n) + 1)
-    k = min(k, n_draw)
-    k = _feasible_k(n, lo, hi, k)
-    if k > len(caps):  # only possible for infeasible bounds; pad with clipped mean
-        pad = int(np.clip(round(mean_cap), lo, hi))
-        caps = np.concatenate([caps, np.full(k - len(caps), pad, dtype=np.int64)])
-    caps = caps[:k].copy()
-
-    # Adjust the sum to exactly n: +-1 per pass on entries that still have
-    # slack, visiting them in a seeded random order (a few vectorised passes).
-    visit = rng.permutation(k)
-    for _ in range(10 * (hi - lo + 2) + n):
-        diff = n - int(caps.sum())
-        if diff == 0:
-            break
-        if diff > 0:
-            cand = visit[caps[visit] < hi]
-            if len(cand) == 0:  # infeasible: grow beyond max_size
-                cand = visit
-            caps[cand[:diff]] += 1
-        else:
-            cand = visit[caps[visit] > lo]
-            if len(cand) == 0:  # infeasible: shrink below min_size
-                cand = visit[caps[visit] > 1]
-            caps[cand[:-diff]] -= 1
-    assert int(caps.sum()) == n
-    return caps
-
-
-def _reference_rule_capacities(
-    n: int, lo: int, hi: int, mean_cap: float, std_cap: float, seed: int
-) -> np.ndarray | None:
-    """The method's capacity rule (see ``draw_capacities``); None where it cannot reach n."""
-    # How many draws cover n: a probe generator draws in blocks (the same values
-    # as one draw at a time); the real one then draws exactly that many, so the
-    # shuffle below consumes the stream exactly where the method's code does.
-    probe = np.random.default_rng(seed)
-    total, k, block = 0, 0, max(64, 2 * (-(-n // lo)) // 3)
-    while True:
-        vals = np.clip(np.rint(probe.normal(mean_cap, std_cap, size=block)), lo, hi).astype(np.int64)
-        cum = total + np.cumsum(vals)
-        if cum[-1] >= n:
-            k += int(np.searchsorted(cum, n, side="left")) + 1
-            break
-        total, k = int(cum[-1]), k + block
-    rng = np.random.default_rng(seed)
-    caps = np.clip(np.rint(rng.normal(mean_cap, std_cap, size=k)), lo, hi).astype(np.int64)
-    excess = int(caps.sum()) - n  # < the last draw, so only the last few entries give
-    for i in range(k - 1, -1, -1):
-        if excess == 0:
-            break
-        give = min(int(caps[i]) - lo, excess)
-        caps[i] -= give
-        excess -= give
-    if excess:
-        return None
-    rng.shuffle(caps)
-    return caps
-
-
-def _feasible_k(n: int, lo: int, hi: int, k: int) -> int:
-    """Closest k to the drawn one with k*lo <= n <= k*hi, if any exists."""
-    k_min = -(-n // hi)
-    k_max = n // lo
-    if k_min <= k_max:
-        return int(min(max(k, k_min), k_max))
-    # infeasible bounds (e.g. lo=4, hi=5, n=7): no k works.  Take the largest
-    # k whose clusters can all reach min_size (mixup needs members), so some
-    # capacity ends up above max_size instead; k >= 1 always.
-    return max(1, k_max)
-
-
-# --------------------------------------------------------------------------- #
-# Small numeric helpers
-# --------------------------------------------------------------------------- #
-def _normalise_rows(x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, int]:
-    # In row chunks, so the only N x d allocation is the result (a float64 or
-    # non-finite input never gets a whole-array temporary); per-row norms, so
-    # the values are those of the one-shot computation.
-    x = np.asarray(x)
-    if _already_unit(x, chunk):  # embedders' usual output: no copy (1.5 GB at 1M x 384)
-        return x, 0
-    out = np.empty(x.shape, dtype=np.float32)
-    n_zero = 0
-    for a in range(0, x.shape[0], chunk):
-        xc = np.asarray(x[a : a + chunk], dtype=np.float32)
-        if not np.all(np.isfinite(xc)):
-            xc = np.nan_to_num(xc, nan=0.0, posinf=0.0, neginf=0.0)
-        norms = np.linalg.norm(xc, axis=1, keepdims=True)
-        zero = norms[:, 0] <= 1e-12
-        norms[zero] = 1.0
-        np.divide(xc, norms, out=out[a : a + chunk])
-        n_zero += int(zero.sum())
-    return out, n_zero
-
-
-def _already_unit(x: np.ndarray, chunk: int, tol: float = 1e-5) -> bool:
-    """float32, C-contiguous, finite rows of norm 1 (within ``tol``): used as given, read only."""
-    if x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous or len(x) == 0:
-        return False
-    for a in range(0, x.shape[0], chunk):
-        norms = np.linalg.norm(x[a : a + chunk], axis=1)  # NaN / inf fail the test
-        if not np.all(np.abs(norms - 1.0) <= tol):
-            return False
-    return True
-
-
-def _unit_rows(a: np.ndarray) -> np.ndarray:
-    """Rows divided by their norms, in place (zero rows stay zero)."""
-    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    return a
-
-
-def _kmeanspp_init(x: np.ndarray, k: int, gen: np.random.Generator, gram_max: int = 8192) -> np.ndarray:
-    """k-means++ seeding with cosine distance (1 - cos) on normalised rows.
-    Returns the indices of k distinct rows (when n >= k).  For small n the
-    Gram matrix is computed once (one matmul), so each step is O(n)."""
-    n = x.shape[0]
-    k = min(k, n)
-    gram = None
-    if n <= gram_max:  # distances from the Gram matrix once, in place (a step is then one minimum)
-        gram = _mm(x, x)
-        np.maximum(np.subtract(1.0, gram, out=gram), 0.0, out=gram)
-    xn = None if gram is not None else _to_np(x)
-
-    def dist(j: int) -> np.ndarray:
-        if gram is not None:
-            return gram[j]
-        return np.maximum(1.0 - (xn @ xn[j]).astype(np.float64), 0.0)
-
-    idx = np.empty(k, dtype=np.int64)
-    chosen = np.zeros(n, dtype=bool)
-    j = int(gen.integers(n))
-    idx[0] = j
-    chosen[j] = True
-    d2 = dist(j).copy()
-    d2[j] = 0.0
-    for t in range(1, k):
-        cum = np.cumsum(d2, dtype=np.float64)
-        total = cum[-1]
-        if total <= 1e-12:  # every remaining row coincides with a chosen one
-            rest = np.flatnonzero(~chosen)
-            idx[t:] = gen.choice(rest, size=k - t, replace=False)
-            break
-        j = int(np.searchsorted(cum, gen.random() * total, side="right"))
-        j = min(j, n - 1)
-        while chosen[j]:  # zero-weight rows can only be hit by rounding
-            j = (j + 1) % n
-        idx[t] = j
-        chosen[j] = True
-        np.minimum(d2, dist(j), out=d2)
-        d2[j] = 0.0
-    return idx
-
-
-def _spherical_kmeans(
-    x: np.ndarray,
-    k: int,
-    gen: np.random.Generator,
-    iters: int,
-    init: str = "random",
-    pp_sample: int = 20000,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's spherical k-means as matmuls.  Returns (centres (k,d) normalised,
-    labels (n,)).  Empty clusters are re-seeded with the rows worst served by
-    their current centre (deterministic)."""
-    n, d = x.shape
-    k = max(1, min(int(k), n))
-    if k == 1:
-        c = _unit_rows(x.sum(0, keepdims=True, dtype=np.float32))
-        if float(np.linalg.norm(c)) < 1e-6:
-            c = x[:1].copy()
-        return c, np.zeros(n, dtype=np.int64)
-    if init == "kmeans++":
-        if n > pp_sample:
-            sub = np.sort(gen.choice(n, size=pp_sample, replace=False))
-            centres = _take(x, sub[_kmeanspp_init(_take(x, sub), k, gen)])
-        else:
-            centres = _take(x, _kmeanspp_init(x, k, gen))
-    else:
-        centres = _take(x, np.sort(gen.choice(n, size=k, replace=False)))
-    labels = np.zeros(n, dtype=np.int64)
-    for it in range(iters + 1):
-        sims = _mm(x, centres)
-        i, v = _top_m(sims, 1)
-        best, labels_new = v[:, 0], i[:, 0]
-        if it > 0 and np.array_equal(labels_new, labels):
-            break
-        labels = labels_new
-        if it == iters:
-            break
-        counts = np.bincount(labels, minlength=k)
-        # clusters whose members cancel out (or empty ones) keep their centre
-        new_c = _unit_means(x, labels, k, centres)
-        empty = np.flatnonzero(counts == 0)
-        if len(empty):
-            # worst-served rows become the new centres of empty clusters
-            worst = np.argsort(best, kind="stable")[: len(empty)]
-            new_c[empty] = x[worst]
-        centres = new_c
-    return centres, labels
-
-
-def _to_np(t) -> np.ndarray:
-    """A torch tensor (the reference baseline's) or an array as a numpy array."""
-    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-
-
-_np = _to_np
-
-
-def _mm(a, b) -> np.ndarray:
-    """``a @ b.T`` by numpy's BLAS: on these shapes (a few thousand rows times
-    a few hundred centres) 2-3x faster on CPU than torch's, and far less hurt
-    when other processes share the cores."""
-    return _np(a) @ _np(b).T
-
-
-def _take(t, idx) -> np.ndarray:
-    """Rows ``idx`` of a tensor or array (numpy's gather: torch's multi-threaded
-    one is 10-40x slower on CPU for these sizes once the cores are shared)."""
-    return np.take(_np(t), idx, axis=0)
-
-
-def _top_m(s, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise ``m`` largest of a 2-D array or tensor: (column indices, values),
-    by decreasing value.  numpy's argmax / argpartition: on CPU several times
-    cheaper than torch.max / torch.topk, which cost as much as the matmul."""
-    s = _to_np(s)
-    m = min(m, s.shape[1])
-    if m <= 0:
-        return np.zeros((len(s), 0), dtype=np.int64), np.zeros((len(s), 0), dtype=s.dtype)
-    if m == 1:
-        idx = s.argmax(axis=1)[:, None]
-        return idx, np.take_along_axis(s, idx, 1)
-    idx = (
-        np.argpartition(s, s.shape[1] - m, axis=1)[:, -m:]
-        if m < s.shape[1]
-        else np.arange(m)[None, :].repeat(len(s), 0)
-    )
-    v = np.take_along_axis(s, idx, 1)
-    o = np.argsort(-v, axis=1, kind="stable")
-    return np.take_along_axis(idx, o, 1), np.take_along_axis(v, o, 1)
-
-
-def _segment_sums(x: np.ndarray, labels, k: int) -> np.ndarray:
-    """(k, d) per-label sums of the rows of x, as a sparse one-hot (k x n)
-    times x product (much faster than index_add_ on CPU; deterministic)."""
-    import scipy.sparse as sp
-
-    lab = _to_np(labels)
-    n = len(lab)
-    onehot = sp.csr_matrix((np.ones(n, dtype=np.float32), (lab, np.arange(n))), shape=(k, n))
-    return np.ascontiguousarray(onehot @ x, dtype=np.float32)
-
-
-# --------------------------------------------------------------------------- #
 # Partitioning into leaves
 # --------------------------------------------------------------------------- #
 def _nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 16384) -> np.ndarray:
@@ -436,17 +136,6 @@ def _nearest(x: np.ndarray, centres: np.ndarray, chunk: int = 16384) -> np.ndarr
     for a in range(0, x.shape[0], chunk):
         out[a : a + chunk] = _mm(x[a : a + chunk], centres).argmax(axis=1)
     return out
-
-
-def _unit_means(x: np.ndarray, labels: np.ndarray, k: int, old: np.ndarray) -> np.ndarray:
-    """Normalised per-label means; labels whose members cancel out (or that
-    have none) keep their old centre.  In place on the k x d sums."""
-    sums = _segment_sums(x, labels, k)
-    nrm = np.linalg.norm(sums, axis=1, keepdims=True)
-    keep = np.flatnonzero(nrm[:, 0] <= 1e-6)
-    sums /= np.maximum(nrm, 1e-12)
-    sums[keep] = old[keep]
-    return sums
 
 
 def _by_label(labels: np.ndarray, k: int) -> list[np.ndarray]:
