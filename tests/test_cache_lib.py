@@ -9,7 +9,7 @@ from lm_mixup_assets.lib.judging import JUDGE_CACHE
 TABLE = CacheTable(
     "echo_cache",
     """create table if not exists echo_cache (
-    cache_key varchar primary key, text varchar, created_at timestamp)""",
+    cache_key varchar, text varchar, created_at timestamp)""",
     lambda r: ("ok", r.text),
 )
 
@@ -95,3 +95,12 @@ def test_judge_and_generation_caches_are_two_tables_of_one_kind(connect):
         "k": GenerationOutcome(status="ok", raw_answer="hi", prompt_tokens=3, completion_tokens=1)
     }
     assert JUDGE_CACHE.lookup(connect, ["k"]) == {}  # keyed apart: another table
+
+
+def test_storing_a_key_again_keeps_the_one_row(connect):
+    # No key constraint (its index made every commit slow): the insert itself skips stored keys.
+    TABLE.store(connect, [{"cache_key": "k", "text": "first"}, {"cache_key": "m", "text": "M"}])
+    TABLE.store(connect, [{"cache_key": "k", "text": "again"}, {"cache_key": "n", "text": "N"}])
+    with connect() as con:
+        rows = con.execute("select cache_key, text from echo_cache order by 1").fetchall()
+    assert rows == [("k", "first"), ("m", "M"), ("n", "N")]

@@ -21,7 +21,7 @@ from .cache import DEFAULT_FLUSH_SECONDS, CacheTable, answer_with_cache
 
 CACHE_DDL = """
 create table if not exists generation_cache (
-    cache_key varchar primary key, backend varchar, model varchar, params varchar,
+    cache_key varchar, backend varchar, model varchar, params varchar,
     text varchar, prompt_tokens bigint, completion_tokens bigint, created_at timestamp
 )"""
 

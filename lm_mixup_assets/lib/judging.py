@@ -17,7 +17,7 @@ from .rubric import JudgeOutcome
 
 CACHE_DDL = """
 create table if not exists judge_cache (
-    cache_key varchar primary key,
+    cache_key varchar,
     backend varchar, model varchar, rubric_version varchar,
     rarity integer, complexity integer, informativeness integer, overall integer,
     raw_answer varchar, prompt_tokens bigint, completion_tokens bigint,
