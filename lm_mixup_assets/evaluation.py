@@ -193,44 +193,52 @@ def _loadable_model(path: str, backend: str) -> str:
     return merge_adapter(folder, folder.parent / "merged", dtype="bfloat16" if backend == "vllm" else "float32")
 
 
-def _tasks_folder(warehouse: WarehouseResource) -> Path:
-    return warehouse.artifacts_dir / "eval_tasks"
-
-
-def _protocol_key(cfg: LmEvalSettings, backend: str, model_fp: str, warehouse: WarehouseResource) -> str:
+def _protocol_key(cfg: LmEvalSettings, backend: str, model_fp: str, folder: Path) -> str:
     """What decides the scores: the model's files, the protocol, lm-eval's version and the task files
-    (smoke tasks, held-out task)."""
+    in ``folder`` (smoke tasks, held-out task)."""
     from importlib.metadata import version as package_version
 
-    folder = _tasks_folder(warehouse)
     tasks = sorted((f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in folder.glob("*") if f.is_file())
     return run_key(model_fp, cfg.protocol(), backend, package_version("lm_eval"), tasks, CODE_VERSION)
 
 
-def _build_heldout(cfg: LmEvalSettings, warehouse: WarehouseResource, model_path: str) -> int:
-    """Write the held-out task from heldout_instructions into the task folder; 0 items (and no task files)
-    when it is off or the asset holds no rows. Token counts use the scored model's tokenizer (an adapter folder
-    carries its base's), so every arm fine-tuned from one base gets the same task files."""
-    folder = _tasks_folder(warehouse)
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in (folder / f"{HELDOUT_TASK}.jsonl", folder / f"{HELDOUT_TASK}.yaml"):
-        stale.unlink(missing_ok=True)  # a task from other rows must not outlive them
-    if not cfg.heldout:
-        return 0
-    with warehouse.connect() as con:
-        rows = (
-            con.execute("select sample_id, prompt, completion from heldout_instructions order by position").df()
-            if table_exists(con, "heldout_instructions")
-            else pd.DataFrame()
-        )
-    if rows.empty:
-        return 0
-    folder_of_model = Path(model_path)
-    base = Path(adapter_base(folder_of_model)) if (folder_of_model / "adapter_config.json").is_file() else None
-    config = (base or folder_of_model) / "config.json"
+def _task_folder(context, cfg: LmEvalSettings, warehouse: WarehouseResource, model_path: str) -> tuple[Path, int]:
+    """Write the task files one evaluation reads (smoke tasks; the held-out task from heldout_instructions)
+    and return their folder and the held-out item count (0 when it is off or the asset holds no rows).
+
+    The folder is named by what decides its files (the held-out rows, the tokenizer that counts their tokens,
+    the model's context length), so arms evaluated at the same time never rewrite each other's task, and a
+    task from other rows cannot outlive them. Files are replaced whole, never seen half-written. Token counts
+    use the scored model's tokenizer (an adapter folder carries its base's), so every arm fine-tuned from one
+    base shares one folder."""
+    rows = pd.DataFrame()
+    if cfg.heldout:
+        with warehouse.connect() as con:
+            if table_exists(con, "heldout_instructions"):
+                rows = con.execute(
+                    "select sample_id, prompt, completion from heldout_instructions order by position"
+                ).df()
+    model_folder = Path(model_path)
+    base = Path(adapter_base(model_folder)) if (model_folder / "adapter_config.json").is_file() else None
+    config = (base or model_folder) / "config.json"
     # lm-eval cuts a longer row's left end: such rows are skipped instead (named in the task's metadata).
     max_tokens = json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None
-    return build_heldout_task(folder, rows.to_dict("records"), model_path, max_tokens=max_tokens).items
+    records = rows.to_dict("records")
+    if records:
+        decided_by = json.dumps([records, str((base or model_folder).resolve()), max_tokens], default=str)
+        name = "heldout-" + hashlib.sha256(decided_by.encode()).hexdigest()[:16]
+    else:
+        name = "no-heldout"
+    folder = warehouse.artifacts_dir / "eval_tasks" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if cfg.tasks == "smoke":
+        built = build_smoke_tasks(folder)
+        for task, reasons in built.skipped.items():
+            context.log.info(
+                f"{task}: {built.items[task]} items, {len(reasons)} exemplars not usable (e.g. {reasons[0]})"
+            )
+    items = build_heldout_task(folder, records, model_path, max_tokens=max_tokens).items if records else 0
+    return folder, items
 
 
 def _stored_scores(warehouse: WarehouseResource, table: str, arm: str, key: str) -> pd.DataFrame | None:
@@ -262,10 +270,8 @@ def _scores(
     """Score ``model_path`` and write ``table``'s partition, or keep the stored scores when the model's files
     and the protocol are unchanged (lm-eval is the slow part of a re-run)."""
     backend = _eval_backend(context, cfg)
-    if cfg.tasks == "smoke":
-        build_smoke_tasks(_tasks_folder(warehouse))  # the task files are part of the key
-    heldout_items = _build_heldout(cfg, warehouse, model_path)
-    key = _protocol_key(cfg, backend, model_fp, warehouse)
+    folder, heldout_items = _task_folder(context, cfg, warehouse, model_path)
+    key = _protocol_key(cfg, backend, model_fp, folder)  # the task files are part of the key
     stored = _stored_scores(warehouse, table, arm, key)
     if stored is not None:
         context.log.info(
@@ -275,7 +281,7 @@ def _scores(
         info = {"seconds": 0.0, "label": str(stored["label"].iat[0]), "reused": True}
         df = stored
     else:
-        df, info = _run_eval(context, cfg, _loadable_model(model_path, backend), warehouse, arm, heldout_items)
+        df, info = _run_eval(context, cfg, _loadable_model(model_path, backend), folder, arm, heldout_items)
         df = df.assign(model_path=model_path, eval_key=key)
         with warehouse.connect() as con:
             for column, kind in _ADDED_COLUMNS.items():
@@ -312,15 +318,10 @@ def _with_items(df: pd.DataFrame, items: list[dict], cfg: LmEvalSettings) -> pd.
 
 
 def _run_eval(
-    context, cfg: LmEvalSettings, model_path: str, warehouse: WarehouseResource, arm: str, heldout_items: int = 0
+    context, cfg: LmEvalSettings, model_path: str, folder: Path, arm: str, heldout_items: int = 0
 ) -> tuple[pd.DataFrame, dict]:
-    folder = _tasks_folder(warehouse)
+    """Score ``model_path`` with lm-eval on the task files in ``folder`` (see ``_task_folder``)."""
     if cfg.tasks == "smoke":
-        built = build_smoke_tasks(folder)
-        for name, reasons in built.skipped.items():
-            context.log.info(
-                f"{name}: {built.items[name]} items, {len(reasons)} exemplars not usable (e.g. {reasons[0]})"
-            )
         try:
             benchmarks = smoke_benchmarks(cfg.limit or None, cfg.uncapped_list(), cfg.smoke_task_list())
         except ValueError as err:

@@ -21,6 +21,7 @@ from lm_mixup_assets.lib.openai_batch import (
 from lm_mixup_assets.lib.rubric import (
     RUBRIC_VERSION,
     JudgeOutcome,
+    JudgeRequest,
     get_rubric,
     judge_cache_key,
     per_task_rubric,
@@ -183,7 +184,8 @@ class JudgeResource(dg.ConfigurableResource):
         ``rubric_version``: None = :attr:`rubric_version`; a version name for every
         row; or one version per row (e.g. the per-task rubric of each MIXTURE target).
         Online and heuristic rows are rendered, looked up and sent :attr:`chunk_rows` at a time
-        (``progress`` gets a line per chunk); the Batch API path takes every row at once.
+        (``progress`` gets a line per chunk); the Batch API path looks every row up at once and renders
+        each batch file's prompts while it writes that file.
         """
         self.validate()
         if rubric_version is None or isinstance(rubric_version, str):
@@ -207,7 +209,11 @@ class JudgeResource(dg.ConfigurableResource):
             return requests, keys
 
         if self.backend == "openai" and self.batch:
-            return self._rate_through_batches(*render(0, len(prompts)), versions, warehouse, progress)
+            # Keys a chunk at a time; a prompt is rendered again when its batch file is written.
+            keys = [k for lo in range(0, len(prompts), self.chunk_rows) for k in render(lo, lo + self.chunk_rows)[1]]
+            return self._rate_through_batches(
+                keys, lambda i: rubrics[versions[i]].render(prompts[i], completions[i]), versions, warehouse, progress
+            )
 
         if self.backend == "heuristic":
             client = None
@@ -279,13 +285,14 @@ class JudgeResource(dg.ConfigurableResource):
 
     def _rate_through_batches(
         self,
-        requests: list,
         keys: list[str],
+        render_row: Callable[[int], JudgeRequest],
         versions: list[str],
         warehouse: WarehouseResource,
         progress: Callable[[str], None] | None,
     ) -> tuple[CachedRating, list[str]]:
-        """The Batch API path: every row at once (the runner splits them into batches of its own)."""
+        """The Batch API path: every row at once (the runner splits them into batches of its own);
+        ``render_row(i)`` is row ``i``'s judge request."""
         from lm_mixup_assets.lib.openai_judge import OpenAIBatchJudgeClient
 
         connect = serialized(warehouse.connect)  # batch records and cache commits come from two threads
@@ -308,12 +315,12 @@ class JudgeResource(dg.ConfigurableResource):
             temperature=self.temperature,
         )
         try:
-            # The cache key is the batch's custom_id: each request travels with it.
+            # The cache key is the batch's custom_id: each row number travels with it.
             result = rate_with_cache(
-                list(zip(keys, requests)),
+                list(zip(keys, range(len(keys)))),
                 keys,
                 connect,
-                client.rate_all,
+                lambda todo, on_result: client.rate_all(todo, on_result, render=render_row),
                 backend=self.backend,
                 model=self.model,
                 rubric_version=versions,

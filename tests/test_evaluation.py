@@ -183,6 +183,12 @@ def test_evaluation_group_for_one_arm(resources, home, query, tiny_causal_lm):
     assert report.success and checks_by_name(report)["same_eval_settings"].passed
     table = query("select * from benchmark_report order by arm")
     assert table["arm"].tolist() == ["base", "full_low"] and "delta_vs_full_low" in table.columns
+    # The arm and the base model (one tokenizer, same held-out rows) read one task folder named by its inputs;
+    # nothing is written at the top, where arms evaluated at once would rewrite each other's files.
+    tasks = home / "artifacts" / "eval_tasks"
+    assert [p.name.startswith("heldout-") for p in tasks.iterdir()] == [True]
+    names = {p.name for p in next(tasks.iterdir()).iterdir()}
+    assert {f"{HELDOUT_TASK}.jsonl", f"{HELDOUT_TASK}.yaml", *(f"{t}.yaml" for t in SMOKE_TASKS)} <= names
     scores = query("select * from benchmark_scores")
     assert set(scores["task"]) == {*SMOKE_TASKS, HELDOUT_TASK} and (scores["limit_items"] == 2).all()
     assert (scores["label"] == SMOKE_LABEL).all()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import threading
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from lm_mixup_assets.lib.eval_tasks import (
     evaluate_model,
     paired_bootstrap_diff,
     smoke_benchmarks,
+    write_task_file,
 )
 from lm_mixup_assets.lib.heldout import (
     HELDOUT_METRICS,
@@ -83,6 +85,31 @@ def test_task_files(tmp_path, tokenizer):
     rows = [json.loads(x) for x in (tmp_path / f"{HELDOUT_TASK}.jsonl").read_text().splitlines()]
     assert [r["sample_id"] for r in rows] == ["a", "b", "c", "d"]
     assert "def process_results" in (tmp_path / "heldout_utils.py").read_text()
+
+
+def test_a_task_file_is_replaced_whole_while_it_is_read(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    path = folder / "t.jsonl"
+    versions = ["a" * 200_000, "b" * 300_000]
+    write_task_file(path, versions[0])
+    stop = threading.Event()
+
+    def rewrite():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            write_task_file(path, versions[i % 2])
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        seen = {path.read_text() for _ in range(300)}
+    finally:
+        stop.set()
+        writer.join()
+    assert seen <= set(versions)  # never empty, never half of one
+    assert [p.name for p in folder.iterdir()] == ["t.jsonl"]  # the temporary files live outside the folder
 
 
 # --------------------------------------------------------------------------- MMLU dev in full

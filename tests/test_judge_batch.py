@@ -80,6 +80,19 @@ def cache_keys(wh: WarehouseResource) -> set[str]:
 # --------------------------------------------------------------------------- pure parts
 
 
+def test_split_lines_reads_one_file_ahead_only():
+    rendered: list[int] = []
+
+    def lines():
+        for i in range(10):
+            rendered.append(i)  # rendering happens here, as the splitter asks
+            yield f"id{i}", b"x" * 10
+
+    files = split_lines(lines(), max_requests=4)
+    assert len(next(files)) == 4 and rendered == [0, 1, 2, 3, 4]  # the 5th line told it the file was full
+    assert [len(f) for f in files] == [4, 2] and rendered == list(range(10))
+
+
 def test_split_lines_respects_request_and_byte_limits():
     lines = [
         (f"id{i}", render_request_line(f"id{i}", {"model": "m", "messages": [{"role": "user", "content": "x" * i}]}))
@@ -87,10 +100,10 @@ def test_split_lines_respects_request_and_byte_limits():
     ]
     assert [len(c) for c in split_lines(lines, max_requests=4)] == [4, 4, 2]
     size = len(lines[5][1])
-    chunks = split_lines(lines, max_bytes=2 * size)
+    chunks = list(split_lines(lines, max_bytes=2 * size))
     assert all(sum(len(line) for _, line in c) <= 2 * size or len(c) == 1 for c in chunks)
     assert [cid for c in chunks for cid, _ in c] == [cid for cid, _ in lines]  # order kept, nothing lost
-    assert len(split_lines(lines)) == 1 and (MAX_BATCH_REQUESTS, MAX_BATCH_BYTES) == (50_000, 200_000_000)
+    assert len(list(split_lines(lines))) == 1 and (MAX_BATCH_REQUESTS, MAX_BATCH_BYTES) == (50_000, 200_000_000)
 
 
 def test_request_line_and_batch_line_formats():

@@ -25,7 +25,9 @@ at the end (``bootstrap_mean_ci``, ``paired_bootstrap_diff``, ``compare_stored_s
 from __future__ import annotations
 
 import json
+import os
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,6 +293,14 @@ _TASK_BODIES = {
 }
 
 
+def write_task_file(path: Path, text: str) -> None:
+    """Replace ``path`` whole: written beside its folder, then renamed, so an evaluation reading the folder
+    at the same time sees the old file or the new one, never half of one (nor the temporary file)."""
+    tmp = path.parent.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def build_smoke_tasks(folder: str | Path, lm_eval_root: Path | None = None) -> BuiltTasks:
     """Write ``<task>.jsonl`` and ``<task>.yaml`` for the three smoke tasks into ``folder``."""
     root = lm_eval_root or lm_eval_dir()
@@ -303,8 +313,10 @@ def build_smoke_tasks(folder: str | Path, lm_eval_root: Path | None = None) -> B
         if not items:
             raise ValueError(f"{name}: no items found under {root} (is lm-eval {root} the expected version?)")
         data = out / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
-        (out / f"{name}.yaml").write_text(yaml.safe_dump(_task_yaml(name, data, _TASK_BODIES[name]), sort_keys=False))
+        write_task_file(data, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items))
+        write_task_file(
+            out / f"{name}.yaml", yaml.safe_dump(_task_yaml(name, data, _TASK_BODIES[name]), sort_keys=False)
+        )
         built.items[name] = len(items)
         if skipped:
             built.skipped[name] = skipped

@@ -49,7 +49,7 @@ import pandas as pd
 import yaml
 
 from .downstream import join_prompt_completion
-from .eval_tasks import Benchmark
+from .eval_tasks import Benchmark, write_task_file
 
 HELDOUT_TASK = "heldout_instruct"
 HELDOUT_METRICS = ("ll_per_token", "ll_per_byte")
@@ -183,9 +183,9 @@ def build_heldout_task(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     data = out / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    write_task_file(data, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
     # The YAML names its per-item hook by file, so the folder carries a copy of this module's function.
-    (out / f"{_UTILS_MODULE}.py").write_text(inspect.getsource(process_results), encoding="utf-8")
+    write_task_file(out / f"{_UTILS_MODULE}.py", inspect.getsource(process_results))
     spec = {
         "task": name,
         "dataset_path": "json",
@@ -200,7 +200,7 @@ def build_heldout_task(
         "metadata": {"version": 1.0, "label": HELDOUT_LABEL, "n_skipped": len(skipped)},
     }
     text = yaml.safe_dump(spec, sort_keys=False) + f"process_results: !function {_UTILS_MODULE}.process_results\n"
-    (out / f"{name}.yaml").write_text(text, encoding="utf-8")
+    write_task_file(out / f"{name}.yaml", text)
     return BuiltHeldout(folder=out, task=name, items=len(docs), skipped=skipped)
 
 

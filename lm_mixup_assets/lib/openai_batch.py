@@ -35,7 +35,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,21 +138,24 @@ def render_request_line(custom_id: str, body: dict) -> bytes:
 
 
 def split_lines(
-    lines: list[tuple[str, bytes]], max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES
-) -> list[list[tuple[str, bytes]]]:
+    lines: Iterable[tuple[str, bytes]], max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES
+) -> Iterator[list[tuple[str, bytes]]]:
     """``(custom_id, line)`` pairs cut, in order, into files of at most ``max_requests`` lines and
-    ``max_bytes`` bytes (a single longer line gets a file of its own; the API then rejects it)."""
+    ``max_bytes`` bytes (a single longer line gets a file of its own; the API then rejects it).
+
+    A generator: ``lines`` is read one file ahead, so rendering them lazily keeps one file in memory."""
     if max_requests < 1 or max_bytes < 1:
         raise ValueError("batch limits must be >= 1")
-    chunks: list[list[tuple[str, bytes]]] = []
+    chunk: list[tuple[str, bytes]] = []
     size = 0
     for item in lines:
-        if not chunks or len(chunks[-1]) >= max_requests or (chunks[-1] and size + len(item[1]) > max_bytes):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(item)
+        if chunk and (len(chunk) >= max_requests or size + len(item[1]) > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
         size += len(item[1])
-    return chunks
+    if chunk:
+        yield chunk
 
 
 def request_set_hash(custom_ids: Iterable[str], model: str, label: str = "") -> str:
@@ -403,19 +406,23 @@ class BatchRunner:
         if self._progress is not None:
             self._progress(self.redact(line))
 
-    def run(self, requests: list[tuple[str, dict]], on_line: Callable[[BatchLine], None]) -> BatchReport:
-        """Deliver one :class:`BatchLine` per ``(custom_id, body)`` to ``on_line``, as each batch is collected.
+    def run(
+        self, custom_ids: Sequence[str], body_of: Callable[[str], dict], on_line: Callable[[BatchLine], None]
+    ) -> BatchReport:
+        """Deliver one :class:`BatchLine` per custom_id to ``on_line``, as each batch is collected.
 
-        Resumes the recorded batches that hold any of these custom_ids; the rest go into new
-        batches. Raises :class:`BatchPending` when batches are still running after ``max_wait_s``
-        (the lines of the batches collected so far were delivered), :class:`BatchError` when the
-        API refuses a management call for good (e.g. a bad key).
+        ``body_of(custom_id)`` is that request's body, asked for only when its line goes into a new
+        batch's file: a file is rendered, uploaded and dropped before the next one is rendered, so memory
+        follows the file size, not the number of requests. Resumes the recorded batches that hold any
+        of these custom_ids; the rest go into new batches. Raises :class:`BatchPending` when batches
+        are still running after ``max_wait_s`` (the lines of the batches collected so far were
+        delivered), :class:`BatchError` when the API refuses a management call for good (e.g. a bad key).
         """
         report = self.report = BatchReport()
-        ids = [cid for cid, _ in requests]
+        ids = list(custom_ids)
         if len(set(ids)) != len(ids):
             raise ValueError("custom_ids of one batch run must be unique")
-        if not requests:
+        if not ids:
             return report
         wanted = set(ids)
         delivered: set[str] = set()
@@ -439,11 +446,15 @@ class BatchRunner:
                     covered.update(cids)
                     report.resumed.append(batch_id)
                     self._say(f"resuming batch {batch_id} ({len(cids)} of the requests wanted), recorded earlier")
-            todo = [(cid, render_request_line(cid, body)) for cid, body in requests if cid not in covered]
-            chunks = split_lines(todo, self.max_requests, self.max_bytes)
-            for n, chunk in enumerate(chunks, start=1):
+            todo = [cid for cid in ids if cid not in covered]
+            lines = ((cid, render_request_line(cid, body_of(cid))) for cid in todo)
+            first = 0
+            for n, chunk in enumerate(split_lines(lines, self.max_requests, self.max_bytes), start=1):
                 cids = [cid for cid, _ in chunk]
-                batch_id = self._create(client, chunk, n, len(chunks), deliver)
+                where = f"{n}, requests {first + 1}-{first + len(chunk)} of {len(todo)}"
+                batch_id = self._create(client, chunk, where, deliver)
+                first += len(chunk)
+                del chunk  # the file's bytes go before the next file is rendered
                 if batch_id is not None:
                     members[batch_id] = cids
                     report.created.append(batch_id)
@@ -451,7 +462,7 @@ class BatchRunner:
         return report
 
     def _create(
-        self, client: Any, chunk: list[tuple[str, bytes]], n: int, of: int, deliver: Callable[[BatchLine], None]
+        self, client: Any, chunk: list[tuple[str, bytes]], where: str, deliver: Callable[[BatchLine], None]
     ) -> str | None:
         """Upload one file and create its batch, recorded before anything else; None if the API refused it
         (its requests are then errors of this run)."""
@@ -473,17 +484,17 @@ class BatchRunner:
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
                 raise BatchError(self.redact(_describe(exc, self.base_url))) from None
-            why = self.redact(f"the Batch API refused batch {n}/{of}: {_describe(exc, self.base_url)}")
+            why = self.redact(f"the Batch API refused batch {where}: {_describe(exc, self.base_url)}")
             self._say(why)
             for cid in cids:
                 deliver(BatchLine(cid, error=why))
             return None
         except openai.APIError as exc:  # connection errors after the SDK's retries
-            raise BatchError(self.redact(f"could not create batch {n}/{of} at {self.base_url}: {exc}")) from None
+            raise BatchError(self.redact(f"could not create batch {where} at {self.base_url}: {exc}")) from None
         # Recorded before the first poll: from here on a killed run finds this batch again.
         self.store.record(batch, request_set, cids, self.model, self.label)
         self._say(
-            f"created batch {batch.id} ({n}/{of}): {len(cids)} requests, {len(data)} bytes, input file {upload.id}"
+            f"created batch {batch.id} (batch {where}): {len(cids)} requests, {len(data)} bytes, input file {upload.id}"
         )
         return batch.id
 

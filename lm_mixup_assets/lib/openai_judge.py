@@ -21,7 +21,7 @@ online judge would have re-asked it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm_mixup_assets.lib.chat_transport import STAT_KEYS, AnswerRejected, ChatClient
@@ -189,16 +189,22 @@ class OpenAIBatchJudgeClient(OpenAIJudgeClient):
 
     def rate_all(
         self,
-        items: list[tuple[str, str | JudgeRequest]],  # type: ignore[override]
+        items: Sequence[tuple[str, Any]],  # type: ignore[override]
         on_result: OnResult | None = None,
+        render: Callable[[Any], str | JudgeRequest] | None = None,
     ) -> list[JudgeOutcome]:
         """Judge ``(custom_id, prompt)`` pairs (custom_id: the row's cache key, unique); one outcome each, in order.
+
+        ``render``: when given, the second item of each pair is what it renders into the prompt (e.g. a
+        row number), called only while that row's batch file is written or it is asked again online, so a
+        large pool never holds every prompt at once.
 
         ``on_result(index, outcome)`` is called once per row as soon as it is final: when its batch is
         collected, or after its online re-asks. Raises :class:`~.openai_batch.BatchPending` when batches
         are still running after ``max_wait_s`` (rows of batches already collected were reported).
         """
         items = list(items)
+        prompt_of: Callable[[Any], str | JudgeRequest] = render or (lambda p: p)
         self.transport.stats = dict.fromkeys(STAT_KEYS, 0)
         self._batch_parse_errors = 0
         outcomes: list[JudgeOutcome | None] = [None] * len(items)
@@ -239,27 +245,33 @@ class OpenAIBatchJudgeClient(OpenAIJudgeClient):
             final(i, JudgeOutcome(status="ok", scores=scores, raw_answer=line.content, **common))
 
         try:
-            self.runner.run([(cid, self.request_body(p)) for cid, p in items], on_line)
+            self.runner.run(
+                [cid for cid, _ in items], lambda cid: self.request_body(prompt_of(items[index[cid]][1])), on_line
+            )
         except BatchPending:
             if reask:  # rows of the batches already collected are finished before the run stops
-                self._reask_online(items, reask, final)
+                self._reask_online(items, reask, final, prompt_of)
             raise
         if reask:
-            self._reask_online(items, reask, final)
+            self._reask_online(items, reask, final, prompt_of)
         for i, o in enumerate(outcomes):
             if o is None:  # the runner answers every request; this only guards the contract
                 final(i, JudgeOutcome(status="api_error", error="no answer from the Batch API", attempts=1))
         return outcomes  # type: ignore[return-value]
 
     def _reask_online(
-        self, items: list, reask: list[tuple[int, BatchLine]], final: Callable[[int, JudgeOutcome], None]
+        self,
+        items: list,
+        reask: list[tuple[int, BatchLine]],
+        final: Callable[[int, JudgeOutcome], None],
+        prompt_of: Callable[[Any], str | JudgeRequest],
     ) -> None:
         """Ask the rows whose batch answer did not parse again, online: ``max_parse_retries`` asks in all."""
 
         async def handle(session: Any, job: tuple[int, BatchLine]) -> JudgeOutcome:
             i, line = job
             r = await self.transport.ask(
-                session, _messages(items[i][1]), self.fields, _accept_scores, self.max_parse_retries - 1
+                session, _messages(prompt_of(items[i][1])), self.fields, _accept_scores, self.max_parse_retries - 1
             )
             return JudgeOutcome(
                 status=r.status,
