@@ -200,8 +200,11 @@ class JudgeResource(dg.ConfigurableResource):
             raise dg.Failure(str(exc)) from None
         temperature = self.temperature if self.backend == "openai" else 0.0  # the heuristic has no sampling
 
+        def request_of(i: int) -> JudgeRequest:
+            return rubrics[versions[i]].render(prompts[i], completions[i])
+
         def render(lo: int, hi: int) -> tuple[list, list[str]]:
-            requests = [rubrics[v].render(p, c) for v, p, c in zip(versions[lo:hi], prompts[lo:hi], completions[lo:hi])]
+            requests = [request_of(i) for i in range(lo, min(hi, len(prompts)))]
             keys = [
                 judge_cache_key(self.backend, self.model, v, r.user, temperature)
                 for v, r in zip(versions[lo:hi], requests)
@@ -211,9 +214,7 @@ class JudgeResource(dg.ConfigurableResource):
         if self.backend == "openai" and self.batch:
             # Keys a chunk at a time; a prompt is rendered again when its batch file is written.
             keys = [k for lo in range(0, len(prompts), self.chunk_rows) for k in render(lo, lo + self.chunk_rows)[1]]
-            return self._rate_through_batches(
-                keys, lambda i: rubrics[versions[i]].render(prompts[i], completions[i]), versions, warehouse, progress
-            )
+            return self._rate_through_batches(keys, request_of, versions, warehouse, progress)
 
         if self.backend == "heuristic":
             client = None
