@@ -81,6 +81,6 @@ def test_model_load_is_timed_apart_from_the_rows(tmp_path):
     vectors, first_load_s = embedder.embed_with_load_time(TEXTS[:3])
     _, again_s = embedder.embed_with_load_time(TEXTS[3:])  # new texts, model already in the process
     hits, hits_load_s = embedder.embed_with_load_time(TEXTS[:3])  # all cache hits: no model needed
-    assert first_load_s > 0.05 > again_s
+    assert first_load_s > 0.01 > again_s  # a load reads the model from disk (~50-100 ms here); a reuse is ~0
     assert hits_load_s == 0.0
     np.testing.assert_array_equal(hits, vectors)
