@@ -14,7 +14,10 @@ What runs (the platform's own code, with the paper profile's settings, ``resolve
    concurrency 128, ``chunk_rows``) and the real ``openai`` client, against the local OpenAI-compatible
    server of tests/openai_server.py (0.3 s latency per answer, DS2-style answers), one call per source
    as the ``rated_pool`` partitions make it, through the DuckDB judge cache. Its line also gives the
-   requests/s and the ratio to concurrency / latency.
+   requests/s and the ratio to concurrency / latency. With ``--judge-batch`` the same rows go through
+   the Batch API path instead (``batch: true``: JSONL files of up to 50,000 requests uploaded to the
+   server's ``/v1/files``, one batch each, polled every 0.2 s, results downloaded and parsed); its line
+   gives batches, seconds and this process's peak RSS, which should follow one batch file, not the pool.
 3. ``quality_split``: the SQL models dbt_like_sql/{high,low}_quality_pool.sql, per source.
 4. ``embed_low``: the fast offline embedder of this benchmark (below) over every low row.
 5. ``clusters``: ``lib/clustering.py::capacity_constrained_clusters`` per source (the clusters stage).
@@ -211,7 +214,8 @@ class HashingEmbedder:
 
 
 def rate(pool: pd.DataFrame, warehouse, judge_settings: dict) -> tuple[pd.DataFrame, dict]:
-    """rated_pool, one ``rate_pairs`` call per source (as its partitions), and the judge's figures."""
+    """rated_pool, one ``rate_pairs`` call per source (as its partitions), and the judge's figures
+    (online: requests/s against concurrency / latency; ``batch`` on: batches and answered lines)."""
     import psutil
 
     from lm_mixup_assets.lib.rubric import compress_overall
@@ -221,12 +225,14 @@ def rate(pool: pd.DataFrame, warehouse, judge_settings: dict) -> tuple[pd.DataFr
     os.environ.setdefault("OPENAI_API_KEY", "EMPTY")  # the local server takes any key
     with OpenAICompatServer(latency_s=LATENCY_S, answer_fn="tests.openai_server:ds2_answer") as server:
         judge = JudgeResource(**{**judge_settings, "base_url": server.base_url, "concurrency": CONCURRENCY})
-        frames, sent, seconds = [], 0, 0.0
+        batch = bool(judge_settings.get("batch"))
+        frames, sent, batch_lines, seconds = [], 0, 0, 0.0
         for _, rows in pool.groupby("source", sort=False):
             started = time.perf_counter()
             rating, _ = judge.rate_pairs(rows["prompt"].tolist(), rows["completion"].tolist(), warehouse)
             seconds += time.perf_counter() - started
-            sent += rating.stats.get("requests_sent", 0)
+            sent += rating.stats.get("requests_sent", 0)  # batch on: batch lines + online re-asks
+            batch_lines += rating.stats.get("batch_requests", 0)
             scores = [o.scores if o.status == "ok" else None for o in rating.outcomes]
             frame = rows.assign(
                 **{
@@ -242,19 +248,28 @@ def rate(pool: pd.DataFrame, warehouse, judge_settings: dict) -> tuple[pd.DataFr
             )
             frames.append(frame)
         server_rss = psutil.Process(server._proc.pid).memory_info().rss / 2**20 if server._proc else 0.0
+        served = server.stats()
     rated = pd.concat(frames, ignore_index=True)
-    per_s = sent / max(seconds, 1e-9)
-    ideal = CONCURRENCY / LATENCY_S
-    figures = {
-        "requests": sent,
-        "requests_per_s": f"{per_s:.1f}",
-        "ideal_per_s": f"{ideal:.1f}",
-        "ratio": f"{per_s / ideal:.3f}",
-        "ok": int((rated["status"] == "ok").sum()),
-        "failed": int((rated["status"] != "ok").sum()),
-        "chunk_rows": judge.chunk_rows,
-        "server_rss_mb": f"{server_rss:.0f}",
-    }
+    figures = {"ok": int((rated["status"] == "ok").sum()), "failed": int((rated["status"] != "ok").sum())}
+    if batch:
+        figures.update(
+            batches=served["batches_created"],
+            batch_lines=batch_lines,
+            batch_max_requests=judge.batch_max_requests,
+            online_reasks=sent - batch_lines,
+            rows_per_s=f"{len(rated) / max(seconds, 1e-9):.1f}",
+        )
+    else:
+        per_s = sent / max(seconds, 1e-9)
+        ideal = CONCURRENCY / LATENCY_S
+        figures.update(
+            requests=sent,
+            requests_per_s=f"{per_s:.1f}",
+            ideal_per_s=f"{ideal:.1f}",
+            ratio=f"{per_s / ideal:.3f}",
+            chunk_rows=judge.chunk_rows,
+        )
+    figures["server_rss_mb"] = f"{server_rss:.0f}"
     return rated, figures
 
 
@@ -281,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", type=int, default=144_000, help="synthetic MIXTURE targets to pair")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--home", default="", help="warehouse folder (default: a temporary one)")
+    parser.add_argument(
+        "--judge-batch", action="store_true", help="rate through the Batch API path (batch: true) instead of online"
+    )
     args = parser.parse_args(argv)
 
     from lm_mixup_assets.config import resolved_settings
@@ -299,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     training = resolved_settings(TrainingSetSettings, "paper")[0]
     variants = resolved_settings(VariantsSettings, "paper")[0]
     judge_settings = dict(PROFILES["paper"]["judge"])
+    if args.judge_batch:
+        judge_settings.update(batch=True, batch_poll_interval_s=0.2)
 
     RSS = PeakRss()
     started = time.perf_counter()

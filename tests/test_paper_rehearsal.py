@@ -1,4 +1,5 @@
-"""benchmarks/paper_rehearsal.py end to end at 2,000 rows: every stage line parses and the counts add up."""
+"""benchmarks/paper_rehearsal.py end to end at 2,000 rows: every stage line parses and the counts add up,
+online and through the Batch API path (which must rate every row to the same split)."""
 
 import re
 import subprocess
@@ -26,14 +27,14 @@ STAGES = [
 ]
 
 
-@pytest.mark.slow  # a benchmark's smoke run (15 s): make test-all
-def test_rehearsal_at_2000_rows(tmp_path):
+def run_rehearsal(cwd: Path, *flags: str) -> tuple[dict[str, dict], list[str]]:
+    """The stage lines by name (rows, seconds, rss and the line's key=value details) and all stdout lines."""
     out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "paper_rehearsal.py"), "--rows", "2000", "--targets", "3000"],
+        [sys.executable, str(REPO / "benchmarks" / "paper_rehearsal.py"), "--rows=2000", "--targets=3000", *flags],
         capture_output=True,
         text=True,
         timeout=240,
-        cwd=tmp_path,
+        cwd=cwd,
         check=True,
     ).stdout.splitlines()
     stages = {}
@@ -41,6 +42,17 @@ def test_rehearsal_at_2000_rows(tmp_path):
         if m := LINE.match(line):
             extra = dict(kv.split("=", 1) for kv in m["rest"].split())
             stages[m["name"]] = {"rows": int(m["rows"]), "seconds": float(m["seconds"]), "rss": int(m["rss"]), **extra}
+    return stages, out
+
+
+@pytest.fixture(scope="module")
+def online_rehearsal(tmp_path_factory):
+    return run_rehearsal(tmp_path_factory.mktemp("online"))
+
+
+@pytest.mark.slow  # a benchmark's smoke run (15 s): make test-all
+def test_rehearsal_at_2000_rows(online_rehearsal):
+    stages, out = online_rehearsal
     assert list(stages) == STAGES
     s = stages
     assert s["sources"]["rows"] == s["judge"]["rows"] == s["quality_split"]["rows"] == 2000
@@ -61,3 +73,18 @@ def test_rehearsal_at_2000_rows(tmp_path):
     assert sets["rows"] + int(sets["shortfall"]) == int(sets["arms"]) * int(sets["size"])  # rows wanted = taken + short
     m = LAST.match(out[-1])
     assert m and int(m[1]) == 2000 and int(m[3]) >= max(st["rss"] for st in stages.values())
+
+
+@pytest.mark.slow  # a benchmark's smoke run (15 s): make test-all
+def test_batch_rehearsal_rates_every_row_to_the_online_split(online_rehearsal, tmp_path):
+    stages, out = run_rehearsal(tmp_path, "--judge-batch")
+    assert list(stages) == STAGES
+    judge = stages["judge"]
+    # one batch or more per source (its own rate_pairs call), every row one batch line, no online re-ask
+    assert int(judge["batches"]) >= 5 and int(judge["batch_lines"]) == 2000 and int(judge["online_reasks"]) == 0
+    assert int(judge["ok"]) == 2000 and int(judge["failed"]) == 0
+    online = online_rehearsal[0]
+    for key in ("high", "low", "failed"):  # same answers, same parser: the same rows high and low
+        assert stages["quality_split"][key] == online["quality_split"][key]
+    assert stages["clusters"]["clusters"] == online["clusters"]["clusters"]
+    assert LAST.match(out[-1])
