@@ -13,7 +13,8 @@ into ``--cache-dir``) and the packaged MiniLM embedder. Steps (each can be skipp
 * ``embed``     MiniLM on CUDA vs CPU on the same texts: ``embed device=<d> rows_per_s=<x>``;
 * ``memory``    after each step the CUDA memory still allocated by this process
   (``cuda_allocated_mb``) and in use on the device by any process (``device_used_mb``: vLLM's
-  engine core runs in a child process, so an engine that was not shut down shows only there).
+  engine core runs in a child process, so an engine that was not shut down shows only there;
+  after the grpo step TRL's colocated setup has turned that off for the rest of the process).
   Engines are released as the assets release them (``close()``, then ``free_memory``).
 
 Without CUDA it prints ``gpu_smoke skipped: ...`` and exits 0 (CI never has a GPU). Without

@@ -13,6 +13,7 @@ difference of each arm to the base model and to ``full_low``.
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +22,7 @@ import pandas as pd
 from lm_mixup_assets.checks import no_offenders
 from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib.checkpoints import ModelCheckpoint
+from lm_mixup_assets.lib.disk import folder_bytes
 from lm_mixup_assets.lib.downstream import adapter_base, adapter_model_folder, merge_adapter, run_lora_sft
 from lm_mixup_assets.lib.eval_tasks import (
     SMOKE_LABEL,
@@ -54,7 +56,7 @@ from lm_mixup_assets.metadata import (
     table_metadata,
 )
 from lm_mixup_assets.partitions import arm_partitions
-from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
+from lm_mixup_assets.scaling import GPU_POOL, failing_on_full_disk, gpu_op_tags
 from resources import WarehouseResource
 from resources.checkpoint_store import CHECKPOINT_IO_MANAGER
 
@@ -98,18 +100,19 @@ def downstream_models(
     key = run_key(model_fingerprint(base), version, config.values())
     out_dir = warehouse.artifacts_dir / "downstream" / arm / key
     context.log.info(f"{arm}: LoRA SFT of {config.base_model} on {len(rows)} rows -> {out_dir}")
-    result = run_lora_sft(
-        base,
-        rows.to_dict("records"),
-        out_dir,
-        config,
-        on_log=lambda step, logs: (
-            context.log.info(f"{arm} step {step}: loss={logs.get('loss', float('nan')):.4f}")
-            if "loss" in logs
-            else None
-        ),
-        reuse_key=key,
-    )
+    with failing_on_full_disk():
+        result = run_lora_sft(
+            base,
+            rows.to_dict("records"),
+            out_dir,
+            config,
+            on_log=lambda step, logs: (
+                context.log.info(f"{arm} step {step}: loss={logs.get('loss', float('nan')):.4f}")
+                if "loss" in logs
+                else None
+            ),
+            reuse_key=key,
+        )
     if result.reused:
         context.log.info(
             f"{arm}: reused the finished LoRA run in {out_dir} (same base model, training set and "
@@ -163,6 +166,7 @@ def downstream_models(
             "steps": result.steps,
             "wall_seconds": round(result.wall_seconds, 1),
             "data_version": version,
+            **result.disk_plan,
             "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
             "loss_curve": dg.MetadataValue.md(
                 curve_plot({"train loss": result.loss_history}, f"LoRA SFT loss, {arm}", "loss")
@@ -182,6 +186,9 @@ def _eval_backend(context, cfg: LmEvalSettings) -> str:
     return cfg.backend
 
 
+MERGED_FOLDER = "merged"  # an adapter's merged copy, next to it: deleted once its scores are stored (keep_merged)
+
+
 def _loadable_model(path: str, backend: str) -> str:
     """A folder the backend can evaluate for ``path``: a plain model as it is; an adapter linked with its local
     base into one folder (hf), or merged with it (vLLM, or a base that is a hub id), next to the adapter."""
@@ -190,7 +197,7 @@ def _loadable_model(path: str, backend: str) -> str:
         return path
     if backend == "hf" and Path(adapter_base(folder)).is_dir():
         return adapter_model_folder(folder, folder.parent / "eval_model")
-    return merge_adapter(folder, folder.parent / "merged", dtype="bfloat16" if backend == "vllm" else "float32")
+    return merge_adapter(folder, folder.parent / MERGED_FOLDER, dtype="bfloat16" if backend == "vllm" else "float32")
 
 
 def _protocol_key(cfg: LmEvalSettings, backend: str, model_fp: str, folder: Path) -> str:
@@ -281,7 +288,9 @@ def _scores(
         info = {"seconds": 0.0, "label": str(stored["label"].iat[0]), "reused": True}
         df = stored
     else:
-        df, info = _run_eval(context, cfg, _loadable_model(model_path, backend), folder, arm, heldout_items)
+        with failing_on_full_disk():  # a merged copy is written here
+            loadable = _loadable_model(model_path, backend)
+        df, info = _run_eval(context, cfg, loadable, folder, arm, heldout_items)
         df = df.assign(model_path=model_path, eval_key=key)
         with warehouse.connect() as con:
             for column, kind in _ADDED_COLUMNS.items():
@@ -290,9 +299,19 @@ def _scores(
             table, df, "arm", arm, column_types={"item_ids": "VARCHAR[]", "item_values": "DOUBLE[]"}
         )
         free_memory()
+        if Path(loadable).name == MERGED_FOLDER and not cfg.keep_merged:
+            # Scores are stored: the copy is only needed to evaluate this adapter again, and it is rebuilt then.
+            size = folder_bytes(loadable)
+            shutil.rmtree(loadable, ignore_errors=True)
+            info["merged_removed_gb"] = round(size / 1e9, 2)
+            context.log.info(f"{arm}: deleted the merged copy {loadable} ({size / 1e9:.2f} GB; keep_merged keeps it)")
     return dg.MaterializeResult(
         data_version=table_data_version(warehouse, table, "arm", arm),
-        metadata={**_scores_metadata(df, info), "reused": bool(info.get("reused"))},
+        metadata={
+            **_scores_metadata(df, info),
+            "reused": bool(info.get("reused")),
+            **({"merged_removed_gb": info["merged_removed_gb"]} if "merged_removed_gb" in info else {}),
+        },
     )
 
 

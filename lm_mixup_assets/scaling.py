@@ -18,8 +18,12 @@
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
+
+from lm_mixup_assets.lib.disk import InsufficientDiskSpace
 
 EXECUTORS = ("in_process", "multiprocess", "k8s")
 
@@ -144,3 +148,13 @@ def select_executor(name: str | None = None) -> dg.ExecutorDefinition:
             raise ImportError("LM_MIXUP_EXECUTOR=k8s needs dagster-k8s: pip install -e '.[k8s]'") from None
         return k8s_job_executor.configured(k8s_executor_config())
     raise ValueError(f"LM_MIXUP_EXECUTOR={name!r}; choose one of {EXECUTORS}")
+
+
+@contextmanager
+def failing_on_full_disk() -> Iterator[None]:
+    """A run that would not fit on its disk (``lib/disk.py``'s check, before anything is written) fails as a
+    Dagster ``Failure``: the reason and the numbers, with them as metadata, and no traceback to read."""
+    try:
+        yield
+    except InsufficientDiskSpace as exc:
+        raise dg.Failure(description=str(exc), metadata=exc.plan.metadata()) from None

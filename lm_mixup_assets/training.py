@@ -45,7 +45,7 @@ from lm_mixup_assets.rating import (
     judge_budget,
     judge_usage,
 )
-from lm_mixup_assets.scaling import GPU_POOL, gpu_op_tags
+from lm_mixup_assets.scaling import GPU_POOL, failing_on_full_disk, gpu_op_tags
 from resources import JudgeResource, WarehouseResource
 from resources.checkpoint_store import CHECKPOINT_IO_MANAGER, require_checkpoint
 from resources.embedder import EmbedderResource
@@ -143,16 +143,17 @@ def sft_checkpoint(
     key = run_key(base_policy.fingerprint, version, config.values())
     out_dir = warehouse.artifacts_dir / "checkpoints" / "sft" / key
     context.log.info(f"SFT of {base} on {len(rows)} MIXTURE examples -> {out_dir}")
-    result = run_sft(
-        base,
-        rows,
-        out_dir,
-        config,
-        reuse_key=key,
-        on_log=lambda step, logs: context.log.info(
-            f"sft step {step}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()})}"
-        ),
-    )
+    with failing_on_full_disk():
+        result = run_sft(
+            base,
+            rows,
+            out_dir,
+            config,
+            reuse_key=key,
+            on_log=lambda step, logs: context.log.info(
+                f"sft step {step}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()})}"
+            ),
+        )
     if result.reused:
         context.log.info(
             f"reused the finished SFT run in {out_dir} (same base model, MIXTURE rows and settings); nothing trained"
@@ -176,6 +177,7 @@ def sft_checkpoint(
             "examples": result.n_examples,
             "dropped_too_long": result.n_dropped_too_long,
             "resumed_from": result.resumed_from or "",
+            **result.disk_plan,
             "reused": result.reused,
             "device": result.device,
             "data_version": version,
@@ -271,20 +273,21 @@ def grpo_checkpoint(
     key = run_key(sft_checkpoint.fingerprint, version, config.values(), library, embedder.model)
     out_dir = warehouse.artifacts_dir / "checkpoints" / "grpo" / key
     context.log.info(f"GRPO from {start} on {len(rows)} prompts -> {out_dir}")
-    result = run_grpo(
-        start,
-        rows,
-        reward_funcs,
-        out_dir,
-        config,
-        reuse_key=key,
-        on_log=lambda step, logs: context.log.info(
-            f"grpo step {step}: "
-            + ", ".join(
-                f"{k}={v:.3f}" for k, v in logs.items() if isinstance(v, float) and ("reward" in k or k == "loss")
-            )
-        ),
-    )
+    with failing_on_full_disk():
+        result = run_grpo(
+            start,
+            rows,
+            reward_funcs,
+            out_dir,
+            config,
+            reuse_key=key,
+            on_log=lambda step, logs: context.log.info(
+                f"grpo step {step}: "
+                + ", ".join(
+                    f"{k}={v:.3f}" for k, v in logs.items() if isinstance(v, float) and ("reward" in k or k == "loss")
+                )
+            ),
+        )
     if result.reused:
         context.log.info(
             f"reused the finished GRPO run in {out_dir} (same SFT model, rows, rating library and "
@@ -311,6 +314,7 @@ def grpo_checkpoint(
             "reused": result.reused,
             "examples": result.n_examples,
             "data_version": version,
+            **result.disk_plan,
             "final_rewards": dg.MetadataValue.json(last),
             "reward_curves": dg.MetadataValue.md(curve_plot(result.reward_history, "GRPO rewards", "mean reward")),
         },

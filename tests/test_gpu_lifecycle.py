@@ -246,3 +246,20 @@ def test_cuda_memory_is_back_after_a_session(home, tiny_causal_lm):
         gen.generate(CHAT, WarehouseResource(home=str(home)))
         assert torch.cuda.memory_allocated() > before
     assert torch.cuda.memory_allocated() == before
+
+
+def test_grpo_finds_the_colocated_engine_where_trl_keeps_it():
+    """run_grpo shuts TRL's colocated vLLM engine down after training; TRL 1.x keeps it on the trainer's
+    ``vllm_generation`` helper (an engine looked up as ``trainer.llm`` would always be None and never shut)."""
+    import inspect
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    from lm_mixup_assets.lib.training import colocated_vllm_engine
+
+    assert "self.vllm_generation = " in inspect.getsource(GRPOTrainer.__init__)  # the installed TRL's layout
+    engine = object()
+    assert colocated_vllm_engine(SimpleNamespace(vllm_generation=SimpleNamespace(llm=engine))) is engine
+    assert colocated_vllm_engine(SimpleNamespace(llm=engine)) is engine  # TRL 0.x
+    assert colocated_vllm_engine(SimpleNamespace(vllm_generation=None)) is None  # rollouts without vLLM

@@ -32,6 +32,8 @@ def test_training_group_materialises_with_a_tiny_model(resources, query, home, t
     assert result.success
     sft = result.asset_materializations_for_node("sft_checkpoint")[0].metadata
     assert sft["steps"].value == 2 and sft["loss_curve"].value.startswith("![")
+    # checked before training: what its checkpoints write, against the free disk
+    assert 0 < sft["disk_checkpoint_gb"].value <= sft["disk_needed_gb"].value < sft["disk_free_gb"].value
     grpo = result.asset_materializations_for_node("grpo_checkpoint")[0].metadata
     assert set(grpo["final_rewards"].value) >= {"reward_quality", "reward_alignment", "reward_format"}
     # Each checkpoint is its asset's value: stored by the IO manager, handed on as the next asset's input.

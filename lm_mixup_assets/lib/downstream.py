@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .disk import plan_model_copy, require_space
 from .settings.evaluation import DS2_TARGET_MODULES, ChatTemplate, LoraSFTSettings, OverlongRows
 from .training import (
     OnLog,
@@ -209,7 +210,7 @@ def run_lora_sft(
         peft_config=peft_config,
         callbacks=[_log_callback(on_log)],
     )
-    resume, wall = _train(trainer, out, s.resume, on_log)
+    resume, wall, disk = _train(trainer, out, s, on_log, "LoRA SFT")
     adapter = out / "adapter"
     trainer.save_model(str(adapter))  # the LoRA weights and adapter_config.json
     tok.save_pretrained(str(adapter))
@@ -224,12 +225,20 @@ def run_lora_sft(
         resume=resume,
         n_examples=len(records),
         n_dropped=dropped,
+        disk=disk,
     )
     del trainer
     return _close_run(result, s.keep_checkpoints, reuse_key)
 
 
 def _save_merged(peft_model, tokenizer, target: Path) -> str:
+    # A merged 8B model is ~16 GB in bf16: fail before writing any of it when the disk cannot hold it.
+    bytes_per_parameter = next(peft_model.parameters()).element_size()
+    require_space(
+        plan_model_copy(peft_model, target, f"merged model {target}", bytes_per_parameter),
+        "Free space or point LM_MIXUP_HOME at a larger disk; merged copies of other arms can be deleted "
+        "(they are rebuilt from their adapters when needed).",
+    )
     merged_model = peft_model.merge_and_unload()
     merged_model.config.use_cache = True
     tmp = target.with_name(target.name + ".tmp")

@@ -519,7 +519,8 @@ def _load_lm(backend: str, model_args: dict, batch_size: int):
 
         from .generation import fit_gpu_memory_utilization
 
-        # lm-eval's own default share, capped to what is free: a model left on the device must not fail the start.
+        # 0.9 of the device (lm-eval passes it on to vLLM's LLM, whose default is 0.92), capped to what is free:
+        # a model left on the device must not fail the start.
         model_args = {
             **model_args,
             "gpu_memory_utilization": fit_gpu_memory_utilization(0.9, *torch.cuda.mem_get_info()),

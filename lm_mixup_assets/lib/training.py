@@ -78,6 +78,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .disk import plan_training, require_space
 from .mixture_tasks import TASK_NAMES, TASK_TYPES
 from .prompts import REFERENCE_SYSTEM_PROMPT, render_grpo_format_prompt
 from .rewards import SYSTEM_PROMPT, format_response
@@ -140,6 +141,7 @@ class TrainResult:
     use_vllm: bool = False
     log_history: list[dict] = field(default_factory=list)
     reused: bool = False  # a finished run with the same inputs, returned without training
+    disk_plan: dict = field(default_factory=dict)  # DiskPlan.metadata() of the run, checked before it started
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -470,14 +472,25 @@ def _sft_config(s, out: Path, **specific: Any):
     )
 
 
-def _train(trainer, out: Path, resume: bool, on_log: OnLog | None) -> tuple[str | None, float]:
-    """Train (from the newest resumable checkpoint in ``out`` when ``resume``): the checkpoint resumed from and
-    the wall seconds."""
+def _train(trainer, out: Path, s, on_log: OnLog | None, what: str) -> tuple[str | None, float, dict]:
+    """Train (from the newest resumable checkpoint in ``out`` when ``s.resume``): the checkpoint resumed from, the
+    wall seconds and the disk plan. With ``s.check_disk_space`` a run whose checkpoints and final model would not
+    fit on the disk under ``out`` fails here, before its first step (``lib/disk.py``)."""
+    plan = plan_training(trainer.model, trainer.args, out, what, len(trainer.train_dataset))
+    if s.check_disk_space:
+        require_space(
+            plan,
+            "Free space (a finished run's checkpoint-N folders under artifacts/checkpoints/ are not needed by its "
+            "final/ model; LM_MIXUP_<STAGE>_KEEP_CHECKPOINTS=false drops them when a run ends), point LM_MIXUP_HOME "
+            f"at a larger disk, or write fewer or smaller checkpoints: LM_MIXUP_{s.preset.upper()}_SAVE_TOTAL_LIMIT=1, "
+            "extra_args save_only_model (no optimizer state: a resumed run restarts its optimizer) or a larger "
+            f"save_steps. LM_MIXUP_{s.preset.upper()}_CHECK_DISK_SPACE=false skips this check.",
+        )
     _quiet(trainer, on_log)
-    start = latest_checkpoint(out, resumable=True) if resume else None
+    start = latest_checkpoint(out, resumable=True) if s.resume else None
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=start)
-    return start, time.perf_counter() - t0
+    return start, time.perf_counter() - t0, plan.metadata()
 
 
 def _train_result(
@@ -489,6 +502,7 @@ def _train_result(
     resume: str | None,
     n_examples: int,
     n_dropped: int,
+    disk: dict,
     **extra: Any,
 ) -> TrainResult:
     """What a finished trainer reports, the same for SFT, GRPO and LoRA runs (``extra``: the run kind's own fields)."""
@@ -505,6 +519,7 @@ def _train_result(
         n_dropped_too_long=n_dropped,
         device=str(trainer.args.device),
         log_history=logs,
+        disk_plan=disk,
         **extra,
     )
 
@@ -677,7 +692,7 @@ def run_sft(
         processing_class=tok,
         callbacks=[_log_callback(on_log)],
     )
-    resume, wall = _train(trainer, out, s.resume, on_log)
+    resume, wall, disk = _train(trainer, out, s, on_log, "SFT")
     result = _train_result(
         trainer,
         checkpoint=_finish(trainer, tok, out),
@@ -686,6 +701,7 @@ def run_sft(
         resume=resume,
         n_examples=len(records),
         n_dropped=dropped,
+        disk=disk,
     )
     del trainer
     return _close_run(result, s.keep_checkpoints, reuse_key)
@@ -694,6 +710,13 @@ def run_sft(
 # --------------------------------------------------------------------------- #
 # GRPO
 # --------------------------------------------------------------------------- #
+def colocated_vllm_engine(trainer):
+    """The vLLM engine a GRPOTrainer started for colocated rollouts, or None: TRL 1.x keeps it on the trainer's
+    ``vllm_generation`` helper (``trainer.vllm_generation.llm``), TRL 0.x on the trainer (``trainer.llm``)."""
+    generation = getattr(trainer, "vllm_generation", None)
+    return getattr(generation, "llm", None) or getattr(trainer, "llm", None)
+
+
 def _reward_names(reward_funcs: Sequence[Callable]) -> list[str]:
     from trl.trainer.utils import get_callable_name
 
@@ -773,7 +796,7 @@ def run_grpo(
         processing_class=tok,
         callbacks=[_log_callback(on_log)],
     )
-    resume, wall = _train(trainer, out, s.resume, on_log)
+    resume, wall, disk = _train(trainer, out, s, on_log, "GRPO")
     final = _finish(trainer, tok, out)
     logs = trainer.state.log_history
     rewards = {name: _history(logs, f"rewards/{name}/mean") for name in _reward_names(reward_funcs)}
@@ -786,12 +809,13 @@ def run_grpo(
         resume=resume,
         n_examples=len(records),
         n_dropped=dropped,
+        disk=disk,
         reward_history=rewards,
         use_vllm=use_vllm,
     )
     # TRL's colocated vLLM engine and the process group it set up would outlive the step and block the next engine
     # of this process; a multi-process launch (WORLD_SIZE > 1) ends with its processes instead.
-    llm = getattr(trainer, "llm", None)
+    llm = colocated_vllm_engine(trainer)
     if llm is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         from .generation import shutdown_vllm
 

@@ -177,6 +177,14 @@ class LmEvalSettings(StageSettings):
         ge=100,
         description="Bootstrap resamples of the items for each interval (seeded: same items, same interval).",
     )
+    keep_merged: bool = Field(
+        False,
+        description=(
+            "Keep the merged model an adapter is evaluated through (vLLM, or a hub base) after its scores are "
+            "stored. Off: it is deleted then (an 8B model is ~16 GB per arm in bf16) and merged again only if "
+            "the arm is evaluated again. Not part of the protocol."
+        ),
+    )
 
     def smoke_task_list(self) -> list[str]:
         return [t.strip() for t in self.smoke_tasks.split(",") if t.strip()]
@@ -186,4 +194,4 @@ class LmEvalSettings(StageSettings):
 
     def protocol(self) -> dict:
         """The fields that must be equal across arms and the base model."""
-        return {k: v for k, v in self.values().items() if k != "base_model"}
+        return {k: v for k, v in self.values().items() if k not in ("base_model", "keep_merged")}

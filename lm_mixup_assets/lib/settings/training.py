@@ -84,6 +84,11 @@ class TrainerSettings(StageSettings):
             "them); false keeps only their trainer state and training arguments, final/ holding the weights."
         ),
     )
+    check_disk_space: bool = internal(
+        True,
+        "Before the first step, estimate what the run's checkpoints and final model write (from the model's "
+        "parameters, the optimizer and save_total_limit) and fail if the disk under its folder has less free.",
+    )
     disable_tqdm: bool = internal(True, "No progress bars (the asset logs each logging step instead).")
     extra_args: dict = internal({}, "Passed through to TRL's trainer config as keyword arguments.")
 

@@ -1,0 +1,128 @@
+"""Disk space checked before a run writes: the estimate against what real TRL runs write, and a run that
+would not fit failing before its first step (free space is the one thing faked: a full disk cannot be
+made safely on a test machine)."""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from lm_mixup_assets.lib import disk
+from lm_mixup_assets.lib.disk import InsufficientDiskSpace, plan_training
+from lm_mixup_assets.lib.downstream import merge_adapter, run_lora_sft
+from lm_mixup_assets.lib.settings.evaluation import LoraSFTSettings
+from lm_mixup_assets.lib.settings.training import SFTSettings
+from lm_mixup_assets.lib.training import run_sft
+from lm_mixup_assets.scaling import failing_on_full_disk
+
+ROWS = [
+    {
+        "instruction": "Merge the variants.",
+        "input": f"Variant: fact {i}.",
+        "output": f"Fact {i}.",
+        "cot": "",
+        "task": "qa",
+    }
+    for i in range(4)
+]
+PAIRS = [{"prompt": f"What is {i} plus {i}?", "completion": f"{2 * i}."} for i in range(4)]
+
+
+def _files_bytes(folder: Path, names: tuple[str, ...]) -> int:
+    return sum((folder / n).stat().st_size for n in names if (folder / n).exists())
+
+
+def _sft(model, out, **overrides):
+    settings = dict(max_steps=2, gradient_accumulation_steps=1, logging_steps=1, save_steps=1, save_total_limit=1)
+    return run_sft(model, ROWS, out, SFTSettings(**{**settings, **overrides}))
+
+
+def test_the_sft_estimate_is_what_a_checkpoint_holds(tiny_causal_lm, tmp_path):
+    result = _sft(tiny_causal_lm, tmp_path / "sft")
+    plan = result.disk_plan
+    checkpoint = Path(result.output_dir) / "checkpoint-2"
+    written = _files_bytes(checkpoint, ("model.safetensors", "optimizer.pt"))
+    # weights in fp32 and AdamW's two fp32 moments, counted from the model's parameters
+    assert abs(plan["disk_checkpoint_gb"] * 1e9 - written) <= 0.02 * written + 0.01e9
+    # save_total_limit 1 with 2 saves: the new checkpoint is written before the old one goes
+    assert plan["disk_checkpoints_at_once"] == 2 and plan["disk_free_gb"] > 0
+
+
+def test_a_run_that_would_not_fit_fails_before_its_first_step(tiny_causal_lm, tmp_path, monkeypatch):
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 1_000_000)  # 1 MB free
+    out = tmp_path / "sft"
+    with pytest.raises(InsufficientDiskSpace) as err:
+        _sft(tiny_causal_lm, out)
+    message = str(err.value)
+    assert message.startswith("SFT: not enough disk space in " + str(out))
+    assert "0.0 GB is free" in message and "LM_MIXUP_SFT_SAVE_TOTAL_LIMIT=1" in message
+    assert "LM_MIXUP_SFT_CHECK_DISK_SPACE=false" in message
+    assert not list(out.glob("checkpoint-*")) and not (out / "final").exists()  # nothing trained, nothing written
+    # the switch: the same run, unchecked, trains
+    assert _sft(tiny_causal_lm, out, check_disk_space=False).steps == 2
+
+
+def test_save_only_model_and_adafactor_shrink_the_estimate(tiny_causal_lm, tmp_path):
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+
+    def plan(**args):
+        base = dict(output_dir=str(tmp_path), max_steps=10, save_steps=5, save_total_limit=None, report_to="none")
+        return plan_training(model, TrainingArguments(**{**base, **args}), tmp_path, "SFT")
+
+    adam = plan()
+    assert adam.copy_bytes == weights + 2 * weights  # fp32 weights: two moments are twice their bytes
+    assert adam.copies == 2 and adam.final_bytes == weights  # steps 5 and 10, nothing rotated
+    assert plan(save_only_model=True).copy_bytes == weights
+    assert weights < plan(optim="adafactor").copy_bytes < adam.copy_bytes / 2  # factored second moments
+    assert plan(save_steps=1, save_total_limit=2).copies == 3  # 10 saves, 2 kept, one more while rotating
+    assert plan(max_steps=-1, num_train_epochs=2, per_device_train_batch_size=2).copies == 1  # unknown rows: 1
+    by_rows = plan_training(
+        model,
+        TrainingArguments(
+            output_dir=str(tmp_path), max_steps=-1, num_train_epochs=2, save_steps=3, per_device_train_batch_size=2
+        ),
+        tmp_path,
+        "SFT",
+        train_rows=10,
+    )
+    assert by_rows.copies == 4  # 2 epochs x 5 steps = 10 steps: saves at 3, 6, 9 and 10
+
+
+def test_lora_estimate_counts_the_adapter_and_a_merge_that_does_not_fit_writes_nothing(
+    tiny_causal_lm, tmp_path, monkeypatch
+):
+    settings = LoraSFTSettings(
+        max_steps=2, lora_r=4, lora_alpha=8, max_length=64, logging_steps=1, save_steps=100, use_cpu=True
+    )
+    result = run_lora_sft(tiny_causal_lm, PAIRS, tmp_path / "run", settings)
+    written = _files_bytes(Path(result.output_dir) / "checkpoint-2", ("adapter_model.safetensors", "optimizer.pt"))
+    assert abs(result.disk_plan["disk_checkpoint_gb"] * 1e9 - written) <= 0.05 * written + 0.001e9
+    assert result.disk_plan["disk_checkpoint_gb"] < 0.01  # the adapter, not the base model
+
+    target = tmp_path / "merged"
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 1_000)
+    with pytest.raises(InsufficientDiskSpace, match=r"merged model .*not enough disk space"):
+        merge_adapter(result.checkpoint, target, dtype="bfloat16")
+    assert not target.exists() and not target.with_name("merged.tmp").exists()
+    monkeypatch.undo()
+    assert (Path(merge_adapter(result.checkpoint, target, dtype="bfloat16")) / "config.json").is_file()
+
+
+def test_a_full_disk_is_a_dagster_failure_with_its_numbers():
+    plan = disk.DiskPlan(
+        "SFT",
+        "/data/run",
+        copy_bytes=18 * 10**9,
+        copies=3,
+        final_bytes=6 * 10**9,
+        present_bytes=0,
+        free_bytes=40 * 10**9,
+        detail="3 checkpoints",
+    )
+    with pytest.raises(dg.Failure) as err, failing_on_full_disk():
+        disk.require_space(plan, "Point LM_MIXUP_HOME at a larger disk.")
+    assert "writes ~60.0 GB (3 checkpoints; 0.0 GB already there) and 40.0 GB is free" in err.value.description
+    assert err.value.metadata["disk_needed_gb"].value == 60.0 and err.value.metadata["disk_free_gb"].value == 40.0
