@@ -189,6 +189,17 @@ def _eval_backend(context, cfg: LmEvalSettings) -> str:
 MERGED_FOLDER = "merged"  # an adapter's merged copy, next to it: deleted once its scores are stored (keep_merged)
 
 
+def drop_merged_copy(loadable: str, model_path: str, keep: bool) -> float | None:
+    """After an adapter's scores are stored, delete the merged copy it was evaluated through (only needed to
+    evaluate it again, and rebuilt then) unless ``keep``; the GB freed, or None when nothing was deleted (a
+    plain model, the link folder of the hf backend, or a merged model that is the asset's own value)."""
+    if keep or loadable == model_path or Path(loadable).name != MERGED_FOLDER:
+        return None
+    size = folder_bytes(loadable)
+    shutil.rmtree(loadable, ignore_errors=True)
+    return round(size / 1e9, 3)
+
+
 def _loadable_model(path: str, backend: str) -> str:
     """A folder the backend can evaluate for ``path``: a plain model as it is; an adapter linked with its local
     base into one folder (hf), or merged with it (vLLM, or a base that is a hub id), next to the adapter."""
@@ -299,12 +310,10 @@ def _scores(
             table, df, "arm", arm, column_types={"item_ids": "VARCHAR[]", "item_values": "DOUBLE[]"}
         )
         free_memory()
-        if Path(loadable).name == MERGED_FOLDER and not cfg.keep_merged:
-            # Scores are stored: the copy is only needed to evaluate this adapter again, and it is rebuilt then.
-            size = folder_bytes(loadable)
-            shutil.rmtree(loadable, ignore_errors=True)
-            info["merged_removed_gb"] = round(size / 1e9, 2)
-            context.log.info(f"{arm}: deleted the merged copy {loadable} ({size / 1e9:.2f} GB; keep_merged keeps it)")
+        removed = drop_merged_copy(loadable, model_path, cfg.keep_merged)
+        if removed is not None:
+            info["merged_removed_gb"] = removed
+            context.log.info(f"{arm}: deleted the merged copy {loadable} ({removed:.2f} GB; keep_merged keeps it)")
     return dg.MaterializeResult(
         data_version=table_data_version(warehouse, table, "arm", arm),
         metadata={

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from lm_mixup_assets.evaluation import drop_merged_copy
 from lm_mixup_assets.lib import disk
 from lm_mixup_assets.lib.disk import InsufficientDiskSpace, plan_training
 from lm_mixup_assets.lib.downstream import merge_adapter, run_lora_sft
@@ -37,18 +38,9 @@ def _sft(model, out, **overrides):
     return run_sft(model, ROWS, out, SFTSettings(**{**settings, **overrides}))
 
 
-def test_the_sft_estimate_is_what_a_checkpoint_holds(tiny_causal_lm, tmp_path):
-    result = _sft(tiny_causal_lm, tmp_path / "sft")
-    plan = result.disk_plan
-    checkpoint = Path(result.output_dir) / "checkpoint-2"
-    written = _files_bytes(checkpoint, ("model.safetensors", "optimizer.pt"))
-    # weights in fp32 and AdamW's two fp32 moments, counted from the model's parameters
-    assert abs(plan["disk_checkpoint_gb"] * 1e9 - written) <= 0.02 * written + 0.01e9
-    # save_total_limit 1 with 2 saves: the new checkpoint is written before the old one goes
-    assert plan["disk_checkpoints_at_once"] == 2 and plan["disk_free_gb"] > 0
-
-
-def test_a_run_that_would_not_fit_fails_before_its_first_step(tiny_causal_lm, tmp_path, monkeypatch):
+def test_a_run_that_would_not_fit_fails_before_its_first_step_and_the_estimate_is_what_it_writes(
+    tiny_causal_lm, tmp_path, monkeypatch
+):
     monkeypatch.setattr(disk, "free_bytes", lambda folder: 1_000_000)  # 1 MB free
     out = tmp_path / "sft"
     with pytest.raises(InsufficientDiskSpace) as err:
@@ -58,8 +50,16 @@ def test_a_run_that_would_not_fit_fails_before_its_first_step(tiny_causal_lm, tm
     assert "0.0 GB is free" in message and "LM_MIXUP_SFT_SAVE_TOTAL_LIMIT=1" in message
     assert "LM_MIXUP_SFT_CHECK_DISK_SPACE=false" in message
     assert not list(out.glob("checkpoint-*")) and not (out / "final").exists()  # nothing trained, nothing written
-    # the switch: the same run, unchecked, trains
-    assert _sft(tiny_causal_lm, out, check_disk_space=False).steps == 2
+
+    # the switch: the same run, unchecked, trains; what it wrote is what was estimated
+    result = _sft(tiny_causal_lm, out, check_disk_space=False)
+    assert result.steps == 2
+    plan = result.disk_plan
+    written = _files_bytes(Path(result.output_dir) / "checkpoint-2", ("model.safetensors", "optimizer.pt"))
+    # weights in fp32 and AdamW's two fp32 moments, counted from the model's parameters
+    assert abs(plan["disk_checkpoint_gb"] * 1e9 - written) <= 0.02 * written + 0.01e9
+    # save_total_limit 1 with 2 saves: the new checkpoint is written before the old one goes
+    assert plan["disk_checkpoints_at_once"] == 2 and plan["disk_needed_gb"] > plan["disk_free_gb"] == 0.0
 
 
 def test_save_only_model_and_adafactor_shrink_the_estimate(tiny_causal_lm, tmp_path):
@@ -108,7 +108,12 @@ def test_lora_estimate_counts_the_adapter_and_a_merge_that_does_not_fit_writes_n
         merge_adapter(result.checkpoint, target, dtype="bfloat16")
     assert not target.exists() and not target.with_name("merged.tmp").exists()
     monkeypatch.undo()
-    assert (Path(merge_adapter(result.checkpoint, target, dtype="bfloat16")) / "config.json").is_file()
+    merged = merge_adapter(result.checkpoint, target, dtype="bfloat16")
+    assert (Path(merged) / "config.json").is_file()
+    # once the arm's scores are stored, benchmark_scores deletes the copy, unless keep_merged
+    assert drop_merged_copy(merged, result.checkpoint, keep=True) is None and target.is_dir()
+    assert drop_merged_copy(merged, merged, keep=False) is None and target.is_dir()  # the asset's own model
+    assert drop_merged_copy(merged, result.checkpoint, keep=False) > 0 and not target.exists()
 
 
 def test_a_full_disk_is_a_dagster_failure_with_its_numbers():
