@@ -27,6 +27,7 @@ reading the weights) is what a fresh process pays once before its first batch;
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -37,8 +38,9 @@ import numpy as np
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 
-def demo_texts(rows: int, seed: int) -> list[str]:
-    """``rows`` texts of the demo pool's built-in sources, ``prompt + "\\n" + completion`` (seeded draw)."""
+@functools.lru_cache(maxsize=1)
+def _demo_pool_texts() -> tuple[str, ...]:
+    """Every distinct ``prompt + "\\n" + completion`` of the demo pool's built-in sources (read once: seconds)."""
     from lm_mixup_assets.lib.ingest import _BUILTIN_READERS, RowError, record_to_pair
 
     texts = []
@@ -49,7 +51,12 @@ def demo_texts(rows: int, seed: int) -> list[str]:
             except RowError:
                 continue
             texts.append(prompt + "\n" + completion)
-    texts = list(dict.fromkeys(texts))
+    return tuple(dict.fromkeys(texts))
+
+
+def demo_texts(rows: int, seed: int) -> list[str]:
+    """``rows`` texts of the demo pool's built-in sources, ``prompt + "\\n" + completion`` (seeded draw)."""
+    texts = _demo_pool_texts()
     pick = np.random.default_rng(seed).choice(len(texts), size=min(rows, len(texts)), replace=False)
     return [texts[i] for i in pick]
 
