@@ -22,7 +22,7 @@ import pandas as pd
 from lm_mixup_assets.checks import no_offenders
 from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib.checkpoints import ModelCheckpoint
-from lm_mixup_assets.lib.disk import folder_bytes
+from lm_mixup_assets.lib.disk import disk_metadata, folder_bytes
 from lm_mixup_assets.lib.downstream import adapter_base, adapter_model_folder, merge_adapter, run_lora_sft
 from lm_mixup_assets.lib.eval_tasks import (
     SMOKE_LABEL,
@@ -166,7 +166,7 @@ def downstream_models(
             "steps": result.steps,
             "wall_seconds": round(result.wall_seconds, 1),
             "data_version": version,
-            **result.disk_plan,
+            **disk_metadata(result.disk_plan),
             "final_loss": float(result.loss_history[-1][1]) if result.loss_history else 0.0,
             "loss_curve": dg.MetadataValue.md(
                 curve_plot({"train loss": result.loss_history}, f"LoRA SFT loss, {arm}", "loss")

@@ -17,6 +17,7 @@ import pandas as pd
 from lm_mixup_assets.budgets import budget_metadata, enforce_budgets
 from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib.checkpoints import ModelCheckpoint
+from lm_mixup_assets.lib.disk import disk_metadata
 from lm_mixup_assets.lib.mixture_tasks import TASK_TYPES
 from lm_mixup_assets.lib.models import resolve_causal_lm
 from lm_mixup_assets.lib.plots import curve_plot, grouped_bars
@@ -177,7 +178,7 @@ def sft_checkpoint(
             "examples": result.n_examples,
             "dropped_too_long": result.n_dropped_too_long,
             "resumed_from": result.resumed_from or "",
-            **result.disk_plan,
+            **disk_metadata(result.disk_plan),
             "reused": result.reused,
             "device": result.device,
             "data_version": version,
@@ -314,7 +315,7 @@ def grpo_checkpoint(
             "reused": result.reused,
             "examples": result.n_examples,
             "data_version": version,
-            **result.disk_plan,
+            **disk_metadata(result.disk_plan),
             "final_rewards": dg.MetadataValue.json(last),
             "reward_curves": dg.MetadataValue.md(curve_plot(result.reward_history, "GRPO rewards", "mean reward")),
         },

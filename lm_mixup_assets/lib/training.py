@@ -141,7 +141,7 @@ class TrainResult:
     use_vllm: bool = False
     log_history: list[dict] = field(default_factory=list)
     reused: bool = False  # a finished run with the same inputs, returned without training
-    disk_plan: dict = field(default_factory=dict)  # DiskPlan.metadata() of the run, checked before it started
+    disk_plan: dict = field(default_factory=dict)  # DiskPlan.to_dict() (bytes), checked before the run started
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -490,7 +490,7 @@ def _train(trainer, out: Path, s, on_log: OnLog | None, what: str) -> tuple[str 
     start = latest_checkpoint(out, resumable=True) if s.resume else None
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=start)
-    return start, time.perf_counter() - t0, plan.metadata()
+    return start, time.perf_counter() - t0, plan.to_dict()
 
 
 def _train_result(
