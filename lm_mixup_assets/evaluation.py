@@ -97,7 +97,7 @@ def downstream_models(
     ).hexdigest()[:12]
     base = resolve_causal_lm(config.base_model, str(warehouse.artifacts_dir))
     # Named by everything that decides the run: other data or settings never resume or reuse this folder.
-    key = run_key(model_fingerprint(base), version, config.values())
+    key = run_key(model_fingerprint(base), version, config.run_values())
     out_dir = warehouse.artifacts_dir / "downstream" / arm / key
     context.log.info(f"{arm}: LoRA SFT of {config.base_model} on {len(rows)} rows -> {out_dir}")
     with failing_on_full_disk():

@@ -141,7 +141,7 @@ def sft_checkpoint(
     rows = _mixture_rows(warehouse, "train")
     version = _data_version(rows)
     # Named by everything that decides the run: other inputs never resume or reuse this folder.
-    key = run_key(base_policy.fingerprint, version, config.values())
+    key = run_key(base_policy.fingerprint, version, config.run_values())
     out_dir = warehouse.artifacts_dir / "checkpoints" / "sft" / key
     context.log.info(f"SFT of {base} on {len(rows)} MIXTURE examples -> {out_dir}")
     with failing_on_full_disk():
@@ -271,7 +271,7 @@ def grpo_checkpoint(
     version = _data_version(rows)
     # The rewards read the rating library and the embedder: both are inputs of the run as much as the rows.
     library = _library_version(warehouse.artifacts_dir / "rating_library")
-    key = run_key(sft_checkpoint.fingerprint, version, config.values(), library, embedder.model)
+    key = run_key(sft_checkpoint.fingerprint, version, config.run_values(), library, embedder.model)
     out_dir = warehouse.artifacts_dir / "checkpoints" / "grpo" / key
     context.log.info(f"GRPO from {start} on {len(rows)} prompts -> {out_dir}")
     with failing_on_full_disk():

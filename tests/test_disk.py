@@ -83,7 +83,11 @@ def test_save_only_model_and_adafactor_shrink_the_estimate(tiny_causal_lm, tmp_p
     assert adam.copies == 2 and adam.final_bytes == weights  # steps 5 and 10, nothing rotated
     assert plan(save_only_model=True).copy_bytes == weights
     assert weights < plan(optim="adafactor").copy_bytes < adam.copy_bytes / 2  # factored second moments
-    assert plan(save_steps=1, save_total_limit=2).copies == 3  # 10 saves, 2 kept, one more while rotating
+    rotating = plan(save_steps=1, save_total_limit=2)  # 10 saves, 2 kept, one more while the next is written
+    assert (rotating.copies, rotating.kept) == (3, 2)
+    # the peak is 3 checkpoints while saving, or 2 and final/ after the last rotation, whichever is more
+    assert rotating.needed_bytes == max(3 * rotating.copy_bytes, 2 * rotating.copy_bytes + weights)
+    assert adam.needed_bytes == 2 * adam.copy_bytes + weights  # nothing rotated: both checkpoints and final/
     assert plan(max_steps=-1, num_train_epochs=2, per_device_train_batch_size=2).copies == 1  # unknown rows: 1
     by_rows = plan_training(
         model,
@@ -132,8 +136,28 @@ def test_a_full_disk_is_a_dagster_failure_with_its_numbers():
         present_bytes=0,
         free_bytes=40 * 10**9,
         detail="3 checkpoints",
+        kept=2,
     )
     with pytest.raises(dg.Failure) as err, failing_on_full_disk():
         disk.require_space(plan, "Point LM_MIXUP_HOME at a larger disk.")
-    assert "writes ~60.0 GB (3 checkpoints; 0.0 GB already there) and 40.0 GB is free" in err.value.description
-    assert err.value.metadata["disk_needed_gb"].value == 60.0 and err.value.metadata["disk_free_gb"].value == 40.0
+    assert "writes ~54.0 GB (3 checkpoints; 0.0 GB already there) and 40.0 GB is free" in err.value.description
+    assert err.value.metadata["disk_needed_gb"].value == 54.0 and err.value.metadata["disk_free_gb"].value == 40.0
+
+
+def test_only_what_a_run_replaces_counts_as_present(tmp_path):
+    """A resumed run's checkpoints are rotated away and its final model overwritten; what a later step put beside
+    them (an evaluation's merged copy) stays, so it is not counted as space the run gets back."""
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / "optimizer.pt").write_bytes(b"x" * 1000)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "model.safetensors").write_bytes(b"x" * 10_000)
+    assert disk._run_bytes(tmp_path) == 1100
+
+
+def test_switching_the_disk_check_off_keeps_the_run_key():
+    """The check decides nothing a run writes: a finished run is still reused with it off."""
+    on, off = SFTSettings(), SFTSettings(check_disk_space=False)
+    assert on.values() != off.values() and on.run_values() == off.run_values()
+    assert "check_disk_space" not in LoraSFTSettings().run_values()

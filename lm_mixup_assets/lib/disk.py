@@ -23,6 +23,7 @@ HEADROOM = 1.05  # estimates leave out small files (tokenizer, trainer state, RN
 # header entry and the pickled optimizer state's): nothing for a large model, a third of a tiny adapter's files.
 WEIGHT_TENSOR_OVERHEAD = 128
 OPTIMIZER_TENSOR_OVERHEAD = 896
+RUN_FOLDERS = ("final", "adapter")  # where a run saves its model (SFT and GRPO: final/; LoRA: adapter/)
 
 
 class InsufficientDiskSpace(OSError):
@@ -35,8 +36,10 @@ class InsufficientDiskSpace(OSError):
 
 @dataclass(frozen=True)
 class DiskPlan:
-    """What a run writes under ``folder``: ``copies`` x ``copy_bytes`` at once (checkpoints; one copy for a model
-    save) plus ``final_bytes``, less ``present_bytes`` already there (a resumed run's checkpoints)."""
+    """What a run writes under ``folder`` at its peak, less ``present_bytes`` it will overwrite or rotate away (a
+    resumed run's checkpoints): ``copies`` x ``copy_bytes`` while a checkpoint is saved (the new one before the
+    oldest is deleted), or ``kept`` checkpoints and the ``final_bytes`` model after the last rotation, whichever is
+    more. A model copy is one ``copy_bytes``."""
 
     what: str
     folder: str
@@ -46,10 +49,12 @@ class DiskPlan:
     present_bytes: int
     free_bytes: int
     detail: str = ""
+    kept: int = 0
 
     @property
     def needed_bytes(self) -> int:
-        return max(0, self.copy_bytes * self.copies + self.final_bytes - self.present_bytes)
+        peak = max(self.copy_bytes * self.copies, self.copy_bytes * self.kept + self.final_bytes)
+        return max(0, peak - self.present_bytes)
 
     @property
     def fits(self) -> bool:
@@ -103,14 +108,32 @@ def _unique_parameters(model) -> list:
     return list(seen.values())
 
 
+def _numel(p) -> int:
+    # DeepSpeed ZeRO-3 keeps a partition on each rank: its full size is ds_numel
+    return int(getattr(p, "ds_numel", 0) or p.numel())
+
+
+def _run_bytes(output_dir: str | Path) -> int:
+    """What a run in ``output_dir`` overwrites or rotates away: its checkpoint-N folders and final model (not
+    what later steps put beside them, such as an evaluation's merged copy)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return 0
+    return sum(
+        folder_bytes(f)
+        for f in out.iterdir()
+        if f.is_dir() and (f.name.startswith("checkpoint-") or f.name in RUN_FOLDERS)
+    )
+
+
 def optimizer_state_bytes(optim: str, trainable: list) -> int:
     """Bytes of the optimizer state saved for ``trainable`` parameters (fp32 states, as torch keeps them for fp32
     weights): AdamW two moments, 8-bit Adam two 1-byte moments, Adafactor one row and one column vector per
     matrix, SGD and Lion one buffer; an optimizer not named here is counted as AdamW (an upper bound)."""
     name = optim.lower()
     if "adafactor" in name:
-        return sum(4 * (sum(p.shape[-2:]) if p.dim() >= 2 else p.numel()) for p in trainable)
-    numel = sum(p.numel() for p in trainable)
+        return sum(4 * (sum(p.shape[-2:]) if p.dim() >= 2 else _numel(p)) for p in trainable)
+    numel = sum(_numel(p) for p in trainable)
     if "8bit" in name:
         return 2 * numel
     if "sgd" in name or "lion" in name:
@@ -123,9 +146,11 @@ def _planned_saves(args, train_rows: int | None) -> int | None:
     steps = int(getattr(args, "max_steps", -1) or -1)
     if steps <= 0 and train_rows:
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
-        # GRPO: each prompt becomes num_generations completions, and a step takes completions
+        # GRPO: each prompt becomes num_generations completions, a step takes completions, and every generation
+        # is trained on num_iterations times
         per_step = per_step / max(1, int(getattr(args, "num_generations", 1) or 1))
-        steps = math.ceil(train_rows * float(args.num_train_epochs) / per_step)
+        iterations = max(1, int(getattr(args, "num_iterations", 1) or 1))
+        steps = math.ceil(train_rows * float(args.num_train_epochs) * iterations / per_step)
     if steps <= 0:
         return None
     return math.ceil(steps / max(1, int(args.save_steps)))
@@ -134,11 +159,12 @@ def _planned_saves(args, train_rows: int | None) -> int | None:
 def plan_training(model, args, output_dir: str | Path, what: str, train_rows: int | None = None) -> DiskPlan:
     """What a Trainer run of ``model`` with training arguments ``args`` writes into ``output_dir``: its
     ``checkpoint-N`` folders (weights as they are held; a PEFT model saves its adapter only; the optimizer state
-    unless ``save_only_model``), at most ``save_total_limit`` + 1 at once, and the final model."""
+    unless ``save_only_model``), at most ``save_total_limit`` + 1 at once, then ``save_total_limit`` of them and
+    the final model."""
     params = _unique_parameters(model)
     trainable = [p for p in params if p.requires_grad]
     saved = trainable if hasattr(model, "peft_config") else params
-    weights = sum(p.numel() * p.element_size() + WEIGHT_TENSOR_OVERHEAD for p in saved)
+    weights = sum(_numel(p) * p.element_size() + WEIGHT_TENSOR_OVERHEAD for p in saved)
     optimizer = (
         0
         if getattr(args, "save_only_model", False)
@@ -146,22 +172,24 @@ def plan_training(model, args, output_dir: str | Path, what: str, train_rows: in
     )
     saves = _planned_saves(args, train_rows)
     limit = getattr(args, "save_total_limit", None)
-    if limit:
+    if limit:  # the Trainer writes a new checkpoint, then deletes beyond the limit; final/ comes after the last
         copies = min(saves, limit + 1) if saves is not None else limit + 1
+        kept = min(saves, limit) if saves is not None else limit
     else:
-        copies = saves if saves is not None else 1
+        copies = kept = saves if saves is not None else 1
     detail = (
-        f"{copies} checkpoint(s) of {weights / GB:.2f} GB weights + {optimizer / GB:.2f} GB optimizer state "
-        f"({args.optim}{', save_only_model' if optimizer == 0 else ''}; save_total_limit {limit or 'none'}), "
-        f"and the final model ({weights / GB:.2f} GB)"
+        f"{copies} checkpoint(s) at once of {weights / GB:.2f} GB weights + {optimizer / GB:.2f} GB optimizer "
+        f"state ({args.optim}{', save_only_model' if optimizer == 0 else ''}; save_total_limit {limit or 'none'}), "
+        f"then {kept} and the final model ({weights / GB:.2f} GB)"
     )
     return DiskPlan(
         what=what,
         folder=str(output_dir),
         copy_bytes=weights + optimizer,
         copies=copies,
+        kept=kept,
         final_bytes=weights,
-        present_bytes=folder_bytes(output_dir),
+        present_bytes=_run_bytes(output_dir),
         free_bytes=free_bytes(output_dir),
         detail=detail,
     )
@@ -169,14 +197,16 @@ def plan_training(model, args, output_dir: str | Path, what: str, train_rows: in
 
 def plan_model_copy(model, target: str | Path, what: str, bytes_per_parameter: int) -> DiskPlan:
     """What saving ``model`` at ``bytes_per_parameter`` (2 for bf16, 4 for fp32) into ``target`` writes."""
-    total = sum(p.numel() for p in _unique_parameters(model)) * bytes_per_parameter
+    total = sum(_numel(p) for p in _unique_parameters(model)) * bytes_per_parameter
+    target = Path(target)
     return DiskPlan(
         what=what,
         folder=str(target),
         copy_bytes=total,
         copies=1,
         final_bytes=0,
-        present_bytes=folder_bytes(target),
+        # both are replaced: a copy left from an interrupted save (<target>.tmp) and the old copy
+        present_bytes=folder_bytes(target) + folder_bytes(target.with_name(target.name + ".tmp")),
         free_bytes=free_bytes(target),
         detail=f"one model copy of {total / GB:.2f} GB",
     )

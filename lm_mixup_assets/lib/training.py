@@ -477,14 +477,16 @@ def _train(trainer, out: Path, s, on_log: OnLog | None, what: str) -> tuple[str 
     wall seconds and the disk plan. With ``s.check_disk_space`` a run whose checkpoints and final model would not
     fit on the disk under ``out`` fails here, before its first step (``lib/disk.py``)."""
     plan = plan_training(trainer.model, trainer.args, out, what, len(trainer.train_dataset))
-    if s.check_disk_space:
+    # Only the process that saves checks (args.should_save): another rank failing alone would hang the others.
+    if s.check_disk_space and getattr(trainer.args, "should_save", True):
         require_space(
             plan,
-            "Free space (a finished run's checkpoint-N folders under artifacts/checkpoints/ are not needed by its "
-            "final/ model; LM_MIXUP_<STAGE>_KEEP_CHECKPOINTS=false drops them when a run ends), point LM_MIXUP_HOME "
-            f"at a larger disk, or write fewer or smaller checkpoints: LM_MIXUP_{s.preset.upper()}_SAVE_TOTAL_LIMIT=1, "
-            "extra_args save_only_model (no optimizer state: a resumed run restarts its optimizer) or a larger "
-            f"save_steps. LM_MIXUP_{s.preset.upper()}_CHECK_DISK_SPACE=false skips this check.",
+            "Free space (the checkpoint-N folders of a finished run under artifacts/checkpoints/ can be deleted by "
+            "hand: later stages load its final/), point LM_MIXUP_HOME at a larger disk, or write fewer or smaller "
+            f"checkpoints: LM_MIXUP_{s.preset.upper()}_SAVE_TOTAL_LIMIT=1, extra_args save_only_model (no optimizer "
+            "state: a resumed run restarts its optimizer) or a larger save_steps; for the next runs, "
+            "LM_MIXUP_<STAGE>_KEEP_CHECKPOINTS=false drops a run's checkpoints when it ends. "
+            f"LM_MIXUP_{s.preset.upper()}_CHECK_DISK_SPACE=false skips this check.",
         )
     _quiet(trainer, on_log)
     start = latest_checkpoint(out, resumable=True) if s.resume else None

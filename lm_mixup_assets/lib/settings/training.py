@@ -95,6 +95,11 @@ class TrainerSettings(StageSettings):
     def validate(self) -> TrainerSettings:  # kept for callers that validated dataclasses explicitly
         return self
 
+    def run_values(self) -> dict:
+        """The values that decide a run (its folder's key): all but the disk check, which changes nothing
+        the run writes (switching it off must not make a finished run train again)."""
+        return {k: v for k, v in self.values().items() if k != "check_disk_space"}
+
 
 class SFTSettings(TrainerSettings):
     """Cold-start SFT (TRL SFTTrainer): full fine-tune, lr 2e-5, 3 epochs, max length 2400, warmup 5%,
