@@ -34,7 +34,15 @@ def _files_bytes(folder: Path, names: tuple[str, ...]) -> int:
 
 
 def _sft(model, out, **overrides):
-    settings = dict(max_steps=2, gradient_accumulation_steps=1, logging_steps=1, save_steps=1, save_total_limit=1)
+    # keep_checkpoints: the finished run's checkpoint-N stays whole, to be measured
+    settings = dict(
+        max_steps=2,
+        gradient_accumulation_steps=1,
+        logging_steps=1,
+        save_steps=1,
+        save_total_limit=1,
+        keep_checkpoints=True,
+    )
     return run_sft(model, ROWS, out, SFTSettings(**{**settings, **overrides}))
 
 
@@ -105,7 +113,14 @@ def test_lora_estimate_counts_the_adapter_and_a_merge_that_does_not_fit_writes_n
     tiny_causal_lm, tmp_path, monkeypatch
 ):
     settings = LoraSFTSettings(
-        max_steps=2, lora_r=4, lora_alpha=8, max_length=64, logging_steps=1, save_steps=100, use_cpu=True
+        max_steps=2,
+        lora_r=4,
+        lora_alpha=8,
+        max_length=64,
+        logging_steps=1,
+        save_steps=100,
+        use_cpu=True,
+        keep_checkpoints=True,
     )
     result = run_lora_sft(tiny_causal_lm, PAIRS, tmp_path / "run", settings)
     written = _files_bytes(Path(result.output_dir) / "checkpoint-2", ("adapter_model.safetensors", "optimizer.pt"))

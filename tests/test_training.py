@@ -270,7 +270,15 @@ def sft_two_steps(tiny_causal_lm, tmp_path_factory):
         tiny_causal_lm,
         ROWS,
         out,
-        SFTSettings(max_steps=2, gradient_accumulation_steps=1, logging_steps=1, save_steps=1, learning_rate=1e-3),
+        # keep_checkpoints: test_sft_resumes_from_latest_checkpoint trains on from the finished run's checkpoint
+        SFTSettings(
+            max_steps=2,
+            gradient_accumulation_steps=1,
+            logging_steps=1,
+            save_steps=1,
+            learning_rate=1e-3,
+            keep_checkpoints=True,
+        ),
         on_log=lambda step, d: logs.append((step, d)),
     )
     return result, logs

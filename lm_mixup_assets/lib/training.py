@@ -481,11 +481,10 @@ def _train(trainer, out: Path, s, on_log: OnLog | None, what: str) -> tuple[str 
     if s.check_disk_space and getattr(trainer.args, "should_save", True):
         require_space(
             plan,
-            "Free space (the checkpoint-N folders of a finished run under artifacts/checkpoints/ can be deleted by "
-            "hand: later stages load its final/), point LM_MIXUP_HOME at a larger disk, or write fewer or smaller "
+            "Free space (a finished run's checkpoint-N folders under artifacts/checkpoints/ can be deleted by hand: "
+            "later stages load its final/), point LM_MIXUP_HOME at a larger disk, or write fewer or smaller "
             f"checkpoints: LM_MIXUP_{s.preset.upper()}_SAVE_TOTAL_LIMIT=1, extra_args save_only_model (no optimizer "
-            "state: a resumed run restarts its optimizer) or a larger save_steps; for the next runs, "
-            "LM_MIXUP_<STAGE>_KEEP_CHECKPOINTS=false drops a run's checkpoints when it ends. "
+            "state: a resumed run restarts its optimizer) or a larger save_steps. "
             f"LM_MIXUP_{s.preset.upper()}_CHECK_DISK_SPACE=false skips this check.",
         )
     _quiet(trainer, on_log)

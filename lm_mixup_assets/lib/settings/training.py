@@ -78,10 +78,11 @@ class TrainerSettings(StageSettings):
     use_cpu: bool | None = internal(None, "Train on the CPU; null = when CUDA is absent.")
     resume: bool = internal(True, "Resume from the latest checkpoint in the output folder after a crash.")
     keep_checkpoints: bool = internal(
-        True,
+        False,
         (
             "When a run finishes, keep its checkpoint-N folders whole (weights and optimizer state, to train on from "
-            "them); false keeps only their trainer state and training arguments, final/ holding the weights."
+            "them: 18.5 GB each for the paper's 1.5B distiller); false keeps only their trainer state and training "
+            "arguments, final/ holding the weights. A crashed run resumes from its checkpoints either way."
         ),
     )
     check_disk_space: bool = internal(
