@@ -24,7 +24,8 @@ MARKUP = ["[[", "]]", "{{", "}}", "<ref", "==", "''", "{|", "|}", "<!--", "http:
 
 @pytest.fixture(scope="module")
 def frame():
-    return wiki_paragraphs_frame(packaged_wiki_sample())  # gensim's segment_all_articles (process pool)
+    # read through a process pool (what a full dump uses), so tests reading in-process compare the two paths
+    return wiki_paragraphs_frame(packaged_wiki_sample(), workers=1)
 
 
 def test_packaged_sample_found():
