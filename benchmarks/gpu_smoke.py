@@ -30,7 +30,6 @@ checks the script and the code it calls before a GPU machine's minutes are spent
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import os
 import sys
@@ -62,11 +61,9 @@ def _memory_line(device: str) -> str:
 
 
 def _free_memory() -> None:
-    import torch
+    from lm_mixup_assets.lib.training import free_memory  # what the assets call after a step
 
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free_memory()
 
 
 def _vllm_missing(device: str) -> str | None:

@@ -23,7 +23,13 @@ from lm_mixup_assets.checks import no_offenders
 from lm_mixup_assets.config import launchpad_config
 from lm_mixup_assets.lib.checkpoints import ModelCheckpoint
 from lm_mixup_assets.lib.disk import disk_metadata, folder_bytes
-from lm_mixup_assets.lib.downstream import adapter_base, adapter_model_folder, merge_adapter, run_lora_sft
+from lm_mixup_assets.lib.downstream import (
+    MERGED_FOLDER,
+    adapter_base,
+    adapter_model_folder,
+    merge_adapter,
+    run_lora_sft,
+)
 from lm_mixup_assets.lib.eval_tasks import (
     SMOKE_LABEL,
     benchmark_table,
@@ -184,9 +190,6 @@ def _eval_backend(context, cfg: LmEvalSettings) -> str:
         context.log.warning("vLLM is not installed (pip install -e .[gpu]); evaluating with the hf backend")
         return "hf"
     return cfg.backend
-
-
-MERGED_FOLDER = "merged"  # an adapter's merged copy, next to it: deleted once its scores are stored (keep_merged)
 
 
 def drop_merged_copy(loadable: str, model_path: str, keep: bool) -> float | None:

@@ -164,6 +164,9 @@ def build_training_records(
     return records, dropped
 
 
+MERGED_FOLDER = "merged"  # an adapter's merged copy, next to it (benchmark_scores deletes it once scored)
+
+
 def run_lora_sft(
     model_path: str,
     pairs: Sequence[Mapping[str, Any]],
@@ -216,7 +219,7 @@ def run_lora_sft(
     tok.save_pretrained(str(adapter))
     checkpoint = str(adapter)
     if merge:
-        checkpoint = _save_merged(trainer.accelerator.unwrap_model(trainer.model), tok, out / "merged")
+        checkpoint = _save_merged(trainer.accelerator.unwrap_model(trainer.model), tok, out / MERGED_FOLDER)
     result = _train_result(
         trainer,
         checkpoint=checkpoint,
